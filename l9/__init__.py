@@ -1,0 +1,1 @@
+"""L9 command line, settings and the embedded development stack."""

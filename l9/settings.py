@@ -1,0 +1,102 @@
+"""Settings, validated once: every knob of L9 comes from here.
+
+Values are read from environment variables (``REDIS_URL``, ``DATABASE_URL``,
+``L9_*``). With no ``REDIS_URL`` / ``DATABASE_URL`` the embedded stack is
+started under ``L9_HOME`` (default ``./.l9``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="L9_", frozen=True, extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "L9_REDIS_URL")
+    )
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "L9_DATABASE_URL")
+    )
+    home: Path = Path(".l9")
+    namespace: str = Field(default="l9", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    #: JSON object ``{"key id": "secret"}``; empty means the key file under ``home``.
+    signing_keys: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    signing_key_id: str = "dev"
+    log_level: str = "info"
+
+    # Delivery loop defaults (a handler spec may override each).
+    concurrency: int = Field(default=16, ge=1, le=10_000)
+    batch_size: int = Field(default=256, ge=1, le=10_000)
+    block_ms: int = Field(default=1000, ge=1, le=60_000)
+    max_deliveries: int = Field(default=5, ge=1, le=1000)
+    retry_backoff_ms: int = Field(default=200, ge=0)
+    retry_backoff_max_ms: int = Field(default=30_000, ge=0)
+    lease_ms: int = Field(default=30_000, ge=100)
+    heartbeat_ms: int = Field(default=2_000, ge=50)
+    drain_timeout_s: float = Field(default=10.0, ge=0)
+
+    @field_validator("signing_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                parsed = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"L9_SIGNING_KEYS is not a JSON object: {exc}") from exc
+            return parsed
+        return value
+
+    @model_validator(mode="after")
+    def _check_timings(self) -> Settings:
+        if self.heartbeat_ms * 2 >= self.lease_ms:
+            raise ValueError(
+                f"L9_HEARTBEAT_MS ({self.heartbeat_ms}) must be under half of "
+                f"L9_LEASE_MS ({self.lease_ms})"
+            )
+        if self.retry_backoff_max_ms < self.retry_backoff_ms:
+            raise ValueError("L9_RETRY_BACKOFF_MAX_MS must be >= L9_RETRY_BACKOFF_MS")
+        return self
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    def keyring(self) -> dict[str, bytes]:
+        """Signing secrets by key id; created under ``home`` on first use if none is set."""
+        if self.signing_keys:
+            return {kid: secret.encode() for kid, secret in self.signing_keys.items()}
+        return {kid: secret.encode() for kid, secret in _key_file(self.home_dir).items()}
+
+
+def _key_file(home: Path) -> dict[str, str]:
+    path = home / "signing-keys.json"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"dev": secrets.token_hex(32)}, fh)
+        try:
+            os.link(tmp, path)  # atomic, and loses to a concurrent creator
+        except FileExistsError:
+            pass
+        tmp.unlink(missing_ok=True)
+    keys = json.loads(path.read_text())
+    if not isinstance(keys, dict) or not keys:
+        raise ValueError(f"{path}: expected a non-empty JSON object of key id -> secret")
+    return {str(k): str(v) for k, v in keys.items()}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
