@@ -21,9 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="L9_", frozen=True, extra="ignore")
 
-    redis_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("REDIS_URL", "L9_REDIS_URL")
-    )
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "L9_REDIS_URL"))
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "L9_DATABASE_URL")
     )
@@ -60,8 +58,7 @@ class Settings(BaseSettings):
     def _check_timings(self) -> Settings:
         if self.heartbeat_ms * 2 >= self.lease_ms:
             raise ValueError(
-                f"L9_HEARTBEAT_MS ({self.heartbeat_ms}) must be under half of "
-                f"L9_LEASE_MS ({self.lease_ms})"
+                f"L9_HEARTBEAT_MS ({self.heartbeat_ms}) must be under half of L9_LEASE_MS ({self.lease_ms})"
             )
         if self.retry_backoff_max_ms < self.retry_backoff_ms:
             raise ValueError("L9_RETRY_BACKOFF_MAX_MS must be >= L9_RETRY_BACKOFF_MS")

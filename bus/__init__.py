@@ -1,0 +1,35 @@
+"""Redis Streams transport: keys, topology, publisher, the delivery loop, RPC, retention."""
+
+from .consumer import Delivery, Handler, StreamConsumer
+from .deadletter import DeadLetters
+from .errors import BusError, RemoteError, RpcTimeout
+from .keys import Keys, check_stream_name
+from .maintenance import ConsumerNameTaken, claim_consumer_name
+from .policy import DeliveryPolicy
+from .publisher import Publisher
+from .retention import safe_trim_boundary, trim_acknowledged
+from .rpc import RpcClient, remaining_s, send_reply
+from .topology import DEFAULT_TOPOLOGY, Topology
+
+__all__ = [
+    "DEFAULT_TOPOLOGY",
+    "BusError",
+    "ConsumerNameTaken",
+    "DeadLetters",
+    "Delivery",
+    "DeliveryPolicy",
+    "Handler",
+    "Keys",
+    "Publisher",
+    "RemoteError",
+    "RpcClient",
+    "RpcTimeout",
+    "StreamConsumer",
+    "Topology",
+    "check_stream_name",
+    "claim_consumer_name",
+    "remaining_s",
+    "safe_trim_boundary",
+    "send_reply",
+    "trim_acknowledged",
+]

@@ -1,0 +1,77 @@
+"""Retention: trim only what every consumer group has acknowledged.
+
+The safe boundary of a stream is, over all its groups, the smallest of: the
+oldest pending entry, or the entry after the last one delivered. Nothing at
+or after it is touched. On Redis >= 8.2 the trim also carries ``ACKED``, so
+the server itself refuses to drop an entry some group still references.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+
+log = structlog.get_logger("l9.bus.retention")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _successor(entry_id: str) -> str:
+    ms, _, seq = entry_id.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
+
+
+def _older(a: str, b: str) -> str:
+    pa, pb = a.split("-"), b.split("-")
+    return a if (int(pa[0]), int(pa[1])) <= (int(pb[0]), int(pb[1])) else b
+
+
+async def safe_trim_boundary(redis: aioredis.Redis, key: str) -> str | None:
+    """The oldest entry id some group still needs, or None if no group reads ``key``."""
+    groups = await redis.xinfo_groups(key)
+    if not groups:
+        return None
+    boundary: str | None = None
+    for group in groups:
+        name = _text(group["name"])
+        if int(group["pending"]):
+            summary = await redis.xpending(key, name)
+            needed = _text(summary["min"])
+        else:
+            needed = _successor(_text(group["last-delivered-id"]))
+        boundary = needed if boundary is None else _older(boundary, needed)
+    return boundary
+
+
+async def trim_acknowledged(redis: aioredis.Redis, key: str, *, max_age_s: float | None = None) -> int:
+    """Remove acknowledged entries (older than ``max_age_s`` if given); returns how many."""
+    boundary = await safe_trim_boundary(redis, key)
+    if boundary is None:
+        return 0
+    if max_age_s is not None:
+        age_boundary = f"{int((time.time() - max_age_s) * 1000)}-0"
+        boundary = _older(boundary, age_boundary)
+    args: list[Any] = ["XTRIM", key, "MINID", boundary]
+    if await _supports_acked(redis):
+        args.append("ACKED")
+    removed = int(await redis.execute_command(*args))
+    if removed:
+        log.info("retention.trimmed", stream=key, removed=removed, boundary=boundary)
+    return removed
+
+
+_ACKED_SUPPORT: dict[int, bool] = {}
+
+
+async def _supports_acked(redis: aioredis.Redis) -> bool:
+    ident = id(redis.connection_pool)
+    if ident not in _ACKED_SUPPORT:
+        info = await redis.info("server")
+        major, minor = (int(p) for p in str(info["redis_version"]).split(".")[:2])
+        _ACKED_SUPPORT[ident] = (major, minor) >= (8, 2)
+    return _ACKED_SUPPORT[ident]

@@ -1,0 +1,158 @@
+"""Request/reply over streams, with a deadline.
+
+Each client owns a reply stream (``rpc.<client>``, expiring when unused); a
+request carries its name in ``reply_to`` and its deadline in ``expires_at``.
+The responder appends the reply there; the client matches ``in_reply_to``.
+Replies survive a slow reader because they sit on a stream, not a channel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from envelope import (
+    EnvelopeError,
+    PacketEnvelope,
+    Payload,
+    PayloadRegistry,
+    Verifier,
+    decode,
+    new_id,
+    registry,
+    utcnow,
+)
+
+from .errors import RemoteError, RpcTimeout
+from .keys import RPC_PREFIX
+from .publisher import Publisher
+
+REPLY_TTL_MS = 10 * 60 * 1000
+log = structlog.get_logger("l9.bus.rpc")
+
+
+class RpcClient:
+    """``await client.call(Payload(...), source=..., deadline_s=2.0)`` -> reply payload."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        publisher: Publisher,
+        verifier: Verifier | None,
+        *,
+        name: str | None = None,
+        types: PayloadRegistry = registry,
+    ) -> None:
+        self.redis, self.publisher, self.verifier, self.types = redis, publisher, verifier, types
+        self.reply_stream = f"{RPC_PREFIX}{name or new_id()}"
+        self._key = publisher.keys.stream(self.reply_stream)
+        self._waiting: dict[str, anyio.abc.ObjectSendStream[PacketEnvelope]] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> RpcClient:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._listen)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        await self._tg.__aexit__(None, None, None)
+        await self.redis.delete(self._key)
+
+    async def call(
+        self,
+        request: Payload,
+        *,
+        source: str,
+        deadline_s: float,
+        correlation_id: str | None = None,
+        stream: str | None = None,
+        **fields: Any,
+    ) -> tuple[PacketEnvelope, Payload]:
+        """Send ``request`` and wait for its reply; RpcTimeout past ``deadline_s`` seconds."""
+        type_ = self.types.type_of(type(request))
+        envelope = PacketEnvelope.new(
+            type=type_,
+            source=source,
+            data=request.model_dump(mode="json"),
+            kind="request",
+            reply_to=self.reply_stream,
+            correlation_id=correlation_id,
+            ttl=timedelta(seconds=deadline_s),
+            **fields,
+        )
+        send, recv = anyio.create_memory_object_stream[PacketEnvelope](1)
+        self._waiting[envelope.id] = send
+        try:
+            await self.publisher.publish(envelope, stream)
+            with anyio.move_on_after(deadline_s):
+                reply = await recv.receive()
+                return self._unwrap(envelope, reply)
+            raise RpcTimeout(envelope.id, type_, deadline_s)
+        finally:
+            self._waiting.pop(envelope.id, None)
+            send.close()
+            recv.close()
+
+    def _unwrap(self, request: PacketEnvelope, reply: PacketEnvelope) -> tuple[PacketEnvelope, Payload]:
+        if reply.kind == "error":
+            raise RemoteError(
+                request.id, str(reply.data.get("error", "error")), str(reply.data.get("detail", ""))
+            )
+        return reply, self.types.load(reply)
+
+    async def _listen(self) -> None:
+        last = "0-0"
+        while True:
+            try:
+                reply = await self.redis.xread({self._key: last}, count=100, block=1000)
+                await self.redis.pexpire(self._key, REPLY_TTL_MS)
+            except (RedisConnectionError, OSError) as exc:
+                log.warning("rpc.redis_unavailable", error=str(exc))
+                await anyio.sleep(0.2)
+                continue
+            for _key, entries in reply or ():
+                for entry_id, fields in entries:
+                    last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    self._deliver(fields)
+
+    def _deliver(self, fields: Any) -> None:
+        try:
+            reply, _ = decode(fields, self.verifier, self.types)
+        except EnvelopeError as exc:
+            log.error("rpc.bad_reply", reason=exc.reason.value, detail=exc.detail)
+            return
+        waiter = self._waiting.get(reply.in_reply_to or "")
+        if waiter is None:
+            log.info("rpc.late_reply", in_reply_to=reply.in_reply_to)
+            return
+        # A duplicate reply (the request was retried) finds the waiter full or gone.
+        with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            waiter.send_nowait(reply)
+
+
+async def send_reply(publisher: Publisher, request: PacketEnvelope, reply: PacketEnvelope) -> str | None:
+    """Append ``reply`` to the request's reply stream (kept ``REPLY_TTL_MS``)."""
+    target = request.reply_to
+    if not target or not target.startswith(RPC_PREFIX):
+        log.warning("rpc.no_reply_stream", reply_to=target, request_id=request.id)
+        return None
+    entry_id = await publisher.publish(reply, target)
+    await publisher.redis.pexpire(publisher.keys.stream(target), REPLY_TTL_MS)
+    return entry_id
+
+
+def remaining_s(envelope: PacketEnvelope) -> float:
+    """Seconds left before the envelope's deadline (inf when it has none)."""
+    if envelope.expires_at is None:
+        return math.inf
+    return (envelope.expires_at - utcnow()).total_seconds()

@@ -1,0 +1,32 @@
+"""PacketEnvelope, the payload registry, the wire codec, signing, CloudEvents."""
+
+from ._cloudevents import from_cloudevent, to_cloudevent
+from ._codec import ENVELOPE_FIELD, decode, decode_envelope, encode, to_wire_map
+from ._errors import EnvelopeError, ErrorReason
+from ._model import Kind, PacketEnvelope, new_id, utcnow
+from ._registry import Payload, PayloadRegistry, payload, registry, split_type
+from ._signing import Signer, Verifier, canonical_bytes
+
+__all__ = [
+    "ENVELOPE_FIELD",
+    "EnvelopeError",
+    "ErrorReason",
+    "Kind",
+    "PacketEnvelope",
+    "Payload",
+    "PayloadRegistry",
+    "Signer",
+    "Verifier",
+    "canonical_bytes",
+    "decode",
+    "decode_envelope",
+    "encode",
+    "from_cloudevent",
+    "new_id",
+    "payload",
+    "registry",
+    "split_type",
+    "to_cloudevent",
+    "to_wire_map",
+    "utcnow",
+]

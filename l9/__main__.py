@@ -1,0 +1,3 @@
+from l9.cli import main
+
+main()

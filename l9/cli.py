@@ -1,0 +1,142 @@
+"""The ``l9`` command."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import anyio
+import redis.asyncio as aioredis
+import typer
+from rich.console import Console
+
+from bus import Keys
+from l9.devstack import EmbeddedStack, StackError, resolve_endpoints
+from l9.logs import configure_logging
+from l9.settings import Settings, get_settings
+
+app = typer.Typer(no_args_is_help=True, help="L9: an event-driven multi-agent bus.")
+dev_app = typer.Typer(no_args_is_help=True, help="The embedded development stack.")
+agent_app = typer.Typer(no_args_is_help=True, help="Agent processes.")
+app.add_typer(dev_app, name="dev")
+app.add_typer(agent_app, name="agent")
+console = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        settings = get_settings()
+    except ValueError as exc:
+        err.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from None
+    configure_logging(settings.log_level)
+    return settings
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+@dev_app.command("up")
+def dev_up() -> None:
+    """Start (or reuse) the embedded Redis + FalkorDB and PostgreSQL."""
+    settings = _settings()
+    try:
+        endpoints = EmbeddedStack(settings.home_dir).up()
+    except StackError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"REDIS_URL={endpoints.redis_url}\nDATABASE_URL={endpoints.database_url}")
+
+
+@dev_app.command("down")
+def dev_down() -> None:
+    """Stop the embedded servers (data is kept under L9_HOME)."""
+    settings = _settings()
+    stopped = EmbeddedStack(settings.home_dir).down()
+    console.print("stopped" if stopped else "nothing was running")
+
+
+@dev_app.command("status")
+def dev_status() -> None:
+    """Whether the embedded servers run, their pids, urls and data folders."""
+    settings = _settings()
+    console.print_json(json.dumps(EmbeddedStack(settings.home_dir).status(), default=str))
+
+
+@agent_app.command("run")
+def agent_run(
+    name: Annotated[str, typer.Argument(help="a built-in agent name or module:Class")],
+    concurrency: Annotated[int | None, typer.Option(min=1, help="handlers running at once")] = None,
+    instance: Annotated[str | None, typer.Option(help="stable instance id (default: lowest free)")] = None,
+) -> None:
+    """Run one agent in this process until SIGTERM."""
+    from agents.runner import load_agent, run_agent
+
+    settings = _settings()
+    try:
+        agent_cls = load_agent(name)
+    except (ValueError, ImportError) as exc:
+        raise _fail(str(exc), 2) from None
+    try:
+        anyio.run(lambda: run_agent(agent_cls, settings, concurrency=concurrency, instance=instance))
+    except StackError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Streams, consumer groups, consumers, lag, pending and dead-letter counts."""
+    from l9.status import collect_status, render_status
+
+    settings = _settings()
+    endpoints = resolve_endpoints(settings)
+
+    async def snapshot() -> dict[str, object]:
+        redis = aioredis.from_url(endpoints.redis_url)
+        try:
+            return await collect_status(redis, Keys(settings.namespace))
+        finally:
+            await redis.aclose()
+
+    data = anyio.run(snapshot)
+    if as_json:
+        print(json.dumps(data))
+    else:
+        render_status(data, console)
+
+
+@app.command()
+def demo(
+    count: Annotated[int, typer.Option(min=1, max=1_000_000, help="tasks to publish")] = 200,
+    squarers: Annotated[int, typer.Option(min=1, max=16, help="squarer processes")] = 2,
+    keep_stack: Annotated[bool, typer.Option(help="leave the embedded stack running")] = False,
+) -> None:
+    """Start the stack, run the squarer and summer agents as processes, exchange envelopes."""
+    from l9.demo import run_demo
+
+    settings = _settings()
+    stack = EmbeddedStack(settings.home_dir)
+    embedded = not (settings.redis_url and settings.database_url)
+    endpoints = resolve_endpoints(settings)
+    try:
+        result = anyio.run(lambda: run_demo(settings, endpoints, console, count=count, squarers=squarers))
+    finally:
+        if embedded and not keep_stack:
+            stack.down()
+            console.print("embedded stack stopped (l9 dev up starts it again; data is kept)")
+    console.print(
+        f"tasks published: {result.published}, results collected: {result.collected}\n"
+        f"sum of squares: {result.total} (expected {result.expected})\n"
+        f"handled by: {result.handled_by}\nagent exit codes: {result.exit_codes}"
+    )
+    if not result.ok:
+        raise _fail("the demo did not complete as expected")
+    console.print("[green]demo passed[/green]")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,133 @@
+"""``l9 demo``: the stack, two agents in their own processes, envelopes between them.
+
+Publishes N tasks; ``squarer`` processes square them and emit results;
+``summer`` stores them; the demo checks the sum, shows who did what, and
+stops every process with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import redis.asyncio as aioredis
+from rich.console import Console
+from rich.progress import Progress
+
+from agents.demo import Task, handled_key, results_key
+from bus import Keys, Publisher
+from envelope import PacketEnvelope, Signer, new_id
+from l9.devstack import StackEndpoints
+from l9.settings import Settings
+
+from .status import collect_status, render_status
+
+
+@dataclass
+class DemoResult:
+    run: str
+    published: int
+    collected: int
+    total: int
+    expected: int
+    handled_by: dict[str, int]
+    exit_codes: dict[str, int | None] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.collected == self.published
+            and self.total == self.expected
+            and all(code == 0 for code in self.exit_codes.values())
+        )
+
+
+def spawn_agent(name: str, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out = (log_dir / f"{name}-{time.time_ns()}.log").open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "l9", "agent", "run", name], env=env, stdout=out, stderr=subprocess.STDOUT
+    )
+
+
+async def run_demo(
+    settings: Settings, endpoints: StackEndpoints, console: Console, *, count: int, squarers: int
+) -> DemoResult:
+    env = {
+        **os.environ,
+        "REDIS_URL": endpoints.redis_url,
+        "DATABASE_URL": endpoints.database_url,
+        "L9_NAMESPACE": settings.namespace,
+        "L9_HOME": str(settings.home_dir),
+    }
+    log_dir = settings.home_dir / "logs"
+    procs = {f"squarer#{i}": spawn_agent("squarer", env, log_dir) for i in range(squarers)}
+    procs["summer"] = spawn_agent("summer", env, log_dir)
+    console.print(
+        f"started {len(procs)} agent processes: "
+        + ", ".join(f"{n} (pid {p.pid})" for n, p in procs.items())
+        + f"; logs in {log_dir}"
+    )
+    redis = aioredis.from_url(endpoints.redis_url)
+    keys = Keys(settings.namespace)
+    try:
+        result = await _exchange(redis, keys, settings, console, count)
+        render_status(await collect_status(redis, keys), console)
+    finally:
+        await redis.aclose()
+        result_codes = _stop(procs)
+    result.exit_codes = result_codes
+    return result
+
+
+async def _exchange(
+    redis: aioredis.Redis, keys: Keys, settings: Settings, console: Console, count: int
+) -> DemoResult:
+    run = new_id()
+    publisher = Publisher(redis, keys, Signer(settings.keyring(), settings.signing_key_id))
+    tasks = [
+        PacketEnvelope.new(
+            type="l9.demo.task.v1", source="agent://cli/demo", data=Task(n=i).model_dump(), correlation_id=run
+        )
+        for i in range(1, count + 1)
+    ]
+    await publisher.publish_many(tasks)
+    console.print(f"run {run}: published {count} tasks on stream demo.tasks")
+    collected = 0
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("results collected", total=count)
+        with anyio.move_on_after(60):
+            while collected < count:
+                collected = int(await redis.hlen(results_key(keys, run)))
+                progress.update(bar, completed=collected)
+                await anyio.sleep(0.1)
+    squares = await redis.hvals(results_key(keys, run))
+    handled = await redis.hgetall(handled_key(keys, run))
+    return DemoResult(
+        run=run,
+        published=count,
+        collected=collected,
+        total=sum(int(v) for v in squares),
+        expected=sum(i * i for i in range(1, count + 1)),
+        handled_by={k.decode(): int(v) for k, v in handled.items()},
+    )
+
+
+def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, int | None]:
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    codes: dict[str, int | None] = {}
+    for name, proc in procs.items():
+        try:
+            codes[name] = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes[name] = None
+    return codes
