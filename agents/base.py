@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import structlog
 
-from bus import Delivery, send_reply
+from bus import Delivery, ErrorReply, send_reply
 from envelope import Kind, PacketEnvelope, Payload
 
 from .runtime import Runtime
@@ -61,6 +61,10 @@ class Context(Generic[P]):
         )
         await send_reply(self.agent.runtime.publisher, self.envelope, envelope)
         return envelope
+
+    async def fail(self, error: str, detail: str = "") -> PacketEnvelope:
+        """Answer a request with an error; the caller's ``call`` raises RemoteError."""
+        return await self.reply(ErrorReply(error=error, detail=detail), kind="error")
 
 
 class Agent:

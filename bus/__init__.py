@@ -8,7 +8,7 @@ from .maintenance import ConsumerNameTaken, claim_consumer_name
 from .policy import DeliveryPolicy
 from .publisher import Publisher
 from .retention import safe_trim_boundary, trim_acknowledged
-from .rpc import RpcClient, remaining_s, send_reply
+from .rpc import ErrorReply, RpcClient, remaining_s, send_reply
 from .topology import DEFAULT_TOPOLOGY, Topology
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "DeadLetters",
     "Delivery",
     "DeliveryPolicy",
+    "ErrorReply",
     "Handler",
     "Keys",
     "Publisher",

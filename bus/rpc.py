@@ -26,6 +26,7 @@ from envelope import (
     Verifier,
     decode,
     new_id,
+    payload,
     registry,
     utcnow,
 )
@@ -36,6 +37,14 @@ from .publisher import Publisher
 
 REPLY_TTL_MS = 10 * 60 * 1000
 log = structlog.get_logger("l9.bus.rpc")
+
+
+@payload("l9.bus.error.v1")
+class ErrorReply(Payload):
+    """What a responder sends (``kind="error"``) when it cannot answer."""
+
+    error: str
+    detail: str = ""
 
 
 class RpcClient:
@@ -104,11 +113,10 @@ class RpcClient:
             recv.close()
 
     def _unwrap(self, request: PacketEnvelope, reply: PacketEnvelope) -> tuple[PacketEnvelope, Payload]:
-        if reply.kind == "error":
-            raise RemoteError(
-                request.id, str(reply.data.get("error", "error")), str(reply.data.get("detail", ""))
-            )
-        return reply, self.types.load(reply)
+        loaded = self.types.load(reply)
+        if isinstance(loaded, ErrorReply):
+            raise RemoteError(request.id, loaded.error, loaded.detail)
+        return reply, loaded
 
     async def _listen(self) -> None:
         last = "0-0"

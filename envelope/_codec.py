@@ -22,6 +22,11 @@ from ._signing import Signer, Verifier
 ENVELOPE_FIELD = "env"
 _ENVELOPE_KEY = ENVELOPE_FIELD.encode()
 _TIME_FIELDS = ("time", "expires_at")
+#: Plain, unsigned copies of envelope fields kept beside ``env`` for readability.
+HEADER_FIELDS = ("id", "type", "source", "correlation_id")
+#: Fields whose model default is made up on the spot (a fresh id, the current
+#: time): a wire map must carry them, or a redelivery would get a new identity.
+_NOT_DEFAULTED = ("id", "time")
 
 
 def to_wire_map(envelope: PacketEnvelope) -> dict[str, Any]:
@@ -39,13 +44,9 @@ def encode(envelope: PacketEnvelope, signer: Signer | None = None) -> dict[str, 
     fields = to_wire_map(envelope)
     if signer is not None and envelope.signature is None:
         signer.sign(fields)
-    return {
-        "id": envelope.id,
-        "type": envelope.type,
-        "source": envelope.source,
-        "correlation_id": envelope.correlation_id,
-        ENVELOPE_FIELD: msgpack.packb(fields, use_bin_type=True),
-    }
+    entry: dict[str, str | bytes] = {name: getattr(envelope, name) for name in HEADER_FIELDS}
+    entry[ENVELOPE_FIELD] = msgpack.packb(fields, use_bin_type=True)
+    return entry
 
 
 def decode_envelope(
@@ -63,10 +64,15 @@ def decode_envelope(
         raise EnvelopeError(ErrorReason.UNDECODABLE, f"envelope is a {type(fields).__name__}, not a map")
     if verifier is not None:
         verifier.verify(fields)
+    eid = fields.get("id") if isinstance(fields.get("id"), str) else None
+    for name in _NOT_DEFAULTED:
+        if name not in fields:
+            raise EnvelopeError(
+                ErrorReason.INVALID_ENVELOPE, f"field {name!r}: Field required", envelope_id=eid
+            )
     try:
-        return PacketEnvelope.model_validate(fields)
+        envelope = PacketEnvelope.model_validate(fields)
     except ValidationError as exc:
-        eid = fields.get("id") if isinstance(fields.get("id"), str) else None
         first = exc.errors(include_url=False)[0]
         loc = ".".join(str(p) for p in first["loc"])
         raise EnvelopeError(
@@ -74,6 +80,28 @@ def decode_envelope(
             f"field {loc!r}: {first['msg']} ({exc.error_count()} error(s))",
             envelope_id=eid,
         ) from None
+    _check_headers(entry, envelope)
+    return envelope
+
+
+def _check_headers(entry: Mapping[bytes, bytes] | Mapping[str, Any], envelope: PacketEnvelope) -> None:
+    """The plain header fields are not signed: refuse an entry whose headers
+    disagree with its (verified) envelope, so what ``XRANGE`` shows is true."""
+    for name in HEADER_FIELDS:
+        value = entry.get(name.encode())  # type: ignore[call-overload]
+        if value is None:
+            value = entry.get(name)  # type: ignore[call-overload]
+        if value is None:
+            continue
+        if isinstance(value, bytes | bytearray):
+            value = bytes(value).decode("utf-8", "replace")
+        expected = getattr(envelope, name)
+        if value != expected:
+            raise EnvelopeError(
+                ErrorReason.INVALID_ENVELOPE,
+                f"header field {name!r} is {value!r} but the envelope says {expected!r}",
+                envelope_id=envelope.id,
+            )
 
 
 def decode(

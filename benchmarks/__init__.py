@@ -1,0 +1,1 @@
+"""Benchmarks of L9 (run as modules: ``python -m benchmarks.<name>``)."""

@@ -1,0 +1,161 @@
+"""Shared fixtures: the real embedded stack (or REDIS_URL/DATABASE_URL), namespaces, agent processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from bus import Keys
+from envelope import Signer, Verifier
+from l9.devstack import EmbeddedStack, StackEndpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYRING = {"test": b"integration-test-secret"}
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackEndpoints]:
+    """Real Redis 8 + FalkorDB and PostgreSQL: the embedded stack, or the servers in the env."""
+    redis_url, database_url = os.environ.get("REDIS_URL"), os.environ.get("DATABASE_URL")
+    if redis_url and database_url:
+        yield StackEndpoints(redis_url, database_url)
+        return
+    embedded = EmbeddedStack(tmp_path_factory.mktemp("stack"))
+    try:
+        yield embedded.up()
+    finally:
+        embedded.down()
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A fresh key namespace per test, so tests never see each other's streams."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def keys(namespace: str) -> Keys:
+    return Keys(namespace)
+
+
+@pytest.fixture
+async def redis(stack: StackEndpoints, keys: Keys) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(stack.redis_url)
+    yield client
+    doomed = [k async for k in client.scan_iter(match=f"{keys.namespace}:*")]
+    if doomed:
+        await client.delete(*doomed)
+    await client.aclose()
+
+
+@pytest.fixture
+def signer() -> Signer:
+    return Signer(KEYRING, "test")
+
+
+@pytest.fixture
+def verifier() -> Verifier:
+    return Verifier(KEYRING)
+
+
+@pytest.fixture
+def agent_env(stack: StackEndpoints, namespace: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for agent processes: this test's namespace and quick timings."""
+    return {
+        **os.environ,
+        "REDIS_URL": stack.redis_url,
+        "DATABASE_URL": stack.database_url,
+        "L9_NAMESPACE": namespace,
+        "L9_HOME": str(tmp_path / "home"),
+        "L9_SIGNING_KEYS": json.dumps({k: v.decode() for k, v in KEYRING.items()}),
+        "L9_SIGNING_KEY_ID": "test",
+        "L9_HEARTBEAT_MS": "200",
+        "L9_LEASE_MS": "5000",
+        "L9_RETRY_BACKOFF_MS": "50",
+        "L9_BLOCK_MS": "200",
+        "L9_LOG_LEVEL": "info",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+class AgentProcess:
+    """``l9 agent run`` as a real OS process, its log captured to a file."""
+
+    def __init__(self, spec: str, env: dict[str, str], log: Path, *args: str) -> None:
+        self.log_path = log
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "l9", "agent", "run", spec, *args],
+            env=env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_events(self) -> list[dict[str, object]]:
+        events = []
+        for line in self.log_path.read_text().splitlines():
+            if line.startswith("{"):
+                events.append(json.loads(line))
+        return events
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def spawn(agent_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    procs: list[AgentProcess] = []
+
+    def start(spec: str, *args: str, env: dict[str, str] | None = None) -> AgentProcess:
+        log = tmp_path / f"agent-{len(procs)}.log"
+        proc = AgentProcess(spec, {**agent_env, **(env or {})}, log, *args)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.close()
+
+
+async def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05) -> None:
+    """Poll an async or sync predicate until it is truthy, or fail the test."""
+    import inspect
+
+    import anyio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        await anyio.sleep(interval)

@@ -1,0 +1,249 @@
+"""The bus in-process against the real Redis: retries, RPC deadlines, safe trimming, leases."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from agents import Agent, Context, Runtime, handles
+from bus import (
+    Delivery,
+    DeliveryPolicy,
+    Keys,
+    Publisher,
+    RemoteError,
+    RpcClient,
+    RpcTimeout,
+    StreamConsumer,
+    safe_trim_boundary,
+    trim_acknowledged,
+)
+from envelope import PacketEnvelope, Signer, Verifier
+from tests.conftest import wait_for
+from tests.integration.ledger import LedgerAgent, Ping, Pong, Work
+
+pytestmark = pytest.mark.integration
+FAST = DeliveryPolicy(
+    max_in_flight=32,
+    concurrency=4,
+    block_ms=100,
+    retry_backoff_ms=50,
+    retry_backoff_max_ms=400,
+    lease_ms=1500,
+    heartbeat_ms=100,
+    drain_timeout_s=2,
+)
+
+
+@asynccontextmanager
+async def consuming(consumer: StreamConsumer) -> AsyncIterator[StreamConsumer]:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consumer.run)
+        await consumer.wait_started()
+        yield consumer
+        consumer.stop()
+
+
+def work(n: int, **kw: object) -> PacketEnvelope:
+    return PacketEnvelope.new(
+        type="l9.test.work.v1", source="agent://test/p", data=Work(n=n, **kw).model_dump()
+    )
+
+
+async def test_failed_handler_is_retried_with_backoff_then_acked(
+    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+) -> None:
+    seen: list[tuple[int, float]] = []
+
+    async def flaky(d: Delivery) -> None:
+        seen.append((d.attempt, time.monotonic()))
+        if d.attempt < 3:
+            raise ValueError(f"try {d.attempt}")
+
+    consumer = StreamConsumer(
+        redis, keys, group="g", consumer="c1", streams=["test"], handler=flaky, verifier=verifier, policy=FAST
+    )
+    async with consuming(consumer):
+        await Publisher(redis, keys, signer).publish(work(1))
+        await wait_for(lambda: len(seen) >= 3 and not consumer.in_flight, timeout=10)
+        await wait_for(lambda: _pending_zero(redis, keys, "g"))
+    assert [a for a, _ in seen] == [1, 2, 3]
+    gaps = [b - a for (_, a), (_, b) in zip(seen, seen[1:], strict=False)]
+    assert gaps[0] >= 0.05 and gaps[1] >= 0.1, f"backoff not exponential: {gaps}"
+    assert not await redis.exists(keys.errors("test")) or await redis.hlen(keys.errors("test")) == 0
+    assert await redis.xlen(keys.dead("test")) == 0
+
+
+async def _pending_zero(redis: aioredis.Redis, keys: Keys, group: str) -> bool:
+    return int((await redis.xpending(keys.stream("test"), group))["pending"]) == 0
+
+
+async def test_long_handler_keeps_its_lease(
+    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+) -> None:
+    """A handler running 3x the lease is not stolen by a second live consumer."""
+    calls: list[str] = []
+
+    def handler(name: str) -> Callable[[Delivery], object]:
+        async def handle(d: Delivery) -> None:
+            calls.append(name)
+            await anyio.sleep(4.5)
+
+        return handle
+
+    c1 = StreamConsumer(
+        redis,
+        keys,
+        group="g",
+        consumer="c1",
+        streams=["test"],
+        handler=handler("c1"),
+        verifier=verifier,
+        policy=FAST,
+    )  # type: ignore[arg-type]
+    c2 = StreamConsumer(
+        redis,
+        keys,
+        group="g",
+        consumer="c2",
+        streams=["test"],
+        handler=handler("c2"),
+        verifier=verifier,
+        policy=FAST,
+    )  # type: ignore[arg-type]
+    async with consuming(c1):
+        await Publisher(redis, keys, signer).publish(work(1))
+        await wait_for(lambda: calls == ["c1"], timeout=5)
+        async with consuming(c2):
+            await wait_for(lambda: not c1.in_flight, timeout=10)
+    assert calls == ["c1"]
+
+
+async def test_rpc_replies_within_deadline_and_times_out_past_it(
+    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+) -> None:
+    runtime = Runtime(redis=redis, keys=keys, signer=signer, verifier=verifier, agent="ledger", instance="r1")
+    agent: Agent = LedgerAgent(runtime)
+    consumer = StreamConsumer(
+        redis,
+        keys,
+        group="ledger",
+        consumer="r1",
+        streams=["test"],
+        handler=agent.handle,
+        verifier=verifier,
+        policy=FAST,
+    )
+    async with consuming(consumer), RpcClient(redis, Publisher(redis, keys, signer), verifier) as rpc:
+        started = time.monotonic()
+        reply, pong = await rpc.call(Ping(text="hi"), source="agent://test/caller", deadline_s=2.0)
+        assert time.monotonic() - started < 2.0
+        assert isinstance(pong, Pong) and pong.text == "hi" and pong.by == "r1"
+        assert reply.kind == "response" and reply.in_reply_to is not None
+
+        started = time.monotonic()
+        with pytest.raises(RpcTimeout, match="within 0.3s"):
+            await rpc.call(Ping(text="slow", sleep_ms=1500), source="agent://test/caller", deadline_s=0.3)
+        assert 0.3 <= time.monotonic() - started < 1.0
+        # the late reply arrives and is ignored; the next call still works
+        await anyio.sleep(1.5)
+        _, pong = await rpc.call(Ping(text="again"), source="agent://test/caller", deadline_s=2.0)
+        assert pong.text == "again"  # type: ignore[attr-defined]
+
+
+async def test_rpc_error_reply_raises_remote_error(
+    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+) -> None:
+    class Refuser(Agent):
+        name = "refuser"
+        consumes = ("test",)
+
+        @handles(Ping)
+        async def on_ping(self, ctx: Context[Ping]) -> None:
+            await ctx.fail("refused", "no pings today")
+
+    runtime = Runtime(
+        redis=redis, keys=keys, signer=signer, verifier=verifier, agent="refuser", instance="r1"
+    )
+    consumer = StreamConsumer(
+        redis,
+        keys,
+        group="r",
+        consumer="r1",
+        streams=["test"],
+        handler=Refuser(runtime).handle,
+        verifier=verifier,
+        policy=FAST,
+    )
+    async with consuming(consumer), RpcClient(redis, Publisher(redis, keys, signer), verifier) as rpc:
+        with pytest.raises(RemoteError, match="refused: no pings today"):
+            await rpc.call(Ping(text="x"), source="agent://test/c", deadline_s=2.0)
+
+
+async def test_trim_never_removes_what_a_group_has_not_acknowledged(
+    redis: aioredis.Redis, keys: Keys, signer: Signer
+) -> None:
+    key = keys.stream("test")
+    ids = await Publisher(redis, keys, signer).publish_many([work(i) for i in range(100)])
+    await redis.xgroup_create(key, "fast", id="0")
+    await redis.xgroup_create(key, "slow", id="0")
+    fast = await redis.xreadgroup("fast", "f", {key: ">"}, count=100)
+    await redis.xack(key, "fast", *[i for i, _ in fast[0][1]])
+    slow = await redis.xreadgroup("slow", "s", {key: ">"}, count=50)
+    slow_ids = [i for i, _ in slow[0][1]]
+    await redis.xack(key, "slow", *slow_ids[:40])  # 10 pending, 50 never delivered
+
+    assert await safe_trim_boundary(redis, key) == ids[40]
+    assert await trim_acknowledged(redis, key) == 40
+    left = [i.decode() for i, _ in await redis.xrange(key)]
+    assert left == ids[40:]
+
+    await redis.xack(key, "slow", *slow_ids[40:])
+    assert await trim_acknowledged(redis, key) == 10
+    assert [i.decode() for i, _ in await redis.xrange(key)] == ids[50:]  # undelivered to slow
+
+    await redis.xgroup_create(key, "new", id="0")  # a group that has read nothing yet
+    rest = await redis.xreadgroup("slow", "s", {key: ">"}, count=100)
+    await redis.xack(key, "slow", *[i for i, _ in rest[0][1]])
+    assert await trim_acknowledged(redis, key) == 0
+    assert await redis.xlen(key) == 50
+
+
+async def test_trim_respects_max_age(redis: aioredis.Redis, keys: Keys, signer: Signer) -> None:
+    key = keys.stream("test")
+    await Publisher(redis, keys, signer).publish_many([work(i) for i in range(10)])
+    await redis.xgroup_create(key, "g", id="0")
+    got = await redis.xreadgroup("g", "c", {key: ">"}, count=10)
+    await redis.xack(key, "g", *[i for i, _ in got[0][1]])
+    assert await trim_acknowledged(redis, key, max_age_s=3600) == 0  # all younger than an hour
+    assert await trim_acknowledged(redis, key, max_age_s=0) == 10
+
+
+async def test_nogroup_for_a_stream_without_group_is_created_on_start(
+    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+) -> None:
+    """Entries published before the first consumer started are not lost (group starts at 0)."""
+    await Publisher(redis, keys, signer).publish_many([work(i) for i in range(5)])
+    got: list[int] = []
+
+    async def collect(d: Delivery) -> None:
+        got.append(d.payload.n)  # type: ignore[attr-defined]
+
+    consumer = StreamConsumer(
+        redis,
+        keys,
+        group="late",
+        consumer="c",
+        streams=["test"],
+        handler=collect,
+        verifier=verifier,
+        policy=FAST,
+    )
+    async with consuming(consumer):
+        await wait_for(lambda: len(got) == 5, timeout=5)
+    assert sorted(got) == [0, 1, 2, 3, 4]
