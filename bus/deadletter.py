@@ -8,6 +8,7 @@ dead-lettered and pending, nor acked without a trace.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -28,13 +29,13 @@ class DeadLetters:
         self,
         stream: str,
         entry_id: str,
-        fields: Mapping[bytes, bytes] | Mapping[str, str | bytes],
+        fields: Mapping[Any, Any],
         reason: str,
         detail: str,
         deliveries: int,
     ) -> None:
         """Move one entry to the dead-letter stream and ack it, atomically."""
-        record: dict[str | bytes, str | bytes] = dict(fields)
+        record: dict[Any, Any] = dict(fields)
         record.update(
             {
                 "dl_reason": reason,
@@ -48,7 +49,7 @@ class DeadLetters:
             }
         )
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(self.keys.dead(stream), record)  # type: ignore[arg-type]
+        pipe.xadd(self.keys.dead(stream), record)
         pipe.xack(self.keys.stream(stream), self.group, entry_id)
         pipe.hdel(self.keys.errors(stream), entry_id)
         await pipe.execute()
@@ -67,7 +68,7 @@ class DeadLetters:
         entries = await self.redis.xrange(key, min=entry_id, max=entry_id)
         last = await self.redis.hget(self.keys.errors(stream), entry_id)
         error = last.decode(errors="replace") if isinstance(last, bytes) else "unknown"
-        fields = entries[0][1] if entries else {}
+        fields: Mapping[Any, Any] = (entries[0][1] or {}) if entries else {}
         detail = f"delivered {deliveries} time(s) without success; last error: {error}"
         await self.letter(stream, entry_id, fields, "delivery_cap", detail, deliveries)
 

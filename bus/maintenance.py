@@ -101,7 +101,7 @@ class Maintenance:
 
     async def extend_leases(self) -> None:
         c, now = self.c, time.monotonic()
-        due: dict[str, list[str]] = {}
+        due: dict[str, list[Any]] = {}
         for (stream, entry_id), since in list(c.in_flight.items()):
             if now - since > c.policy.lease_ms / 3000:
                 due.setdefault(stream, []).append(entry_id)
@@ -136,7 +136,7 @@ class Maintenance:
                 await self.redis.xgroup_delconsumer(key, c.group, name)
             return
         rows = await self.redis.xpending_range(key, c.group, "-", "+", 1000, consumername=name)
-        ids = [r["message_id"] for r in rows]
+        ids: list[Any] = [r["message_id"] for r in rows]
         claimed = await self.redis.xclaim(
             key, c.group, c.consumer, c.policy.heartbeat_ttl_ms, ids, justid=True
         )
@@ -156,7 +156,7 @@ class Maintenance:
             key, cursor = c.keys.stream(stream), "-"
             for _ in range(10):
                 rows = await self.redis.xpending_range(key, c.group, cursor, "+", 100, idle=c.policy.lease_ms)
-                ids = [r["message_id"] for r in rows if _text(r["consumer"]) != c.consumer]
+                ids: list[Any] = [r["message_id"] for r in rows if _text(r["consumer"]) != c.consumer]
                 if ids:
                     claimed = await self.redis.xclaim(
                         key, c.group, c.consumer, c.policy.lease_ms, ids, justid=True

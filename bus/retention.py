@@ -59,7 +59,7 @@ async def trim_acknowledged(redis: aioredis.Redis, key: str, *, max_age_s: float
     args: list[Any] = ["XTRIM", key, "MINID", boundary]
     if await _supports_acked(redis):
         args.append("ACKED")
-    removed = int(await redis.execute_command(*args))
+    removed = int(await redis.execute_command(*args))  # type: ignore[no-untyped-call]
     if removed:
         log.info("retention.trimmed", stream=key, removed=removed, boundary=boundary)
     return removed

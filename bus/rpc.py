@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import redis.asyncio as aioredis
 import structlog
+from anyio.streams.memory import MemoryObjectSendStream
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from envelope import (
@@ -62,7 +63,7 @@ class RpcClient:
         self.redis, self.publisher, self.verifier, self.types = redis, publisher, verifier, types
         self.reply_stream = f"{RPC_PREFIX}{name or new_id()}"
         self._key = publisher.keys.stream(self.reply_stream)
-        self._waiting: dict[str, anyio.abc.ObjectSendStream[PacketEnvelope]] = {}
+        self._waiting: dict[str, MemoryObjectSendStream[PacketEnvelope]] = {}
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> RpcClient:
@@ -122,7 +123,7 @@ class RpcClient:
         last = "0-0"
         while True:
             try:
-                reply = await self.redis.xread({self._key: last}, count=100, block=1000)
+                reply: Any = await self.redis.xread({self._key: last}, count=100, block=1000)
                 await self.redis.pexpire(self._key, REPLY_TTL_MS)
             except (RedisConnectionError, OSError) as exc:
                 log.warning("rpc.redis_unavailable", error=str(exc))

@@ -25,7 +25,7 @@ P = TypeVar("P", bound=type[Payload])
 
 def split_type(type_: str) -> tuple[str, int]:
     """``l9.demo.ping.v2`` -> (``l9.demo.ping``, 2)."""
-    if not _TYPE_RE.match(type_):
+    if not _TYPE_RE.fullmatch(type_):  # not .match: `$` also matches before a final "\n"
         raise ValueError(f"envelope type {type_!r} does not match l9.<area>.<name>.v<major>")
     name, _, major = type_.rpartition(".v")
     return name, int(major)

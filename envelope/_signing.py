@@ -21,7 +21,8 @@ def canonical_bytes(fields: Mapping[str, Any]) -> bytes:
     ``fields`` is the wire map (times as ISO-8601 strings), so signing and
     verifying work on exactly the values that travel.
     """
-    return msgpack.packb([fields.get(name) for name in _SIGNED], use_bin_type=True)
+    packed: bytes = msgpack.packb([fields.get(name) for name in _SIGNED], use_bin_type=True)
+    return packed
 
 
 class Signer:

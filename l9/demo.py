@@ -48,6 +48,10 @@ class DemoResult:
         )
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def spawn_agent(name: str, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
     log_dir.mkdir(parents=True, exist_ok=True)
     out = (log_dir / f"{name}-{time.time_ns()}.log").open("wb")
@@ -115,7 +119,7 @@ async def _exchange(
         collected=collected,
         total=sum(int(v) for v in squares),
         expected=sum(i * i for i in range(1, count + 1)),
-        handled_by={k.decode(): int(v) for k, v in handled.items()},
+        handled_by={_text(k): int(v) for k, v in handled.items()},
     )
 
 

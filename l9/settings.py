@@ -7,6 +7,7 @@ started under ``L9_HOME`` (default ``./.l9``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -83,10 +84,8 @@ def _key_file(home: Path) -> dict[str, str]:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump({"dev": secrets.token_hex(32)}, fh)
-        try:
-            os.link(tmp, path)  # atomic, and loses to a concurrent creator
-        except FileExistsError:
-            pass
+        with contextlib.suppress(FileExistsError):  # a concurrent creator won: use its key
+            os.link(tmp, path)  # atomic
         tmp.unlink(missing_ok=True)
     keys = json.loads(path.read_text())
     if not isinstance(keys, dict) or not keys:

@@ -16,7 +16,7 @@ def _text(value: Any) -> str:
 
 
 async def _stream_names(redis: aioredis.Redis, keys: Keys) -> list[str]:
-    names = {_text(n) for n in await redis.smembers(keys.streams_index())}  # type: ignore[misc]
+    names = {_text(n) for n in await redis.smembers(keys.streams_index())}
     async for key in redis.scan_iter(match=f"{keys.namespace}:{{*}}", _type="stream"):
         try:
             names.add(keys.name_of(_text(key)))

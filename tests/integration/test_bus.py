@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -73,7 +74,7 @@ async def test_failed_handler_is_retried_with_backoff_then_acked(
         await wait_for(lambda: len(seen) >= 3 and not consumer.in_flight, timeout=10)
         await wait_for(lambda: _pending_zero(redis, keys, "g"))
     assert [a for a, _ in seen] == [1, 2, 3]
-    gaps = [b - a for (_, a), (_, b) in zip(seen, seen[1:], strict=False)]
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(seen)]
     assert gaps[0] >= 0.05 and gaps[1] >= 0.1, f"backoff not exponential: {gaps}"
     assert not await redis.exists(keys.errors("test")) or await redis.hlen(keys.errors("test")) == 0
     assert await redis.xlen(keys.dead("test")) == 0
@@ -147,7 +148,7 @@ async def test_rpc_replies_within_deadline_and_times_out_past_it(
         assert reply.kind == "response" and reply.in_reply_to is not None
 
         started = time.monotonic()
-        with pytest.raises(RpcTimeout, match="within 0.3s"):
+        with pytest.raises(RpcTimeout, match=r"within 0\.3s"):
             await rpc.call(Ping(text="slow", sleep_ms=1500), source="agent://test/caller", deadline_s=0.3)
         assert 0.3 <= time.monotonic() - started < 1.0
         # the late reply arrives and is ignored; the next call still works
