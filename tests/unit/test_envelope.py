@@ -151,7 +151,16 @@ def test_extra_fields_are_refused(build: str) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["ping", "l9.demo.ping", "l9.Demo.ping.v1", "x9.demo.ping.v1", "l9.demo.ping.v1.", "l9..ping.v1", ""],
+    [
+        "ping",
+        "l9.demo.ping",
+        "l9.Demo.ping.v1",
+        "x9.demo.ping.v1",
+        "l9.demo.ping.v1.",
+        "l9..ping.v1",
+        "l9.demo.ping.v1\n",
+        "",
+    ],
 )
 def test_bad_type_is_refused_naming_the_field(bad: str) -> None:
     with pytest.raises(ValidationError) as caught:
@@ -266,7 +275,9 @@ def test_split_type(type_: str, expected: tuple[str, int]) -> None:
     assert split_type(type_) == expected
 
 
-@pytest.mark.parametrize("bad", ["l9.demo.ping", "l9.demo.ping.vx", "demo.ping.v1", "l9.demo.ping.v1 "])
+@pytest.mark.parametrize(
+    "bad", ["l9.demo.ping", "l9.demo.ping.vx", "demo.ping.v1", "l9.demo.ping.v1 ", "l9.demo.ping.v1\n"]
+)
 def test_split_type_refuses_malformed_types(bad: str) -> None:
     with pytest.raises(ValueError, match="does not match"):
         split_type(bad)

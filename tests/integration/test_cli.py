@@ -1,0 +1,66 @@
+"""The `l9` command against the real servers: the demo (the README's main job) and status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import redis.asyncio as aioredis
+
+from bus import Keys, Publisher
+from envelope import Signer
+from tests.conftest import ROOT
+from tests.integration.test_agents import work
+
+pytestmark = pytest.mark.integration
+
+
+def l9(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "l9", *args], env=env, cwd=ROOT, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def test_demo_runs_two_agent_processes_and_checks_their_work(agent_env: dict[str, str]) -> None:
+    done = l9("demo", "--count", "120", env=agent_env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "sum of squares: 583220 (expected 583220)" in done.stdout
+    assert "demo passed" in done.stdout
+    assert "'squarer#0': 0" in done.stdout and "'summer': 0" in done.stdout
+
+
+async def test_status_reports_groups_pending_lag_and_dead_letters(
+    redis: aioredis.Redis, keys: Keys, signer: Signer, agent_env: dict[str, str]
+) -> None:
+    publisher = Publisher(redis, keys, signer)
+    ids = await publisher.publish_many(
+        [work(i) for i in range(10)]
+    )
+    key = keys.stream("test")
+    await redis.xgroup_create(key, "ledger", id="0")
+    got = await redis.xreadgroup("ledger", "ledger-0", {key: ">"}, count=4)
+    await redis.xack(key, "ledger", got[0][1][0][0])
+    await redis.xadd(keys.dead("test"), {"dl_reason": "undecodable"})
+    assert len(ids) == 10
+
+    done = l9("status", "--json", env=agent_env)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    (stream,) = [s for s in status["streams"] if s["name"] == "test"]
+    assert stream["length"] == 10 and stream["dead_letters"] == 1
+    (group,) = stream["groups"]
+    assert group["name"] == "ledger" and group["pending"] == 3 and group["lag"] == 6
+    assert group["consumers"] == [
+        {"name": "ledger-0", "pending": 3, "idle_ms": group["consumers"][0]["idle_ms"], "alive": False}
+    ]
+    table = l9("status", env=agent_env)
+    assert table.returncode == 0 and "ledger" in table.stdout and "test" in table.stdout
+
+
+def test_agent_run_rejects_an_unknown_agent(agent_env: dict[str, str]) -> None:
+    done = l9("agent", "run", "no_such_agent", env=agent_env)
+    assert done.returncode == 2
+    assert "unknown agent 'no_such_agent'" in done.stderr
