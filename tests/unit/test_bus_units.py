@@ -1,0 +1,157 @@
+"""Fast unit tests of the bus and agents pieces that need no pending-entry semantics (fakeredis)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import fakeredis
+import pytest
+import redis.asyncio as aioredis
+
+from agents import Agent, Context, Runtime, handles
+from agents.runner import load_agent
+from bus import Delivery, DeliveryPolicy, Keys, Publisher, Topology
+from envelope import PacketEnvelope, Payload, Signer, Verifier, decode, payload
+from l9.settings import Settings
+
+KEYRING = {"k": b"unit-secret"}
+
+
+@payload("l9.unit.order.v1")
+class Order(Payload):
+    item: str
+
+
+@payload("l9.unit.shipped.v1")
+class Shipped(Payload):
+    item: str
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[aioredis.Redis]:
+    client = fakeredis.FakeAsyncRedis()
+    yield client
+    await client.aclose()
+
+
+def test_keys_share_a_hash_tag_per_stream_family() -> None:
+    keys = Keys("ns")
+    assert keys.stream("demo.tasks") == "ns:{demo.tasks}"
+    assert keys.dead("demo.tasks") == "ns:{demo.tasks}:dead"
+    assert keys.errors("demo.tasks") == "ns:{demo.tasks}:errors"
+    assert keys.name_of("ns:{demo.tasks}") == "demo.tasks"
+    with pytest.raises(ValueError, match="stream name 'Bad Name'"):
+        keys.stream("Bad Name")
+    with pytest.raises(ValueError, match="not a stream key"):
+        keys.name_of("other:{x}")
+
+
+def test_topology_routes_by_pattern_then_by_area() -> None:
+    topo = Topology({"l9.demo.task.*": "demo.tasks"})
+    assert topo.stream_for("l9.demo.task.v1") == "demo.tasks"
+    assert topo.stream_for("l9.demo.other.v3") == "demo"
+    assert topo.stream_for("l9.extraction.request.v1") == "extraction"
+    with pytest.raises(ValueError, match="does not match"):
+        topo.stream_for("not-a-type")
+
+
+def test_policy_backoff_is_exponential_and_capped() -> None:
+    policy = DeliveryPolicy(retry_backoff_ms=100, retry_backoff_max_ms=1000)
+    assert [policy.backoff_ms(n) for n in range(1, 7)] == [100, 200, 400, 800, 1000, 1000]
+    with pytest.raises(ValueError, match="concurrency"):
+        DeliveryPolicy(concurrency=10, max_in_flight=5)
+    with pytest.raises(ValueError, match="heartbeat_ms"):
+        DeliveryPolicy(heartbeat_ms=1000, lease_ms=1500)
+
+
+def test_settings_refuse_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("L9_HEARTBEAT_MS", "5000")
+    monkeypatch.setenv("L9_LEASE_MS", "6000")
+    with pytest.raises(ValueError, match="L9_HEARTBEAT_MS"):
+        Settings()
+    monkeypatch.delenv("L9_HEARTBEAT_MS")
+    monkeypatch.delenv("L9_LEASE_MS")
+    monkeypatch.setenv("L9_SIGNING_KEYS", "{not json")
+    with pytest.raises(ValueError, match="L9_SIGNING_KEYS is not a JSON object"):
+        Settings()
+
+
+def test_key_file_is_created_once_and_reused(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("L9_HOME", str(tmp_path))
+    first = Settings().keyring()
+    again = Settings().keyring()
+    assert first == again and len(first["dev"]) == 64
+
+
+async def test_publisher_batches_signed_entries_with_readable_headers(fake: aioredis.Redis) -> None:
+    keys = Keys("u")
+    pub = Publisher(fake, keys, Signer(KEYRING, "k"), Topology())
+    envs = [
+        PacketEnvelope.new(type="l9.unit.order.v1", source="agent://u/1", data={"item": str(i)})
+        for i in range(3)
+    ]
+    ids = await pub.publish_many(envs)
+    assert len(ids) == 3
+    rows = await fake.xrange(keys.stream("unit"))
+    assert [r[0].decode() for r in rows] == ids
+    fields = rows[1][1]
+    assert fields[b"type"] == b"l9.unit.order.v1" and fields[b"id"] == envs[1].id.encode()
+    env, order = decode(fields, Verifier(KEYRING))
+    assert env.id == envs[1].id and order == Order(item="1")
+    assert await fake.smembers(keys.streams_index()) == {b"unit"}
+
+
+class Shop(Agent):
+    name = "shop"
+    consumes = ("unit",)
+
+    @handles(Order)
+    async def on_order(self, ctx: Context[Order]) -> None:
+        await ctx.emit(Shipped(item=ctx.payload.item))
+
+
+async def test_emitted_envelopes_carry_causation_correlation_and_sequence(fake: aioredis.Redis) -> None:
+    keys = Keys("u")
+    rt = Runtime(
+        redis=fake,
+        keys=keys,
+        signer=Signer(KEYRING, "k"),
+        verifier=Verifier(KEYRING),
+        agent="shop",
+        instance="shop-0",
+        topology=Topology(),
+    )
+    shop = Shop(rt)
+    order = PacketEnvelope.new(type="l9.unit.order.v1", source="agent://u/1", data={"item": "tea"})
+    for attempt in (1, 2):
+        await shop.handle(Delivery("unit", "1-0", order, Order(item="tea"), attempt, {}))
+    rows = await fake.xrange(keys.stream("unit"))
+    shipped = [decode(r[1], Verifier(KEYRING))[0] for r in rows]
+    assert [e.type for e in shipped] == ["l9.unit.shipped.v1"] * 2
+    assert {e.causation_id for e in shipped} == {order.id}
+    assert {e.correlation_id for e in shipped} == {order.id}
+    assert [e.sequence for e in shipped] == [0, 1]
+    assert {e.source for e in shipped} == {"agent://shop/shop-0"}
+
+
+async def test_unhandled_registered_type_is_ignored(fake: aioredis.Redis) -> None:
+    rt = Runtime(
+        redis=fake,
+        keys=Keys("u"),
+        signer=Signer(KEYRING, "k"),
+        verifier=Verifier(KEYRING),
+        agent="shop",
+        instance="shop-0",
+    )
+    other = PacketEnvelope.new(type="l9.unit.shipped.v1", source="agent://u/1", data={"item": "x"})
+    await Shop(rt).handle(Delivery("unit", "1-0", other, Shipped(item="x"), 1, {}))
+    assert await fake.keys("*") == []
+
+
+def test_load_agent_names_what_is_wrong() -> None:
+    assert load_agent("squarer").name == "squarer"
+    assert load_agent("tests.unit.test_bus_units:Shop") is Shop
+    with pytest.raises(ValueError, match="unknown agent 'nope'"):
+        load_agent("nope")
+    with pytest.raises(ValueError, match="is not an Agent subclass"):
+        load_agent("tests.unit.test_bus_units:Order")
