@@ -1,7 +1,9 @@
 # Two commands for a fresh machine (each installs what it needs into .venv):
 #   make demo   - start the embedded stack, run two agent processes that exchange envelopes, stop
 #   make test   - lint, type-check and run the whole test suite against real servers
-PYTHON ?= $(shell command -v python3.13 || command -v python3.12 || command -v python3.11 || command -v python3)
+# The first interpreter that really runs and is 3.11+ (pyenv shims may exist without a version behind them).
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -9,7 +11,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint bench clean-stack
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "L9 needs Python 3.11+, found " + sys.version'
+	@test -n "$(PYTHON)" || { echo "L9 needs Python 3.11+ (python3, python3.11, ...): none found" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
