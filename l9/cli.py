@@ -110,6 +110,36 @@ def status(
 
 
 @app.command()
+def trim(
+    max_age: Annotated[
+        float | None, typer.Option(help="also keep entries younger than this many seconds")
+    ] = None,
+) -> None:
+    """Trim every stream to what all its consumer groups have acknowledged."""
+    from bus import trim_acknowledged
+    from l9.status import stream_names
+
+    settings = _settings()
+    endpoints = resolve_endpoints(settings)
+    keys = Keys(settings.namespace)
+
+    async def run() -> dict[str, int]:
+        redis = aioredis.from_url(endpoints.redis_url)
+        try:
+            return {
+                name: await trim_acknowledged(redis, keys.stream(name), max_age_s=max_age)
+                for name in await stream_names(redis, keys)
+                if await redis.exists(keys.stream(name))
+            }
+        finally:
+            await redis.aclose()
+
+    removed = anyio.run(run)
+    for name, n in removed.items():
+        console.print(f"{name}: {n} acknowledged entries removed")
+
+
+@app.command()
 def demo(
     count: Annotated[int, typer.Option(min=1, max=1_000_000, help="tasks to publish")] = 200,
     squarers: Annotated[int, typer.Option(min=1, max=16, help="squarer processes")] = 2,

@@ -70,6 +70,9 @@ async def run_demo(
         "L9_NAMESPACE": settings.namespace,
         "L9_HOME": str(settings.home_dir),
     }
+    # Small read batches, so the squarer processes visibly share the work.
+    env.setdefault("L9_BATCH_SIZE", "10")
+    env.setdefault("L9_CONCURRENCY", "4")
     log_dir = settings.home_dir / "logs"
     procs = {f"squarer#{i}": spawn_agent("squarer", env, log_dir) for i in range(squarers)}
     procs["summer"] = spawn_agent("summer", env, log_dir)

@@ -15,7 +15,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def _stream_names(redis: aioredis.Redis, keys: Keys) -> list[str]:
+async def stream_names(redis: aioredis.Redis, keys: Keys) -> list[str]:
     names = {_text(n) for n in await redis.smembers(keys.streams_index())}
     async for key in redis.scan_iter(match=f"{keys.namespace}:{{*}}", _type="stream"):
         try:
@@ -28,7 +28,7 @@ async def _stream_names(redis: aioredis.Redis, keys: Keys) -> list[str]:
 async def collect_status(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
     """A JSON-able snapshot of every stream of the namespace."""
     streams = []
-    for name in await _stream_names(redis, keys):
+    for name in await stream_names(redis, keys):
         key = keys.stream(name)
         if not await redis.exists(key):
             continue

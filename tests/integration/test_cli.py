@@ -64,3 +64,17 @@ def test_agent_run_rejects_an_unknown_agent(agent_env: dict[str, str]) -> None:
     done = l9("agent", "run", "no_such_agent", env=agent_env)
     assert done.returncode == 2
     assert "unknown agent 'no_such_agent'" in done.stderr
+
+
+async def test_trim_command_removes_only_acknowledged_entries(
+    redis: aioredis.Redis, keys: Keys, signer: Signer, agent_env: dict[str, str]
+) -> None:
+    ids = await Publisher(redis, keys, signer).publish_many([work(i) for i in range(6)])
+    key = keys.stream("test")
+    await redis.xgroup_create(key, "g", id="0")
+    got = await redis.xreadgroup("g", "c", {key: ">"}, count=4)
+    await redis.xack(key, "g", *[i for i, _ in got[0][1][:3]])
+    done = l9("trim", env=agent_env)
+    assert done.returncode == 0, done.stderr
+    assert "test: 3 acknowledged entries removed" in done.stdout
+    assert [i.decode() for i, _ in await redis.xrange(key)] == ids[3:]
