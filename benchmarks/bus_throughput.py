@@ -23,10 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +64,20 @@ class Tick(Payload):
 
 if TICK_TYPE not in registry:
     registry.register(TICK_TYPE, Tick)
+
+
+def code_version() -> dict[str, Any]:
+    """The git commit of the tree the envelope/bus packages come from, and whether they are edited."""
+    import envelope
+
+    root = Path(envelope.__file__).resolve().parents[1]
+    try:
+        run = functools.partial(subprocess.run, capture_output=True, text=True, cwd=root, timeout=10)
+        commit = run(["git", "rev-parse", "--short", "HEAD"]).stdout.strip()
+        dirty = bool(run(["git", "status", "--porcelain", "--", "envelope", "bus"]).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", False
+    return {"root": str(root), "git_commit": commit or None, "envelope_or_bus_edited": dirty}
 
 
 def progress(msg: str) -> None:
@@ -131,8 +148,12 @@ async def consume_l9(redis: aioredis.Redis, job: dict[str, Any], ready: Callable
         cpu0 = time.process_time()
         ready()
         await done.wait()
-        while consumer.in_flight:  # the acks of the last entries are not flushed yet
+        for _ in range(100_000):  # the acks of the last entries may not be flushed yet: poll
+            if not consumer.in_flight:
+                break
             await anyio.sleep(0.0002)
+        else:
+            raise RuntimeError(f"{len(consumer.in_flight)} entries never acked")
         t_end = time.monotonic()
         cpu = time.process_time() - cpu0
         consumer.stop()
@@ -310,9 +331,10 @@ async def paced(rate: float, total: int, send: Callable[[int, int], Awaitable[No
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, redis_url: str) -> None:
+    def __init__(self, args: argparse.Namespace, redis_url: str, *, owns_server: bool) -> None:
         self.args = args
         self.redis_url = redis_url
+        self.owns_server = owns_server
         self.redis = aioredis.from_url(redis_url)
         self.signer = Signer(KEYRING, "bench")
         self.run_id = uuid.uuid4().hex[:8]
@@ -330,6 +352,28 @@ class Bench:
         info = await self.redis.info("cpu")
         return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
+    async def persistence(self) -> dict[str, Any]:
+        info: dict[str, Any] = await self.redis.info("persistence")
+        return info
+
+    async def settle(self) -> None:
+        """Start a measurement only once no AOF rewrite / RDB save of the last one is running."""
+        for _ in range(600):
+            info = await self.persistence()
+            if not (info.get("aof_rewrite_in_progress") or info.get("rdb_bgsave_in_progress")):
+                return
+            await asyncio.sleep(0.05)
+
+    async def defer_aof_rewrites(self) -> str:
+        """On our own server only: keep automatic AOF rewrites (a fork that writes the whole
+        dataset) out of the measurements. Appends and the everysec fsync stay as configured."""
+        config = await self.redis.config_get("appendonly", "appendfsync")
+        persistence = f"appendonly {config.get('appendonly')}, appendfsync {config.get('appendfsync')}"
+        if not self.owns_server:
+            return f"{persistence} (server config untouched)"
+        await self.redis.config_set("auto-aof-rewrite-min-size", str(64 << 30))
+        return f"{persistence}; auto AOF rewrite deferred (min size 64 GB) on the benchmark's own server"
+
     async def cleanup(self, pattern: str) -> int:
         keys = [k async for k in self.redis.scan_iter(match=pattern, count=1000)]
         if keys:
@@ -343,6 +387,8 @@ class Bench:
         keys = Keys(ns)
         key = keys.stream(STREAM)
         pub = Publisher(self.redis, keys, self.signer)
+        await self.settle()
+        rewrites0 = (await self.persistence()).get("aof_rewrites", 0)
         await side.start({"kind": kind, "ns": ns, "n": n, "latency": latency})
         redis_cpu0, cpu0 = await self.redis_cpu_s(), time.process_time()
         t0 = time.monotonic()
@@ -371,6 +417,7 @@ class Bench:
         with anyio.fail_after(120):
             res = await side.result()
         redis_cpu = await self.redis_cpu_s() - redis_cpu0
+        rewrites = (await self.persistence()).get("aof_rewrites", 0) - rewrites0
         if not side.separate_cpu:  # one process: its CPU time covers both sides
             pub_cpu = time.process_time() - cpu0
         # sanity: everything arrived, nothing pending, nothing dead-lettered
@@ -388,13 +435,16 @@ class Bench:
             "seconds": round(elapsed, 4),
             "envelopes_per_s": round(n / elapsed, 1),
             "publish_seconds": round(t_published - t0, 4),
-            "redis_cpu_us_per_envelope": round(redis_cpu / n * 1e6, 2),
         }
-        if side.separate_cpu:
-            out["publisher_cpu_us_per_envelope"] = round(pub_cpu / n * 1e6, 2)
-            out["consumer_cpu_us_per_envelope"] = round(res["cpu_s"] / n * 1e6, 2)
-        else:
-            out["process_cpu_us_per_envelope"] = round(pub_cpu / n * 1e6, 2)
+        if rewrites:
+            out["aof_rewrites_during_run"] = rewrites
+        if not latency:  # a paced run's CPU time is mostly idle-loop overhead: not per-envelope cost
+            out["redis_cpu_us_per_envelope"] = round(redis_cpu / n * 1e6, 2)
+            if side.separate_cpu:
+                out["publisher_cpu_us_per_envelope"] = round(pub_cpu / n * 1e6, 2)
+                out["consumer_cpu_us_per_envelope"] = round(res["cpu_s"] / n * 1e6, 2)
+            else:
+                out["process_cpu_us_per_envelope"] = round(pub_cpu / n * 1e6, 2)
         if latency:
             out["latency"], out["pacing"] = res["lat"], pacing
         return out
@@ -404,6 +454,7 @@ class Bench:
         side: ChildConsumer | InProcConsumer = (
             ChildConsumer(self.redis_url) if args.mode == "split" else InProcConsumer(self.redis_url)
         )
+        self.persistence_note = await self.defer_aof_rewrites()
         await side.open()
         try:
             progress(f"warm-up: {args.warmup} envelopes each of l9 and bare")
@@ -479,9 +530,8 @@ class Bench:
             "rate_per_s": args.rate,
             "latency_seconds": args.latency_s,
             "redis_version": server.get("redis_version"),
-            "redis_url_source": "REDIS_URL"
-            if os.environ.get("REDIS_URL")
-            else "embedded stack (AOF everysec)",
+            "redis_url_source": "REDIS_URL" if not self.owns_server else "embedded stack (temp home)",
+            "redis_persistence": self.persistence_note,
             "python_version": platform.python_version(),
             "python_implementation": platform.python_implementation(),
             "event_loop": "asyncio (default, no uvloop)",
@@ -489,6 +539,7 @@ class Bench:
             "hiredis_used": bool(redis.utils.HIREDIS_AVAILABLE),
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
+            "code_under_test": code_version(),
         }
 
     def method(self) -> str:
@@ -513,8 +564,8 @@ class Bench:
         )
 
 
-async def parent_main(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
-    bench = Bench(args, redis_url)
+async def parent_main(args: argparse.Namespace, redis_url: str, *, owns_server: bool) -> dict[str, Any]:
+    bench = Bench(args, redis_url, owns_server=owns_server)
     try:
         return await bench.run()
     finally:
@@ -544,21 +595,24 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(child_main(args.redis_url))
         return
 
-    stack = None
+    stack, home = None, None
     redis_url = os.environ.get("REDIS_URL")
-    if not redis_url:
-        from l9.devstack import EmbeddedStack
-
-        progress("starting the embedded stack (REDIS_URL not set)")
-        stack = EmbeddedStack(Path(tempfile.mkdtemp(prefix="l9bench-")))
-        redis_url = stack.up().redis_url
+    started = time.monotonic()
     try:
-        started = time.monotonic()
-        result = asyncio.run(parent_main(args, redis_url))
-        result["wall_seconds"] = round(time.monotonic() - started, 1)
+        if not redis_url:
+            from l9.devstack import EmbeddedStack
+
+            progress("starting the embedded stack (REDIS_URL not set)")
+            home = Path(tempfile.mkdtemp(prefix="l9bench-"))
+            stack = EmbeddedStack(home)
+            redis_url = stack.up().redis_url
+        result = asyncio.run(parent_main(args, redis_url, owns_server=stack is not None))
     finally:
         if stack is not None:
             stack.down()
+        if home is not None:
+            shutil.rmtree(home, ignore_errors=True)  # the AOF of a run is a few hundred MB
+    result["wall_seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, indent=2))
 
 

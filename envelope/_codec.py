@@ -24,6 +24,7 @@ _ENVELOPE_KEY = ENVELOPE_FIELD.encode()
 _TIME_FIELDS = ("time", "expires_at")
 #: Plain, unsigned copies of envelope fields kept beside ``env`` for readability.
 HEADER_FIELDS = ("id", "type", "source", "correlation_id")
+_HEADER_KEYS = tuple((name, name.encode()) for name in HEADER_FIELDS)
 #: Fields whose model default is made up on the spot (a fresh id, the current
 #: time): a wire map must carry them, or a redelivery would get a new identity.
 _NOT_DEFAULTED = ("id", "time")
@@ -44,9 +45,13 @@ def encode(envelope: PacketEnvelope, signer: Signer | None = None) -> dict[str, 
     fields = to_wire_map(envelope)
     if signer is not None and envelope.signature is None:
         signer.sign(fields)
-    entry: dict[str, str | bytes] = {name: getattr(envelope, name) for name in HEADER_FIELDS}
-    entry[ENVELOPE_FIELD] = msgpack.packb(fields, use_bin_type=True)
-    return entry
+    return {
+        "id": envelope.id,
+        "type": envelope.type,
+        "source": envelope.source,
+        "correlation_id": envelope.correlation_id,
+        ENVELOPE_FIELD: msgpack.packb(fields, use_bin_type=True),
+    }
 
 
 def decode_envelope(
@@ -87,21 +92,22 @@ def decode_envelope(
 def _check_headers(entry: Mapping[bytes, bytes] | Mapping[str, Any], envelope: PacketEnvelope) -> None:
     """The plain header fields are not signed: refuse an entry whose headers
     disagree with its (verified) envelope, so what ``XRANGE`` shows is true."""
-    for name in HEADER_FIELDS:
-        value = entry.get(name.encode())  # type: ignore[call-overload]
+    for name, key in _HEADER_KEYS:
+        value = entry.get(key)  # type: ignore[call-overload]
         if value is None:
             value = entry.get(name)  # type: ignore[call-overload]
-        if value is None:
+            if value is None:
+                continue
+        expected: str = getattr(envelope, name)
+        if value == expected or (isinstance(value, bytes | bytearray) and value == expected.encode()):
             continue
         if isinstance(value, bytes | bytearray):
             value = bytes(value).decode("utf-8", "replace")
-        expected = getattr(envelope, name)
-        if value != expected:
-            raise EnvelopeError(
-                ErrorReason.INVALID_ENVELOPE,
-                f"header field {name!r} is {value!r} but the envelope says {expected!r}",
-                envelope_id=envelope.id,
-            )
+        raise EnvelopeError(
+            ErrorReason.INVALID_ENVELOPE,
+            f"header field {name!r} is {value!r} but the envelope says {expected!r}",
+            envelope_id=envelope.id,
+        )
 
 
 def decode(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ from ._errors import EnvelopeError, ErrorReason
 from ._model import FIELDS, PacketEnvelope
 
 _SIGNED = tuple(f for f in FIELDS if f != "signature")
+_signed_values = operator.itemgetter(*_SIGNED)
 
 
 def canonical_bytes(fields: Mapping[str, Any]) -> bytes:
@@ -21,8 +23,19 @@ def canonical_bytes(fields: Mapping[str, Any]) -> bytes:
     ``fields`` is the wire map (times as ISO-8601 strings), so signing and
     verifying work on exactly the values that travel.
     """
-    packed: bytes = msgpack.packb([fields.get(name) for name in _SIGNED], use_bin_type=True)
+    try:  # a full wire map: one C call instead of 21 .get()s
+        values: Any = _signed_values(fields)
+    except KeyError:  # a map missing optional fields: they sign as None
+        values = [fields.get(name) for name in _SIGNED]
+    packed: bytes = msgpack.packb(values, use_bin_type=True)
     return packed
+
+
+def _mac(template: hmac.HMAC, data: bytes) -> str:
+    """HMAC of ``data`` from a keyed template (the key pads are hashed once, not per call)."""
+    mac = template.copy()
+    mac.update(data)
+    return mac.hexdigest()
 
 
 class Signer:
@@ -33,11 +46,12 @@ class Signer:
             raise ValueError(f"signing key id {key_id!r} is not in the keyring ({sorted(keyring)})")
         self.key_id = key_id
         self._key = keyring[key_id]
+        self._mac = hmac.new(self._key, digestmod=hashlib.sha256)
 
     def sign(self, fields: dict[str, Any]) -> None:
         """Set ``key_id`` and ``signature`` on a wire map in place."""
         fields["key_id"] = self.key_id
-        fields["signature"] = hmac.digest(self._key, canonical_bytes(fields), hashlib.sha256).hex()
+        fields["signature"] = _mac(self._mac, canonical_bytes(fields))
 
 
 class Verifier:
@@ -45,6 +59,7 @@ class Verifier:
 
     def __init__(self, keyring: Mapping[str, bytes], *, required: bool = True) -> None:
         self._keyring = dict(keyring)
+        self._macs = {kid: hmac.new(key, digestmod=hashlib.sha256) for kid, key in self._keyring.items()}
         self.required = required
 
     def verify(self, fields: Mapping[str, Any]) -> None:
@@ -54,12 +69,12 @@ class Verifier:
             if self.required:
                 raise EnvelopeError(ErrorReason.BAD_SIGNATURE, "envelope is not signed", envelope_id=eid)
             return
-        key = self._keyring.get(key_id) if isinstance(key_id, str) else None
-        if key is None:
+        template = self._macs.get(key_id) if isinstance(key_id, str) else None
+        if template is None:
             raise EnvelopeError(
                 ErrorReason.BAD_SIGNATURE, f"unknown signing key id {key_id!r}", envelope_id=eid
             )
-        expected = hmac.digest(key, canonical_bytes(fields), hashlib.sha256).hex()
+        expected = _mac(template, canonical_bytes(fields))
         if not isinstance(signature, str) or not hmac.compare_digest(expected, signature):
             raise EnvelopeError(
                 ErrorReason.BAD_SIGNATURE,

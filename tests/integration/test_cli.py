@@ -19,7 +19,11 @@ pytestmark = pytest.mark.integration
 
 def l9(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "l9", *args], env=env, cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "l9", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
@@ -36,9 +40,7 @@ async def test_status_reports_groups_pending_lag_and_dead_letters(
     redis: aioredis.Redis, keys: Keys, signer: Signer, agent_env: dict[str, str]
 ) -> None:
     publisher = Publisher(redis, keys, signer)
-    ids = await publisher.publish_many(
-        [work(i) for i in range(10)]
-    )
+    ids = await publisher.publish_many([work(i) for i in range(10)])
     key = keys.stream("test")
     await redis.xgroup_create(key, "ledger", id="0")
     got = await redis.xreadgroup("ledger", "ledger-0", {key: ">"}, count=4)
