@@ -10,10 +10,9 @@ import importlib
 import signal
 
 import anyio
-import redis.asyncio as aioredis
 import structlog
 
-from bus import DeliveryPolicy, Keys, StreamConsumer, claim_consumer_name
+from bus import DeliveryPolicy, Keys, StreamConsumer, claim_consumer_name, connect
 from envelope import Signer, Verifier
 from l9.devstack import resolve_endpoints
 from l9.settings import Settings
@@ -66,7 +65,7 @@ async def run_agent(
     instance: str | None = None,
 ) -> None:
     endpoints = resolve_endpoints(settings)
-    redis = aioredis.from_url(endpoints.redis_url)
+    redis = connect(endpoints.redis_url)
     keys, policy = Keys(settings.namespace), policy_from(settings, concurrency)
     keyring = settings.keyring()
     try:

@@ -42,7 +42,7 @@ import anyio
 import redis.asyncio as aioredis
 import redis.utils
 
-from bus import DeliveryPolicy, Keys, Publisher, StreamConsumer
+from bus import DeliveryPolicy, Keys, Publisher, StreamConsumer, connect
 from bus.consumer import Delivery
 from envelope import PacketEnvelope, Payload, Signer, Verifier, encode, registry
 
@@ -190,8 +190,22 @@ async def consume_bare(
     return {"t_end": t_end, "handled": count, "cpu_s": cpu, "lat": latency_summary(lats) if latency else None}
 
 
-async def consume(redis: aioredis.Redis, job: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
-    return await (consume_l9 if job["kind"] == "l9" else consume_bare)(redis, job, ready)
+class Clients:
+    """L9 uses its own client (``bus.connect``: commands packed by hiredis); bare uses plain redis-py."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.l9 = connect(redis_url)
+        self.bare = aioredis.from_url(redis_url)
+
+    async def aclose(self) -> None:
+        await self.l9.aclose()
+        await self.bare.aclose()
+
+
+async def consume(clients: Clients, job: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    if job["kind"] == "l9":
+        return await consume_l9(clients.l9, job, ready)
+    return await consume_bare(clients.bare, job, ready)
 
 
 def emit_line(obj: dict[str, Any]) -> None:
@@ -201,7 +215,7 @@ def emit_line(obj: dict[str, Any]) -> None:
 
 async def child_main(redis_url: str) -> None:
     """Consumer role: one JSON job per stdin line; replies ``{"ready"}`` then the result."""
-    redis = aioredis.from_url(redis_url)
+    redis = Clients(redis_url)
     try:
         while True:
             line = await anyio.to_thread.run_sync(sys.stdin.readline)
@@ -269,7 +283,7 @@ class InProcConsumer:
     """The consumer as a task of the publisher's own event loop."""
 
     def __init__(self, redis_url: str) -> None:
-        self.redis = aioredis.from_url(redis_url)
+        self.redis = Clients(redis_url)
         self.task: asyncio.Task[dict[str, Any]] | None = None
         self.separate_cpu = False
 
@@ -336,6 +350,7 @@ class Bench:
         self.redis_url = redis_url
         self.owns_server = owns_server
         self.redis = aioredis.from_url(redis_url)
+        self.l9_redis = connect(redis_url)
         self.signer = Signer(KEYRING, "bench")
         self.run_id = uuid.uuid4().hex[:8]
         self.counter = 0
@@ -386,7 +401,7 @@ class Bench:
         args, ns = self.args, self.namespace(f"{kind}{'-lat' if latency else ''}")
         keys = Keys(ns)
         key = keys.stream(STREAM)
-        pub = Publisher(self.redis, keys, self.signer)
+        pub = Publisher(self.l9_redis, keys, self.signer)
         await self.settle()
         rewrites0 = (await self.persistence()).get("aof_rewrites", 0)
         await side.start({"kind": kind, "ns": ns, "n": n, "latency": latency})
@@ -554,8 +569,9 @@ class Bench:
             f"(L9 first on odd reps), each with its own namespace, deleted afterwards. "
             f"L9: PacketEnvelope.new per envelope (payload model_dump), Publisher.publish_many in batches of "
             f"{self.args.batch} signed with an HMAC Signer, StreamConsumer (own group, default policy "
-            f"256 in flight/16 workers, Verifier) -> counting handler -> batched XACK. Bare: redis-py "
-            f"asyncio, pipelined XADD of the same 5 fields (same bytes as an encoded L9 entry) in the same "
+            f"256 in flight/16 workers, Verifier) -> counting handler -> batched XACK; L9's client is "
+            f"bus.connect (redis-py asyncio, commands packed by hiredis). Bare: plain redis-py "
+            f"asyncio (its Python packer), pipelined XADD of the same 5 fields (same bytes as an encoded L9 entry) in the same "
             f"batches, XREADGROUP COUNT 256 BLOCK 100, counting handler, one XACK per read. Throughput = "
             f"N / (last ack flushed - first publish), time.monotonic() across processes; best of reps. "
             f"Latency: {self.args.rate:g} envelopes/s for {self.args.latency_s:g}s, paced on the ~1 ms "
@@ -570,6 +586,7 @@ async def parent_main(args: argparse.Namespace, redis_url: str, *, owns_server: 
         return await bench.run()
     finally:
         await bench.redis.aclose()
+        await bench.l9_redis.aclose()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
 """Redis Streams transport: keys, topology, publisher, the delivery loop, RPC, retention."""
 
+from .connection import HiredisPackingConnection, connect
 from .consumer import Delivery, Handler, StreamConsumer
 from .deadletter import DeadLetters
 from .errors import BusError, RemoteError, RpcTimeout
@@ -20,6 +21,7 @@ __all__ = [
     "DeliveryPolicy",
     "ErrorReply",
     "Handler",
+    "HiredisPackingConnection",
     "Keys",
     "Publisher",
     "RemoteError",
@@ -29,6 +31,7 @@ __all__ = [
     "Topology",
     "check_stream_name",
     "claim_consumer_name",
+    "connect",
     "remaining_s",
     "safe_trim_boundary",
     "send_reply",

@@ -6,11 +6,10 @@ import json
 from typing import Annotated
 
 import anyio
-import redis.asyncio as aioredis
 import typer
 from rich.console import Console
 
-from bus import Keys
+from bus import Keys, connect
 from l9.devstack import EmbeddedStack, StackError, resolve_endpoints
 from l9.logs import configure_logging
 from l9.settings import Settings, get_settings
@@ -96,7 +95,7 @@ def status(
     endpoints = resolve_endpoints(settings)
 
     async def snapshot() -> dict[str, object]:
-        redis = aioredis.from_url(endpoints.redis_url)
+        redis = connect(endpoints.redis_url)
         try:
             return await collect_status(redis, Keys(settings.namespace))
         finally:
@@ -124,7 +123,7 @@ def trim(
     keys = Keys(settings.namespace)
 
     async def run() -> dict[str, int]:
-        redis = aioredis.from_url(endpoints.redis_url)
+        redis = connect(endpoints.redis_url)
         try:
             return {
                 name: await trim_acknowledged(redis, keys.stream(name), max_age_s=max_age)

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from agents.demo import Task, handled_key, results_key
-from bus import Keys, Publisher
+from bus import Keys, Publisher, connect
 from envelope import PacketEnvelope, Signer, new_id
 from l9.devstack import StackEndpoints
 from l9.settings import Settings
@@ -81,7 +81,7 @@ async def run_demo(
         + ", ".join(f"{n} (pid {p.pid})" for n, p in procs.items())
         + f"; logs in {log_dir}"
     )
-    redis = aioredis.from_url(endpoints.redis_url)
+    redis = connect(endpoints.redis_url)
     keys = Keys(settings.namespace)
     try:
         result = await _exchange(redis, keys, settings, console, count)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from bus import Keys
+from bus import Keys, connect
 from envelope import Signer, Verifier
 from l9.devstack import EmbeddedStack, StackEndpoints
 
@@ -50,7 +50,7 @@ def keys(namespace: str) -> Keys:
 
 @pytest.fixture
 async def redis(stack: StackEndpoints, keys: Keys) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(stack.redis_url)
+    client = connect(stack.redis_url)
     yield client
     doomed = [k async for k in client.scan_iter(match=f"{keys.namespace}:*")]
     if doomed:
