@@ -1,8 +1,13 @@
 """Stream entries <-> envelopes: the one place wire messages are parsed.
 
-An entry carries the routing headers as plain fields (``id``, ``type``,
-``source``, ``correlation_id``) so ``redis-cli XRANGE`` is readable, and the
-whole envelope as one msgpack field, ``env``.
+Wire format (v2) of one stream entry:
+
+* ``env``: the envelope as one msgpack blob, exactly :func:`canonical_bytes` --
+  an array of the values of every field but ``signature``, in
+  :data:`SIGNED_FIELDS` order (``key_id`` included), times as ISO-8601 strings;
+* ``sig``: hex HMAC-SHA256 of the ``env`` bytes as they travel; absent when unsigned;
+* ``id``, ``type``, ``source``, ``correlation_id``: plain, unsigned copies of
+  envelope fields so ``redis-cli XRANGE`` is readable; checked against ``env``.
 """
 
 from __future__ import annotations
@@ -17,17 +22,25 @@ from pydantic import ValidationError
 from ._errors import EnvelopeError, ErrorReason
 from ._model import PacketEnvelope
 from ._registry import Payload, PayloadRegistry, registry
-from ._signing import Signer, Verifier
+from ._signing import SIGNED_FIELDS, Signer, Verifier, _signed_values
 
 ENVELOPE_FIELD = "env"
+SIGNATURE_FIELD = "sig"
 _ENVELOPE_KEY = ENVELOPE_FIELD.encode()
+_SIGNATURE_KEY = SIGNATURE_FIELD.encode()
 _TIME_FIELDS = ("time", "expires_at")
 #: Plain, unsigned copies of envelope fields kept beside ``env`` for readability.
 HEADER_FIELDS = ("id", "type", "source", "correlation_id")
 _HEADER_KEYS = tuple((name, name.encode()) for name in HEADER_FIELDS)
 #: Fields whose model default is made up on the spot (a fresh id, the current
-#: time): a wire map must carry them, or a redelivery would get a new identity.
+#: time): the wire array must carry them, or a redelivery would get a new identity.
 _NOT_DEFAULTED = ("id", "time")
+_N_SIGNED = len(SIGNED_FIELDS)
+_ID = SIGNED_FIELDS.index("id")
+_TIME = SIGNED_FIELDS.index("time")
+_EXPIRES = SIGNED_FIELDS.index("expires_at")
+_KEY_ID = SIGNED_FIELDS.index("key_id")
+_NOT_DEFAULTED_AT = tuple((name, SIGNED_FIELDS.index(name)) for name in _NOT_DEFAULTED)
 
 
 def to_wire_map(envelope: PacketEnvelope) -> dict[str, Any]:
@@ -41,17 +54,33 @@ def to_wire_map(envelope: PacketEnvelope) -> dict[str, Any]:
 
 
 def encode(envelope: PacketEnvelope, signer: Signer | None = None) -> dict[str, str | bytes]:
-    """Stream-entry fields for ``envelope``, signed when a signer is given."""
-    fields = to_wire_map(envelope)
-    if signer is not None and envelope.signature is None:
-        signer.sign(fields)
-    return {
+    """Stream-entry fields for ``envelope``, signed when a signer is given.
+
+    An envelope that already carries a signature keeps it (and its key id).
+    """
+    # == canonical_bytes(to_wire_map(envelope)), without building the map
+    values = list(_signed_values(envelope.__dict__))
+    for i in (_TIME, _EXPIRES):
+        value = values[i]
+        if isinstance(value, datetime):
+            values[i] = value.isoformat()
+    signature = envelope.signature
+    if signature is None and signer is not None:
+        values[_KEY_ID] = signer.key_id
+        blob: bytes = msgpack.packb(values, use_bin_type=True)
+        signature = signer.sign_bytes(blob)
+    else:
+        blob = msgpack.packb(values, use_bin_type=True)
+    entry: dict[str, str | bytes] = {
         "id": envelope.id,
         "type": envelope.type,
         "source": envelope.source,
         "correlation_id": envelope.correlation_id,
-        ENVELOPE_FIELD: msgpack.packb(fields, use_bin_type=True),
+        ENVELOPE_FIELD: blob,
     }
+    if signature is not None:
+        entry[SIGNATURE_FIELD] = signature
+    return entry
 
 
 def decode_envelope(
@@ -62,19 +91,30 @@ def decode_envelope(
     if not isinstance(raw, bytes | bytearray):
         raise EnvelopeError(ErrorReason.UNDECODABLE, f"entry has no {ENVELOPE_FIELD!r} field")
     try:
-        fields = msgpack.unpackb(raw, raw=False)
+        values = msgpack.unpackb(raw, raw=False)
     except Exception as exc:  # msgpack raises several unrelated types
         raise EnvelopeError(ErrorReason.UNDECODABLE, f"not msgpack: {exc}") from None
-    if not isinstance(fields, dict):
-        raise EnvelopeError(ErrorReason.UNDECODABLE, f"envelope is a {type(fields).__name__}, not a map")
+    if type(values) is not list:
+        raise EnvelopeError(ErrorReason.UNDECODABLE, f"envelope is a {type(values).__name__}, not a list")
+    if len(values) != _N_SIGNED:
+        raise EnvelopeError(
+            ErrorReason.UNDECODABLE, f"envelope has {len(values)} fields, expected {_N_SIGNED}"
+        )
+    eid = values[_ID] if isinstance(values[_ID], str) else None
+    signature = entry.get(_SIGNATURE_KEY)  # type: ignore[call-overload]
+    if signature is None:
+        signature = entry.get(SIGNATURE_FIELD)  # type: ignore[call-overload]
     if verifier is not None:
-        verifier.verify(fields)
-    eid = fields.get("id") if isinstance(fields.get("id"), str) else None
-    for name in _NOT_DEFAULTED:
-        if name not in fields:
+        verifier.verify_bytes(raw, values[_KEY_ID], signature, eid)
+    if isinstance(signature, bytes | bytearray):
+        signature = bytes(signature).decode("utf-8", "replace")
+    for name, i in _NOT_DEFAULTED_AT:
+        if values[i] is None:
             raise EnvelopeError(
                 ErrorReason.INVALID_ENVELOPE, f"field {name!r}: Field required", envelope_id=eid
             )
+    fields = dict(zip(SIGNED_FIELDS, values, strict=True))
+    fields["signature"] = signature
     try:
         envelope = PacketEnvelope.model_validate(fields)
     except ValidationError as exc:
