@@ -27,14 +27,13 @@ from typing import Any
 import anyio
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from envelope import EnvelopeError, PacketEnvelope, Payload, PayloadRegistry, Verifier, decode
 from envelope import registry as default_registry
 
 from .deadletter import DeadLetters
+from .errors import TRANSIENT
 from .keys import Keys
 from .maintenance import Maintenance
 from .policy import DeliveryPolicy
@@ -72,7 +71,6 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class _WorkQueue:
@@ -197,7 +195,6 @@ class StreamConsumer:
                 workers.start_soon(self._worker, send)
             try:
                 with self._read_scope:
-                    await self._drain_own_pending(send)
                     await self._read_loop(send)
             finally:
                 send.close()
@@ -206,34 +203,38 @@ class StreamConsumer:
 
     # -- reading -------------------------------------------------------------------
     async def _read_loop(self, send: _WorkQueue) -> None:
-        backoff = Backoff()
+        """Own pending entries first, then new ones; Redis trouble means backoff, never a crash."""
+        backoff, drained = Backoff(), False
         next_scan = time.monotonic() + self.policy.scan_interval_s
-        block = max(1, min(self.policy.block_ms, int(self.policy.scan_interval_s * 1000)))
         while not self._stopping:
             await self._wait_for_capacity()
-            if time.monotonic() >= next_scan:
-                await self._scan_pending(send)
-                next_scan = time.monotonic() + self.policy.scan_interval_s
-            count = max(1, self._free // len(self.streams))
             try:
-                reply = await self.redis.xreadgroup(
-                    self.group,
-                    self.consumer,
-                    dict.fromkeys(self._key.values(), ">"),
-                    count=count,
-                    block=block,
-                )
+                if not drained:
+                    await self._drain_own_pending(send)
+                    drained = True
+                if time.monotonic() >= next_scan:
+                    await self._scan_pending(send)
+                    next_scan = time.monotonic() + self.policy.scan_interval_s
+                await self._read_new(send)
+                backoff.reset()
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 await self._recover_group(exc, backoff)
-                continue
             except TRANSIENT as exc:
                 self.log.warning("consumer.redis_unavailable", error=str(exc), retry_in_s=backoff.next)
                 await backoff.sleep()
-                continue
-            backoff.reset()
-            await self._accept_reply(send, reply, attempt=1)
+
+    async def _read_new(self, send: _WorkQueue) -> None:
+        block = max(1, min(self.policy.block_ms, int(self.policy.scan_interval_s * 1000)))
+        reply = await self.redis.xreadgroup(
+            self.group,
+            self.consumer,
+            dict.fromkeys(self._key.values(), ">"),
+            count=max(1, self._free // len(self.streams)),
+            block=block,
+        )
+        await self._accept_reply(send, reply, attempt=1)
 
     async def _recover_group(self, exc: Exception, backoff: Backoff) -> None:
         self.log.error(
@@ -303,12 +304,7 @@ class StreamConsumer:
     async def _scan_pending(self, send: _WorkQueue) -> None:
         """Failed (or reclaimed) entries whose backoff has passed."""
         for stream, key in self._key.items():
-            try:
-                rows = await self._own_pending(key, "-", 100, idle=self.policy.retry_backoff_ms)
-            except ResponseError:  # NOGROUP: the read loop recreates the group
-                return
-            except TRANSIENT:
-                return
+            rows = await self._own_pending(key, "-", 100, idle=self.policy.retry_backoff_ms)
             due = [
                 r
                 for r in rows

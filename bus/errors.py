@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+#: Redis is unreachable or slow: back off and try again, never crash.
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
 
 class BusError(Exception):
     """Base of every bus error."""

