@@ -1,14 +1,25 @@
 """PacketEnvelope, the payload registry, the wire codec, signing, CloudEvents."""
 
 from ._cloudevents import from_cloudevent, to_cloudevent
-from ._codec import ENVELOPE_FIELD, decode, decode_envelope, encode, to_wire_map
+from ._codec import (
+    ENVELOPE_FIELD,
+    HEADER_FIELDS,
+    SIGNATURE_FIELD,
+    decode,
+    decode_envelope,
+    encode,
+    to_wire_map,
+)
 from ._errors import EnvelopeError, ErrorReason
 from ._model import Kind, PacketEnvelope, new_id, utcnow
 from ._registry import Payload, PayloadRegistry, payload, registry, split_type
-from ._signing import Signer, Verifier, canonical_bytes
+from ._signing import SIGNED_FIELDS, Signer, Verifier, canonical_bytes
 
 __all__ = [
     "ENVELOPE_FIELD",
+    "HEADER_FIELDS",
+    "SIGNATURE_FIELD",
+    "SIGNED_FIELDS",
     "EnvelopeError",
     "ErrorReason",
     "Kind",

@@ -113,7 +113,7 @@ def decode_envelope(
             raise EnvelopeError(
                 ErrorReason.INVALID_ENVELOPE, f"field {name!r}: Field required", envelope_id=eid
             )
-    fields = dict(zip(SIGNED_FIELDS, values, strict=True))
+    fields = dict(zip(SIGNED_FIELDS, values))  # noqa: B905 -- length checked above; strict= costs
     fields["signature"] = signature
     try:
         envelope = PacketEnvelope.model_validate(fields)

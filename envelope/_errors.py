@@ -6,7 +6,7 @@ from enum import StrEnum
 
 
 class ErrorReason(StrEnum):
-    UNDECODABLE = "undecodable"  # not msgpack / missing field / not a map
+    UNDECODABLE = "undecodable"  # not msgpack, missing field, not a list of the right length
     INVALID_ENVELOPE = "invalid_envelope"  # envelope fields fail validation
     UNKNOWN_TYPE = "unknown_type"  # no payload model registered for `type`
     INVALID_PAYLOAD = "invalid_payload"  # `data` fails the payload model

@@ -42,7 +42,7 @@ def canonical_bytes(fields: Mapping[str, Any]) -> bytes:
     return packed
 
 
-def _mac(template: hmac.HMAC, data: bytes) -> str:
+def _mac(template: hmac.HMAC, data: bytes | bytearray) -> str:
     """HMAC of ``data`` from a keyed template (the key pads are hashed once, not per call)."""
     mac = template.copy()
     mac.update(data)
@@ -78,7 +78,7 @@ class Verifier:
         self.required = required
 
     def verify_bytes(
-        self, blob: bytes, key_id: Any, signature: Any, envelope_id: str | None = None
+        self, blob: bytes | bytearray, key_id: Any, signature: Any, envelope_id: str | None = None
     ) -> None:
         """Check ``signature`` (hex, as str or bytes; None when unsigned) over the
         signed bytes ``blob`` with the key named ``key_id``: the one place every

@@ -126,7 +126,8 @@ def test_signed_envelope_stays_verifiable_after_the_sdk_round_trip() -> None:
     assert back == env
     assert back.signature == env.signature
     verifier.verify_envelope(back)
-    # and it can go back onto the bus and verify there too
+    # and it can go back onto the bus and verify there too: the very same entry, byte for byte
+    assert encode(back) == encode(env)
     assert decode_envelope(encode(back), verifier) == env
 
 

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from envelope import (
+    SIGNATURE_FIELD,
     EnvelopeError,
     ErrorReason,
     PacketEnvelope,
@@ -78,6 +79,61 @@ def test_canonical_bytes_cover_the_key_id_but_not_the_signature() -> None:
     fields = signed_map(make(), OLD, "2024")
     assert canonical_bytes(fields) == canonical_bytes(fields | {"signature": "something else"})
     assert canonical_bytes(fields) != canonical_bytes(fields | {"key_id": "2025"})
+
+
+def test_sign_bytes_signs_the_canonical_bytes_as_sign_does() -> None:
+    env = make()
+    fields = signed_map(env, OLD, "2024")
+    blob = canonical_bytes(fields)
+    assert Signer(OLD, "2024").sign_bytes(blob) == fields["signature"]
+    entry = encode(env, Signer(OLD, "2024"))
+    assert entry["env"] == blob
+    assert entry[SIGNATURE_FIELD] == fields["signature"]
+
+
+def test_verify_bytes_accepts_the_signature_as_str_or_bytes() -> None:
+    fields = signed_map(make(), OLD, "2024")
+    blob = canonical_bytes(fields)
+    for signature in (
+        fields["signature"],
+        fields["signature"].encode(),
+        bytearray(fields["signature"], "ascii"),
+    ):
+        Verifier(OLD).verify_bytes(blob, "2024", signature, fields["id"])
+    Verifier(OLD, required=False).verify_bytes(blob, "2024", None)
+
+
+def _error(check: Any) -> tuple[ErrorReason, str, str | None]:
+    with pytest.raises(EnvelopeError) as caught:
+        check()
+    return caught.value.reason, caught.value.detail, caught.value.envelope_id
+
+
+@pytest.mark.parametrize(
+    ("keyring", "change", "detail"),
+    [
+        (OLD, {"signature": None}, "envelope is not signed"),
+        (NEW, {}, "unknown signing key id '2024'"),
+        (OLD, {"key_id": None}, "unknown signing key id None"),
+        (OLD, {"key_id": 7}, "unknown signing key id 7"),
+        (OLD, {"data": {"n": 2}}, "signature does not match the content (key id '2024')"),
+        (OLD, {"signature": "0" * 64}, "signature does not match the content (key id '2024')"),
+        (OLD, {"signature": 12}, "signature does not match the content (key id '2024')"),
+        (OLD, {"signature": "é" * 64}, "signature does not match the content (key id '2024')"),
+    ],
+)
+def test_verify_and_verify_bytes_refuse_alike(
+    keyring: dict[str, bytes], change: dict[str, Any], detail: str
+) -> None:
+    """One code path: a wire map and its canonical bytes get the same verdict and words."""
+    env = make()
+    fields = signed_map(env, OLD, "2024") | change
+    verifier = Verifier(keyring)
+    by_map = _error(lambda: verifier.verify(fields))
+    by_bytes = _error(
+        lambda: verifier.verify_bytes(canonical_bytes(fields), fields["key_id"], fields["signature"], env.id)
+    )
+    assert by_map == by_bytes == (ErrorReason.BAD_SIGNATURE, detail, env.id)
 
 
 def test_signer_refuses_a_key_id_missing_from_its_keyring() -> None:
@@ -194,4 +250,7 @@ def test_arbitrary_data_round_trips_signed(data: dict[str, Any]) -> None:
     assert same(decoded.data, data)
     assert decoded.model_copy(update={"key_id": None, "signature": None}) == env
     assert decoded.key_id == "2025"
+    assert decoded.signature == entry[b"sig"].decode()
+    # the decoded model rebuilds the exact bytes that were signed and sent
+    assert canonical_bytes(to_wire_map(decoded)) == entry[b"env"]
     verifier.verify_envelope(decoded)
