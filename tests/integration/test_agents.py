@@ -149,6 +149,13 @@ async def test_poison_and_garbage_are_dead_lettered_and_the_group_moves_on(
     assert b"signature does not match" in dead["bad_signature"][b"dl_detail"]
     assert int(await redis.hget(attempts_key(keys), poison.id)) == 3
     assert await effects(redis, keys) == 10
+    # every log line about the poison envelope carries the bound context
+    failures = [e for e in proc.log_events() if e.get("event") == "consumer.handler_failed"]
+    assert len(failures) == 3
+    for line in failures:
+        assert line["envelope_id"] == poison.id and line["correlation_id"] == poison.correlation_id
+        assert line["agent"] == "ledger" and line["consumer"] == "ledger-0"
+        assert line["type"] == "l9.test.work.v1" and "poison envelope" in str(line["error"])
     assert proc.terminate() == 0
 
 
