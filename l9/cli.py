@@ -157,14 +157,17 @@ def trim(
 def demo(
     count: Annotated[int, typer.Option(min=1, max=1_000_000, help="tasks to publish")] = 200,
     squarers: Annotated[int, typer.Option(min=1, max=16, help="squarer processes")] = 2,
-    keep_stack: Annotated[bool, typer.Option(help="leave the embedded stack running")] = False,
+    keep_stack: Annotated[
+        bool, typer.Option(help="leave the embedded stack running (a stack already up is always left)")
+    ] = False,
 ) -> None:
     """Start the stack, run the squarer and summer agents as processes, exchange envelopes."""
     from l9.demo import run_demo
 
     settings = _settings()
     stack = EmbeddedStack(settings.home_dir)
-    embedded = not (settings.redis_url and settings.database_url)
+    # Stop the embedded stack afterwards only if this demo is what started it.
+    embedded = not (settings.redis_url and settings.database_url) and not stack.status()["running"]
     endpoints = resolve_endpoints(settings)
     try:
         result = _run(lambda: run_demo(settings, endpoints, console, count=count, squarers=squarers))
