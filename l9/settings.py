@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "L9_DATABASE_URL")
     )
+    #: The audit writer's URL (role ``l9_writer``); unset: the database URL with that user.
+    database_writer_url: str | None = None
     home: Path = Path(".l9")
     namespace: str = Field(default="l9", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     #: JSON object ``{"key id": "secret"}``; empty means the key file under ``home``.

@@ -1,0 +1,81 @@
+"""The audit hash chain: pure functions over bytes, no I/O.
+
+Hash version 1, for the entry at ``seq``::
+
+    payload_hash = SHA-256(msgpack [env, sig, key_id])
+    leaf         = SHA-256(0x00 || canonical header || payload_hash)
+    chain        = SHA-256(0x01 || previous chain || leaf)      genesis previous = 32 zero bytes
+
+The canonical header is the msgpack array of :data:`HEADER_FIELDS` in that order:
+``[hash_version, seq, envelope_id, type, source, correlation_id, causation_id,
+envelope_time_us, recorded_at_us, stream, entry_id]``, times as integer
+microseconds since the Unix epoch (UTC). The 0x00 / 0x01 prefixes keep a leaf
+from ever being taken for a chain link (as in RFC 6962).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgpack
+
+HASH_VERSION = 1
+HASH_SIZE = 32
+GENESIS = bytes(HASH_SIZE)
+#: The canonical header, in order.
+HEADER_FIELDS: tuple[str, ...] = (
+    "hash_version",
+    "seq",
+    "envelope_id",
+    "type",
+    "source",
+    "correlation_id",
+    "causation_id",
+    "envelope_time_us",
+    "recorded_at_us",
+    "stream",
+    "entry_id",
+)
+LEAF_PREFIX = b"\x00"
+NODE_PREFIX = b"\x01"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_sha256 = hashlib.sha256
+_packb = msgpack.packb
+
+
+def to_micros(moment: datetime) -> int:
+    """Integer microseconds since the Unix epoch of an aware datetime."""
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment.isoformat()} has no time zone")
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def payload_hash(env: bytes, sig: str | None, key_id: str | None) -> bytes:
+    """SHA-256 of the stored payload: the signed ``env`` bytes, their HMAC and its key id."""
+    return _sha256(_packb([env, sig, key_id], use_bin_type=True)).digest()
+
+
+def canonical_header(values: Sequence[Any]) -> bytes:
+    """msgpack array of the header values, given in :data:`HEADER_FIELDS` order."""
+    if len(values) != len(HEADER_FIELDS):
+        raise ValueError(f"a header has {len(HEADER_FIELDS)} values, got {len(values)}")
+    if values[0] != HASH_VERSION:
+        raise ValueError(f"unsupported hash version {values[0]!r} (this code knows {HASH_VERSION})")
+    packed: bytes = _packb(list(values), use_bin_type=True)
+    return packed
+
+
+def leaf_hash(header: bytes, payload_digest: bytes) -> bytes:
+    return _sha256(LEAF_PREFIX + header + payload_digest).digest()
+
+
+def chain_hash(previous: bytes, leaf: bytes) -> bytes:
+    return _sha256(NODE_PREFIX + previous + leaf).digest()

@@ -1,0 +1,181 @@
+"""What goes into the audit trail and what comes out of it (plain data, no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import msgpack
+
+from envelope import (
+    ENVELOPE_FIELD,
+    SIGNATURE_FIELD,
+    SIGNED_FIELDS,
+    PacketEnvelope,
+    Signer,
+    Verifier,
+    decode_envelope,
+    encode,
+)
+
+_AT = {name: SIGNED_FIELDS.index(name) for name in ("id", "type", "source", "correlation_id")}
+_CAUSATION, _TIME, _KEY_ID = (SIGNED_FIELDS.index(n) for n in ("causation_id", "time", "key_id"))
+
+
+class AuditRecordError(ValueError):
+    """A stream entry that cannot become an audit record (no envelope in it)."""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes | bytearray) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One envelope as read from a stream: its header fields and its exact wire bytes."""
+
+    envelope_id: str
+    type: str
+    source: str
+    correlation_id: str
+    causation_id: str | None
+    time: datetime
+    stream: str
+    entry_id: str
+    env: bytes
+    sig: str | None
+    key_id: str | None
+
+    @classmethod
+    def from_stream_entry(
+        cls, stream: str, entry_id: str | bytes, fields: Mapping[bytes, bytes] | Mapping[str, Any]
+    ) -> AuditRecord:
+        """The record of a stream entry (``env`` + ``sig``), header fields taken from
+        the signed ``env`` array. Checking the signature is the caller's business."""
+        get: Any = fields.get
+        env = get(ENVELOPE_FIELD.encode()) or get(ENVELOPE_FIELD)
+        if not isinstance(env, bytes | bytearray):
+            raise AuditRecordError(f"{stream} entry {_text(entry_id)} has no {ENVELOPE_FIELD!r} field")
+        sig = get(SIGNATURE_FIELD.encode()) or get(SIGNATURE_FIELD)
+        try:
+            values = msgpack.unpackb(env, raw=False)
+            header = {name: values[i] for name, i in _AT.items()}
+            time = datetime.fromisoformat(values[_TIME])
+        except Exception as exc:  # msgpack, index, type and value errors alike
+            raise AuditRecordError(f"{stream} entry {_text(entry_id)}: undecodable envelope: {exc}") from None
+        if not all(isinstance(v, str) and v for v in header.values()) or time.tzinfo is None:
+            raise AuditRecordError(f"{stream} entry {_text(entry_id)}: envelope lacks id/type/source/time")
+        return cls(
+            envelope_id=header["id"],
+            type=header["type"],
+            source=header["source"],
+            correlation_id=header["correlation_id"],
+            causation_id=values[_CAUSATION],
+            time=time,
+            stream=stream,
+            entry_id=_text(entry_id),
+            env=bytes(env),
+            sig=None if sig is None else _text(sig),
+            key_id=values[_KEY_ID],
+        )
+
+    @classmethod
+    def from_envelope(
+        cls, envelope: PacketEnvelope, *, stream: str, entry_id: str, signer: Signer | None = None
+    ) -> AuditRecord:
+        """The record of an envelope published as ``entry_id`` on ``stream``."""
+        return cls.from_stream_entry(stream, entry_id, encode(envelope, signer))
+
+
+class AppendStatus(StrEnum):
+    STORED = "stored"  # appended by this call
+    DUPLICATE = "duplicate"  # already in the trail (or earlier in the same batch)
+    CONFLICT = "conflict"  # the id is in the trail with a different payload; the first one stays
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """Where one appended record stands in the trail."""
+
+    record: AuditRecord
+    seq: int
+    chain_hash: bytes
+    recorded_at: datetime
+    status: AppendStatus
+
+    @property
+    def new(self) -> bool:
+        return self.status is AppendStatus.STORED
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The chain head: the last committed ``seq`` and its chain hash (0 and 32 zero bytes when empty)."""
+
+    seq: int
+    chain_hash: bytes
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """One entry of the trail with its payload (``env`` None once redacted)."""
+
+    seq: int
+    envelope_id: str
+    type: str
+    source: str
+    correlation_id: str
+    causation_id: str | None
+    envelope_time: datetime
+    recorded_at: datetime
+    stream: str
+    entry_id: str
+    payload_hash: bytes
+    leaf_hash: bytes
+    chain_hash: bytes
+    hash_version: int
+    env: bytes | None
+    sig: str | None
+    key_id: str | None
+
+    @property
+    def redacted(self) -> bool:
+        return self.env is None
+
+    def envelope(self, verifier: Verifier | None = None) -> PacketEnvelope:
+        """The stored envelope, its signature checked when a verifier is given."""
+        if self.env is None:
+            raise AuditRecordError(f"the payload of seq {self.seq} was redacted")
+        fields: dict[str, Any] = {ENVELOPE_FIELD: self.env}
+        if self.sig is not None:
+            fields[SIGNATURE_FIELD] = self.sig
+        return decode_envelope(fields, verifier)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryFilter:
+    """Which entries a tail wants: ``type_glob`` as in ``l9 tail --type 'l9.plan.*'``."""
+
+    type_glob: str | None = None
+    source: str | None = None
+    correlation_id: str | None = None
+    since: datetime | None = None
+
+    def type_like(self) -> str | None:
+        """The glob as a SQL LIKE pattern (``*`` -> ``%``, ``?`` -> ``_``, rest literal)."""
+        if self.type_glob is None:
+            return None
+        escaped = self.type_glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return escaped.replace("*", "%").replace("?", "_")
+
+
+@dataclass(frozen=True, slots=True)
+class EntryPage:
+    """Entries after a cursor; ``cursor`` is the last seq examined: pass it to the next call."""
+
+    entries: list[StoredEntry] = field(default_factory=list)
+    cursor: int = 0
