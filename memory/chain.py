@@ -44,7 +44,7 @@ NODE_PREFIX = b"\x01"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _sha256 = hashlib.sha256
-_packb = msgpack.packb
+_pack = msgpack.Packer(use_bin_type=True).pack  # one C call, holding the GIL: safe to share
 
 
 def to_micros(moment: datetime) -> int:
@@ -60,7 +60,7 @@ def from_micros(micros: int) -> datetime:
 
 def payload_hash(env: bytes, sig: str | None, key_id: str | None) -> bytes:
     """SHA-256 of the stored payload: the signed ``env`` bytes, their HMAC and its key id."""
-    return _sha256(_packb([env, sig, key_id], use_bin_type=True)).digest()
+    return _sha256(_pack((env, sig, key_id))).digest()
 
 
 def canonical_header(values: Sequence[Any]) -> bytes:
@@ -69,7 +69,7 @@ def canonical_header(values: Sequence[Any]) -> bytes:
         raise ValueError(f"a header has {len(HEADER_FIELDS)} values, got {len(values)}")
     if values[0] != HASH_VERSION:
         raise ValueError(f"unsupported hash version {values[0]!r} (this code knows {HASH_VERSION})")
-    packed: bytes = _packb(list(values), use_bin_type=True)
+    packed: bytes = _pack(tuple(values))
     return packed
 
 

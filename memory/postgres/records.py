@@ -66,8 +66,12 @@ class AuditRecord:
             time = datetime.fromisoformat(values[_TIME])
         except Exception as exc:  # msgpack, index, type and value errors alike
             raise AuditRecordError(f"{stream} entry {_text(entry_id)}: undecodable envelope: {exc}") from None
+        where = f"{stream} entry {_text(entry_id)}"
         if not all(isinstance(v, str) and v for v in header.values()) or time.tzinfo is None:
-            raise AuditRecordError(f"{stream} entry {_text(entry_id)}: envelope lacks id/type/source/time")
+            raise AuditRecordError(f"{where}: envelope lacks id/type/source/correlation_id/time")
+        for name, i in (("causation_id", _CAUSATION), ("key_id", _KEY_ID)):
+            if not isinstance(values[i], str | None):
+                raise AuditRecordError(f"{where}: {name} is a {type(values[i]).__name__}, not a string")
         return cls(
             envelope_id=header["id"],
             type=header["type"],

@@ -232,59 +232,34 @@ def _chain_batch(records: Sequence[AuditRecord], digests: Mapping[str, bytes], h
     entries, payloads, placed = [], [], {}
     for rec in records:
         seq += 1
-        digest = digests[rec.envelope_id]
-        header = canonical_header(
-            [
-                HASH_VERSION,
-                seq,
-                rec.envelope_id,
-                rec.type,
-                rec.source,
-                rec.correlation_id,
-                rec.causation_id,
-                to_micros(rec.time),
-                recorded_us,
-                rec.stream,
-                rec.entry_id,
-            ]
-        )
+        eid, digest = rec.envelope_id, digests[rec.envelope_id]
+        header = canonical_header([
+            HASH_VERSION, seq, eid, rec.type, rec.source, rec.correlation_id, rec.causation_id,
+            to_micros(rec.time), recorded_us, rec.stream, rec.entry_id,
+        ])  # fmt: skip
         leaf = leaf_hash(header, digest)
         previous = chain_hash(previous, leaf)
-        entries.append(
-            (
-                seq,
-                rec.envelope_id,
-                rec.type,
-                rec.source,
-                rec.correlation_id,
-                rec.causation_id,
-                rec.time,
-                now,
-                rec.stream,
-                rec.entry_id,
-                digest,
-                leaf,
-                previous,
-                HASH_VERSION,
-            )
-        )
+        entries.append((
+            seq, eid, rec.type, rec.source, rec.correlation_id, rec.causation_id, rec.time, now,
+            rec.stream, rec.entry_id, digest, leaf, previous, HASH_VERSION,
+        ))  # fmt: skip
         payloads.append((seq, rec.env, rec.sig, rec.key_id))
-        placed[rec.envelope_id] = (seq, previous)
+        placed[eid] = (seq, previous)
     return _Batch(entries, payloads, placed, seq, previous)
 
 
 def _outcomes(
     records: Sequence[AuditRecord],
-    digests: Mapping[str, bytes],
+    digests: Sequence[bytes],
     stored: Mapping[str, Any],
     batch: _Batch | None,
     now: datetime,
 ) -> list[Committed]:
-    """One :class:`Committed` per input record, in input order."""
+    """One :class:`Committed` per input record, in input order (``digests`` likewise)."""
     out: list[Committed] = []
     first_digest: dict[str, bytes] = {}
-    for rec in records:
-        eid, digest = rec.envelope_id, payload_hash(rec.env, rec.sig, rec.key_id)
+    for rec, digest in zip(records, digests, strict=True):
+        eid = rec.envelope_id
         if eid in stored:
             row = stored[eid]
             status = AppendStatus.DUPLICATE if row["payload_hash"] == digest else AppendStatus.CONFLICT
@@ -296,8 +271,7 @@ def _outcomes(
             first_digest[eid] = digest
             status = AppendStatus.STORED
         else:
-            same = first_digest[eid] == digest
-            status = AppendStatus.DUPLICATE if same else AppendStatus.CONFLICT
+            status = AppendStatus.DUPLICATE if first_digest[eid] == digest else AppendStatus.CONFLICT
         out.append(Committed(rec, seq, chained, now, status))
     return out
 
@@ -360,10 +334,12 @@ class PostgresAuditStore:
         per input record, in order (``status`` says stored / duplicate / conflict)."""
         if not records:
             return []
+        digests = [payload_hash(rec.env, rec.sig, rec.key_id) for rec in records]
         firsts: dict[str, AuditRecord] = {}
-        for rec in records:
-            firsts.setdefault(rec.envelope_id, rec)  # the first occurrence wins
-        digests = {eid: payload_hash(r.env, r.sig, r.key_id) for eid, r in firsts.items()}
+        first_digests: dict[str, bytes] = {}
+        for rec, digest in zip(records, digests, strict=True):  # the first occurrence wins
+            if firsts.setdefault(rec.envelope_id, rec) is rec:
+                first_digests[rec.envelope_id] = digest
         started = time.perf_counter()
         with _unavailable_as("append"):
             async with self._pool.acquire() as conn, conn.transaction():
@@ -371,7 +347,7 @@ class PostgresAuditStore:
                 head = await conn.fetchrow(_HEAD)
                 stored = {r["envelope_id"]: r for r in await conn.fetch(_STORED, list(firsts))}
                 fresh = [rec for eid, rec in firsts.items() if eid not in stored]
-                batch = _chain_batch(fresh, digests, head) if fresh else None
+                batch = _chain_batch(fresh, first_digests, head) if fresh else None
                 if batch is not None:
                     await self._write(conn, batch, head)
         outcomes = _outcomes(records, digests, stored, batch, head["now"])

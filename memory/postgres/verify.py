@@ -368,8 +368,8 @@ def check_checkpoints(
         previous = cp
     by_id = {cp.id: cp for cp in in_trail}
     newest = max(in_trail, key=lambda c: c.id, default=None)
-    outside = [*files, *([presented] if presented else [])]
-    for path, cp in outside:
+    outside = {(cp.id, cp.digest): (path, cp) for path, cp in [*files, *([presented] if presented else [])]}
+    for path, cp in outside.values():
         trusted = _check_outside(cp, path, by_id, newest, trusted_keys, out.problems)
         if trusted:
             out.anchors.append(Anchor(cp.seq, cp.chain_hash, f"checkpoint file {path}"))

@@ -19,9 +19,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import msgpack
 import pytest
 
-from envelope import PacketEnvelope, Signer, Verifier
+from envelope import SIGNED_FIELDS, PacketEnvelope, Signer, Verifier
 from l9.devstack import StackEndpoints
 from l9.settings import Settings
 from memory.chain import (
@@ -142,8 +143,6 @@ async def _seqs(admin: str) -> list[int]:
 def test_chain_formulas_are_the_documented_ones() -> None:
     import hashlib
 
-    import msgpack
-
     header = canonical_header([HASH_VERSION, 1, "id", "t", "s", "c", None, 5, 6, "st", "1-0"])
     assert header == msgpack.packb([1, 1, "id", "t", "s", "c", None, 5, 6, "st", "1-0"], use_bin_type=True)
     digest = payload_hash(b"env", "sig", "k")
@@ -179,6 +178,10 @@ def test_record_from_a_stream_entry_takes_the_signed_header() -> None:
         AuditRecord.from_stream_entry("t:audit", "1-0", {"type": "x"})
     with pytest.raises(ValueError, match="undecodable"):
         AuditRecord.from_stream_entry("t:audit", "1-0", {"env": b"\xc1"})
+    values = msgpack.unpackb(record.env)
+    values[SIGNED_FIELDS.index("causation_id")] = 7
+    with pytest.raises(ValueError, match="causation_id is a int"):
+        AuditRecord.from_stream_entry("t:audit", "1-0", {"env": msgpack.packb(values)})
 
 
 # -- migrations ------------------------------------------------------------------------------------
@@ -445,6 +448,19 @@ async def test_checkpoints_are_signed_linked_and_written_outside(store: Postgres
     report = await store.verify(from_checkpoint=edited, trusted_keys=key.trusted())
     assert report.first is not None and report.first.kind is Damage.BAD_CHECKPOINT_SIGNATURE
     assert "digest does not match" in report.first.detail
+
+
+async def test_an_empty_trail_verifies_and_can_be_checkpointed(store: PostgresAuditStore) -> None:
+    key = SigningKey.generate()
+    report = await store.verify(trusted_keys=key.trusted())
+    assert report.ok and report.last_seq == 0 and report.chain_hash == GENESIS
+    genesis = await store.make_checkpoint(key)
+    assert (genesis.id, genesis.seq, genesis.chain_hash) == (1, 0, GENESIS)
+    assert store.checkpoint_dir is not None
+    path = store.checkpoint_dir / genesis.file_name()
+    assert (await store.verify(from_checkpoint=path, trusted_keys=key.trusted())).ok
+    await store.append(make_records(3))
+    assert (await store.verify(from_checkpoint=path, trusted_keys=key.trusted())).entries_checked == 3
 
 
 # -- the tamper matrix -----------------------------------------------------------------------------
