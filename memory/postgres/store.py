@@ -144,7 +144,8 @@ class AuditStoreError(RuntimeError):
 
 
 class AuditStoreUnavailable(AuditStoreError):
-    """PostgreSQL could not be reached (or the connection broke): retry later, nothing was committed."""
+    """PostgreSQL could not be reached, or the connection broke: retry later. An append
+    cut off at its commit may have landed; retrying it is safe (envelope ids dedupe)."""
 
 
 _UNAVAILABLE = (
@@ -153,6 +154,7 @@ _UNAVAILABLE = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
 )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import shutil
 import sys
 import time
@@ -218,6 +219,15 @@ async def test_store_refuses_an_unmigrated_or_unreachable_database(stack: StackE
         await PostgresAuditStore.open(gone)
 
 
+async def test_appends_survive_killed_connections(store: PostgresAuditStore, admin_dsn: str) -> None:
+    await store.append(make_records(2))
+    kill = "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = 'l9_writer'"
+    await _admin(admin_dsn, kill + " AND datname = current_database()")
+    committed = await store.append(make_records(3))  # the pool replaces the dead connection
+    assert [c.seq for c in committed] == [3, 4, 5]
+    assert (await store.verify()).ok
+
+
 # -- appending -------------------------------------------------------------------------------------
 
 
@@ -290,49 +300,79 @@ async def test_one_notification_per_committed_batch(store: PostgresAuditStore) -
 # -- concurrency -----------------------------------------------------------------------------------
 
 
-def _shared_ids(n: int) -> list[str]:
+N_SHARED = 1200
+
+
+def _shared_ids(n: int = N_SHARED) -> list[str]:
     return [str(uuid.UUID(int=i + 1, version=4)) for i in range(n)]
 
 
-async def _append_all(dsn: str, records: list[AuditRecord], batch: int) -> None:
+async def _append_all(writer: PostgresAuditStore, records: list[AuditRecord], batch: int) -> None:
+    for at in range(0, len(records), batch):
+        await writer.append(records[at : at + batch])
+
+
+async def _worker(dsn: str, seed: int) -> None:
+    """A writer process: every shared id in its own order, once the test says go."""
+    ids = _shared_ids()
+    random.Random(seed).shuffle(ids)
+    records = make_records(len(ids), ids=ids, stream=f"process-{seed}")
     async with await PostgresAuditStore.open(dsn, max_size=1) as writer:
-        for at in range(0, len(records), batch):
-            await writer.append(records[at : at + batch])
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+        await _append_all(writer, records, 37)
 
 
-_WORKER = """
-import asyncio, random, sys
-from tests.integration.test_audit_store import _append_all, _shared_ids, make_records
-ids = _shared_ids(600)
-random.Random(int(sys.argv[2])).shuffle(ids)
-asyncio.run(_append_all(sys.argv[1], make_records(600, ids=ids), 37))
-"""
+_WORKER = "import asyncio, sys; from tests.integration.test_audit_store import _worker; "
+_WORKER += "asyncio.run(_worker(sys.argv[1], int(sys.argv[2])))"
 
 
 async def test_concurrent_writers_in_tasks_and_processes_never_fork(
     store: PostgresAuditStore, admin_dsn: str
 ) -> None:
-    """Two processes and four tasks append overlapping envelope ids in batches: every
-    id is stored once, seq is 1..N without gap, and the chain verifies."""
+    """Two processes and four tasks append overlapping envelope ids in batches, all at
+    once: every id is stored once, seq is 1..N without gap, and the chain verifies."""
     dsn = writer_dsn(admin_dsn)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    pipe = asyncio.subprocess.PIPE
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _WORKER, dsn, str(seed), env=env, cwd=ROOT, stderr=asyncio.subprocess.PIPE
+            sys.executable,
+            "-c",
+            _WORKER,
+            dsn,
+            str(seed),
+            env=env,
+            cwd=ROOT,
+            stdin=pipe,
+            stdout=pipe,
+            stderr=pipe,
         )
         for seed in (1, 2)
     ]
-    ids = _shared_ids(600)
-    tasks = [_append_all(dsn, make_records(300, ids=ids[k::2][:300]), 23) for k in (0, 1)]
-    tasks += [_append_all(dsn, make_records(150, ids=ids[450:]), 11) for _ in range(2)]
-    await asyncio.gather(*tasks)
+    ids = _shared_ids()
+    batches = [(ids[k::2], 23, f"task-{k}") for k in (0, 1)] + [(ids[900:], 11, f"task-{k}") for k in (2, 3)]
+    writers = [await PostgresAuditStore.open(dsn, max_size=1) for _ in batches]
+    records = [make_records(len(chosen), ids=chosen, stream=stream) for chosen, _, stream in batches]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"ready\n"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+    sizes = [size for _, size, _ in batches]
+    await asyncio.gather(*map(_append_all, writers, records, sizes))
+    for writer in writers:
+        await writer.close()
     for proc in procs:
         _, err = await asyncio.wait_for(proc.communicate(), 120)
         assert proc.returncode == 0, err.decode()
-    assert await _seqs(admin_dsn) == list(range(1, 601))
+    assert await _seqs(admin_dsn) == list(range(1, N_SHARED + 1))
     report = await store.verify()
     assert report.ok, report.summary()
-    assert report.entries_checked == 600 and (await store.head()).seq == 600
+    assert report.entries_checked == N_SHARED and (await store.head()).seq == N_SHARED
+    streams = {e.stream for e in (await store.entries_after(0, limit=N_SHARED)).entries}
+    assert len(streams) >= 3, streams  # several writers really raced for the same ids
 
 
 # -- privileges ------------------------------------------------------------------------------------
