@@ -1,6 +1,6 @@
 """Redis Streams transport: keys, topology, publisher, the delivery loop, RPC, retention."""
 
-from .connection import HiredisPackingConnection, connect
+from .connection import HiredisPackingConnection, as_text, connect
 from .consumer import Delivery, Handler, StreamConsumer
 from .deadletter import DeadLetters
 from .errors import BusError, RemoteError, RpcTimeout
@@ -9,7 +9,7 @@ from .maintenance import ConsumerNameTaken, claim_consumer_name
 from .policy import DeliveryPolicy
 from .publisher import Publisher
 from .retention import safe_trim_boundary, trim_acknowledged
-from .rpc import ErrorReply, RpcClient, remaining_s, send_reply
+from .rpc import ErrorReply, RpcClient, send_reply
 from .topology import DEFAULT_TOPOLOGY, Topology
 
 __all__ = [
@@ -29,10 +29,10 @@ __all__ = [
     "RpcTimeout",
     "StreamConsumer",
     "Topology",
+    "as_text",
     "check_stream_name",
     "claim_consumer_name",
     "connect",
-    "remaining_s",
     "safe_trim_boundary",
     "send_reply",
     "trim_acknowledged",

@@ -37,6 +37,11 @@ class HiredisPackingConnection(Connection):
         return [b"".join(b"".join(self.pack_command(*command)) for command in commands)]
 
 
+def as_text(value: Any) -> str:
+    """A Redis reply value (bytes unless decode_responses) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def connect(url: str, **options: Any) -> aioredis.Redis:
     """An asyncio client for ``url`` (TCP URLs get the hiredis-packing connection)."""
     if url.startswith("redis://"):

@@ -42,9 +42,6 @@ class Keys:
         """Expiring key: present while consumer ``consumer`` is alive."""
         return f"{self.namespace}:hb:{consumer}"
 
-    def heartbeat_pattern(self) -> str:
-        return f"{self.namespace}:hb:*"
-
     def name_of(self, stream_key: str) -> str:
         """The stream name inside a stream key (``l9:{demo}`` -> ``demo``)."""
         prefix = f"{self.namespace}:{{"

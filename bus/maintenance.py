@@ -28,6 +28,8 @@ from .keys import Keys
 if TYPE_CHECKING:
     from .consumer import StreamConsumer
 
+from .connection import as_text
+
 log = structlog.get_logger("l9.bus.maintenance")
 
 
@@ -54,10 +56,6 @@ async def claim_consumer_name(
         if await redis.set(keys.heartbeat(name), info, nx=True, px=ttl_ms):
             return name
     raise ConsumerNameTaken(f"no free consumer name {base}-<n> for n < 10000")
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Maintenance:
@@ -117,20 +115,20 @@ class Maintenance:
         for stream in c.streams:
             key = c.keys.stream(stream)
             others = [
-                x for x in await self.redis.xinfo_consumers(key, c.group) if _text(x["name"]) != c.consumer
+                x for x in await self.redis.xinfo_consumers(key, c.group) if as_text(x["name"]) != c.consumer
             ]
             if not others:
                 continue
             pipe = self.redis.pipeline(transaction=False)
             for x in others:
-                pipe.exists(c.keys.heartbeat(_text(x["name"])))
+                pipe.exists(c.keys.heartbeat(as_text(x["name"])))
             alive = await pipe.execute()
             for x, live in zip(others, alive, strict=True):
                 if not live:
                     await self._take_over(stream, key, x)
 
     async def _take_over(self, stream: str, key: str, dead: dict[str, Any]) -> None:
-        c, name = self.c, _text(dead["name"])
+        c, name = self.c, as_text(dead["name"])
         if int(dead["pending"]) == 0:
             inactive = int(dead.get("inactive", dead["idle"]))
             if inactive > 2 * c.policy.lease_ms:
@@ -157,7 +155,7 @@ class Maintenance:
             key, cursor = c.keys.stream(stream), "-"
             for _ in range(10):
                 rows = await self.redis.xpending_range(key, c.group, cursor, "+", 100, idle=c.policy.lease_ms)
-                ids: list[Any] = [r["message_id"] for r in rows if _text(r["consumer"]) != c.consumer]
+                ids: list[Any] = [r["message_id"] for r in rows if as_text(r["consumer"]) != c.consumer]
                 if ids:
                     claimed = await self.redis.xclaim(
                         key, c.group, c.consumer, c.policy.lease_ms, ids, justid=True
@@ -165,4 +163,4 @@ class Maintenance:
                     log.warning("consumer.lease_expired_reclaimed", stream=stream, count=len(claimed))
                 if len(rows) < 100:
                     break
-                cursor = "(" + _text(rows[-1]["message_id"])
+                cursor = "(" + as_text(rows[-1]["message_id"])

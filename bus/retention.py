@@ -14,11 +14,9 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 
+from .connection import as_text
+
 log = structlog.get_logger("l9.bus.retention")
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _successor(entry_id: str) -> str:
@@ -38,12 +36,12 @@ async def safe_trim_boundary(redis: aioredis.Redis, key: str) -> str | None:
         return None
     boundary: str | None = None
     for group in groups:
-        name = _text(group["name"])
+        name = as_text(group["name"])
         if int(group["pending"]):
             summary = await redis.xpending(key, name)
-            needed = _text(summary["min"])
+            needed = as_text(summary["min"])
         else:
-            needed = _successor(_text(group["last-delivered-id"]))
+            needed = _successor(as_text(group["last-delivered-id"]))
         boundary = needed if boundary is None else _older(boundary, needed)
     return boundary
 

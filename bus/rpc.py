@@ -9,7 +9,6 @@ Replies survive a slow reader because they sit on a stream, not a channel.
 from __future__ import annotations
 
 import contextlib
-import math
 from datetime import timedelta
 from typing import Any
 
@@ -28,7 +27,6 @@ from envelope import (
     new_id,
     payload,
     registry,
-    utcnow,
 )
 
 from .errors import TRANSIENT, RemoteError, RpcTimeout
@@ -157,10 +155,3 @@ async def send_reply(publisher: Publisher, request: PacketEnvelope, reply: Packe
     entry_id = await publisher.publish(reply, target)
     await publisher.redis.pexpire(publisher.keys.stream(target), REPLY_TTL_MS)
     return entry_id
-
-
-def remaining_s(envelope: PacketEnvelope) -> float:
-    """Seconds left before the envelope's deadline (inf when it has none)."""
-    if envelope.expires_at is None:
-        return math.inf
-    return (envelope.expires_at - utcnow()).total_seconds()

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from agents.demo import Task, handled_key, results_key
-from bus import Keys, Publisher, connect
+from bus import Keys, Publisher, as_text, connect
 from envelope import PacketEnvelope, Signer, new_id
 from l9.devstack import StackEndpoints
 from l9.settings import Settings
@@ -46,10 +46,6 @@ class DemoResult:
             and self.total == self.expected
             and all(code == 0 for code in self.exit_codes.values())
         )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def spawn_agent(name: str, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
@@ -122,7 +118,7 @@ async def _exchange(
         collected=collected,
         total=sum(int(v) for v in squares),
         expected=sum(i * i for i in range(1, count + 1)),
-        handled_by={_text(k): int(v) for k, v in handled.items()},
+        handled_by={as_text(k): int(v) for k, v in handled.items()},
     )
 
 

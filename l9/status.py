@@ -8,18 +8,14 @@ import redis.asyncio as aioredis
 from rich.console import Console
 from rich.table import Table
 
-from bus import Keys
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+from bus import Keys, as_text
 
 
 async def stream_names(redis: aioredis.Redis, keys: Keys) -> list[str]:
-    names = {_text(n) for n in await redis.smembers(keys.streams_index())}
+    names = {as_text(n) for n in await redis.smembers(keys.streams_index())}
     async for key in redis.scan_iter(match=f"{keys.namespace}:{{*}}", _type="stream"):
         try:
-            names.add(keys.name_of(_text(key)))
+            names.add(keys.name_of(as_text(key)))
         except ValueError:
             continue
     return sorted(names)
@@ -35,10 +31,10 @@ async def collect_status(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
         info = await redis.xinfo_stream(key)
         groups = []
         for g in await redis.xinfo_groups(key):
-            gname = _text(g["name"])
+            gname = as_text(g["name"])
             consumers = []
             for c in await redis.xinfo_consumers(key, gname):
-                cname = _text(c["name"])
+                cname = as_text(c["name"])
                 consumers.append(
                     {
                         "name": cname,
@@ -53,7 +49,7 @@ async def collect_status(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
                     "name": gname,
                     "pending": int(g["pending"]),
                     "lag": None if lag is None else int(lag),
-                    "last_delivered_id": _text(g["last-delivered-id"]),
+                    "last_delivered_id": as_text(g["last-delivered-id"]),
                     "consumers": consumers,
                 }
             )
@@ -62,7 +58,7 @@ async def collect_status(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
                 "name": name,
                 "key": key,
                 "length": int(info["length"]),
-                "last_id": _text(info["last-generated-id"]),
+                "last_id": as_text(info["last-generated-id"]),
                 "dead_letters": int(await redis.xlen(keys.dead(name))),
                 "groups": groups,
             }

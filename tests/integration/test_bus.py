@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
@@ -15,6 +15,7 @@ from agents import Agent, Context, Runtime, handles
 from bus import (
     Delivery,
     DeliveryPolicy,
+    Handler,
     Keys,
     Publisher,
     RemoteError,
@@ -39,6 +40,22 @@ FAST = DeliveryPolicy(
     heartbeat_ms=100,
     drain_timeout_s=2,
 )
+
+
+def on_test_stream(
+    redis: aioredis.Redis, keys: Keys, verifier: Verifier, group: str, name: str, handler: Handler
+) -> StreamConsumer:
+    """A consumer of stream ``test`` with the quick test policy."""
+    return StreamConsumer(
+        redis,
+        keys,
+        group=group,
+        consumer=name,
+        streams=["test"],
+        handler=handler,
+        verifier=verifier,
+        policy=FAST,
+    )
 
 
 @asynccontextmanager
@@ -66,9 +83,7 @@ async def test_failed_handler_is_retried_with_backoff_then_acked(
         if d.attempt < 3:
             raise ValueError(f"try {d.attempt}")
 
-    consumer = StreamConsumer(
-        redis, keys, group="g", consumer="c1", streams=["test"], handler=flaky, verifier=verifier, policy=FAST
-    )
+    consumer = on_test_stream(redis, keys, verifier, "g", "c1", flaky)
     async with consuming(consumer):
         await Publisher(redis, keys, signer).publish(work(1))
         await wait_for(lambda: len(seen) >= 3 and not consumer.in_flight, timeout=10)
@@ -90,33 +105,15 @@ async def test_long_handler_keeps_its_lease(
     """A handler running 3x the lease is not stolen by a second live consumer."""
     calls: list[str] = []
 
-    def handler(name: str) -> Callable[[Delivery], object]:
+    def handler(name: str) -> Handler:
         async def handle(d: Delivery) -> None:
             calls.append(name)
             await anyio.sleep(4.5)
 
         return handle
 
-    c1 = StreamConsumer(
-        redis,
-        keys,
-        group="g",
-        consumer="c1",
-        streams=["test"],
-        handler=handler("c1"),
-        verifier=verifier,
-        policy=FAST,
-    )  # type: ignore[arg-type]
-    c2 = StreamConsumer(
-        redis,
-        keys,
-        group="g",
-        consumer="c2",
-        streams=["test"],
-        handler=handler("c2"),
-        verifier=verifier,
-        policy=FAST,
-    )  # type: ignore[arg-type]
+    c1 = on_test_stream(redis, keys, verifier, "g", "c1", handler("c1"))
+    c2 = on_test_stream(redis, keys, verifier, "g", "c2", handler("c2"))
     async with consuming(c1):
         await Publisher(redis, keys, signer).publish(work(1))
         await wait_for(lambda: calls == ["c1"], timeout=5)
@@ -130,16 +127,7 @@ async def test_rpc_replies_within_deadline_and_times_out_past_it(
 ) -> None:
     runtime = Runtime(redis=redis, keys=keys, signer=signer, verifier=verifier, agent="ledger", instance="r1")
     agent: Agent = LedgerAgent(runtime)
-    consumer = StreamConsumer(
-        redis,
-        keys,
-        group="ledger",
-        consumer="r1",
-        streams=["test"],
-        handler=agent.handle,
-        verifier=verifier,
-        policy=FAST,
-    )
+    consumer = on_test_stream(redis, keys, verifier, "ledger", "r1", agent.handle)
     async with consuming(consumer), RpcClient(redis, Publisher(redis, keys, signer), verifier) as rpc:
         started = time.monotonic()
         reply, pong = await rpc.call(Ping(text="hi"), source="agent://test/caller", deadline_s=2.0)
@@ -171,16 +159,7 @@ async def test_rpc_error_reply_raises_remote_error(
     runtime = Runtime(
         redis=redis, keys=keys, signer=signer, verifier=verifier, agent="refuser", instance="r1"
     )
-    consumer = StreamConsumer(
-        redis,
-        keys,
-        group="r",
-        consumer="r1",
-        streams=["test"],
-        handler=Refuser(runtime).handle,
-        verifier=verifier,
-        policy=FAST,
-    )
+    consumer = on_test_stream(redis, keys, verifier, "r", "r1", Refuser(runtime).handle)
     async with consuming(consumer), RpcClient(redis, Publisher(redis, keys, signer), verifier) as rpc:
         with pytest.raises(RemoteError, match="refused: no pings today"):
             await rpc.call(Ping(text="x"), source="agent://test/c", deadline_s=2.0)
@@ -235,16 +214,7 @@ async def test_nogroup_for_a_stream_without_group_is_created_on_start(
     async def collect(d: Delivery) -> None:
         got.append(d.payload.n)  # type: ignore[attr-defined]
 
-    consumer = StreamConsumer(
-        redis,
-        keys,
-        group="late",
-        consumer="c",
-        streams=["test"],
-        handler=collect,
-        verifier=verifier,
-        policy=FAST,
-    )
+    consumer = on_test_stream(redis, keys, verifier, "late", "c", collect)
     async with consuming(consumer):
         await wait_for(lambda: len(got) == 5, timeout=5)
     assert sorted(got) == [0, 1, 2, 3, 4]
