@@ -15,8 +15,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from memory.postgres import SigningKey
 
 
 class Settings(BaseSettings):
@@ -46,14 +48,32 @@ class Settings(BaseSettings):
     heartbeat_ms: int = Field(default=2_000, ge=50)
     drain_timeout_s: float = Field(default=10.0, ge=0)
 
-    @field_validator("signing_keys", mode="before")
+    # The auditor and the trail.
+    #: Signed checkpoint files, kept outside the database; unset: ``home/checkpoints``.
+    audit_checkpoint_dir: Path | None = None
+    #: Ed25519 key signing checkpoints and evidence reports: a file holding the 32-byte
+    #: seed in hex. Unset: ``home/audit-key.hex``, created (mode 0600) on first use.
+    audit_key_file: Path | None = None
+    #: More public keys to trust, as JSON ``{"key id": "hex public key"}`` (e.g. retired keys).
+    audit_trusted_keys: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    audit_batch_size: int = Field(default=1000, ge=1, le=10_000)
+    #: A checkpoint after this many new entries, or after ``audit_checkpoint_interval_s``.
+    audit_checkpoint_every: int = Field(default=10_000, ge=1)
+    audit_checkpoint_interval_s: float = Field(default=60.0, gt=0)
+    #: Fault injection for crash tests only: ``STAGE:N`` kills the auditor (SIGKILL) the
+    #: N-th time it reaches STAGE (before_copy, before_commit or before_xack).
+    audit_failpoint: str | None = Field(
+        default=None, pattern=r"^(before_copy|before_commit|before_xack):[1-9]\d*$"
+    )
+
+    @field_validator("signing_keys", "audit_trusted_keys", mode="before")
     @classmethod
-    def _parse_keys(cls, value: object) -> object:
+    def _parse_keys(cls, value: object, info: ValidationInfo) -> object:
         if isinstance(value, str):
             try:
                 parsed = json.loads(value) if value.strip() else {}
             except json.JSONDecodeError as exc:
-                raise ValueError(f"L9_SIGNING_KEYS is not a JSON object: {exc}") from exc
+                raise ValueError(f"L9_{str(info.field_name).upper()} is not a JSON object: {exc}") from exc
             return parsed
         return value
 
@@ -77,18 +97,52 @@ class Settings(BaseSettings):
             return {kid: secret.encode() for kid, secret in self.signing_keys.items()}
         return {kid: secret.encode() for kid, secret in _key_file(self.home_dir).items()}
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        return (self.audit_checkpoint_dir or self.home_dir / "checkpoints").expanduser().resolve()
+
+    def audit_signing_key(self) -> SigningKey:
+        """The Ed25519 key of checkpoints and reports (created under ``home`` if unset)."""
+        if self.audit_key_file is not None:
+            path = self.audit_key_file.expanduser()
+            if not path.exists():
+                raise ValueError(f"L9_AUDIT_KEY_FILE {path} does not exist")
+        else:
+            path = self.home_dir / "audit-key.hex"
+            if not path.exists():
+                _create_exclusive(path, secrets.token_hex(32))
+        try:
+            return SigningKey.from_private_bytes(bytes.fromhex(path.read_text().strip()))
+        except ValueError as exc:
+            raise ValueError(f"{path}: expected a 32-byte Ed25519 seed in hex ({exc})") from None
+
+    def audit_trusted(self) -> dict[str, bytes]:
+        """Public keys trusted for checkpoints and reports: the signing key's and ``audit_trusted_keys``."""
+        trusted = self.audit_signing_key().trusted()
+        for key_id, hex_key in self.audit_trusted_keys.items():
+            try:
+                trusted[key_id] = bytes.fromhex(hex_key)
+            except ValueError:
+                raise ValueError(f"L9_AUDIT_TRUSTED_KEYS[{key_id!r}] is not hex") from None
+        return trusted
+
+
+def _create_exclusive(path: Path, text: str) -> None:
+    """Write ``path`` (mode 0600) unless it exists; a concurrent creator wins atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    with contextlib.suppress(FileExistsError):
+        os.link(tmp, path)  # atomic
+    tmp.unlink(missing_ok=True)
+
 
 def _key_file(home: Path) -> dict[str, str]:
     path = home / "signing-keys.json"
     if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"dev": secrets.token_hex(32)}, fh)
-        with contextlib.suppress(FileExistsError):  # a concurrent creator won: use its key
-            os.link(tmp, path)  # atomic
-        tmp.unlink(missing_ok=True)
+        _create_exclusive(path, json.dumps({"dev": secrets.token_hex(32)}))
     keys = json.loads(path.read_text())
     if not isinstance(keys, dict) or not keys:
         raise ValueError(f"{path}: expected a non-empty JSON object of key id -> secret")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import msgpack
@@ -54,54 +54,11 @@ from memory.postgres import (
 )
 from memory.postgres.schema import MIGRATIONS_DIR
 from tests.conftest import KEYRING, ROOT
+from tests.integration.conftest import admin_sql, drop_database, new_database
 
 pytestmark = pytest.mark.integration
 
 TYPES = ("l9.plan.locked.v1", "l9.plan.rejected.v1", "l9.artifact.generated.v1")
-
-
-# -- databases -------------------------------------------------------------------------------------
-
-
-def _database_url(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-async def _admin(url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        for sql in statements:
-            await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-async def _new_database(stack: StackEndpoints, template: str | None = None) -> str:
-    name = f"audit_{uuid.uuid4().hex[:12]}"
-    clause = f" TEMPLATE {template}" if template else ""
-    await _admin(stack.database_url, f"CREATE DATABASE {name}{clause}")
-    return _database_url(stack.database_url, name)
-
-
-async def _drop_database(stack: StackEndpoints, url: str) -> None:
-    name = urlsplit(url).path.lstrip("/")
-    await _admin(stack.database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@pytest.fixture
-async def admin_dsn(stack: StackEndpoints) -> AsyncIterator[str]:
-    """A fresh, migrated database per test (superuser URL)."""
-    url = await _new_database(stack)
-    await migrate(url)
-    yield url
-    await _drop_database(stack, url)
-
-
-@pytest.fixture
-async def store(admin_dsn: str, tmp_path: Path) -> AsyncIterator[PostgresAuditStore]:
-    opened = await PostgresAuditStore.open(writer_dsn(admin_dsn), checkpoint_dir=tmp_path / "checkpoints")
-    yield opened
-    await opened.close()
 
 
 # -- records ---------------------------------------------------------------------------------------
@@ -208,12 +165,12 @@ async def test_migrate_is_idempotent_and_refuses_an_edited_migration(admin_dsn: 
 
 
 async def test_store_refuses_an_unmigrated_or_unreachable_database(stack: StackEndpoints) -> None:
-    url = await _new_database(stack)
+    url = await new_database(stack)
     try:
         with pytest.raises(AuditStoreError, match="migrate"):
             await PostgresAuditStore.open(url)
     finally:
-        await _drop_database(stack, url)
+        await drop_database(stack, url)
     gone = "postgresql://l9_writer@/l9?host=/nonexistent-socket-dir&port=1"
     with pytest.raises(AuditStoreUnavailable, match="PostgreSQL unavailable"):
         await PostgresAuditStore.open(gone)
@@ -222,7 +179,7 @@ async def test_store_refuses_an_unmigrated_or_unreachable_database(stack: StackE
 async def test_appends_survive_killed_connections(store: PostgresAuditStore, admin_dsn: str) -> None:
     await store.append(make_records(2))
     kill = "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = 'l9_writer'"
-    await _admin(admin_dsn, kill + " AND datname = current_database()")
+    await admin_sql(admin_dsn, kill + " AND datname = current_database()")
     committed = await store.append(make_records(3))  # the pool replaces the dead connection
     assert [c.seq for c in committed] == [3, 4, 5]
     assert (await store.verify()).ok
@@ -521,7 +478,7 @@ N_ENTRIES = 10_000
 
 @pytest.fixture(scope="module")
 async def trail(stack: StackEndpoints, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Trail]:
-    url = await _new_database(stack)
+    url = await new_database(stack)
     await migrate(url)
     key, directory = SigningKey.generate(), tmp_path_factory.mktemp("checkpoints")
     records = make_records(N_ENTRIES)
@@ -534,7 +491,7 @@ async def trail(stack: StackEndpoints, tmp_path_factory: pytest.TempPathFactory)
                 checkpoints.append(await writer.make_checkpoint(key))
         print(f"\nappend: {N_ENTRIES / (time.perf_counter() - started):,.0f} rows/s in 1000-row batches")
     yield Trail(urlsplit(url).path.lstrip("/"), directory, key, checkpoints)
-    await _drop_database(stack, url)
+    await drop_database(stack, url)
 
 
 @pytest.fixture
@@ -543,12 +500,12 @@ async def copy_of(stack: StackEndpoints, trail: Trail) -> AsyncIterator[Callable
     made: list[str] = []
 
     async def make() -> str:
-        made.append(await _new_database(stack, trail.template))
+        made.append(await new_database(stack, trail.template))
         return made[-1]
 
     yield make
     for url in made:
-        await _drop_database(stack, url)
+        await drop_database(stack, url)
 
 
 async def _tamper(admin: str, *statements: str) -> None:
