@@ -20,6 +20,7 @@ from envelope import (
     decode_envelope,
     encode,
 )
+from memory.summary import summarize_env
 
 _AT = {name: SIGNED_FIELDS.index(name) for name in ("id", "type", "source", "correlation_id")}
 _CAUSATION, _TIME, _KEY_ID = (SIGNED_FIELDS.index(n) for n in ("causation_id", "time", "key_id"))
@@ -149,6 +150,10 @@ class StoredEntry:
     @property
     def redacted(self) -> bool:
         return self.env is None
+
+    def summary(self) -> str:
+        """One line of what the payload holds (see :func:`memory.summary.summarize`)."""
+        return summarize_env(self.env)
 
     def envelope(self, verifier: Verifier | None = None) -> PacketEnvelope:
         """The stored envelope, its signature checked when a verifier is given."""

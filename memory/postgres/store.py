@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -293,6 +293,9 @@ class PostgresAuditStore:
         self._pool = pool
         self._dsn = dsn
         self.checkpoint_dir = checkpoint_dir
+        #: Called with ``"before_copy"`` and ``"before_commit"`` inside each append that
+        #: writes (fault injection for crash tests; see ``L9_AUDIT_FAILPOINT``).
+        self.stage_hook: Callable[[str], None] | None = None
 
     @classmethod
     async def open(
@@ -351,13 +354,17 @@ class PostgresAuditStore:
                 fresh = [rec for eid, rec in firsts.items() if eid not in stored]
                 batch = _chain_batch(fresh, first_digests, head) if fresh else None
                 if batch is not None:
-                    await self._write(conn, batch, head)
+                    await self._write(conn, batch, head, self.stage_hook)
         outcomes = _outcomes(records, digests, stored, batch, head["now"])
         self._log_append(outcomes, started)
         return outcomes
 
     @staticmethod
-    async def _write(conn: asyncpg.Connection, batch: _Batch, head: Any) -> None:
+    async def _write(
+        conn: asyncpg.Connection, batch: _Batch, head: Any, hook: Callable[[str], None] | None
+    ) -> None:
+        if hook is not None:
+            hook("before_copy")
         try:
             await conn.copy_records_to_table(
                 "entries", schema_name="l9_audit", records=batch.entries, columns=_ENTRY_COLUMNS
@@ -375,6 +382,8 @@ class PostgresAuditStore:
                 f"the chain head moved away from seq {head['seq']} during an append that held the "
                 "chain lock: another writer does not take the lock; nothing was committed"
             )
+        if hook is not None:
+            hook("before_commit")
 
     @staticmethod
     def _log_append(outcomes: Sequence[Committed], started: float) -> None:

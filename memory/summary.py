@@ -1,0 +1,48 @@
+"""One line saying what an envelope's payload holds, for tails, the audit stream and reports."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+
+from envelope import SIGNED_FIELDS
+
+_DATA, _KIND = SIGNED_FIELDS.index("data"), SIGNED_FIELDS.index("kind")
+#: Longest summary; longer ones end in an ellipsis.
+MAX_SUMMARY = 160
+_VALUE = 40
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return f"{{{len(value)} keys}}"
+    if isinstance(value, list | tuple):
+        return f"[{len(value)} items]"
+    if isinstance(value, bytes | bytearray):
+        return f"<{len(value)} bytes>"
+    text = str(value)
+    return text if len(text) <= _VALUE else text[: _VALUE - 1] + "…"
+
+
+def summarize(data: Any, kind: str | None = None) -> str:
+    """``key=value`` pairs of a payload, nested values as counts, at most :data:`MAX_SUMMARY` chars."""
+    if isinstance(data, Mapping):
+        text = " ".join(f"{k}={_short(v)}" for k, v in data.items())
+    else:
+        text = _short(data)
+    if kind and kind != "event":
+        text = f"[{kind}] {text}" if text else f"[{kind}]"
+    return text if len(text) <= MAX_SUMMARY else text[: MAX_SUMMARY - 1] + "…"
+
+
+def summarize_env(env: bytes | None) -> str:
+    """The summary of an envelope's signed bytes (``env`` on the wire and in the trail)."""
+    if env is None:
+        return "(payload redacted)"
+    try:
+        values = msgpack.unpackb(env, raw=False)
+        return summarize(values[_DATA], values[_KIND])
+    except Exception:  # msgpack, index and type errors alike: a summary never fails
+        return "(undecodable payload)"
