@@ -15,20 +15,18 @@ import json
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import anyio
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ResponseError
 
+from .connection import as_text
 from .errors import TRANSIENT
 from .keys import Keys
-
-if TYPE_CHECKING:
-    from .consumer import StreamConsumer
-
-from .connection import as_text
+from .policy import DeliveryPolicy
 
 log = structlog.get_logger("l9.bus.maintenance")
 
@@ -58,8 +56,22 @@ async def claim_consumer_name(
     raise ConsumerNameTaken(f"no free consumer name {base}-<n> for n < 10000")
 
 
+class LeaseHolder(Protocol):
+    """What maintenance needs of a consumer (the per-entry and the batch delivery loops)."""
+
+    redis: aioredis.Redis
+    keys: Keys
+    group: str
+    consumer: str
+    policy: DeliveryPolicy
+    in_flight: dict[tuple[str, str], float]
+
+    @property
+    def streams(self) -> Sequence[str]: ...
+
+
 class Maintenance:
-    def __init__(self, consumer: StreamConsumer) -> None:
+    def __init__(self, consumer: LeaseHolder) -> None:
         self.c = consumer
         self.redis = consumer.redis
         self.hb_key = consumer.keys.heartbeat(consumer.consumer)

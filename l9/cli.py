@@ -89,6 +89,14 @@ def agent_run(
     from agents.runner import load_agent, run_agent
 
     settings = _settings()
+    if name == "auditor":
+        from agents.auditor.main import run_auditor
+
+        try:
+            _run(lambda: run_auditor(settings, instance=instance))
+        except StackError as exc:
+            raise _fail(str(exc)) from None
+        return
     try:
         agent_cls = load_agent(name)
     except (ValueError, ImportError) as exc:

@@ -321,8 +321,13 @@ class PostgresAuditStore:
         if not found:
             raise AuditStoreError("the audit trail's tables are missing: run memory.postgres.migrate() first")
 
-    async def close(self) -> None:
-        await self._pool.close()
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Close the pool; connections not released within ``timeout_s`` are cut."""
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout_s)
+        except TimeoutError:
+            log.warning("audit.store.close_timeout", timeout_s=timeout_s)
+            self._pool.terminate()
 
     async def __aenter__(self) -> PostgresAuditStore:
         return self
@@ -473,6 +478,11 @@ class PostgresAuditStore:
         with _unavailable_as("read a run's entries"):
             rows = await self._pool.fetch(_FOR_CORRELATION, correlation_id)
         return [_entry(r) for r in rows]
+
+    async def last_checkpoint(self) -> Checkpoint | None:
+        with _unavailable_as("read the last checkpoint"):
+            row = await self._pool.fetchrow(_LAST_CHECKPOINT)
+        return _checkpoint(row) if row else None
 
     async def checkpoints(self) -> list[Checkpoint]:
         with _unavailable_as("read checkpoints"):

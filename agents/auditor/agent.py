@@ -1,0 +1,182 @@
+"""The auditor: every envelope of every stream, exactly once, into the Postgres trail.
+
+Its consumer group ``auditor`` sits on every stream of the namespace (the
+streams index plus the topology), found again every second, so new streams
+are audited without a restart. Each batch of up to ``L9_AUDIT_BATCH_SIZE``
+entries: verify signatures -> dedupe, hash, ``COPY``, move the head under the
+chain lock, one NOTIFY, COMMIT (``PostgresAuditStore.append``) -> XACK. An
+entry is acked only after its batch committed; a crash anywhere before that
+leaves it pending, and the redelivery is a no-op (the envelope id dedupes).
+After the commit the batch goes out on the ``audit`` stream, and a signed
+checkpoint follows every ``L9_AUDIT_CHECKPOINT_EVERY`` entries or
+``L9_AUDIT_CHECKPOINT_INTERVAL_S`` seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterable, Sequence
+
+import anyio
+import redis.asyncio as aioredis
+import structlog
+
+from bus import Keys, Topology, as_text
+from bus.batch import Entry, Rejected
+from bus.errors import TRANSIENT
+from envelope import ENVELOPE_FIELD, SIGNATURE_FIELD, EnvelopeError, Verifier
+from memory.postgres import (
+    AuditRecord,
+    AuditRecordError,
+    AuditStoreUnavailable,
+    Committed,
+    PostgresAuditStore,
+)
+from memory.postgres.checkpoints import SigningKey
+
+from .stream import AUDIT_STREAM, AuditStream
+
+GROUP = "auditor"
+log = structlog.get_logger("l9.auditor")
+
+
+def to_records(entries: Sequence[Entry], verifier: Verifier) -> tuple[list[AuditRecord], list[Rejected]]:
+    """Audit records of the entries whose envelope decodes and whose signature holds."""
+    records: list[AuditRecord] = []
+    rejected: list[Rejected] = []
+    for entry in entries:
+        try:
+            record = AuditRecord.from_stream_entry(entry.stream, entry.entry_id, entry.fields)
+            sig = entry.fields.get(SIGNATURE_FIELD.encode())
+            verifier.verify_bytes(
+                entry.fields[ENVELOPE_FIELD.encode()], record.key_id, sig, record.envelope_id
+            )
+        except AuditRecordError as exc:
+            rejected.append(Rejected(entry, "undecodable", str(exc)))
+            continue
+        except EnvelopeError as exc:
+            rejected.append(Rejected(entry, exc.reason.value, exc.detail))
+            continue
+        records.append(record)
+    return records, rejected
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Failures to wait out (retry for ever, ack nothing): the store or Redis being away."""
+    return isinstance(exc, (AuditStoreUnavailable, *TRANSIENT))
+
+
+class Failpoint:
+    """Fault injection for crash tests: SIGKILL this process the N-th time ``stage`` is reached."""
+
+    def __init__(self, spec: str | None) -> None:
+        stage, _, n = (spec or "").partition(":")
+        self.stage, self.remaining = stage or None, int(n or 0)
+
+    def __call__(self, stage: str) -> None:
+        if stage != self.stage:
+            return
+        self.remaining -= 1
+        if self.remaining <= 0:
+            log.warning("auditor.failpoint", stage=stage)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Checkpointer:
+    """A signed checkpoint every ``every`` entries or ``interval_s`` seconds of a moving head."""
+
+    def __init__(self, store: PostgresAuditStore, key: SigningKey, every: int, interval_s: float) -> None:
+        self.store, self.key, self.every, self.interval_s = store, key, every, interval_s
+        self.last_seq = 0
+        self.last_time = time.monotonic()
+        self._due = anyio.Event()
+
+    def committed(self, head_seq: int) -> None:
+        if head_seq - self.last_seq >= self.every:
+            self._due.set()
+
+    async def run(self) -> None:
+        last = await self.store.last_checkpoint()
+        self.last_seq = last.seq if last else 0
+        while True:
+            with anyio.move_on_after(self.interval_s):
+                await self._due.wait()
+            self._due = anyio.Event()
+            try:
+                await self._maybe_checkpoint()
+            except AuditStoreUnavailable as exc:
+                log.warning("auditor.checkpoint_failed", error=str(exc))
+
+    async def _maybe_checkpoint(self) -> None:
+        head = await self.store.head()
+        last = await self.store.last_checkpoint()  # another auditor may have made one
+        last_seq = last.seq if last else 0
+        fresh = last is not None and (head.updated_at - last.created_at).total_seconds() < self.interval_s
+        if head.seq == last_seq or (head.seq - last_seq < self.every and fresh):
+            self.last_seq = last_seq
+            return
+        with anyio.CancelScope(shield=True):
+            checkpoint = await self.store.make_checkpoint(self.key)
+        self.last_seq = checkpoint.seq
+
+
+class Auditor:
+    """The batch handler and the stream set of the auditor's consumer."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        store: PostgresAuditStore,
+        verifier: Verifier,
+        stream: AuditStream,
+        checkpointer: Checkpointer,
+        topology: Topology,
+    ) -> None:
+        self.redis, self.keys, self.store, self.verifier = redis, keys, store, verifier
+        self.stream, self.checkpointer, self.topology = stream, checkpointer, topology
+        self._publish_wanted = anyio.Event()
+        self.stats = {"stored": 0, "duplicates": 0, "rejected": 0, "batches": 0}
+
+    async def streams(self) -> Iterable[str]:
+        """Every stream of the namespace but the audit feed itself."""
+        names = {as_text(n) for n in await self.redis.smembers(self.keys.streams_index())}
+        names.update(self.topology.routes.values())
+        names.discard(AUDIT_STREAM)
+        return sorted(names)
+
+    async def handle(self, batch: Sequence[Entry]) -> Sequence[Rejected]:
+        records, rejected = to_records(batch, self.verifier)
+        committed = await self.store.append(records) if records else []
+        stored = sum(1 for c in committed if c.new)
+        self.stats["stored"] += stored
+        self.stats["duplicates"] += len(committed) - stored
+        self.stats["rejected"] += len(rejected)
+        self.stats["batches"] += 1
+        if committed:
+            self.checkpointer.committed(max(c.seq for c in committed))
+            await self._publish(committed)
+        return rejected
+
+    async def _publish(self, committed: Sequence[Committed]) -> None:
+        """The audit feed is best effort at this point: a failure is caught up later."""
+        try:
+            await self.stream.publish_committed(committed)
+        except (*TRANSIENT, AuditStoreUnavailable) as exc:
+            log.warning("auditor.publish_failed", error=str(exc))
+
+    async def catch_up_loop(self, interval_s: float = 2.0) -> None:
+        """Publish what other (crashed) auditors committed but never put on the audit stream:
+        whenever the stream stood still for a whole interval while the trail moved on."""
+        before: str | None = None
+        while True:
+            await anyio.sleep(interval_s)
+            try:
+                last_id, _ = await self.stream.last_published()
+                if last_id == before:
+                    await self.stream.catch_up()
+                before = last_id
+            except (*TRANSIENT, AuditStoreUnavailable) as exc:
+                log.warning("auditor.catch_up_failed", error=str(exc))

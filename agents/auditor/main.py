@@ -1,0 +1,99 @@
+"""``l9 agent run auditor``: the auditor as its own OS process.
+
+Several auditor processes share the ``auditor`` group; the chain lock in
+Postgres keeps one chain. SIGTERM/SIGINT: stop reading, finish the batch in
+hand, leave the rest pending; a second signal aborts.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import anyio
+import structlog
+
+from bus import DEFAULT_TOPOLOGY, Keys, claim_consumer_name, connect
+from bus.batch import BatchConsumer
+from bus.consumer import Backoff
+from envelope import Signer, Verifier
+from l9.devstack import StackEndpoints, resolve_endpoints
+from l9.settings import Settings
+from l9.trail import open_trail
+from memory.postgres import AuditStoreUnavailable, PostgresAuditStore
+
+from ..runner import policy_from
+from .agent import GROUP, Auditor, Checkpointer, Failpoint, is_transient
+from .stream import AuditStream
+
+log = structlog.get_logger("l9.auditor")
+
+
+async def run_auditor(settings: Settings, *, instance: str | None = None) -> None:
+    endpoints = resolve_endpoints(settings)
+    redis = connect(endpoints.redis_url)
+    keys, policy = Keys(settings.namespace), policy_from(settings)
+    keyring = settings.keyring()
+    failpoint = Failpoint(settings.audit_failpoint)
+    store = await _open_trail(settings, endpoints)
+    store.stage_hook = failpoint
+    try:
+        name = await claim_consumer_name(redis, keys, GROUP, policy.heartbeat_ttl_ms, instance=instance)
+        structlog.contextvars.bind_contextvars(agent=GROUP, consumer=name)
+        source = f"agent://{GROUP}/{name}"
+        stream = AuditStream(redis, keys, store, Signer(keyring, settings.signing_key_id), source)
+        checkpointer = Checkpointer(
+            store,
+            settings.audit_signing_key(),
+            settings.audit_checkpoint_every,
+            settings.audit_checkpoint_interval_s,
+        )
+        auditor = Auditor(redis, keys, store, Verifier(keyring), stream, checkpointer, DEFAULT_TOPOLOGY)
+        consumer = BatchConsumer(
+            redis,
+            keys,
+            group=GROUP,
+            consumer=name,
+            streams=auditor.streams,
+            handler=auditor.handle,
+            policy=policy,
+            batch_size=settings.audit_batch_size,
+            is_transient=is_transient,
+            before_ack=lambda: failpoint("before_xack"),
+        )
+        await _serve(auditor, consumer)
+    finally:
+        await store.close()
+        await redis.aclose()
+
+
+async def _open_trail(settings: Settings, endpoints: StackEndpoints) -> PostgresAuditStore:
+    """The trail, waiting (with backoff) for Postgres to come up."""
+    backoff = Backoff(cap=10.0)
+    while True:
+        try:
+            return await open_trail(settings, endpoints)
+        except AuditStoreUnavailable as exc:
+            log.warning("auditor.postgres_unavailable", error=str(exc), retry_in_s=backoff.next)
+            await backoff.sleep()
+
+
+async def _serve(auditor: Auditor, consumer: BatchConsumer) -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_stop_on_signal, consumer, tg.cancel_scope)
+        tg.start_soon(auditor.checkpointer.run)
+        tg.start_soon(auditor.catch_up_loop)
+        log.info("agent.started", batch_size=consumer.batch_size)
+        await consumer.run()
+        log.info("agent.stopped", **auditor.stats)
+        tg.cancel_scope.cancel()
+
+
+async def _stop_on_signal(consumer: BatchConsumer, scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if consumer.stopping:
+                log.warning("agent.aborting", signal=signal.Signals(signum).name)
+                scope.cancel()
+                return
+            log.info("agent.draining", signal=signal.Signals(signum).name, in_flight=len(consumer.in_flight))
+            consumer.stop()

@@ -1,0 +1,185 @@
+"""The ``audit`` stream: committed trail records, in seq order, each exactly once.
+
+One stream entry per committed batch, an ``l9.audit.committed.v1`` envelope
+listing its records (seq, chain hash, type, source, correlation id, a one-line
+summary). The entry id is ``0-<last seq of the batch>``, and an entry is added
+only if the stream's last id is still the one its range follows (a
+compare-and-set in Lua). So however many auditors publish, and whoever crashed
+between commit and publish, the stream stays gapless and free of repeats:
+
+* fast path: the auditor that committed a batch publishes it from memory;
+* catch-up: when the stream lags the trail's head (another auditor died
+  between its commit and its publish, or Redis lost the stream), the missing
+  records are read from Postgres by seq cursor and published.
+
+The stream is a live feed, capped at about ``MAX_ENTRIES`` batches; the trail
+in Postgres is the complete history (``l9 tail`` reads it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+
+from bus import Keys
+from envelope import PacketEnvelope, Payload, Signer, encode, payload
+from memory.postgres import Committed, PostgresAuditStore, StoredEntry
+from memory.summary import summarize_env
+
+#: The stream's name (``l9.audit.*`` types route there by the area default too).
+AUDIT_STREAM = "audit"
+#: Approximate cap on entries (batches) kept in the stream.
+MAX_ENTRIES = 10_000
+#: When the stream is missing (new, or Redis lost it), at most this many records are republished.
+BACKLOG = 10_000
+log = structlog.get_logger("l9.auditor.stream")
+
+# KEYS[1] stream; ARGV[1] expected last id, ARGV[2] new id, ARGV[3] max len, ARGV[4..] fields.
+_CAS_XADD = """
+local last = '0-0'
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    local info = redis.call('XINFO', 'STREAM', KEYS[1])
+    for i = 1, #info, 2 do
+        if info[i] == 'last-generated-id' then last = info[i + 1] end
+    end
+end
+if last ~= ARGV[1] then return last end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], ARGV[2], unpack(ARGV, 4))
+return ARGV[2]
+"""
+
+
+class CommittedRecord(Payload):
+    seq: int
+    chain_hash: str
+    envelope_id: str
+    type: str
+    source: str
+    correlation_id: str
+    summary: str
+
+
+@payload("l9.audit.committed.v1")
+class AuditCommitted(Payload):
+    """Records committed to the trail, seq ``first_seq`` to ``last_seq`` without a gap."""
+
+    first_seq: int
+    last_seq: int
+    records: list[CommittedRecord]
+
+
+def _from_committed(c: Committed) -> CommittedRecord:
+    r = c.record
+    return CommittedRecord(
+        seq=c.seq,
+        chain_hash=c.chain_hash.hex(),
+        envelope_id=r.envelope_id,
+        type=r.type,
+        source=r.source,
+        correlation_id=r.correlation_id,
+        summary=summarize_env(r.env),
+    )
+
+
+def _from_stored(e: StoredEntry) -> CommittedRecord:
+    return CommittedRecord(
+        seq=e.seq,
+        chain_hash=e.chain_hash.hex(),
+        envelope_id=e.envelope_id,
+        type=e.type,
+        source=e.source,
+        correlation_id=e.correlation_id,
+        summary=e.summary(),
+    )
+
+
+def seq_of(entry_id: str) -> int:
+    """The last seq an audit stream entry id stands for (``0-<seq>``)."""
+    ms, _, seq = entry_id.partition("-")
+    if ms != "0" or not seq.isdigit():
+        raise ValueError(f"{entry_id!r} is not an audit stream id (0-<seq>)")
+    return int(seq)
+
+
+class AuditStream:
+    """Publishes committed records on the ``audit`` stream (see the module doc)."""
+
+    def __init__(
+        self, redis: aioredis.Redis, keys: Keys, store: PostgresAuditStore, signer: Signer, source: str
+    ) -> None:
+        self.redis, self.keys, self.store, self.signer, self.source = redis, keys, store, signer, source
+        self.key = keys.stream(AUDIT_STREAM)
+        self._cas = redis.register_script(_CAS_XADD)
+        self._indexed = False
+
+    async def last_published(self) -> tuple[str, int | None]:
+        """The stream's last id and the seq it stands for (None: no stream yet)."""
+        try:
+            info = await self.redis.xinfo_stream(self.key)
+        except aioredis.ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return "0-0", None
+            raise
+        last = info["last-generated-id"]
+        last = last.decode() if isinstance(last, bytes) else str(last)
+        return last, (seq_of(last) if last != "0-0" else 0)
+
+    async def publish_committed(self, committed: Sequence[Committed]) -> int:
+        """Publish a batch just committed (only its newly stored records); catches up first
+        when the stream lags. Returns how many records were published."""
+        fresh = [c for c in committed if c.new]
+        if not fresh:
+            return 0
+        last_id, last_seq = await self.last_published()
+        first = fresh[0].seq
+        if last_seq is not None and last_seq >= fresh[-1].seq:
+            return 0  # someone else published it already
+        if last_seq == first - 1:
+            records = [_from_committed(c) for c in fresh]
+            if await self._append(last_id, records):
+                return len(records)
+        return await self.catch_up(until=fresh[-1].seq)
+
+    async def catch_up(self, until: int | None = None, page: int = 1000) -> int:
+        """Publish what the trail holds past the stream's last record (up to ``until``)."""
+        published = 0
+        while True:
+            last_id, last_seq = await self.last_published()
+            if last_seq is None:
+                head = (await self.store.head()).seq
+                last_seq = max(0, head - BACKLOG)
+                if last_seq:
+                    log.warning("audit_stream.missing", republish_from=last_seq + 1, head=head)
+            if until is not None and last_seq >= until:
+                return published
+            entries = (await self.store.entries_after(last_seq, limit=page)).entries
+            if until is not None:
+                entries = [e for e in entries if e.seq <= until]
+            if not entries:
+                return published
+            if await self._append(last_id, [_from_stored(e) for e in entries]):
+                published += len(entries)
+
+    async def _append(self, expected_last: str, records: list[CommittedRecord]) -> bool:
+        """Add one entry if the stream still ends at ``expected_last``; False if it moved."""
+        envelope = PacketEnvelope.new(
+            type="l9.audit.committed.v1",
+            source=self.source,
+            data=AuditCommitted(
+                first_seq=records[0].seq, last_seq=records[-1].seq, records=records
+            ).model_dump(mode="json"),
+            correlation_id=f"audit-{records[0].seq}",
+        )
+        fields: list[Any] = []
+        for name, value in encode(envelope, self.signer).items():
+            fields += [name, value]
+        new_id = f"0-{records[-1].seq}"
+        result = await self._cas(keys=[self.key], args=[expected_last, new_id, MAX_ENTRIES, *fields])
+        added = (result.decode() if isinstance(result, bytes) else str(result)) == new_id
+        if added and not self._indexed:
+            await self.redis.sadd(self.keys.streams_index(), AUDIT_STREAM)
+            self._indexed = True
+        return added

@@ -1,0 +1,332 @@
+"""The batch delivery loop: one group on a changing set of streams, a batch at a time.
+
+For consumers whose effect is one transaction per batch (the auditor's COPY,
+a graph projector's MERGE). Raw entries are handed over undecoded, so a
+consumer may record envelope types it has no payload model for.
+
+* at start the consumer drains its own pending entries, then reads ``>``;
+  the set of streams is looked up again every ``discover_interval_s`` and a
+  group (from id ``0``) is created on each new one, so new streams are
+  picked up without a restart;
+* a batch is at most ``batch_size`` entries; the handler returns the entries
+  it refuses (each goes to the dead-letter stream with its reason) and every
+  other entry is acked, only after the handler returned;
+* a handler failure keeps the batch pending and retries it with backoff:
+  for ever while ``is_transient(error)`` (the store is down: nothing is acked,
+  nothing lost), else ``max_deliveries`` times before the batch is split and
+  each entry retried alone, so one poisoned entry is dead-lettered, not the batch;
+* entries of dead consumers and leases are handled by ``bus.maintenance``;
+  reclaimed entries are picked up by a periodic scan of the own pending list;
+* ``stop()`` stops reading; the batch in hand is finished (or left pending if
+  its handler is failing) and nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ResponseError
+
+from .consumer import Backoff
+from .deadletter import DeadLetters
+from .errors import TRANSIENT
+from .keys import Keys
+from .maintenance import Maintenance
+from .policy import DeliveryPolicy
+
+log = structlog.get_logger("l9.bus.batch")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One raw stream entry; ``attempt`` is 1 on its first delivery."""
+
+    stream: str
+    entry_id: str
+    fields: Mapping[bytes, bytes]
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An entry the handler refuses for good: it is dead-lettered with ``reason``."""
+
+    entry: Entry
+    reason: str
+    detail: str
+
+
+BatchHandler = Callable[[Sequence[Entry]], Awaitable[Sequence[Rejected]]]
+StreamSource = Callable[[], Awaitable[Iterable[str]]]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class BatchConsumer:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        *,
+        group: str,
+        consumer: str,
+        streams: StreamSource,
+        handler: BatchHandler,
+        policy: DeliveryPolicy | None = None,
+        batch_size: int = 1000,
+        discover_interval_s: float = 1.0,
+        is_transient: Callable[[BaseException], bool] = lambda exc: isinstance(exc, TRANSIENT),
+        before_ack: Callable[[], None] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.redis, self.keys, self.group, self.consumer = redis, keys, group, consumer
+        self.source, self.handler = streams, handler
+        self.policy = policy or DeliveryPolicy()
+        self.batch_size, self.discover_interval_s = batch_size, discover_interval_s
+        self.is_transient, self.before_ack = is_transient, before_ack
+        self.streams: list[str] = []  # read by Maintenance
+        self.in_flight: dict[tuple[str, str], float] = {}  # (stream, id) -> last lease time
+        self.dead = DeadLetters(redis, keys, group, consumer)
+        self.maintenance = Maintenance(self)
+        self._buffer: list[Entry] = []
+        self._stopping = False
+        self._stopped = anyio.Event()
+        self._read_scope: anyio.CancelScope | None = None
+        self._started = anyio.Event()
+        self._next_discovery = 0.0
+        self.log = log.bind(group=group, consumer=consumer)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Consume until ``stop()``."""
+        async with anyio.create_task_group() as side:
+            side.start_soon(self.maintenance.run)
+            self._started.set()
+            self.log.info("batch_consumer.started", batch_size=self.batch_size)
+            await self._loop()
+            with anyio.CancelScope(shield=True):
+                await self.maintenance.release()
+            side.cancel_scope.cancel()
+        self.log.info("batch_consumer.stopped", left_pending=len(self.in_flight))
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._stopped.set()
+        if self._read_scope is not None:
+            self._read_scope.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    async def _pause(self, backoff: Backoff) -> None:
+        """Sleep the backoff, or less if ``stop()`` comes first."""
+        with anyio.move_on_after(backoff.next):
+            await self._stopped.wait()
+        backoff.next = min(backoff.cap, backoff.next * 2)
+
+    # -- streams -----------------------------------------------------------------------------
+    async def discover(self) -> list[str]:
+        """Look the streams up again; create the group on new ones. Returns the new names."""
+        wanted = list(dict.fromkeys(await self.source()))
+        new = [name for name in wanted if name not in self.streams]
+        for name in new:
+            await self._create_group(name)
+        if new:
+            self.streams.extend(new)
+            self.log.info("batch_consumer.streams_added", streams=new, total=len(self.streams))
+        self._next_discovery = time.monotonic() + self.discover_interval_s
+        return new
+
+    async def _create_group(self, name: str) -> None:
+        try:
+            await self.redis.xgroup_create(self.keys.stream(name), self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _recover(self, exc: ResponseError) -> None:
+        """A group or stream vanished (Redis flushed, a stream deleted): recreate what is wanted."""
+        self.log.error(
+            "batch_consumer.group_missing",
+            error=str(exc),
+            hint="Redis restarted or was flushed, or a stream was deleted; recreating the groups",
+        )
+        self.in_flight.clear()
+        self._buffer.clear()
+        self.streams = []
+        await self.discover()
+
+    # -- the loop ----------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        backoff, drained = Backoff(), False
+        next_scan = time.monotonic() + self.discover_interval_s
+        while not self._stopping:
+            try:
+                if time.monotonic() >= self._next_discovery:
+                    await self.discover()
+                if not drained or time.monotonic() >= next_scan:
+                    await self._fill_from_pending()
+                    drained, next_scan = True, time.monotonic() + self.discover_interval_s
+                if len(self._buffer) < self.batch_size and self.streams:
+                    await self._read_new(block=not self._buffer)
+                elif not self.streams:
+                    await self._pause(Backoff(self.discover_interval_s))
+                backoff.reset()
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self._recover(exc)
+                await self._pause(backoff)
+                continue
+            except TRANSIENT as exc:
+                self.log.warning("batch_consumer.redis_unavailable", error=str(exc), retry_in_s=backoff.next)
+                await self._pause(backoff)
+                continue
+            if self._buffer:
+                batch, self._buffer = self._buffer[: self.batch_size], self._buffer[self.batch_size :]
+                await self._handle(batch)
+
+    async def _read_new(self, *, block: bool) -> None:
+        wanted = self.batch_size - len(self._buffer)
+        count = max(1, -(-wanted // len(self.streams)))
+        reply: Any = None
+        with anyio.CancelScope() as self._read_scope:
+            if not self._stopping:
+                reply = await self.redis.xreadgroup(
+                    self.group,
+                    self.consumer,
+                    dict.fromkeys((self.keys.stream(s) for s in self.streams), ">"),
+                    count=count,
+                    block=max(1, self.policy.block_ms) if block else None,
+                )
+        self._read_scope = None
+        now = time.monotonic()
+        for key, entries in reply or ():
+            stream = self.keys.name_of(_text(key))
+            for raw_id, fields in entries:
+                entry = Entry(stream, _text(raw_id), fields or {}, 1)
+                self.in_flight[(stream, entry.entry_id)] = now
+                self._buffer.append(entry)
+
+    async def _fill_from_pending(self) -> None:
+        """Own pending entries not in hand: left by a previous life of this consumer name,
+        reclaimed from a dead consumer, or not settled after a failure."""
+        for stream in list(self.streams):
+            key, cursor = self.keys.stream(stream), "-"
+            while len(self._buffer) < self.batch_size:
+                rows = await self.redis.xpending_range(
+                    key, self.group, min=cursor, max="+", count=1000, consumername=self.consumer
+                )
+                if not rows:
+                    break
+                cursor = "(" + _text(rows[-1]["message_id"])
+                todo = {
+                    _text(r["message_id"]): int(r["times_delivered"]) + 1
+                    for r in rows
+                    if (stream, _text(r["message_id"])) not in self.in_flight
+                }
+                if todo:
+                    await self._claim(stream, key, todo)
+                if len(rows) < 1000:
+                    break
+
+    async def _claim(self, stream: str, key: str, todo: Mapping[str, int]) -> None:
+        claimed: Any = await self.redis.xclaim(key, self.group, self.consumer, 0, list(todo))
+        present = set()
+        now = time.monotonic()
+        for raw_id, fields in claimed:
+            entry_id = _text(raw_id)
+            present.add(entry_id)
+            self.in_flight[(stream, entry_id)] = now
+            self._buffer.append(Entry(stream, entry_id, fields or {}, todo[entry_id]))
+        gone = [i for i in todo if i not in present]
+        if gone:  # deleted (trimmed) while pending: nothing is left to handle
+            await self.redis.xack(key, self.group, *gone)
+
+    # -- handling and settling -------------------------------------------------------------------
+    async def _handle(self, batch: list[Entry]) -> None:
+        backoff, failures = Backoff(), 0
+        while True:
+            try:
+                rejected = await self.handler(batch)
+                break
+            except Exception as exc:
+                transient = self.is_transient(exc)
+                failures += 0 if transient else 1
+                self.log.warning(
+                    "batch_consumer.handler_failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    entries=len(batch),
+                    transient=transient,
+                    failures=failures,
+                    retry_in_s=backoff.next,
+                )
+                if self._stopping:
+                    self._forget(batch)  # left pending for the next owner
+                    return
+                if failures >= self.policy.max_deliveries:
+                    await self._give_up(batch, exc)
+                    return
+                await self._pause(backoff)
+        if self.before_ack is not None:
+            self.before_ack()
+        with anyio.CancelScope(shield=True):
+            await self._settle(batch, rejected)
+
+    async def _give_up(self, batch: list[Entry], exc: Exception) -> None:
+        """The batch keeps failing: alone, each entry either passes or is dead-lettered."""
+        if len(batch) > 1:
+            self.log.warning("batch_consumer.splitting", entries=len(batch))
+            for entry in batch:
+                await self._handle([entry])
+            return
+        (entry,) = batch
+        error = f"{type(exc).__name__}: {exc}"
+        with anyio.CancelScope(shield=True):
+            await self._settle([], [Rejected(entry, "delivery_cap", f"handler failed: {error}")])
+        self._forget(batch)
+
+    async def _settle(self, batch: Sequence[Entry], rejected: Sequence[Rejected]) -> None:
+        """Dead-letter the refused entries and ack the rest; Redis trouble is retried."""
+        refused = {(r.entry.stream, r.entry.entry_id) for r in rejected}
+        acks: dict[str, list[str]] = {}
+        for entry in batch:
+            if (entry.stream, entry.entry_id) not in refused:
+                acks.setdefault(entry.stream, []).append(entry.entry_id)
+        backoff, to_letter = Backoff(), list(rejected)
+        while True:
+            try:
+                while to_letter:
+                    e, r = to_letter[0].entry, to_letter[0]
+                    await self.dead.letter(e.stream, e.entry_id, e.fields, r.reason, r.detail, e.attempt)
+                    to_letter.pop(0)
+                if acks:
+                    pipe = self.redis.pipeline(transaction=False)
+                    for stream, ids in acks.items():
+                        pipe.xack(self.keys.stream(stream), self.group, *ids)
+                    await pipe.execute()
+                break
+            except TRANSIENT as exc:
+                if self._stopping:
+                    self.log.warning("batch_consumer.ack_abandoned", error=str(exc))
+                    break  # still pending: the next owner appends them again, deduped
+                self.log.warning("batch_consumer.ack_failed", error=str(exc), retry_in_s=backoff.next)
+                await backoff.sleep()
+        self._forget(batch)
+
+    def _forget(self, batch: Iterable[Entry]) -> None:
+        for entry in batch:
+            self.in_flight.pop((entry.stream, entry.entry_id), None)

@@ -1,0 +1,367 @@
+"""The auditor process against the real Redis and Postgres: every stream (new ones too),
+exactly once, several auditors, the audit stream, checkpoints, kill -9 at the commit's
+every stage, and Postgres going away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+import msgpack
+import pytest
+import redis.asyncio as aioredis
+
+from agents.auditor.agent import GROUP
+from agents.auditor.stream import AUDIT_STREAM, seq_of
+from bus import Keys, Publisher
+from envelope import SIGNED_FIELDS, PacketEnvelope, Signer, encode
+from memory.postgres import PostgresAuditStore, SigningKey, writer_dsn
+from tests.conftest import AgentProcess, wait_for
+
+pytestmark = pytest.mark.integration
+
+STREAMS = ("plan", "artifact", "validation")
+
+
+def envelope(i: int, area: str = "plan", run: str = "run-1") -> PacketEnvelope:
+    return PacketEnvelope.new(
+        type=f"l9.{area}.thing.v1", source=f"agent://test/{i % 3}", data={"i": i}, correlation_id=run
+    )
+
+
+@pytest.fixture
+def auditor_env(admin_dsn: str, tmp_path: Path) -> dict[str, str]:
+    key = SigningKey.generate()
+    key_file = tmp_path / "audit-key.hex"
+    key_file.write_text(key.private_bytes.hex())
+    return {
+        "DATABASE_URL": admin_dsn,
+        "L9_AUDIT_KEY_FILE": str(key_file),
+        "L9_AUDIT_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+    }
+
+
+@pytest.fixture
+async def trail(admin_dsn: str, tmp_path: Path) -> AsyncIterator[PostgresAuditStore]:
+    store = await PostgresAuditStore.open(writer_dsn(admin_dsn), checkpoint_dir=tmp_path / "checkpoints")
+    yield store
+    await store.close()
+
+
+async def stored_ids(admin_dsn: str) -> list[tuple[int, str]]:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        rows = await conn.fetch("SELECT seq, envelope_id FROM l9_audit.entries ORDER BY seq")
+    finally:
+        await conn.close()
+    return [(r["seq"], r["envelope_id"]) for r in rows]
+
+
+async def auditor_pending(redis: aioredis.Redis, keys: Keys, streams: tuple[str, ...]) -> int:
+    total = 0
+    for name in streams:
+        with contextlib.suppress(aioredis.ResponseError):
+            total += int((await redis.xpending(keys.stream(name), GROUP))["pending"])
+    return total
+
+
+async def audit_feed(redis: aioredis.Redis, keys: Keys) -> list[dict[str, object]]:
+    """The records on the audit stream, in stream order."""
+    data_at = SIGNED_FIELDS.index("data")
+    out: list[dict[str, object]] = []
+    for entry_id, fields in await redis.xrange(keys.stream(AUDIT_STREAM)):
+        data = msgpack.unpackb(fields[b"env"])[data_at]
+        assert seq_of(entry_id.decode()) == data["last_seq"]
+        out.extend(data["records"])
+    return out
+
+
+def assert_exactly_once(rows: list[tuple[int, str]], published: list[PacketEnvelope]) -> None:
+    assert [seq for seq, _ in rows] == list(range(1, len(rows) + 1)), "seq has a gap or a repeat"
+    assert sorted(eid for _, eid in rows) == sorted(e.id for e in published)
+
+
+async def test_every_stream_is_audited_once_new_streams_too_and_fed_to_the_audit_stream(
+    redis: aioredis.Redis,
+    keys: Keys,
+    signer: Signer,
+    spawn: Callable[..., AgentProcess],
+    auditor_env: dict[str, str],
+    admin_dsn: str,
+    trail: PostgresAuditStore,
+) -> None:
+    publisher = Publisher(redis, keys, signer)
+    early = [envelope(i, STREAMS[i % 3]) for i in range(300)]
+    await publisher.publish_many(early)  # before the auditor exists: read from id 0
+    auditor = spawn("auditor", env=auditor_env)
+    late = [envelope(i, "brandnew") for i in range(50)]  # a stream born after the auditor started
+    await wait_for(lambda: stored_count(admin_dsn, 300))
+    await wait_for(lambda: _no_pending(redis, keys))
+    await publisher.publish_many(late)
+    # forged: right key id, wrong signature; and an entry with no envelope at all
+    forged = encode(envelope(999), Signer({"test": b"not the secret"}, "test"))
+    await redis.xadd(keys.stream("plan"), forged)  # type: ignore[arg-type]
+    await redis.xadd(keys.stream("plan"), {"junk": "1"})
+    await wait_for(lambda: stored_count(admin_dsn, 350), timeout=30)
+    await wait_for(lambda: _dead(redis, keys, "plan", 2))
+    rows = await stored_ids(admin_dsn)
+    assert_exactly_once(rows, early + late)
+    dead = await redis.xrange(keys.dead("plan"))
+    assert sorted(f[b"dl_reason"] for _, f in dead) == [b"bad_signature", b"undecodable"]
+    assert {f[b"dl_group"] for _, f in dead} == {GROUP.encode()}
+    # the audit stream: every committed record exactly once, in seq order, with its summary
+    await wait_for(lambda: _feed_len(redis, keys, 350))
+    feed = await audit_feed(redis, keys)
+    assert [r["seq"] for r in feed] == list(range(1, 351))
+    by_seq = dict(rows)
+    assert all(r["envelope_id"] == by_seq[r["seq"]] for r in feed)  # type: ignore[index]
+    assert feed[-1]["type"] == "l9.brandnew.thing.v1" and feed[-1]["summary"] == "i=49"
+    report = await trail.verify()
+    assert report.ok and report.entries_checked == 350
+    assert auditor.terminate() == 0
+    assert await auditor_pending(redis, keys, (*STREAMS, "brandnew")) == 0
+
+
+async def stored_count(admin_dsn: str, n: int) -> bool:
+    return len(await stored_ids(admin_dsn)) >= n
+
+
+async def _dead(redis: aioredis.Redis, keys: Keys, stream: str, n: int) -> bool:
+    return int(await redis.xlen(keys.dead(stream))) >= n
+
+
+async def _feed_len(redis: aioredis.Redis, keys: Keys, n: int) -> bool:
+    return len(await audit_feed(redis, keys)) >= n
+
+
+async def test_two_auditors_share_the_work_and_keep_one_chain(
+    redis: aioredis.Redis,
+    keys: Keys,
+    signer: Signer,
+    spawn: Callable[..., AgentProcess],
+    auditor_env: dict[str, str],
+    admin_dsn: str,
+    trail: PostgresAuditStore,
+) -> None:
+    env = {**auditor_env, "L9_AUDIT_BATCH_SIZE": "50"}
+    first, second = spawn("auditor", env=env), spawn("auditor", env=env)
+    publisher = Publisher(redis, keys, signer)
+    published: list[PacketEnvelope] = []
+    for round_ in range(20):
+        batch = [envelope(round_ * 100 + i, STREAMS[i % 3]) for i in range(100)]
+        await publisher.publish_many(batch)
+        published += batch
+        await asyncio.sleep(0.02)
+    await wait_for(lambda: stored_count(admin_dsn, 2000), timeout=60)
+    await wait_for(lambda: _feed_len(redis, keys, 2000))
+    assert_exactly_once(await stored_ids(admin_dsn), published)
+    assert [r["seq"] for r in await audit_feed(redis, keys)] == list(range(1, 2001))
+    assert (await trail.verify()).ok
+    # both did work: each process logged batches it committed
+    assert first.terminate() == 0 and second.terminate() == 0
+    workers = [p for p in (first, second) if _stat(p, "stored") > 0]
+    assert len(workers) == 2, [(_stat(p, "stored"), p.log_path) for p in (first, second)]
+
+
+def _stat(proc: AgentProcess, name: str) -> int:
+    stops = [e for e in proc.log_events() if e.get("event") == "agent.stopped"]
+    return int(stops[-1][name]) if stops else 0  # type: ignore[call-overload]
+
+
+async def test_checkpoints_every_n_entries_in_the_trail_and_on_disk(
+    redis: aioredis.Redis,
+    keys: Keys,
+    signer: Signer,
+    spawn: Callable[..., AgentProcess],
+    auditor_env: dict[str, str],
+    admin_dsn: str,
+    trail: PostgresAuditStore,
+    tmp_path: Path,
+) -> None:
+    env = {**auditor_env, "L9_AUDIT_CHECKPOINT_EVERY": "100", "L9_AUDIT_BATCH_SIZE": "100"}
+    auditor = spawn("auditor", env=env)
+    publisher = Publisher(redis, keys, signer)
+    for round_ in range(5):
+        await publisher.publish_many([envelope(round_ * 100 + i) for i in range(100)])
+        await wait_for(lambda n=(round_ + 1) * 100: stored_count(admin_dsn, n))
+    await wait_for(lambda: _checkpoint_at(trail, 500))
+    checkpoints = await trail.checkpoints()
+    assert checkpoints[-1].seq == 500 and len(checkpoints) >= 2
+    files = sorted((tmp_path / "checkpoints").glob("checkpoint-*.json"))
+    assert len(files) == len(checkpoints)
+    trusted = _trusted(Path(env["L9_AUDIT_KEY_FILE"]))
+    report = await trail.verify(trusted_keys=trusted)
+    assert report.ok and report.anchors_matched >= 2, report.summary()
+    assert auditor.terminate() == 0
+
+
+def _trusted(key_file: Path) -> dict[str, bytes]:
+    return SigningKey.from_private_bytes(bytes.fromhex(key_file.read_text())).trusted()
+
+
+async def _checkpoint_at(trail: PostgresAuditStore, seq: int) -> bool:
+    last = await trail.last_checkpoint()
+    return last is not None and last.seq == seq
+
+
+# -- crashes ---------------------------------------------------------------------------------------
+
+STAGES = ("before_copy", "before_commit", "before_xack")
+
+
+async def test_kill_9_at_every_stage_loses_and_repeats_nothing(
+    redis: aioredis.Redis,
+    keys: Keys,
+    signer: Signer,
+    spawn: Callable[..., AgentProcess],
+    auditor_env: dict[str, str],
+    admin_dsn: str,
+    trail: PostgresAuditStore,
+) -> None:
+    """21 self-inflicted SIGKILLs (7 at each stage) and 6 from outside at random moments,
+    while envelopes keep flowing; then one clean auditor finishes the work."""
+    publisher = Publisher(redis, keys, signer)
+    published: list[PacketEnvelope] = []
+    stop = asyncio.Event()
+    rng = random.Random(9)
+
+    async def keep_publishing() -> None:
+        i = 0
+        while not stop.is_set():
+            batch = [envelope(i + k, STREAMS[(i + k) % 3], run=f"run-{i % 7}") for k in range(40)]
+            await publisher.publish_many(batch)
+            published.extend(batch)
+            i += 40
+            await asyncio.sleep(0.01)
+
+    env = {**auditor_env, "L9_AUDIT_BATCH_SIZE": "60", "L9_HEARTBEAT_MS": "100", "L9_LEASE_MS": "1000"}
+    flow = asyncio.create_task(keep_publishing())
+    kills: dict[str, int] = dict.fromkeys(("outside", *STAGES), 0)
+    try:
+        for round_ in range(27):
+            if round_ % 9 in (2, 6, 8) and kills["outside"] < 6:
+                proc = spawn("auditor", "--instance", "a", env=env)
+                await asyncio.sleep(rng.uniform(0.5, 1.5))
+                proc.kill9()
+                kills["outside"] += 1
+                continue
+            stage = STAGES[sum(kills[s] for s in STAGES) % 3]
+            failpoint = f"{stage}:{rng.randint(1, 3)}"
+            proc = spawn("auditor", "--instance", "a", env={**env, "L9_AUDIT_FAILPOINT": failpoint})
+            code = await asyncio.to_thread(proc.proc.wait, 60)
+            assert code == -9, f"auditor exited {code}, see {proc.log_path}"
+            hit = [e["stage"] for e in proc.log_events() if e.get("event") == "auditor.failpoint"]
+            assert hit == [stage]
+            kills[stage] += 1
+    finally:
+        stop.set()
+        await flow
+    assert kills == {"outside": 6, "before_copy": 7, "before_commit": 7, "before_xack": 7}
+    survivor = spawn("auditor", "--instance", "a", env=env)
+    await wait_for(lambda: stored_count(admin_dsn, len(published)), timeout=120)
+    await wait_for(lambda: _no_pending(redis, keys), timeout=30)
+    assert_exactly_once(await stored_ids(admin_dsn), published)
+    report = await trail.verify()
+    assert report.ok, report.summary()
+    await wait_for(lambda: _feed_len(redis, keys, len(published)), timeout=30)
+    assert [r["seq"] for r in await audit_feed(redis, keys)] == list(range(1, len(published) + 1))
+    assert survivor.terminate() == 0
+
+
+async def _no_pending(redis: aioredis.Redis, keys: Keys) -> bool:
+    return await auditor_pending(redis, keys, STREAMS) == 0
+
+
+# -- Postgres away ---------------------------------------------------------------------------------
+
+
+class PgProxy:
+    """TCP in front of the embedded Postgres' unix socket, which a test can cut and restore."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.pipes: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in list(self.pipes):
+            writer.transport.abort()
+        self.pipes.clear()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_unix_connection(self.socket_path)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.pipes.update((writer, up_writer))
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self.pipes.discard(writer)
+            writer.transport.abort()
+
+
+def _proxied(admin_dsn: str, port: int) -> tuple[str, str]:
+    """The admin URL through the proxy, and the unix socket it stands in for."""
+    parts = urlsplit(admin_dsn)
+    query = parse_qs(parts.query)
+    socket_path = f"{query['host'][0]}/.s.PGSQL.{query['port'][0]}"
+    return f"postgresql://postgres@127.0.0.1:{port}{parts.path}", socket_path
+
+
+async def test_postgres_away_keeps_entries_pending_then_catches_up(
+    redis: aioredis.Redis,
+    keys: Keys,
+    signer: Signer,
+    spawn: Callable[..., AgentProcess],
+    auditor_env: dict[str, str],
+    admin_dsn: str,
+    trail: PostgresAuditStore,
+) -> None:
+    _, socket_path = _proxied(admin_dsn, 0)
+    proxy = PgProxy(socket_path)
+    await proxy.start()
+    url, _ = _proxied(admin_dsn, proxy.port)
+    auditor = spawn("auditor", env={**auditor_env, "DATABASE_URL": url})
+    publisher = Publisher(redis, keys, signer)
+    first = [envelope(i) for i in range(100)]
+    await publisher.publish_many(first)
+    await wait_for(lambda: stored_count(admin_dsn, 100))
+    await proxy.cut()
+    second = [envelope(100 + i, "artifact") for i in range(200)]
+    await publisher.publish_many(second)
+    await asyncio.sleep(3)  # several retries while Postgres is away
+    assert len(await stored_ids(admin_dsn)) == 100
+    assert await auditor_pending(redis, keys, ("artifact",)) == 200, "read, unacked, kept pending"
+    events = auditor.log_events()
+    retries = [e for e in events if e.get("event") == "batch_consumer.handler_failed" and e.get("transient")]
+    assert len(retries) >= 3 and auditor.proc.poll() is None
+    assert [e["retry_in_s"] for e in retries[:3]] == sorted(e["retry_in_s"] for e in retries[:3])
+    await proxy.start()  # same port
+    await wait_for(lambda: stored_count(admin_dsn, 300), timeout=30)
+    await wait_for(lambda: _no_pending(redis, keys))
+    assert_exactly_once(await stored_ids(admin_dsn), first + second)
+    assert (await trail.verify()).ok
+    assert auditor.terminate() == 0
+    await proxy.cut()
