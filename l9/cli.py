@@ -195,3 +195,8 @@ def demo(
 
 def main() -> None:
     app()
+
+
+from l9.cli_report import report_app  # noqa: E402 (it imports from here lazily)
+
+app.add_typer(report_app, name="report")

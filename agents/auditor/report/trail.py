@@ -1,0 +1,175 @@
+"""The report engine against the audit trail: build and sign a run's report, and
+verify a report file by rebuilding it from the trail."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import structlog
+
+from memory.postgres import Checkpoint, PostgresAuditStore, SigningKey, StoredEntry
+
+from .build import ChainPoint, NoRecordsError, ReportError, build_report
+from .model import Report, Stamp
+from .sign import report_digest, sign_report, signature_problem
+from .verify import ParsedReport, ReportCheck, first_difference, parse_report
+
+log = structlog.get_logger(__name__)
+
+
+async def covering_checkpoint(store: PostgresAuditStore, seq: int, key: SigningKey) -> Checkpoint:
+    """The newest checkpoint if it covers ``seq``, else a new one of the current head."""
+    checkpoints = await store.checkpoints()
+    if checkpoints and checkpoints[-1].seq >= seq:
+        return checkpoints[-1]
+    return await store.make_checkpoint(key)
+
+
+async def report_from_trail(
+    store: PostgresAuditStore, run_id: str, key: SigningKey, *, generated_at: datetime | None = None
+) -> Report:
+    """The signed report of ``run_id`` built on the current chain head.
+
+    NoRecordsError when the trail holds no record of the run. A checkpoint covering
+    the head is made first when the newest one does not.
+    """
+    head = await store.head()
+    entries = [e for e in await store.entries_for_correlation(run_id) if e.seq <= head.seq]
+    if not entries:
+        raise NoRecordsError(f"no audit records for run {run_id}")
+    checkpoint = await covering_checkpoint(store, head.seq, key)
+    report = build_report(
+        entries,
+        run_id=run_id,
+        generated_at=generated_at or datetime.now(UTC),
+        head=ChainPoint(head.seq, head.chain_hash),
+        checkpoint=checkpoint,
+    )
+    signed = sign_report(report, key)
+    log.info(
+        "report.built",
+        correlation_id=run_id,
+        entries=len(entries),
+        head_seq=head.seq,
+        checkpoint_id=checkpoint.id,
+        outcome=signed.outcome.status,
+        digest=signed.declaration.digest,
+    )
+    return signed
+
+
+async def _entry_at(store: PostgresAuditStore, seq: int) -> StoredEntry | None:
+    page = await store.entries_after(seq - 1, limit=1)
+    if page.entries and page.entries[0].seq == seq:
+        return page.entries[0]
+    return None
+
+
+async def _head_point(store: PostgresAuditStore, stamp: Stamp) -> tuple[ChainPoint | None, str | None]:
+    """The chain position the report names, if the trail holds it."""
+    seq = stamp.head_seq
+    entry = await _entry_at(store, seq)
+    if entry is None:
+        trail_head = (await store.head()).seq
+        if seq > trail_head:
+            return None, (
+                f"trail: the report is built on chain head seq {seq}, but the trail ends at seq "
+                f"{trail_head}: it was not built on this trail (or the trail lost entries)"
+            )
+        return None, f"trail: seq {seq}, the chain head the report is built on, is missing from the trail"
+    if entry.chain_hash.hex() != stamp.head_chain_hash:
+        return None, (
+            f"trail: the chain hash at seq {seq} is {entry.chain_hash.hex()}, the report was built on "
+            f"{stamp.head_chain_hash}: it was not built on this trail (or the trail was rewritten)"
+        )
+    return ChainPoint(seq, entry.chain_hash), None
+
+
+async def _checkpoint(
+    store: PostgresAuditStore, stamp: Stamp, trusted_keys: Mapping[str, bytes]
+) -> tuple[Checkpoint | None, list[str]]:
+    """The checkpoint the report names, if the trail holds it unchanged and it covers the head."""
+    found = {c.id: c for c in await store.checkpoints()}.get(stamp.checkpoint_id)
+    name = f"checkpoint #{stamp.checkpoint_id}"
+    if found is None:
+        return None, [f"trail: {name}, named by the report, is not in the trail"]
+    if found.digest.hex() != stamp.checkpoint_digest:
+        return None, [f"trail: {name} in the trail has digest {found.digest.hex()}, the report names another"]
+    if found.seq < stamp.head_seq:
+        return None, [
+            f"trail: {name} (seq {found.seq}) does not cover the report's chain head seq {stamp.head_seq}"
+        ]
+    problems = []
+    signature = found.signature_problem(trusted_keys)
+    if signature is not None:
+        problems.append(f"trail: {signature}")
+    anchored = await _entry_at(store, found.seq)
+    if anchored is None or anchored.chain_hash != found.chain_hash:
+        problems.append(
+            f"trail: the trail's chain hash at seq {found.seq} differs from {name}: it was rewritten"
+        )
+    return found, problems
+
+
+async def _content_problems(
+    store: PostgresAuditStore, parsed: ParsedReport, head: ChainPoint, checkpoint: Checkpoint
+) -> list[str]:
+    stamp = parsed.stamp
+    entries = await store.entries_for_correlation(stamp.run_id)
+    try:
+        rebuilt = build_report(
+            entries,
+            run_id=stamp.run_id,
+            generated_at=datetime.fromisoformat(stamp.generated_at),
+            head=head,
+            checkpoint=checkpoint,
+            sections_version=stamp.sections_version,
+        )
+    except NoRecordsError:
+        return [f"content: the trail holds no record of run {stamp.run_id} up to seq {head.seq}"]
+    except ReportError as exc:
+        return [f"content: the report cannot be rebuilt from the trail: {exc}"]
+    rebuilt = rebuilt.with_signature(stamp.key_id, stamp.digest, stamp.signature)
+    difference = first_difference(parsed, rebuilt)
+    if difference is not None:
+        return [f"content: {difference}"]
+    if report_digest(rebuilt).hex() != stamp.digest:
+        return ["content: the signed digest is not the digest of the report rebuilt from the trail"]
+    return []
+
+
+async def verify_report_text(
+    store: PostgresAuditStore, text: str, trusted_keys: Mapping[str, bytes]
+) -> ReportCheck:
+    """:func:`verify_parsed` of a report file's text; ReportFormatError when it is not a report."""
+    return await verify_parsed(store, parse_report(text), trusted_keys)
+
+
+async def verify_parsed(
+    store: PostgresAuditStore, parsed: ParsedReport, trusted_keys: Mapping[str, bytes]
+) -> ReportCheck:
+    """Check a report against the trail: its signature, the chain head and checkpoint it
+    names, and its content rebuilt from the trail (one line per problem)."""
+    stamp = parsed.stamp
+    problems: list[str] = []
+    signature = signature_problem(stamp, trusted_keys)
+    if signature is not None:
+        problems.append(signature)
+    head, head_problem = await _head_point(store, stamp)
+    if head_problem is not None:
+        problems.append(head_problem)
+    checkpoint, checkpoint_problems = await _checkpoint(store, stamp, trusted_keys)
+    problems.extend(checkpoint_problems)
+    if head is not None and checkpoint is not None:
+        problems.extend(await _content_problems(store, parsed, head, checkpoint))
+    check = ReportCheck(parsed.fmt, stamp, tuple(problems))
+    log.info(
+        "report.verify",
+        correlation_id=stamp.run_id,
+        format=parsed.fmt,
+        ok=check.ok,
+        problems=len(problems),
+        head_seq=stamp.head_seq,
+    )
+    return check
