@@ -100,6 +100,8 @@ class BatchConsumer:
         self._buffer: list[Entry] = []
         self._stopping = False
         self._stopped = anyio.Event()
+        self._filled = anyio.Event()  # the buffer got entries
+        self._room = anyio.Event()  # the buffer has room again
         self._read_scope: anyio.CancelScope | None = None
         self._started = anyio.Event()
         self._next_discovery = 0.0
@@ -121,6 +123,8 @@ class BatchConsumer:
     def stop(self) -> None:
         self._stopping = True
         self._stopped.set()
+        self._filled.set()
+        self._room.set()
         if self._read_scope is not None:
             self._read_scope.cancel()
 
@@ -171,18 +175,41 @@ class BatchConsumer:
 
     # -- the loop ----------------------------------------------------------------------------
     async def _loop(self) -> None:
+        """The reader keeps up to two batches read ahead while the handler works on one, so
+        Redis round trips overlap the handler's own waiting (a COPY, a COMMIT)."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._reader)
+            await self._handle_batches()
+            tg.cancel_scope.cancel()
+
+    async def _handle_batches(self) -> None:
+        while not self._stopping:
+            if not self._buffer:
+                self._filled = anyio.Event()
+                await self._filled.wait()
+                continue
+            batch, self._buffer = self._buffer[: self.batch_size], self._buffer[self.batch_size :]
+            self._room.set()
+            await self._handle(batch)
+
+    async def _reader(self) -> None:
+        """Own pending entries first, then new ones; Redis trouble means backoff, never a crash."""
         backoff, drained = Backoff(), False
         next_scan = time.monotonic() + self.discover_interval_s
         while not self._stopping:
+            if len(self._buffer) >= 2 * self.batch_size:
+                self._room = anyio.Event()
+                await self._room.wait()
+                continue
             try:
                 if time.monotonic() >= self._next_discovery:
                     await self.discover()
                 if not drained or time.monotonic() >= next_scan:
                     await self._fill_from_pending()
                     drained, next_scan = True, time.monotonic() + self.discover_interval_s
-                if len(self._buffer) < self.batch_size and self.streams:
-                    await self._read_new(block=not self._buffer)
-                elif not self.streams:
+                if self.streams:
+                    await self._read_new()
+                else:
                     await self._pause(Backoff(self.discover_interval_s))
                 backoff.reset()
             except ResponseError as exc:
@@ -190,18 +217,16 @@ class BatchConsumer:
                     raise
                 await self._recover(exc)
                 await self._pause(backoff)
-                continue
             except TRANSIENT as exc:
                 self.log.warning("batch_consumer.redis_unavailable", error=str(exc), retry_in_s=backoff.next)
                 await self._pause(backoff)
-                continue
             if self._buffer:
-                batch, self._buffer = self._buffer[: self.batch_size], self._buffer[self.batch_size :]
-                await self._handle(batch)
+                self._filled.set()
 
-    async def _read_new(self, *, block: bool) -> None:
-        wanted = self.batch_size - len(self._buffer)
-        count = max(1, -(-wanted // len(self.streams)))
+    async def _read_new(self) -> None:
+        # COUNT applies per stream: what one read brings beyond a batch waits in the buffer
+        # (in flight, its lease kept) for the next one, so busy streams fill whole batches.
+        count = max(1, 2 * self.batch_size - len(self._buffer))
         reply: Any = None
         with anyio.CancelScope() as self._read_scope:
             if not self._stopping:
@@ -210,7 +235,7 @@ class BatchConsumer:
                     self.consumer,
                     dict.fromkeys((self.keys.stream(s) for s in self.streams), ">"),
                     count=count,
-                    block=max(1, self.policy.block_ms) if block else None,
+                    block=max(1, self.policy.block_ms),
                 )
         self._read_scope = None
         now = time.monotonic()

@@ -14,6 +14,7 @@ checkpoint follows every ``L9_AUDIT_CHECKPOINT_EVERY`` entries or
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -137,7 +138,9 @@ class Auditor:
     ) -> None:
         self.redis, self.keys, self.store, self.verifier = redis, keys, store, verifier
         self.stream, self.checkpointer, self.topology = stream, checkpointer, topology
-        self._publish_wanted = anyio.Event()
+        # Committed batches for the audit stream: published beside the audit loop, never
+        # holding it up; if this queue overflows, the catch-up loop publishes from the trail.
+        self._committed, self._to_publish = anyio.create_memory_object_stream[list[Committed]](64)
         self.stats = {"stored": 0, "duplicates": 0, "rejected": 0, "batches": 0}
 
     async def streams(self) -> Iterable[str]:
@@ -157,15 +160,17 @@ class Auditor:
         self.stats["batches"] += 1
         if committed:
             self.checkpointer.committed(max(c.seq for c in committed))
-            await self._publish(committed)
+            with contextlib.suppress(anyio.WouldBlock):
+                self._committed.send_nowait(committed)
         return rejected
 
-    async def _publish(self, committed: Sequence[Committed]) -> None:
-        """The audit feed is best effort at this point: a failure is caught up later."""
-        try:
-            await self.stream.publish_committed(committed)
-        except (*TRANSIENT, AuditStoreUnavailable) as exc:
-            log.warning("auditor.publish_failed", error=str(exc))
+    async def publish_loop(self) -> None:
+        """Put committed batches on the audit stream; a failure is caught up later."""
+        async for committed in self._to_publish:
+            try:
+                await self.stream.publish_committed(committed)
+            except (*TRANSIENT, AuditStoreUnavailable) as exc:
+                log.warning("auditor.publish_failed", error=str(exc))
 
     async def catch_up_loop(self, interval_s: float = 2.0) -> None:
         """Publish what other (crashed) auditors committed but never put on the audit stream:

@@ -82,6 +82,7 @@ async def _serve(auditor: Auditor, consumer: BatchConsumer) -> None:
         tg.start_soon(_stop_on_signal, consumer, tg.cancel_scope)
         tg.start_soon(auditor.checkpointer.run)
         tg.start_soon(auditor.catch_up_loop)
+        tg.start_soon(auditor.publish_loop)
         log.info("agent.started", batch_size=consumer.batch_size)
         await consumer.run()
         log.info("agent.stopped", **auditor.stats)

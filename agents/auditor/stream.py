@@ -71,29 +71,34 @@ class AuditCommitted(Payload):
     records: list[CommittedRecord]
 
 
-def _from_committed(c: Committed) -> CommittedRecord:
+# Records are built as plain dicts in the shape of CommittedRecord (the models describe the
+# payload for readers and the registry; validating what we build ourselves would double the cost).
+Record = dict[str, Any]
+
+
+def _from_committed(c: Committed) -> Record:
     r = c.record
-    return CommittedRecord(
-        seq=c.seq,
-        chain_hash=c.chain_hash.hex(),
-        envelope_id=r.envelope_id,
-        type=r.type,
-        source=r.source,
-        correlation_id=r.correlation_id,
-        summary=summarize_env(r.env),
-    )
+    return {
+        "seq": c.seq,
+        "chain_hash": c.chain_hash.hex(),
+        "envelope_id": r.envelope_id,
+        "type": r.type,
+        "source": r.source,
+        "correlation_id": r.correlation_id,
+        "summary": summarize_env(r.env),
+    }
 
 
-def _from_stored(e: StoredEntry) -> CommittedRecord:
-    return CommittedRecord(
-        seq=e.seq,
-        chain_hash=e.chain_hash.hex(),
-        envelope_id=e.envelope_id,
-        type=e.type,
-        source=e.source,
-        correlation_id=e.correlation_id,
-        summary=e.summary(),
-    )
+def _from_stored(e: StoredEntry) -> Record:
+    return {
+        "seq": e.seq,
+        "chain_hash": e.chain_hash.hex(),
+        "envelope_id": e.envelope_id,
+        "type": e.type,
+        "source": e.source,
+        "correlation_id": e.correlation_id,
+        "summary": e.summary(),
+    }
 
 
 def seq_of(entry_id: str) -> int:
@@ -163,20 +168,19 @@ class AuditStream:
             if await self._append(last_id, [_from_stored(e) for e in entries]):
                 published += len(entries)
 
-    async def _append(self, expected_last: str, records: list[CommittedRecord]) -> bool:
+    async def _append(self, expected_last: str, records: list[Record]) -> bool:
         """Add one entry if the stream still ends at ``expected_last``; False if it moved."""
+        first, last = records[0]["seq"], records[-1]["seq"]
         envelope = PacketEnvelope.new(
             type="l9.audit.committed.v1",
             source=self.source,
-            data=AuditCommitted(
-                first_seq=records[0].seq, last_seq=records[-1].seq, records=records
-            ).model_dump(mode="json"),
-            correlation_id=f"audit-{records[0].seq}",
+            data={"first_seq": first, "last_seq": last, "records": records},
+            correlation_id=f"audit-{first}",
         )
         fields: list[Any] = []
         for name, value in encode(envelope, self.signer).items():
             fields += [name, value]
-        new_id = f"0-{records[-1].seq}"
+        new_id = f"0-{last}"
         result = await self._cas(keys=[self.key], args=[expected_last, new_id, MAX_ENTRIES, *fields])
         added = (result.decode() if isinstance(result, bytes) else str(result)) == new_id
         if added and not self._indexed:
