@@ -8,7 +8,7 @@ from .keys import Keys, check_stream_name
 from .maintenance import ConsumerNameTaken, claim_consumer_name
 from .policy import DeliveryPolicy
 from .publisher import Publisher
-from .retention import safe_trim_boundary, trim_acknowledged
+from .retention import drop_finished_reply_streams, fully_consumed, safe_trim_boundary, trim_acknowledged
 from .rpc import ErrorReply, RpcClient, send_reply
 from .topology import DEFAULT_TOPOLOGY, Topology
 
@@ -33,6 +33,8 @@ __all__ = [
     "check_stream_name",
     "claim_consumer_name",
     "connect",
+    "drop_finished_reply_streams",
+    "fully_consumed",
     "safe_trim_boundary",
     "send_reply",
     "trim_acknowledged",

@@ -145,21 +145,25 @@ class BatchConsumer:
     async def discover(self) -> list[str]:
         """Look the streams up again; create the group on new ones. Returns the new names."""
         wanted = list(dict.fromkeys(await self.source()))
-        new = [name for name in wanted if name not in self.streams]
-        for name in new:
-            await self._create_group(name)
+        new = [name for name in wanted if name not in self.streams and await self._create_group(name)]
         if new:
             self.streams.extend(new)
             self.log.info("batch_consumer.streams_added", streams=new, total=len(self.streams))
         self._next_discovery = time.monotonic() + self.discover_interval_s
         return new
 
-    async def _create_group(self, name: str) -> None:
+    async def _create_group(self, name: str) -> bool:
+        """The group on an existing stream, from its first entry; False while the stream does
+        not exist (a deleted reply stream is not brought back; a new one is found next time)."""
         try:
-            await self.redis.xgroup_create(self.keys.stream(name), self.group, id="0", mkstream=True)
+            await self.redis.xgroup_create(self.keys.stream(name), self.group, id="0")
         except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+            if "BUSYGROUP" in str(exc):
+                return True
+            if "requires the key to exist" in str(exc):
+                return False
+            raise
+        return True
 
     async def _recover(self, exc: ResponseError) -> None:
         """A group or stream vanished (Redis flushed, a stream deleted): recreate what is wanted."""

@@ -13,8 +13,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import ResponseError
 
 from .connection import as_text
+from .keys import RPC_PREFIX, Keys
 
 log = structlog.get_logger("l9.bus.retention")
 
@@ -61,6 +63,44 @@ async def trim_acknowledged(redis: aioredis.Redis, key: str, *, max_age_s: float
     if removed:
         log.info("retention.trimmed", stream=key, removed=removed, boundary=boundary)
     return removed
+
+
+async def fully_consumed(redis: aioredis.Redis, key: str) -> bool:
+    """Whether every group of ``key`` has read and acked its last entry (True without groups)."""
+    try:
+        info = await redis.xinfo_stream(key)
+    except ResponseError:  # no such key
+        return True
+    last = as_text(info["last-generated-id"])
+    return all(
+        int(g["pending"]) == 0 and as_text(g["last-delivered-id"]) == last
+        for g in await redis.xinfo_groups(key)
+    )
+
+
+async def drop_finished_reply_streams(redis: aioredis.Redis, keys: Keys, *, idle_s: float) -> list[str]:
+    """Delete the RPC reply streams that every group consumed and nobody wrote to for
+    ``idle_s`` seconds, and forget them in the streams index. Returns their names."""
+    dropped = []
+    for raw in await redis.smembers(keys.streams_index()):
+        name = as_text(raw)
+        if not name.startswith(RPC_PREFIX):
+            continue
+        key = keys.stream(name)
+        try:
+            info = await redis.xinfo_stream(key)
+        except ResponseError:
+            await redis.srem(keys.streams_index(), name)
+            continue
+        last_ms = int(as_text(info["last-generated-id"]).partition("-")[0])
+        if time.time() * 1000 - last_ms < idle_s * 1000 or not await fully_consumed(redis, key):
+            continue
+        await redis.delete(key)
+        await redis.srem(keys.streams_index(), name)
+        dropped.append(name)
+    if dropped:
+        log.info("retention.reply_streams_dropped", count=len(dropped))
+    return dropped
 
 
 _ACKED_SUPPORT: dict[int, bool] = {}

@@ -1,9 +1,12 @@
 """Request/reply over streams, with a deadline.
 
-Each client owns a reply stream (``rpc.<client>``, expiring when unused); a
-request carries its name in ``reply_to`` and its deadline in ``expires_at``.
-The responder appends the reply there; the client matches ``in_reply_to``.
-Replies survive a slow reader because they sit on a stream, not a channel.
+Each client owns a reply stream (``rpc.<client>``); a request carries its name
+in ``reply_to`` and its deadline in ``expires_at``. The responder appends the
+reply there; the client matches ``in_reply_to``. Replies survive a slow reader
+because they sit on a stream, not a channel. Other groups (the auditor) read
+reply streams too, so a closing client deletes its stream only once every
+group has consumed it; ``l9 trim`` drops the others when they are finished
+and idle (``bus.retention.drop_finished_reply_streams``).
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from envelope import (
 from .errors import TRANSIENT, RemoteError, RpcTimeout
 from .keys import RPC_PREFIX
 from .publisher import Publisher
+from .retention import fully_consumed
 
-REPLY_TTL_MS = 10 * 60 * 1000
 log = structlog.get_logger("l9.bus.rpc")
 
 
@@ -73,7 +76,9 @@ class RpcClient:
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
         await self._tg.__aexit__(None, None, None)
-        await self.redis.delete(self._key)
+        with contextlib.suppress(*TRANSIENT):
+            if await fully_consumed(self.redis, self._key):
+                await self.redis.delete(self._key)
 
     async def call(
         self,
@@ -121,7 +126,6 @@ class RpcClient:
         while True:
             try:
                 reply: Any = await self.redis.xread({self._key: last}, count=100, block=1000)
-                await self.redis.pexpire(self._key, REPLY_TTL_MS)
             except TRANSIENT as exc:
                 log.warning("rpc.redis_unavailable", error=str(exc))
                 await anyio.sleep(0.2)
@@ -147,11 +151,9 @@ class RpcClient:
 
 
 async def send_reply(publisher: Publisher, request: PacketEnvelope, reply: PacketEnvelope) -> str | None:
-    """Append ``reply`` to the request's reply stream (kept ``REPLY_TTL_MS``)."""
+    """Append ``reply`` to the request's reply stream."""
     target = request.reply_to
     if not target or not target.startswith(RPC_PREFIX):
         log.warning("rpc.no_reply_stream", reply_to=target, request_id=request.id)
         return None
-    entry_id = await publisher.publish(reply, target)
-    await publisher.redis.pexpire(publisher.keys.stream(target), REPLY_TTL_MS)
-    return entry_id
+    return await publisher.publish(reply, target)

@@ -25,6 +25,8 @@ app.add_typer(agent_app, name="agent")
 console = Console()
 T = TypeVar("T")
 err = Console(stderr=True)
+#: ``l9 trim`` deletes RPC reply streams that every group consumed and that were idle this long.
+REPLY_STREAM_IDLE_S = 600.0
 
 
 def _settings() -> Settings:
@@ -138,27 +140,31 @@ def trim(
     ] = None,
 ) -> None:
     """Trim every stream to what all its consumer groups have acknowledged."""
-    from bus import trim_acknowledged
+    from bus import drop_finished_reply_streams, trim_acknowledged
     from l9.status import stream_names
 
     settings = _settings()
     endpoints = resolve_endpoints(settings)
     keys = Keys(settings.namespace)
 
-    async def run() -> dict[str, int]:
+    async def run() -> tuple[dict[str, int], list[str]]:
         redis = connect(endpoints.redis_url)
         try:
-            return {
+            dropped = await drop_finished_reply_streams(redis, keys, idle_s=REPLY_STREAM_IDLE_S)
+            removed = {
                 name: await trim_acknowledged(redis, keys.stream(name), max_age_s=max_age)
                 for name in await stream_names(redis, keys)
                 if await redis.exists(keys.stream(name))
             }
+            return removed, dropped
         finally:
             await redis.aclose()
 
-    removed = _run(run)
+    removed, dropped = _run(run)
     for name, n in removed.items():
         console.print(f"{name}: {n} acknowledged entries removed")
+    if dropped:
+        console.print(f"{len(dropped)} finished reply streams (idle {REPLY_STREAM_IDLE_S:g}s) deleted")
 
 
 @app.command()

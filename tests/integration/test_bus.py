@@ -22,6 +22,7 @@ from bus import (
     RpcClient,
     RpcTimeout,
     StreamConsumer,
+    drop_finished_reply_streams,
     safe_trim_boundary,
     trim_acknowledged,
 )
@@ -143,6 +144,33 @@ async def test_rpc_replies_within_deadline_and_times_out_past_it(
         await anyio.sleep(1.5)
         _, pong = await rpc.call(Ping(text="again"), source="agent://test/caller", deadline_s=2.0)
         assert pong.text == "again"  # type: ignore[attr-defined]
+
+
+async def test_a_reply_stream_outlives_its_client_until_every_group_read_it(
+    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+) -> None:
+    """The auditor reads reply streams too: closing the client must not delete unread replies."""
+    runtime = Runtime(redis=redis, keys=keys, signer=signer, verifier=verifier, agent="ledger", instance="r1")
+    consumer = on_test_stream(redis, keys, verifier, "ledger", "r1", LedgerAgent(runtime).handle)
+    async with consuming(consumer):
+        async with RpcClient(redis, Publisher(redis, keys, signer), verifier, name="kept") as rpc:
+            await redis.xgroup_create(keys.stream(rpc.reply_stream), "auditor", id="0", mkstream=True)
+            await rpc.call(Ping(text="hi"), source="agent://test/caller", deadline_s=2.0)
+        async with RpcClient(redis, Publisher(redis, keys, signer), verifier, name="gone") as rpc:
+            await rpc.call(Ping(text="hi"), source="agent://test/caller", deadline_s=2.0)
+    kept, gone = keys.stream("rpc.kept"), keys.stream("rpc.gone")
+    assert await redis.xlen(kept) == 1 and not await redis.exists(gone)
+    assert await drop_finished_reply_streams(redis, keys, idle_s=0) == []  # the auditor has not read it
+    await redis.xreadgroup("auditor", "a-0", {kept: ">"})
+    assert await drop_finished_reply_streams(redis, keys, idle_s=3600) == []  # read, not acked, recent
+    ((entry_id, _),) = await redis.xrange(kept)
+    await redis.xack(kept, "auditor", entry_id)
+    assert await drop_finished_reply_streams(redis, keys, idle_s=3600) == []  # finished but recent
+    assert await drop_finished_reply_streams(redis, keys, idle_s=0) == ["rpc.kept"]
+    assert not await redis.exists(kept)
+    assert {n.decode() for n in await redis.smembers(keys.streams_index())}.isdisjoint(
+        {"rpc.kept", "rpc.gone"}
+    )
 
 
 async def test_rpc_error_reply_raises_remote_error(
