@@ -192,7 +192,10 @@ def demo(
     console.print(
         f"tasks published: {result.published}, results collected: {result.collected}\n"
         f"sum of squares: {result.total} (expected {result.expected})\n"
-        f"handled by: {result.handled_by}\nagent exit codes: {result.exit_codes}"
+        f"handled by: {result.handled_by}\n"
+        f"audit trail: {result.audited} envelopes of the run; {result.trail}\n"
+        f"evidence report: {result.report} (check it: l9 report verify {result.report})\n"
+        f"agent exit codes: {result.exit_codes}"
     )
     if not result.ok:
         raise _fail("the demo did not complete as expected")

@@ -1,8 +1,10 @@
-"""``l9 demo``: the stack, two agents in their own processes, envelopes between them.
+"""``l9 demo``: the stack, agents in their own processes, envelopes between them, the trail.
 
 Publishes N tasks; ``squarer`` processes square them and emit results;
-``summer`` stores them; the demo checks the sum, shows who did what, and
-stops every process with SIGTERM.
+``summer`` stores them; the ``auditor`` appends every envelope to the Postgres
+trail. The demo checks the sum, shows who did what, waits for the trail to
+hold all 2N envelopes of the run, verifies the whole chain, writes the run's
+signed evidence report, and stops every process with SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ import redis.asyncio as aioredis
 from rich.console import Console
 from rich.progress import Progress
 
+from agents.auditor.report import render, report_from_trail
 from agents.demo import Task, handled_key, results_key
 from bus import Keys, Publisher, as_text, connect
 from envelope import PacketEnvelope, Signer, new_id
 from l9.devstack import StackEndpoints
 from l9.settings import Settings
+from l9.trail import open_trail
 
 from .status import collect_status, render_status
 
@@ -37,6 +41,10 @@ class DemoResult:
     total: int
     expected: int
     handled_by: dict[str, int]
+    audited: int = 0
+    trail: str = ""
+    trail_ok: bool = False
+    report: Path | None = None
     exit_codes: dict[str, int | None] = field(default_factory=dict)
 
     @property
@@ -44,6 +52,9 @@ class DemoResult:
         return (
             self.collected == self.published
             and self.total == self.expected
+            and self.audited == 2 * self.published
+            and self.trail_ok
+            and self.report is not None
             and all(code == 0 for code in self.exit_codes.values())
         )
 
@@ -72,6 +83,7 @@ async def run_demo(
     log_dir = settings.home_dir / "logs"
     procs = {f"squarer#{i}": spawn_agent("squarer", env, log_dir) for i in range(squarers)}
     procs["summer"] = spawn_agent("summer", env, log_dir)
+    procs["auditor"] = spawn_agent("auditor", env, log_dir)
     console.print(
         f"started {len(procs)} agent processes: "
         + ", ".join(f"{n} (pid {p.pid})" for n, p in procs.items())
@@ -81,6 +93,7 @@ async def run_demo(
     keys = Keys(settings.namespace)
     try:
         result = await _exchange(redis, keys, settings, console, count)
+        await _audit(settings, endpoints, console, result)
         render_status(await collect_status(redis, keys), console)
     finally:
         await redis.aclose()
@@ -120,6 +133,29 @@ async def _exchange(
         expected=sum(i * i for i in range(1, count + 1)),
         handled_by={as_text(k): int(v) for k, v in handled.items()},
     )
+
+
+async def _audit(settings: Settings, endpoints: StackEndpoints, console: Console, result: DemoResult) -> None:
+    """Wait for the trail to hold the run (tasks and results), verify it, write the report."""
+    store = await open_trail(settings, endpoints, max_size=2)
+    try:
+        want = 2 * result.published
+        with Progress(console=console, transient=True) as progress:
+            bar = progress.add_task("envelopes in the audit trail", total=want)
+            with anyio.move_on_after(60):
+                while result.audited < want:
+                    result.audited = len(await store.entries_for_correlation(result.run))
+                    progress.update(bar, completed=result.audited)
+                    await anyio.sleep(0.2)
+        verified = await store.verify(trusted_keys=settings.audit_trusted())
+        result.trail, result.trail_ok = verified.summary(), verified.ok
+        report = await report_from_trail(store, result.run, settings.audit_signing_key())
+    finally:
+        await store.close()
+    path = settings.home_dir / "reports" / f"{result.run}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(report, "md"), encoding="utf-8")
+    result.report = path
 
 
 def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, int | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -29,11 +30,18 @@ def l9(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.Comp
 
 
 def test_demo_runs_two_agent_processes_and_checks_their_work(agent_env: dict[str, str]) -> None:
-    done = l9("demo", "--count", "120", env=agent_env)
+    env = {**agent_env, "COLUMNS": "400"}  # one line per message, paths unbroken
+    done = l9("demo", "--count", "120", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "sum of squares: 583220 (expected 583220)" in done.stdout
     assert "demo passed" in done.stdout
-    assert "'squarer#0': 0" in done.stdout and "'summer': 0" in done.stdout
+    assert "'squarer#0': 0" in done.stdout and "'summer': 0" in done.stdout and "'auditor': 0" in done.stdout
+    # the auditor put the run's 240 envelopes in the trail, the chain verifies, the report checks out
+    assert "audit trail: 240 envelopes of the run; trail intact" in done.stdout
+    found = re.search(r"evidence report: (\S+\.md)", done.stdout)
+    assert found is not None, done.stdout
+    checked = l9("report", "verify", found.group(1), env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 async def test_status_reports_groups_pending_lag_and_dead_letters(
