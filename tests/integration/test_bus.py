@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
@@ -26,6 +26,7 @@ from bus import (
     safe_trim_boundary,
     trim_acknowledged,
 )
+from bus.batch import BatchConsumer, Entry, Rejected
 from envelope import PacketEnvelope, Signer, Verifier
 from tests.conftest import wait_for
 from tests.integration.ledger import LedgerAgent, Ping, Pong, Work
@@ -246,3 +247,53 @@ async def test_nogroup_for_a_stream_without_group_is_created_on_start(
     async with consuming(consumer):
         await wait_for(lambda: len(got) == 5, timeout=5)
     assert sorted(got) == [0, 1, 2, 3, 4]
+
+
+# -- the batch delivery loop -----------------------------------------------------------------------
+
+
+async def test_batch_consumer_isolates_a_poisoned_entry_and_acks_the_rest(
+    redis: aioredis.Redis, keys: Keys, signer: Signer
+) -> None:
+    """A batch that keeps failing is split: the one bad entry is dead-lettered, every other
+    entry is handled once and acked; a stream created later is picked up without a restart."""
+    publisher = Publisher(redis, keys, signer)
+    ids = await publisher.publish_many([work(i) for i in range(30)], "test")
+    poisoned = ids[7]
+    handled: list[str] = []
+    batches: list[int] = []
+
+    async def handler(batch: Sequence[Entry]) -> Sequence[Rejected]:
+        batches.append(len(batch))
+        if any(e.entry_id == poisoned for e in batch):
+            raise ValueError("cannot store this one")
+        handled.extend(e.entry_id for e in batch)
+        return []
+
+    async def streams() -> list[str]:
+        return [n.decode() for n in await redis.smembers(keys.streams_index())]
+
+    consumer = BatchConsumer(
+        redis,
+        keys,
+        group="batch",
+        consumer="batch-0",
+        streams=streams,
+        handler=handler,
+        policy=FAST,
+        batch_size=10,
+        discover_interval_s=0.1,
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consumer.run)
+        await wait_for(lambda: len(handled) == 29, timeout=20)
+        later = await publisher.publish_many([work(i) for i in range(5)], "test.later")
+        await wait_for(lambda: len(handled) == 34, timeout=10)
+        consumer.stop()
+    assert sorted(handled) == sorted(i for i in ids + later if i != poisoned)
+    assert batches[0] == 10 and 1 in batches  # whole batches first, single entries after the split
+    dead = await redis.xrange(keys.dead("test"))
+    assert [(f[b"dl_entry_id"].decode(), f[b"dl_reason"]) for _, f in dead] == [(poisoned, b"delivery_cap")]
+    assert b"cannot store this one" in dead[0][1][b"dl_detail"]
+    for name in ("test", "test.later"):
+        assert (await redis.xpending(keys.stream(name), "batch"))["pending"] == 0
