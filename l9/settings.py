@@ -66,6 +66,23 @@ class Settings(BaseSettings):
         default=None, pattern=r"^(before_copy|before_commit|before_xack):[1-9]\d*$"
     )
 
+    # The SymPy worker (agents/sympy): its subprocess pool, the parser's limits, the cache.
+    sympy_workers: int = Field(default=2, ge=1, le=64)
+    #: Wall-clock bound of one parse or operation in a worker subprocess (killed past it).
+    sympy_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    #: Address space a worker subprocess may add to its size at start (RLIMIT_AS).
+    sympy_memory_mb: int = Field(default=1024, ge=64)
+    sympy_max_chars: int = Field(default=2000, ge=1, le=1_000_000)
+    sympy_max_nodes: int = Field(default=2000, ge=1)
+    sympy_max_depth: int = Field(default=60, ge=1, le=200)
+    sympy_max_exponent: int = Field(default=1000, ge=1)
+    sympy_max_factorial: int = Field(default=1000, ge=1)
+    sympy_max_integer_digits: int = Field(default=1000, ge=1)
+    sympy_max_points: int = Field(default=1_000_000, ge=1)
+    sympy_cache_ttl_s: int = Field(default=86_400, ge=1)
+    #: Results larger than this (JSON bytes) are returned but not cached.
+    sympy_cache_max_bytes: int = Field(default=1_000_000, ge=0)
+
     @field_validator("signing_keys", "audit_trusted_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: object, info: ValidationInfo) -> object:
