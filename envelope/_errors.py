@@ -11,6 +11,7 @@ class ErrorReason(StrEnum):
     UNKNOWN_TYPE = "unknown_type"  # no payload model registered for `type`
     INVALID_PAYLOAD = "invalid_payload"  # `data` fails the payload model
     BAD_SIGNATURE = "bad_signature"  # missing, unknown key id, or mismatch
+    UNAUTHORIZED_SIGNER = "unauthorized_signer"  # the signing key may not emit this type (governance)
 
 
 class EnvelopeError(Exception):

@@ -1,0 +1,62 @@
+"""Governance: policies and decisions, rate limits, agent identity and Redis ACLs.
+
+The policy engine is a pure function (``PolicyEngine.evaluate``) shared by the
+enforcer agent and the SymPy worker; rate limits are atomic in Redis
+(``RateLimiter``); ``SignerACL`` decides which signing key may emit which
+envelope types. ``governance`` never imports ``agents`` nor the ``l9`` CLI.
+"""
+
+from . import _calls, _limits, _placeholders, _secrets  # noqa: F401 -- registers the built-in rules
+from ._config import (
+    DEFAULT_POLICY_FILE,
+    AnchorSpec,
+    EscalationSpec,
+    IdentitySpec,
+    MatchSpec,
+    PolicyFile,
+    PolicyFileError,
+    PolicySpec,
+    RateLimitSpec,
+    RedisUserSpec,
+    load_policy_file,
+    parse_policy_text,
+)
+from ._decision import Decision, Finding, Outcome, decide, parse_policy_ref
+from ._engine import STRICT_RULE, Policy, PolicyEngine
+from ._identity import SignerACL
+from ._rules import RULES, Params, Rule, glob_regex, rule
+from ._subjects import Artifact, ArtifactSet, Request, Subject, agent_of
+
+__all__ = [
+    "DEFAULT_POLICY_FILE",
+    "RULES",
+    "STRICT_RULE",
+    "AnchorSpec",
+    "Artifact",
+    "ArtifactSet",
+    "Decision",
+    "EscalationSpec",
+    "Finding",
+    "IdentitySpec",
+    "MatchSpec",
+    "Outcome",
+    "Params",
+    "Policy",
+    "PolicyEngine",
+    "PolicyFile",
+    "PolicyFileError",
+    "PolicySpec",
+    "RateLimitSpec",
+    "RedisUserSpec",
+    "Request",
+    "Rule",
+    "SignerACL",
+    "Subject",
+    "agent_of",
+    "decide",
+    "glob_regex",
+    "load_policy_file",
+    "parse_policy_ref",
+    "parse_policy_text",
+    "rule",
+]

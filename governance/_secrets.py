@@ -1,0 +1,122 @@
+"""Rule ``secrets``: credentials written into an artifact.
+
+Known token formats (PEM private keys, AWS, GitHub, Slack, Google, Stripe) by
+pattern, and high-entropy values assigned to names that say what they are
+(``password``, ``secret``, ``token``, ``api_key`` ...). A finding never
+repeats the secret: it shows four characters and the length.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterator
+
+from ._decision import Finding
+from ._rules import Params, Rule, compile_patterns, rule
+from ._subjects import Artifact
+
+DEFAULT_PATTERNS = {
+    "PEM private key": r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----",
+    "AWS access key id": r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|ANPA|AIPA)[A-Z0-9]{16}\b",
+    "AWS secret access key": (
+        r"(?i)aws_?secret_?access_?key[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])"
+    ),
+    "GitHub token": r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b",
+    "GitHub fine-grained token": r"\bgithub_pat_[A-Za-z0-9_]{60,255}\b",
+    "Slack token": r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
+    "Slack webhook": r"https://hooks\.slack\.com/services/T[A-Za-z0-9_]+/B[A-Za-z0-9_]+/[A-Za-z0-9_]+",
+    "Google API key": r"\bAIza[0-9A-Za-z_\-]{35}\b",
+    "Stripe live key": r"\b[rs]k_live_[0-9A-Za-z]{24,}\b",
+}
+#: A name that says its value is a credential (matched at the end of the name).
+DEFAULT_SECRET_NAMES = (
+    r"(?i)(?:password|passwd|pwd|passphrase|secret|token|api_?key|access_?key|secret_?key|"
+    r"private_?key|client_?secret|credentials?)$"
+)
+#: Values that are obviously not secrets: references, templates, examples.
+DEFAULT_ALLOW_VALUES = (r"^\$\{?[A-Za-z_][A-Za-z0-9_]*\}?$", r"^<[^>]*>$", r"(?i)example|dummy|changeme")
+_QUOTED = re.compile(
+    r"""(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*)["']?\s*[:=]\s*(?P<q>["'])(?P<value>[^"'\s]+)(?P=q)"""
+)
+_UNQUOTED = re.compile(
+    r"""^\s*(?:export\s+)?(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*)\s*[:=]\s*(?P<value>[^"'\s#,;]+)\s*$"""
+)
+
+
+class SecretsParams(Params):
+    patterns: dict[str, str] = DEFAULT_PATTERNS
+    secret_names: str = DEFAULT_SECRET_NAMES
+    #: Assigned values at least this long and this random (Shannon bits per character) are secrets.
+    min_length: int = 12
+    min_entropy: float = 3.0
+    allow_values: tuple[str, ...] = DEFAULT_ALLOW_VALUES
+
+
+def entropy(value: str) -> float:
+    """Shannon entropy of ``value`` in bits per character."""
+    if not value:
+        return 0.0
+    n = len(value)
+    return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
+
+
+def redact(value: str) -> str:
+    return f"{value[:4]}... ({len(value)} chars)"
+
+
+def _line_of(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
+
+
+class Secrets(Rule):
+    def __init__(self, params: SecretsParams) -> None:
+        self.params = params
+        self.patterns = list(
+            zip(params.patterns, compile_patterns(list(params.patterns.values())), strict=True)
+        )
+        self.names = compile_patterns([params.secret_names])[0]
+        self.allow = compile_patterns(params.allow_values)
+
+    def artifact(self, artifact: Artifact) -> list[Finding]:
+        findings = [*self._known(artifact), *self._assigned(artifact)]
+        return sorted(findings, key=lambda f: (f.line or 0, f.what))
+
+    def _known(self, artifact: Artifact) -> Iterator[Finding]:
+        text = artifact.text
+        for label, pattern in self.patterns:
+            for match in pattern.finditer(text):
+                yield Finding(
+                    file=artifact.path,
+                    line=_line_of(text, match.start()),
+                    what=f"{label}: {redact(match.group(0))}",
+                )
+
+    def _assigned(self, artifact: Artifact) -> Iterator[Finding]:
+        unquoted = not artifact.is_python
+        for number, line in enumerate(artifact.lines, 1):
+            matches = list(_QUOTED.finditer(line))
+            if unquoted and not matches and (m := _UNQUOTED.match(line)):
+                matches = [m]
+            for match in matches:
+                name, value = match["name"], match["value"]
+                if self._is_secret(name, value):
+                    yield Finding(
+                        file=artifact.path,
+                        line=number,
+                        what=f"high-entropy value assigned to {name!r}: {redact(value)}",
+                    )
+
+    def _is_secret(self, name: str, value: str) -> bool:
+        p = self.params
+        if len(value) < p.min_length or not self.names.search(name.replace("-", "_")):
+            return False
+        if any(a.search(value) for a in self.allow):
+            return False
+        return entropy(value) >= p.min_entropy
+
+
+@rule("secrets", SecretsParams, "private keys, token formats and high-entropy credentials in any artifact")
+def _build(params: SecretsParams) -> Rule:
+    return Secrets(params)

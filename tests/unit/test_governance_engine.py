@@ -1,0 +1,223 @@
+"""The policy file, the engine (matching, precedence, escalation anchors) and the signer table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from envelope import EnvelopeError, ErrorReason, PacketEnvelope
+from governance import (
+    DEFAULT_POLICY_FILE,
+    Artifact,
+    ArtifactSet,
+    Decision,
+    Outcome,
+    PolicyEngine,
+    PolicyFileError,
+    Request,
+    SignerACL,
+    load_policy_file,
+    parse_policy_ref,
+    parse_policy_text,
+)
+
+POLICY = """
+anchors:
+  - {name: Igor, channel: governance.escalations}
+  - {name: Compliance, channel: governance.compliance, receives: all}
+policies:
+  - id: forbidden-calls@2
+    rule: forbidden_calls
+    match: {kinds: [python]}
+  - id: generated-only@1
+    rule: placeholders
+    match: {paths: ["gen/*"]}
+    on_violation: escalate
+    anchors: [Igor]
+  - id: size@1
+    rule: size_bounds
+    params: {max_file_bytes: 64}
+    on_violation: escalate
+    anchors: [Compliance, Igor]
+  - id: sympy-length@3
+    rule: expression_length
+    match: {types: ["l9.sympy.*"]}
+    params: {max_chars: 10}
+    on_violation: escalate
+    anchors: [Igor]
+  - id: off@1
+    rule: secrets
+    enabled: false
+identity:
+  signers:
+    planner: ["l9.plan.*"]
+    generator: ["l9.artifact.*", "l9.sympy.*.v1"]
+"""
+
+
+@pytest.fixture(scope="module")
+def engine() -> PolicyEngine:
+    return PolicyEngine(parse_policy_text(POLICY))
+
+
+def test_the_shipped_policy_file_loads() -> None:
+    spec = load_policy_file()
+    assert DEFAULT_POLICY_FILE.name == "default_policy.yaml"
+    assert {a.name for a in spec.anchors} == {"Igor", "Compliance"}
+    refs = [p.id for p in spec.policies]
+    assert "no-placeholders@1" in refs and "forbidden-calls@1" in refs
+    assert PolicyEngine(spec).signer_acl is None  # no signer table by default: the check is off
+
+
+def test_policy_refs() -> None:
+    assert parse_policy_ref("no-placeholders@12") == ("no-placeholders", 12)
+    for bad in ("no-placeholders", "x@0", "Upper@1", "a@b"):
+        with pytest.raises(ValueError, match="name@version"):
+            parse_policy_ref(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("policies:\n  - id: a@1\n    rule: nosuch\n", r"<policy>:2: policies\.0: unknown rule 'nosuch'"),
+        (
+            "policies:\n  - id: a@1\n    rule: size_bounds\n    params:\n      max_bytes: 3\n",
+            r":2: policies\.0: params\.max_bytes: Extra inputs are not permitted",
+        ),
+        ("policies:\n  - id: a\n    rule: secrets\n", r":2: policies\.0\.id: .*name@version"),
+        (
+            "policies:\n  - {id: a@1, rule: secrets}\n  - {id: a@1, rule: secrets}\n",
+            "policy ids must be unique: a@1",
+        ),
+        ("policies:\n  - {id: a@1, rule: secrets, on_violation: escalate}\n", "must name its anchors"),
+        (
+            "policies:\n  - {id: a@1, rule: secrets, on_violation: escalate, anchors: [Nobody]}\n",
+            "unknown anchors",
+        ),
+        ("anchors:\n  - {name: Igor, channel: 'Bad Stream!'}\n", r":2: anchors\.0\.channel: .*stream name"),
+        ("policies: [\n", r"<policy>:2: not valid YAML"),
+        ("- just\n- a list\n", "must be a mapping"),
+        ("rate_limits:\n  - {id: r@1, types: [x], limit: 0, window_s: 1}\n", r":2: rate_limits\.0\.limit"),
+    ],
+)
+def test_policy_file_errors_name_line_and_field(text: str, expected: str) -> None:
+    with pytest.raises(PolicyFileError, match=expected):
+        parse_policy_text(text)
+
+
+def test_missing_policy_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(PolicyFileError, match="cannot read the policy file"):
+        load_policy_file(tmp_path / "nope.yaml")
+
+
+def test_disabled_policies_are_not_applied(engine: PolicyEngine) -> None:
+    assert "off@1" not in [p.ref for p in engine.policies]
+    assert engine.evaluate(Artifact("lib/x.py", "password = 'hQ8x!Zr2pL0qVv9T'\n")).allowed
+
+
+def test_policies_match_by_kind_path_and_type(engine: PolicyEngine) -> None:
+    assert engine.evaluate(Artifact("lib/x.py", "x = 1\n")).policies == ("forbidden-calls@2", "size@1")
+    assert engine.evaluate(Artifact("gen/x.md", "ok\n")).policies == ("generated-only@1", "size@1")
+    assert engine.evaluate(Request(type="l9.sympy.evaluate.v1")).policies == ("size@1", "sympy-length@3")
+    assert engine.evaluate(Request(type="l9.plan.locked.v1")).policies == ("size@1",)
+
+
+def test_deny_wins_over_escalate_and_names_its_policy(engine: PolicyEngine) -> None:
+    source = "eval(x)  # TODO\n" + "y = 1\n" * 20
+    d = engine.evaluate(Artifact("gen/x.py", source))
+    assert d.outcome is Outcome.DENY and d.policy == "forbidden-calls@2"
+    assert d.reason.startswith("denied by forbidden-calls@2: gen/x.py:1: forbidden builtins.eval")
+    assert {f.policy for f in d.findings} == {"forbidden-calls@2", "generated-only@1", "size@1"}
+    assert [f.outcome for f in d.by_policy("size@1")] == [Outcome.ESCALATE]
+    assert d.anchors == ()  # a denial is final: nobody is asked
+
+
+def test_escalation_names_the_anchors_of_every_escalating_policy(engine: PolicyEngine) -> None:
+    d = engine.evaluate(Artifact("gen/x.py", "x = 1  # TODO\n" + "y = 1\n" * 20))
+    assert d.escalated
+    assert d.anchors == ("Igor", "Compliance")
+    assert "escalated by generated-only@1 (also size@1)" in d.reason
+
+
+def test_observers_are_the_anchors_that_receive_everything(engine: PolicyEngine) -> None:
+    assert [a.name for a in engine.observers] == ["Compliance"]
+
+
+def test_artifact_sets_collect_findings_of_every_file(engine: PolicyEngine) -> None:
+    files = ArtifactSet([Artifact("lib/a.py", "eval(x)\n"), Artifact("lib/b.py", "exec(y)\n")], "run-1")
+    d = engine.evaluate(files)
+    assert d.denied and d.subject == "run-1 (2 files)"
+    assert sorted(f.file or "" for f in d.findings) == ["lib/a.py", "lib/b.py"]
+
+
+def test_reason_summarises_many_findings() -> None:
+    engine = PolicyEngine(parse_policy_text("policies:\n  - {id: f@1, rule: forbidden_calls}\n"))
+    d = engine.evaluate(Artifact("a.py", "eval(a)\neval(b)\neval(c)\neval(d)\neval(e)\n"))
+    assert d.reason.endswith("; and 2 more")
+    assert len(d.findings) == 5
+
+
+def test_decisions_round_trip_as_json(engine: PolicyEngine) -> None:
+    d = engine.evaluate(Artifact("gen/x.py", "x = 1  # TODO\n"))
+    assert Decision.model_validate_json(d.model_dump_json()) == d
+
+
+def test_evaluate_refuses_other_subjects(engine: PolicyEngine) -> None:
+    with pytest.raises(TypeError, match="cannot evaluate a str"):
+        engine.evaluate("gen/x.py")  # type: ignore[arg-type]
+
+
+def test_requests_from_envelopes_carry_requester_and_agent() -> None:
+    env = PacketEnvelope.new(type="l9.sympy.evaluate.v1", source="agent://planner/planner-0", auth="alice")
+    req = Request.from_envelope(env)
+    assert (req.requester, req.agent, req.envelope_id) == ("alice", "planner", env.id)
+    anonymous = Request.from_envelope(PacketEnvelope.new(type="l9.sympy.evaluate.v1", source="agent://cli/x"))
+    assert anonymous.requester == "agent://cli/x"
+
+
+# -- the signer table ------------------------------------------------------------------------
+def test_signer_table_comes_from_the_policy_file(engine: PolicyEngine) -> None:
+    acl = engine.signer_acl
+    assert acl is not None
+    assert acl.allows("planner", "l9.plan.locked.v1")
+    assert not acl.allows("planner", "l9.artifact.generated.v1")
+    assert acl.allows("generator", "l9.sympy.evaluate.v1")
+    assert not acl.allows("generator", "l9.sympy.evaluate.v2")
+    assert not acl.allows("stranger", "l9.plan.locked.v1")
+    assert not acl.allows(None, "l9.plan.locked.v1")
+
+
+def _env(type_: str, key_id: str | None) -> PacketEnvelope:
+    return PacketEnvelope.new(type=type_, source="agent://x/x-0", key_id=key_id, signature="00")
+
+
+@pytest.mark.parametrize(
+    ("key_id", "type_", "detail"),
+    [
+        (
+            "planner",
+            "l9.artifact.generated.v1",
+            "signing key 'planner' may not emit 'l9.artifact.generated.v1'",
+        ),
+        ("stranger", "l9.plan.locked.v1", "signing key 'stranger' has no entry in the identity table"),
+        (None, "l9.plan.locked.v1", "unsigned envelope"),
+    ],
+)
+def test_authorize_raises_unauthorized_signer(key_id: str | None, type_: str, detail: str) -> None:
+    acl = SignerACL({"planner": ["l9.plan.*"]})
+    envelope = _env(type_, key_id)
+    with pytest.raises(EnvelopeError) as err:
+        acl.authorize(envelope)
+    assert err.value.reason is ErrorReason.UNAUTHORIZED_SIGNER
+    assert detail in err.value.detail
+    assert err.value.envelope_id == envelope.id
+
+
+def test_authorize_answers_from_the_cache_after_the_first_envelope() -> None:
+    acl = SignerACL({"planner": ["l9.plan.*"]})
+    acl.authorize(_env("l9.plan.locked.v1", "planner"))
+    acl._may_emit.clear()  # the globs are not consulted again for a known (key, type) pair
+    acl.authorize(_env("l9.plan.locked.v1", "planner"))
+    with pytest.raises(EnvelopeError):
+        acl.authorize(_env("l9.plan.rejected.v1", "planner"))
