@@ -206,6 +206,11 @@ def main() -> None:
     app()
 
 
+from l9.cli_audit import register as register_audit_commands  # noqa: E402 (it imports _settings lazily)
+
+register_audit_commands(app)
+
+
 from l9.cli_report import report_app  # noqa: E402 (it imports from here lazily)
 
 app.add_typer(report_app, name="report")

@@ -165,9 +165,15 @@ class StoredEntry:
         return decode_envelope(fields, verifier)
 
 
+def _like_literal(text: str) -> str:
+    """``text`` escaped for SQL LIKE: ``%``, ``_`` and ``\\`` match themselves."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 @dataclass(frozen=True, slots=True)
 class EntryFilter:
-    """Which entries a tail wants: ``type_glob`` as in ``l9 tail --type 'l9.plan.*'``."""
+    """Which entries a tail wants: ``type_glob`` as in ``l9 tail --type 'l9.plan.*'``;
+    ``source`` a full source URI, or an agent name matching each of its instances."""
 
     type_glob: str | None = None
     source: str | None = None
@@ -178,8 +184,15 @@ class EntryFilter:
         """The glob as a SQL LIKE pattern (``*`` -> ``%``, ``?`` -> ``_``, rest literal)."""
         if self.type_glob is None:
             return None
-        escaped = self.type_glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return escaped.replace("*", "%").replace("?", "_")
+        return _like_literal(self.type_glob).replace("*", "%").replace("?", "_")
+
+    def source_like(self) -> str | None:
+        """``source`` as a SQL LIKE pattern: a URI (``agent://planner/planner-0``) matches
+        only itself, an agent name (``planner``) every ``agent://planner/<instance>``."""
+        if self.source is None:
+            return None
+        literal = _like_literal(self.source)
+        return literal if "://" in self.source else f"agent://{literal}/%"
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,7 +102,7 @@ SELECT seq, pg_notify('{NOTIFY_CHANNEL}', seq::text) FROM moved
 """
 _AFTER = (
     _SELECT_ENTRY + "WHERE e.seq > $1 AND e.seq <= $2 AND ($3::text IS NULL OR e.type LIKE $3) "
-    "AND ($4::text IS NULL OR e.source = $4) AND ($5::text IS NULL OR e.correlation_id = $5) "
+    "AND ($4::text IS NULL OR e.source LIKE $4) AND ($5::text IS NULL OR e.correlation_id = $5) "
     "AND ($6::timestamptz IS NULL OR e.recorded_at >= $6) ORDER BY e.seq LIMIT $7"
 )
 _FOR_CORRELATION = _SELECT_ENTRY + "WHERE e.correlation_id = $1 ORDER BY e.seq"
@@ -455,22 +455,29 @@ class PostgresAuditStore:
         return Head(row["seq"], row["chain_hash"], row["updated_at"])
 
     async def entries_after(
-        self, after_seq: int, *, limit: int = 1000, filters: EntryFilter | None = None
+        self,
+        after_seq: int,
+        *,
+        limit: int = 1000,
+        filters: EntryFilter | None = None,
+        until_seq: int | None = None,
     ) -> EntryPage:
-        """Committed entries with ``seq > after_seq`` matching ``filters``, by seq, at most ``limit``.
+        """Committed entries with ``seq > after_seq`` matching ``filters``, by seq, at most ``limit``;
+        with ``until_seq``, none beyond it (a window, for reading backwards from the head).
 
-        ``cursor`` of the page is the last seq examined (the head when fewer than
-        ``limit`` matched): rows up to it never change, so a tail resumes from it.
+        ``cursor`` of the page is the last seq examined (the head, or ``until_seq``, when
+        fewer than ``limit`` matched): rows up to it never change, so a tail resumes from it.
         """
         f = filters or EntryFilter()
         with _unavailable_as("read entries"):
             async with self._pool.acquire() as conn:
                 head = await conn.fetchval("SELECT seq FROM l9_audit.chain_head")
+                end = head if until_seq is None else min(head, until_seq)
                 rows = await conn.fetch(
-                    _AFTER, after_seq, head, f.type_like(), f.source, f.correlation_id, f.since, limit
+                    _AFTER, after_seq, end, f.type_like(), f.source_like(), f.correlation_id, f.since, limit
                 )
         entries = [_entry(r) for r in rows]
-        cursor = entries[-1].seq if len(entries) == limit else max(head, after_seq)
+        cursor = entries[-1].seq if len(entries) == limit else max(end, after_seq)
         return EntryPage(entries, cursor)
 
     async def entries_for_correlation(self, correlation_id: str) -> list[StoredEntry]:

@@ -1,0 +1,484 @@
+"""``l9 tail`` and ``l9 audit verify``: reading and checking the audit trail in PostgreSQL.
+
+``l9 tail`` prints the newest entries (or every one since a time), then with
+``--follow`` each new one as it commits. It always reads by ``seq`` cursor
+(:meth:`~memory.postgres.PostgresAuditStore.entries_after`), so nothing is
+skipped or printed twice; NOTIFYs only wake it up, and a poll every second
+covers the ones a dropped listener missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import sys
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import anyio
+import structlog
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from l9.devstack import StackError
+from l9.settings import Settings
+from memory.postgres import (
+    AuditStoreError,
+    AuditStoreUnavailable,
+    CheckpointError,
+    EntryFilter,
+    MigrationError,
+    PostgresAuditStore,
+    StoredEntry,
+    VerifyReport,
+    read_checkpoint,
+)
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+audit_app = typer.Typer(no_args_is_help=True, help="The audit trail in PostgreSQL.")
+
+#: Entries read per query.
+PAGE = 1000
+#: Seconds between two looks at the head when no notification came.
+POLL_S = 1.0
+#: Reconnect delays while PostgreSQL is unreachable during ``--follow``.
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 5.0
+
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_UNIT_S = (86_400, 3_600, 60, 1)
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30s``, ``10m``, ``2h``, ``1d`` or combinations in that order (``1h30m``, ``1d12h``)."""
+    match = _DURATION.fullmatch(text.strip())
+    if not text.strip() or match is None:
+        raise ValueError(f"{text!r} is not a duration (e.g. 30s, 10m, 2h, 1d, 1h30m)")
+    return timedelta(seconds=sum(int(n) * unit for n, unit in zip(match.groups(), _UNIT_S, strict=True) if n))
+
+
+def _since_option(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+# -- printing entries ----------------------------------------------------------------------------
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
+
+
+def short_id(value: str) -> str:
+    """The random end of a long id (uuid7 ids of one minute share their start)."""
+    return value if len(value) <= 12 else "…" + value[-8:]
+
+
+def entry_json(entry: StoredEntry) -> dict[str, Any]:
+    """One ``--json`` line of ``l9 tail``."""
+    return {
+        "seq": entry.seq,
+        "envelope_id": entry.envelope_id,
+        "type": entry.type,
+        "source": entry.source,
+        "correlation_id": entry.correlation_id,
+        "causation_id": entry.causation_id,
+        "envelope_time": _utc(entry.envelope_time).isoformat(),
+        "recorded_at": _utc(entry.recorded_at).isoformat(),
+        "stream": entry.stream,
+        "entry_id": entry.entry_id,
+        "chain_hash": entry.chain_hash.hex(),
+        "summary": entry.summary(),
+    }
+
+
+def entry_line(entry: StoredEntry, seq_width: int = 6) -> Text:
+    """One human line: seq, envelope time (UTC, ms), type, source, short correlation id, summary."""
+    moment = _utc(entry.envelope_time)
+    line = Text(no_wrap=True)
+    line.append(f"{entry.seq:>{seq_width}}", style="bold")
+    line.append(f"  {moment:%Y-%m-%d %H:%M:%S}.{moment.microsecond // 1000:03d}Z", style="dim")
+    line.append(f"  {entry.type}", style="cyan")
+    line.append(f"  {entry.source}", style="magenta")
+    line.append(f"  {short_id(entry.correlation_id)}", style="yellow")
+    line.append(f"  {entry.summary()}")
+    return line
+
+
+class _ReaderGone(Exception):
+    """Whoever read our stdout went away (``l9 tail | head``)."""
+
+
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _silence_stdout()
+        raise _ReaderGone
+
+
+class EntryPrinter:
+    """Writes entries to stdout, one line each, flushed at once."""
+
+    def __init__(self, *, as_json: bool, seq_width: int = 6) -> None:
+        self.as_json = as_json
+        self.seq_width = seq_width
+        self.console = _Console(highlight=False, soft_wrap=True)
+
+    def __call__(self, entry: StoredEntry) -> None:
+        if self.as_json:
+            try:
+                sys.stdout.write(json.dumps(entry_json(entry)) + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:
+                _silence_stdout()
+                raise _ReaderGone from None
+        else:
+            self.console.print(entry_line(entry, self.seq_width))
+
+
+# -- reading the trail -----------------------------------------------------------------------------
+
+
+async def last_entries(
+    store: PostgresAuditStore, n: int, filters: EntryFilter, head: int
+) -> list[StoredEntry]:
+    """The last ``n`` entries matching ``filters`` up to seq ``head``, oldest first.
+
+    Reads backwards in windows of seqs, each four times the last: a rare match
+    costs a few scans, a common one reads little more than ``n`` rows.
+    """
+    windows: list[list[StoredEntry]] = []  # newest window first
+    wanted, high, size = n, head, max(n, 1)
+    while wanted > 0 and high > 0:
+        low = max(0, high - size)
+        newest: deque[StoredEntry] = deque(maxlen=wanted)
+        cursor = low
+        while cursor < high:
+            page = await store.entries_after(cursor, limit=PAGE, filters=filters, until_seq=high)
+            newest.extend(page.entries)
+            cursor = page.cursor
+        windows.append(list(newest))
+        wanted -= len(newest)
+        high, size = low, size * 4
+    return [entry for window in reversed(windows) for entry in window]
+
+
+async def entries_between(
+    store: PostgresAuditStore,
+    after: int,
+    until: int,
+    filters: EntryFilter,
+    emit: Callable[[StoredEntry], None],
+) -> None:
+    """Emit every entry matching ``filters`` with ``after < seq <= until``, by seq."""
+    cursor = after
+    while cursor < until:
+        page = await store.entries_after(cursor, limit=PAGE, filters=filters, until_seq=until)
+        for entry in page.entries:
+            emit(entry)
+        cursor = page.cursor
+
+
+class _Waker:
+    """Wakes the follow loop when a batch commits: LISTEN (via ``watch_head``) in a task
+    of its own that reconnects on errors, and is restarted when it looks deaf."""
+
+    def __init__(self, store: PostgresAuditStore) -> None:
+        self.store = store
+        self.woken = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def restart(self) -> None:
+        await self.stop()
+        self.start()
+
+    async def wait(self, within_s: float) -> bool:
+        """True when a notification came within ``within_s`` seconds, False otherwise."""
+        try:
+            await asyncio.wait_for(self.woken.wait(), within_s)
+        except TimeoutError:
+            return False
+        self.woken.clear()
+        return True
+
+    async def _listen(self) -> None:
+        delay = BACKOFF_MIN_S
+        while True:
+            try:
+                async for _head in self.store.watch_head():
+                    delay = BACKOFF_MIN_S
+                    self.woken.set()
+            except Exception as exc:  # any failure: polling carries on, listening is retried
+                log.debug("tail.listen_failed", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+
+
+async def follow(
+    store: PostgresAuditStore,
+    cursor: int,
+    filters: EntryFilter,
+    emit: Callable[[StoredEntry], None],
+    *,
+    poll_s: float = POLL_S,
+) -> None:
+    """Emit each entry matching ``filters`` after seq ``cursor`` as it commits, forever.
+
+    A lost connection is retried with backoff and the tail resumes from its cursor.
+    """
+    waker = _Waker(store)
+    waker.start()
+    delay, failing, polled = BACKOFF_MIN_S, False, False
+    try:
+        while True:
+            try:
+                page = await store.entries_after(cursor, limit=PAGE, filters=filters)
+            except AuditStoreUnavailable as exc:
+                log.warning("tail.unavailable", error=str(exc), cursor=cursor, retry_in_s=delay)
+                failing = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+                continue
+            if failing:  # the listener's connection most likely went down too
+                log.info("tail.resumed", cursor=cursor)
+                failing, delay = False, BACKOFF_MIN_S
+                await waker.restart()
+            elif polled and page.cursor > cursor and not waker.woken.is_set():
+                log.debug("tail.listener_restarted", cursor=cursor, head=page.cursor)
+                await waker.restart()  # commits without a notification: the listener is deaf
+            polled = False
+            for entry in page.entries:
+                emit(entry)
+            cursor = page.cursor
+            if len(page.entries) < PAGE:
+                polled = not await waker.wait(poll_s)
+    finally:
+        await waker.stop()
+
+
+async def _until_signalled(main: Awaitable[None]) -> None:
+    """Run ``main`` until it ends or SIGINT/SIGTERM arrives (then it is cancelled: a clean stop)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    work = asyncio.ensure_future(main)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (work, stopper):
+            task.cancel()
+        await asyncio.gather(work, stopper, return_exceptions=True)
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    if work.done() and not work.cancelled() and (exc := work.exception()) is not None:
+        raise exc
+
+
+# -- the commands ------------------------------------------------------------------------------------
+
+
+def _settings() -> Settings:
+    from l9.cli import _settings  # late: l9.cli imports this module to register the commands
+
+    return _settings()
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    """One unwrapped line on stderr (no markup: paths and errors print as they are), exit ``code``."""
+    line = Text("error: ", style="red")
+    line.append(message)
+    Console(stderr=True, soft_wrap=True, highlight=False).print(line)
+    return typer.Exit(code)
+
+
+def _with_trail(settings: Settings, work: Callable[[PostgresAuditStore], Awaitable[T]]) -> T:
+    """Open the trail, run ``work`` on it; PostgreSQL trouble is a one-line error (exit 1)."""
+    from l9.trail import open_trail
+
+    async def main() -> T:
+        store = await open_trail(settings, max_size=2)
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    try:
+        return anyio.run(main)
+    except (AuditStoreError, MigrationError, StackError) as exc:
+        raise _fail(str(exc)) from None
+
+
+async def run_tail(
+    store: PostgresAuditStore, *, lines: int, filters: EntryFilter, follow_: bool, as_json: bool
+) -> None:
+    """History up to the head (the last ``lines``, or all since ``filters.since``), then new entries."""
+    head = (await store.head()).seq
+    emit = EntryPrinter(as_json=as_json, seq_width=max(6, len(str(head))))
+    if filters.since is not None:
+        await entries_between(store, 0, head, filters, emit)
+    else:
+        for entry in await last_entries(store, lines, filters, head):
+            emit(entry)
+    if follow_:
+        await follow(store, head, filters, emit)
+
+
+def tail(
+    lines: Annotated[
+        int, typer.Option("-n", "--lines", min=0, help="how many of the newest matching entries to show")
+    ] = 20,
+    follow_: Annotated[
+        bool, typer.Option("--follow", "-f", help="keep printing new entries as they commit")
+    ] = False,
+    type_glob: Annotated[
+        str | None, typer.Option("--type", metavar="GLOB", help="envelope types, e.g. 'l9.plan.*'")
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(metavar="AGENT", help="an agent name (each instance) or a full agent:// source URI"),
+    ] = None,
+    correlation: Annotated[str | None, typer.Option(metavar="ID", help="one run's correlation id")] = None,
+    since: Annotated[
+        timedelta | None,
+        typer.Option(
+            parser=_since_option,
+            metavar="DURATION",
+            help="every matching entry recorded in the last DURATION (30s, 10m, 2h, 1d, 1h30m) instead of -n",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """The audit trail: the newest entries, then with --follow each new one as it commits."""
+    settings = _settings()
+    filters = EntryFilter(
+        type_glob=type_glob,
+        source=source,
+        correlation_id=correlation,
+        since=datetime.now(UTC) - since if since is not None else None,
+    )
+    # The pool's own reconnect warnings carry tracebacks; follow() reports an outage itself.
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
+
+    async def work(store: PostgresAuditStore) -> None:
+        tailing = run_tail(store, lines=lines, filters=filters, follow_=follow_, as_json=as_json)
+        with contextlib.suppress(_ReaderGone):
+            await _until_signalled(tailing)
+
+    _with_trail(settings, work)
+
+
+def report_json(report: VerifyReport) -> dict[str, Any]:
+    problems = [{"seq": p.seq, "damage": str(p.kind), "detail": p.detail} for p in report.problems]
+    return {
+        "ok": report.ok,
+        "first_bad_seq": report.first.seq if report.first else None,
+        "damage": str(report.first.kind) if report.first else None,
+        "problems": problems,
+        "entries_checked": report.entries_checked,
+        "last_seq": report.last_seq,
+        "head_seq": report.head_seq,
+        "chain_hash": report.chain_hash.hex(),
+        "anchors_matched": report.anchors_matched,
+        "redacted": report.redacted,
+        "started_from_checkpoint": report.started_from,
+        "signatures_checked": report.signatures_checked,
+        "seconds": round(report.seconds, 6),
+        "entries_per_s": round(report.entries_per_s),
+    }
+
+
+def report_lines(report: VerifyReport) -> list[str]:
+    """What ``l9 audit verify`` prints: the first bad seq and its damage first."""
+    totals = (
+        f"entries checked: {report.entries_checked}, head seq: {report.head_seq}, "
+        f"{report.entries_per_s:,.0f} entries/s, checkpoints/anchors matched: {report.anchors_matched}, "
+        f"signatures {'checked' if report.signatures_checked else 'NOT checked'}"
+    )
+    if report.first is None:
+        return [report.summary(), totals]
+    first = report.first
+    return [
+        f"first bad seq: {first.seq} ({first.kind})",
+        f"trail damaged: {len(report.problems)} problem(s); {totals}",
+        *(f"  {problem}" for problem in report.problems),
+    ]
+
+
+@audit_app.command("verify")
+def audit_verify(
+    from_checkpoint: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="a signed checkpoint file to start the walk from"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Recompute the hash chain and check the signed checkpoints; exit 1 naming the first bad seq."""
+    settings = _settings()
+    if from_checkpoint is not None:
+        try:
+            read_checkpoint(from_checkpoint)
+        except CheckpointError as exc:
+            raise _fail(str(exc), 2) from None
+    try:
+        trusted = settings.audit_trusted()
+    except ValueError as exc:
+        raise _fail(f"cannot load the trusted checkpoint keys: {exc}", 2) from None
+
+    async def work(store: PostgresAuditStore) -> VerifyReport | CheckpointError:
+        try:
+            return await store.verify(
+                from_checkpoint=from_checkpoint,
+                checkpoint_dir=settings.checkpoint_dir,
+                trusted_keys=trusted,
+            )
+        except CheckpointError as exc:  # a file in the checkpoint directory
+            return exc
+
+    report = _with_trail(settings, work)
+    if isinstance(report, CheckpointError):
+        raise _fail(str(report), 2)
+    if as_json:
+        print(json.dumps(report_json(report)), flush=True)
+    else:
+        out = Console(highlight=False, soft_wrap=True)
+        for i, line in enumerate(report_lines(report)):
+            style = ("green" if report.ok else "bold red") if i == 0 else None
+            out.print(Text(line, style=style or ""))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``l9 tail`` and ``l9 audit ...`` to the ``l9`` command."""
+    app.command("tail")(tail)
+    app.add_typer(audit_app, name="audit")
