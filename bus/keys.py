@@ -42,6 +42,13 @@ class Keys:
         """Expiring key: present while consumer ``consumer`` is alive."""
         return f"{self.namespace}:hb:{consumer}"
 
+    def rate_limit(self, policy: str, subject: str) -> str:
+        """Sorted set: admissions of ``subject`` under rate-limit ``policy`` (scored by ms time).
+
+        All rate-limit keys share the hash tag ``{ratelimit}``: one script checks
+        several limits of one request atomically, so they must live in one slot."""
+        return f"{self.namespace}:{{ratelimit}}:{policy}:{subject}"
+
     def name_of(self, stream_key: str) -> str:
         """The stream name inside a stream key (``l9:{demo}`` -> ``demo``)."""
         prefix = f"{self.namespace}:{{"

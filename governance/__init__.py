@@ -24,6 +24,7 @@ from ._config import (
 from ._decision import Decision, Finding, Outcome, decide, parse_policy_ref
 from ._engine import STRICT_RULE, Policy, PolicyEngine
 from ._identity import SignerACL
+from ._ratelimit import RateLimited, RateLimiter
 from ._rules import RULES, Params, Rule, glob_regex, rule
 from ._subjects import Artifact, ArtifactSet, Request, Subject, agent_of
 
@@ -47,6 +48,8 @@ __all__ = [
     "PolicyFileError",
     "PolicySpec",
     "RateLimitSpec",
+    "RateLimited",
+    "RateLimiter",
     "RedisUserSpec",
     "Request",
     "Rule",

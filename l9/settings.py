@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     #: Results larger than this (JSON bytes) are returned but not cached.
     sympy_cache_max_bytes: int = Field(default=1_000_000, ge=0)
 
+    # Governance (package ``governance``): policies, strict mode, rate limits, identities.
+    #: The policy file (YAML); unset: ``governance/default_policy.yaml``. Its ``identity.signers``
+    #: table, when not empty, makes every consumer refuse envelopes whose signer may not emit them.
+    policy_file: Path | None = None
+    #: Strict mode: the ``placeholders`` policies (no TODO/FIXME/placeholder/stub/NotImplementedError).
+    strict_mode: bool = True
+
     @field_validator("signing_keys", "audit_trusted_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: object, info: ValidationInfo) -> object:
