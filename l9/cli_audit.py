@@ -459,7 +459,7 @@ def audit_verify(
             return await store.verify(
                 from_checkpoint=from_checkpoint,
                 checkpoint_dir=settings.checkpoint_dir,
-                trusted_keys=trusted,
+                trusted_keys=trusted or None,  # no key at all: signatures cannot be checked
             )
         except CheckpointError as exc:  # a file in the checkpoint directory
             return exc
@@ -467,6 +467,12 @@ def audit_verify(
     report = _with_trail(settings, work)
     if isinstance(report, CheckpointError):
         raise _fail(str(report), 2)
+    if not trusted:
+        print(
+            "warning: no audit key (L9_AUDIT_KEY_FILE, L9_AUDIT_TRUSTED_KEYS): checkpoint signatures "
+            "were not checked",
+            file=sys.stderr,
+        )
     if as_json:
         print(json.dumps(report_json(report)), flush=True)
     else:

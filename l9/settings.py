@@ -141,8 +141,11 @@ class Settings(BaseSettings):
             raise ValueError(f"{path}: expected a 32-byte Ed25519 seed in hex ({exc})") from None
 
     def audit_trusted(self) -> dict[str, bytes]:
-        """Public keys trusted for checkpoints and reports: the signing key's and ``audit_trusted_keys``."""
-        trusted = self.audit_signing_key().trusted()
+        """Public keys trusted for checkpoints and reports: the signing key's (when a key file
+        exists; none is created here) and ``audit_trusted_keys``. Empty: nothing to check with."""
+        default = self.home_dir / "audit-key.hex"
+        has_key = self.audit_key_file is not None or default.exists()
+        trusted = self.audit_signing_key().trusted() if has_key else {}
         for key_id, hex_key in self.audit_trusted_keys.items():
             try:
                 trusted[key_id] = bytes.fromhex(hex_key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import fakeredis
 import pytest
@@ -155,3 +156,20 @@ def test_load_agent_names_what_is_wrong() -> None:
         load_agent("nope")
     with pytest.raises(ValueError, match="is not an Agent subclass"):
         load_agent("tests.unit.test_bus_units:Order")
+
+
+def test_audit_keys_come_from_the_key_file_and_verifying_never_creates_one(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    assert settings.audit_trusted() == {}  # nothing to check signatures with, and no key made
+    assert not (tmp_path / "audit-key.hex").exists()
+    key = settings.audit_signing_key()  # signing creates it (0600), once
+    assert (tmp_path / "audit-key.hex").stat().st_mode & 0o777 == 0o600
+    assert settings.audit_signing_key().public_bytes == key.public_bytes
+    assert settings.audit_trusted() == key.trusted()
+    extra = Settings(home=tmp_path, audit_trusted_keys={"old": "ab" * 32})
+    assert extra.audit_trusted() == {**key.trusted(), "old": bytes.fromhex("ab" * 32)}
+    with pytest.raises(ValueError, match="does not exist"):
+        Settings(home=tmp_path, audit_key_file=tmp_path / "missing").audit_signing_key()
+    (tmp_path / "bad.hex").write_text("zz")
+    with pytest.raises(ValueError, match="32-byte Ed25519 seed"):
+        Settings(home=tmp_path, audit_key_file=tmp_path / "bad.hex").audit_signing_key()
