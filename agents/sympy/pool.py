@@ -73,7 +73,7 @@ class WorkerPool:
         size: int,
         timeout_s: float,
         memory_mb: int,
-        preload: Sequence[str] = ("agents.sympy.parser",),
+        preload: Sequence[str] = ("agents.sympy.operations",),
     ) -> None:
         self.handler, self.size, self.timeout_s, self.memory_mb = handler, size, timeout_s, memory_mb
         self.stats = PoolStats()

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -13,7 +14,9 @@ import psutil
 import pytest
 
 from agents.sympy.errors import ParseRejected, Position, ToolError, ToolTimeout
+from agents.sympy.operations import Job, ToolLimits, execute
 from agents.sympy.parser import parse
+from agents.sympy.payloads import Expand, Simplify
 from agents.sympy.pool import WorkerPool
 
 
@@ -147,3 +150,34 @@ async def test_a_cancelled_caller_never_leaves_its_reply_for_the_next_job() -> N
         assert await pool.run(("echo", "mine")) == "mine"
         await anyio.sleep(0.6)
         assert await pool.run(("echo", "still mine")) == "still mine"
+
+
+async def test_blow_up_inputs_end_in_limit_or_timeout_errors_while_others_are_answered() -> None:
+    handler = partial(execute, ToolLimits())
+    async with WorkerPool(handler, size=2, timeout_s=2.0, memory_mb=512) as pool:
+        errors: dict[str, tuple[ToolError, float]] = {}
+
+        async def doomed(text: str) -> None:
+            started = time.monotonic()
+            with pytest.raises(ToolError) as caught:
+                await pool.run(Job("run", Expand(expr=text)))
+            errors[text] = (caught.value, time.monotonic() - started)
+
+        answered = 0
+        async with anyio.create_task_group() as tg:
+            for text in ("2**10**10**10", "factorial(10**8)", "(a+b+c+d+e+1)**40"):
+                tg.start_soon(doomed, text)
+            await anyio.sleep(0.3)
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                result = await pool.run(Job("run", Simplify(expr=f"sin(x)**2 + cos(x)**2 + {answered}")))
+                assert result["expr"] == str(answered + 1)
+                answered += 1
+        assert answered >= 5, "requests stopped being answered while one worker was stuck"
+        assert errors["2**10**10**10"][0].rule == "max_exponent"
+        assert errors["factorial(10**8)"][0].rule == "max_factorial"
+        assert all(took < 1.5 for err, took in (errors["2**10**10**10"], errors["factorial(10**8)"]))
+        blow_up, took = errors["(a+b+c+d+e+1)**40"]
+        assert (blow_up.kind, blow_up.rule) in {("timeout", "wall_clock"), ("limit", "memory")}
+        assert took < 4.0, f"the runaway took {took:.1f}s against a 2s bound"
+        assert (await pool.run(Job("run", Simplify(expr="x + x"))))["expr"] == "2*x"

@@ -1,0 +1,222 @@
+"""The SymPy tool's requests and replies, registered as envelope payload types.
+
+Requests are ``l9.sympy.<op>.v1`` and travel on the tool stream ``sympy``
+(the default one-stream-per-area topology); replies go to the caller's reply
+stream. Expressions are always *text* here: only the worker's subprocesses
+parse them, with the safe parser. Nothing in this module imports SymPy.
+
+A value that is not a finite real number (``nan``, ``oo``, ``zoo``, an
+overflow) is ``None`` in ``EvaluateResult.values``; a complex value has its
+imaginary part in ``imag``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from envelope import Payload, payload
+
+EXPR_MAX = 1_000_000  # a hard cap on the wire; the parser's own limit (L9_SYMPY_MAX_CHARS) is lower
+Expr = str
+#: A symbol's name: a letter, then letters, digits or underscores (Unicode letters too).
+Name = Annotated[str, Field(pattern=r"^[^\W\d_]\w{0,63}$")]
+IDENTIFIER = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+Backend = Literal["auto", "evalf", "numpy", "symengine"]
+Language = Literal["c", "fortran", "python", "cython"]
+
+
+class SymPyRequest(Payload):
+    """Base of every request; ``op`` names the operation (and the cache key's ``{op}``)."""
+
+    op: ClassVar[str] = ""
+    #: The fields holding expression text (a string, a list of strings, or None), in order.
+    expr_fields: ClassVar[tuple[str, ...]] = ("expr",)
+
+    @property
+    def backend_name(self) -> str:
+        """The ``{backend}`` of the cache key: how the result is computed."""
+        return "sympy"
+
+    def expression_texts(self) -> list[tuple[str, list[str]]]:
+        """``[(field, [text, ...]), ...]`` for every expression field (an absent one: ``[]``)."""
+        texts: list[tuple[str, list[str]]] = []
+        for name in self.expr_fields:
+            value = getattr(self, name)
+            texts.append((name, [] if value is None else [value] if isinstance(value, str) else list(value)))
+        return texts
+
+    def params(self) -> dict[str, object]:
+        """Everything but the expression text: what else a result depends on."""
+        return self.model_dump(mode="json", exclude=set(self.expr_fields))
+
+
+class _OneExpr(SymPyRequest):
+    expr: Expr = Field(max_length=EXPR_MAX)
+
+
+@payload("l9.sympy.evaluate.v1")
+class Evaluate(_OneExpr):
+    """Numeric values of ``expr`` at ``points`` (symbol -> values, all of one length)."""
+
+    op: ClassVar[str] = "evaluate"
+    points: dict[Name, list[float]] = Field(default_factory=dict)
+    backend: Backend = "auto"
+    #: Significant digits (``evalf``); above 15 the auto backend is ``evalf``.
+    precision: int = Field(default=15, ge=1, le=1000)
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend
+
+
+@payload("l9.sympy.simplify.v1")
+class Simplify(_OneExpr):
+    op: ClassVar[str] = "simplify"
+
+
+@payload("l9.sympy.expand.v1")
+class Expand(_OneExpr):
+    op: ClassVar[str] = "expand"
+
+
+@payload("l9.sympy.factor.v1")
+class Factor(_OneExpr):
+    op: ClassVar[str] = "factor"
+
+
+@payload("l9.sympy.diff.v1")
+class Diff(_OneExpr):
+    """d^order expr / d wrt^order; ``wrt`` may be omitted when ``expr`` has one symbol."""
+
+    op: ClassVar[str] = "diff"
+    wrt: Name | None = None
+    order: int = Field(default=1, ge=1, le=50)
+
+
+@payload("l9.sympy.integrate.v1")
+class Integrate(_OneExpr):
+    """Antiderivative, or the definite integral when both bounds are given (as expressions)."""
+
+    op: ClassVar[str] = "integrate"
+    wrt: Name | None = None
+    expr_fields: ClassVar[tuple[str, ...]] = ("expr", "lower", "upper")
+    lower: Expr | None = Field(default=None, max_length=EXPR_MAX)
+    upper: Expr | None = Field(default=None, max_length=EXPR_MAX)
+
+
+@payload("l9.sympy.series.v1")
+class Series(_OneExpr):
+    """Series of ``expr`` around ``at`` up to (not including) ``wrt**order``."""
+
+    op: ClassVar[str] = "series"
+    wrt: Name | None = None
+    at: Expr = Field(default="0", max_length=EXPR_MAX)
+    order: int = Field(default=6, ge=1, le=100)
+    remove_order: bool = False
+    expr_fields: ClassVar[tuple[str, ...]] = ("expr", "at")
+
+
+@payload("l9.sympy.solve.v1")
+class Solve(SymPyRequest):
+    """Solutions of equations (``Eq(a, b)``, ``a == b``, or an expression meaning ``= 0``)."""
+
+    op: ClassVar[str] = "solve"
+    equations: list[Expr] = Field(min_length=1, max_length=64)
+    unknowns: list[Name] = Field(default_factory=list, max_length=64)
+    expr_fields: ClassVar[tuple[str, ...]] = ("equations",)
+
+
+@payload("l9.sympy.cse.v1")
+class Cse(SymPyRequest):
+    """Common subexpression elimination, with operation counts before and after."""
+
+    op: ClassVar[str] = "cse"
+    exprs: list[Expr] = Field(min_length=1, max_length=256)
+    optimizations: Literal["none", "basic"] = "none"
+    expr_fields: ClassVar[tuple[str, ...]] = ("exprs",)
+
+
+@payload("l9.sympy.generate_code.v1")
+class GenerateCode(_OneExpr):
+    """Source of a function ``name(args...)`` computing ``expr`` in ``language``."""
+
+    op: ClassVar[str] = "generate_code"
+    language: Language
+    name: str = Field(default="kernel", pattern=IDENTIFIER)
+    #: Parameter order; default: the expression's symbols sorted by name.
+    args: list[Name] | None = None
+    cse: bool = True
+
+    @property
+    def backend_name(self) -> str:
+        return self.language
+
+
+# -- replies -------------------------------------------------------------------------------
+class SymPyResult(Payload):
+    #: Hash of the canonical form of the request's expressions (``x+y`` and ``y+x`` share it).
+    expr_hash: str
+    #: True when the result came from the cache.
+    cached: bool = False
+
+
+@payload("l9.sympy.evaluate_result.v1")
+class EvaluateResult(SymPyResult):
+    backend: Literal["evalf", "numpy", "symengine"]
+    values: list[float | None]
+    imag: list[float | None] | None = None
+    #: ``evalf`` above 15 digits: every value in full.
+    digits: list[str] | None = None
+
+
+@payload("l9.sympy.expression_result.v1")
+class ExpressionResult(SymPyResult):
+    """One expression: the answer of simplify, expand, factor, diff, integrate and series."""
+
+    expr: Expr
+    #: ``count_ops`` of the result.
+    ops: int
+
+
+@payload("l9.sympy.solve_result.v1")
+class SolveResult(SymPyResult):
+    #: One mapping unknown -> value per solution.
+    solutions: list[dict[Name, Expr]]
+
+
+@payload("l9.sympy.cse_result.v1")
+class CseResult(SymPyResult):
+    replacements: list[tuple[Name, Expr]]
+    reduced: list[Expr]
+    ops_before: int
+    ops_after: int
+
+
+@payload("l9.sympy.generate_code_result.v1")
+class GenerateCodeResult(SymPyResult):
+    language: Language
+    name: str
+    #: Symbols in parameter order, as named in the request.
+    args: list[Name]
+    #: The parameter names used in the source (a symbol the language cannot spell is renamed).
+    params: list[str]
+    source: str
+    ops_before: int
+    ops_after: int
+
+
+#: Which reply model answers each request model.
+REPLY_FOR: dict[type[SymPyRequest], type[SymPyResult]] = {
+    Evaluate: EvaluateResult,
+    Simplify: ExpressionResult,
+    Expand: ExpressionResult,
+    Factor: ExpressionResult,
+    Diff: ExpressionResult,
+    Integrate: ExpressionResult,
+    Series: ExpressionResult,
+    Solve: SolveResult,
+    Cse: CseResult,
+    GenerateCode: GenerateCodeResult,
+}
