@@ -14,6 +14,7 @@ import structlog
 
 from bus import DeliveryPolicy, Keys, StreamConsumer, claim_consumer_name, connect
 from envelope import Signer, Verifier
+from governance import load_signer_acl
 from l9.devstack import resolve_endpoints
 from l9.settings import Settings
 
@@ -68,6 +69,7 @@ async def run_agent(
     redis = connect(endpoints.redis_url)
     keys, policy = Keys(settings.namespace), policy_from(settings, concurrency)
     keyring = settings.keyring()
+    acl = load_signer_acl(settings.policy_file)  # None unless the policy file has a signer table
     try:
         name = await claim_consumer_name(
             redis, keys, agent_cls.name, policy.heartbeat_ttl_ms, instance=instance
@@ -90,6 +92,7 @@ async def run_agent(
             handler=agent.handle,
             verifier=runtime.verifier,
             policy=policy,
+            authorize=acl.authorize if acl is not None else None,
         )
         structlog.contextvars.bind_contextvars(agent=agent_cls.name, consumer=name)
         await _serve(agent, consumer)

@@ -7,7 +7,8 @@ At-least-once with idempotent effects:
 * an entry is acked only after its handler returned;
 * a failed entry stays pending and is retried with exponential backoff; at
   the delivery cap it goes to the dead-letter stream (XADD + XACK in one
-  MULTI); undecodable / unknown-type / badly signed entries go there at once;
+  MULTI); undecodable / unknown-type / badly signed entries go there at once, and
+  so do envelopes the ``authorize`` hook refuses (a signer that may not emit the type);
 * long handlers keep their lease (see ``bus.maintenance``), dead consumers'
   entries are reclaimed there too;
 * a missing group (Redis restarted or flushed) is recreated with backoff;
@@ -71,6 +72,9 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+#: Called on every verified envelope before any handler sees it; raises EnvelopeError
+#: (e.g. ``unauthorized_signer``) to dead-letter it. See ``governance.SignerACL.authorize``.
+Authorizer = Callable[[PacketEnvelope], None]
 
 
 class _WorkQueue:
@@ -132,12 +136,14 @@ class StreamConsumer:
         verifier: Verifier | None,
         types: PayloadRegistry = default_registry,
         policy: DeliveryPolicy | None = None,
+        authorize: Authorizer | None = None,
     ) -> None:
         if not streams:
             raise ValueError("a consumer needs at least one stream")
         self.redis, self.keys, self.group, self.consumer = redis, keys, group, consumer
         self.streams = list(dict.fromkeys(streams))
         self.handler, self.verifier, self.types = handler, verifier, types
+        self.authorize = authorize
         self.policy = policy or DeliveryPolicy()
         self._key = {name: keys.stream(name) for name in self.streams}
         self.in_flight: dict[tuple[str, str], float] = {}  # (stream, id) -> last lease time
@@ -272,6 +278,8 @@ class StreamConsumer:
             return
         try:
             envelope, payload = decode(fields, self.verifier, self.types)
+            if self.authorize is not None:
+                self.authorize(envelope)
         except EnvelopeError as exc:
             await self.dead.letter(stream, entry_id, fields, exc.reason.value, exc.detail, attempt)
             return

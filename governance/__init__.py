@@ -23,7 +23,15 @@ from ._config import (
 )
 from ._decision import Decision, Finding, Outcome, decide, parse_policy_ref
 from ._engine import STRICT_RULE, Policy, PolicyEngine
-from ._identity import SignerACL
+from ._identity import (
+    SignerACL,
+    acl_rules,
+    fill_passwords,
+    load_signer_acl,
+    password_hash,
+    redis_user_name,
+    render_acl,
+)
 from ._ratelimit import RateLimited, RateLimiter
 from ._rules import RULES, Params, Rule, glob_regex, rule
 from ._subjects import Artifact, ArtifactSet, Request, Subject, agent_of
@@ -55,11 +63,17 @@ __all__ = [
     "Rule",
     "SignerACL",
     "Subject",
+    "acl_rules",
     "agent_of",
     "decide",
+    "fill_passwords",
     "glob_regex",
     "load_policy_file",
+    "load_signer_acl",
     "parse_policy_ref",
     "parse_policy_text",
+    "password_hash",
+    "redis_user_name",
+    "render_acl",
     "rule",
 ]

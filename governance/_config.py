@@ -28,6 +28,14 @@ class PolicyFileError(ValueError):
     """The policy file cannot be used; the message names the file, line and field."""
 
 
+class _Located(ValueError):
+    """A cross-field error that knows where in the file it is (``loc`` below the model)."""
+
+    def __init__(self, loc: tuple[int | str, ...], message: str) -> None:
+        self.loc = loc
+        super().__init__(message)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -128,6 +136,8 @@ class RedisUserSpec(_Model):
     keys: tuple[str, ...] = ()
     #: May answer RPC requests (write to ``rpc.*`` reply streams).
     replies: bool = False
+    #: May make RPC calls (own, read and delete an ``rpc.*`` reply stream).
+    calls: bool = False
 
     @field_validator("consumes", "produces")
     @classmethod
@@ -152,16 +162,20 @@ class PolicyFile(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> PolicyFile:
-        ids = [p.id for p in self.policies] + [r.id for r in self.rate_limits]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"policy ids must be unique: {', '.join(dupes)}")
+        seen: set[str] = set()
+        ids = [("policies", i, p.id) for i, p in enumerate(self.policies)]
+        ids += [("rate_limits", i, r.id) for i, r in enumerate(self.rate_limits)]
+        for section, i, ref in ids:
+            if ref in seen:
+                raise _Located((section, i, "id"), f"policy ids must be unique: {ref} is declared twice")
+            seen.add(ref)
         names = {a.name for a in self.anchors}
-        for policy in self.policies:
+        for i, policy in enumerate(self.policies):
             unknown = [a for a in policy.anchors if a not in names]
             if unknown:
-                raise ValueError(
-                    f"policy {policy.id} names unknown anchors {unknown} (declared: {sorted(names)})"
+                raise _Located(
+                    ("policies", i, "anchors"),
+                    f"policy {policy.id} names unknown anchors {unknown} (declared: {sorted(names)})",
                 )
         return self
 
@@ -192,6 +206,9 @@ def parse_policy_text(text: str, origin: str = "<policy>") -> PolicyFile:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, _Located):
+            loc += cause.loc
         field = ".".join(str(p) for p in loc) or "<top>"
         msg = str(err["msg"]).removeprefix("Value error, ")
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""

@@ -1,4 +1,4 @@
-"""Agent identity: which signing key may emit which envelope types.
+"""Agent identity: which signing key may emit which envelope types, and each agent's Redis user.
 
 The table comes from the policy file (``identity.signers``: key id -> type
 globs). The delivery loop calls ``SignerACL.authorize`` on every envelope after
@@ -8,15 +8,26 @@ signer may not emit its type is dead-lettered as ``unauthorized_signer``.
 The check is one dict lookup per envelope: the answer for each (key id, type)
 pair is computed once from precompiled globs and cached. Unsigned envelopes
 (key id None) are never authorized while a table is configured.
+
+``render_acl`` writes a Redis ACL file from ``identity.redis_users``: one user
+per agent (``<namespace>-<agent>``), allowed the bus commands only, on the keys
+of the streams it consumes (read/write), the streams it produces (write only),
+its heartbeats, and its own data keys (data commands only). Another agent's
+stream is out of reach: Redis answers NOPERM.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Mapping, Sequence
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
+from bus import Keys
 from envelope import EnvelopeError, ErrorReason, PacketEnvelope
 
+from ._config import RedisUserSpec, load_policy_file
 from ._rules import glob_regex
 
 _CACHE_MAX = 65_536
@@ -63,3 +74,73 @@ class SignerACL:
 
     def types_of(self, key_id: str) -> tuple[str, ...]:
         return self.table.get(key_id, ())
+
+
+def load_signer_acl(path: Path | None = None) -> SignerACL | None:
+    """The signer table of the policy file at ``path``; None (no check) when it has none."""
+    signers = load_policy_file(path).identity.signers
+    return SignerACL(signers) if signers else None
+
+
+# -- Redis users, one per agent (``l9 acl render``) ------------------------------------------
+#: What the delivery loop, the publisher and RPC send to Redis (bus/consumer, deadletter,
+#: maintenance, publisher, rpc), and what redis-py sends when it connects.
+BUS_COMMANDS = (
+    "ping", "hello", "client|setinfo", "client|setname",
+    "xgroup|create", "xgroup|delconsumer", "xreadgroup", "xack", "xclaim", "xpending", "xrange",
+    "xinfo|consumers", "xinfo|stream", "xinfo|groups", "xadd",
+    "hset", "hget", "hdel", "pexpire", "set", "del", "exists", "sadd", "multi", "exec", "discard",
+)  # fmt: skip
+RPC_CALL_COMMANDS = ("xread",)
+#: An agent's own data keys (``keys:``): data commands on those keys only, nothing dangerous.
+DATA_RULES = ("+@hash", "+@string", "+@set", "+@sortedset", "+@list", "+eval", "+evalsha", "-@dangerous")
+
+
+def redis_user_name(namespace: str, agent: str) -> str:
+    return f"{namespace}-{agent}"
+
+
+def password_hash(password: str) -> str:
+    """The ``#<sha256>`` form of a password in an ACL rule (the file never holds the password)."""
+    return "#" + hashlib.sha256(password.encode()).hexdigest()
+
+
+def acl_rules(agent: str, spec: RedisUserSpec, keys: Keys, password: str) -> list[str]:
+    """The ACL rules of one agent's Redis user, from a clean slate (``reset``)."""
+    ns = keys.namespace
+    rules = ["reset", "on", password_hash(password), "-@all"]
+    rules += [f"+{c}" for c in (*BUS_COMMANDS, *(RPC_CALL_COMMANDS if spec.calls else ()))]
+    rules.append(f"~{ns}:hb:{agent}-*")  # its consumers' heartbeats (claimed, beaten, checked)
+    for stream in spec.consumes:
+        key = f"{ns}:{{{stream}}}"
+        rules += [f"~{key}", f"~{key}:dead", f"~{key}:errors"]
+    rules += [f"%W~{ns}:{{{stream}}}" for stream in spec.produces]
+    if spec.produces or spec.replies or spec.calls:
+        rules.append(f"%W~{keys.streams_index()}")
+    if spec.replies:
+        rules.append(f"%W~{ns}:{{rpc.*}}")
+    if spec.calls:
+        rules.append(f"~{ns}:{{rpc.*}}")
+    if spec.keys:
+        selector = [f"~{ns}:{pattern}" for pattern in spec.keys] + list(DATA_RULES)
+        rules.append("(" + " ".join(selector) + ")")
+    return rules
+
+
+def render_acl(users: Mapping[str, RedisUserSpec], keys: Keys, passwords: Mapping[str, str]) -> str:
+    """A Redis ACL file (``aclfile``): one ``user`` line per agent, in name order."""
+    lines = []
+    for agent in sorted(users):
+        if agent not in passwords:
+            raise KeyError(f"no password for agent {agent!r}")
+        rules = acl_rules(agent, users[agent], keys, passwords[agent])
+        lines.append(f"user {redis_user_name(keys.namespace, agent)} " + " ".join(rules))
+    return "\n".join(lines) + "\n"
+
+
+def fill_passwords(agents: Iterable[str], known: Mapping[str, str]) -> dict[str, str]:
+    """``known`` plus a fresh random password for every agent without one."""
+    out = dict(known)
+    for agent in agents:
+        out.setdefault(agent, secrets.token_urlsafe(24))
+    return out

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,7 +91,7 @@ def test_policy_refs() -> None:
         ("policies:\n  - id: a\n    rule: secrets\n", r":2: policies\.0\.id: .*name@version"),
         (
             "policies:\n  - {id: a@1, rule: secrets}\n  - {id: a@1, rule: secrets}\n",
-            "policy ids must be unique: a@1",
+            r"<policy>:3: policies\.1\.id: policy ids must be unique: a@1 is declared twice",
         ),
         ("policies:\n  - {id: a@1, rule: secrets, on_violation: escalate}\n", "must name its anchors"),
         (
@@ -221,3 +224,37 @@ def test_authorize_answers_from_the_cache_after_the_first_envelope() -> None:
     acl.authorize(_env("l9.plan.locked.v1", "planner"))
     with pytest.raises(EnvelopeError):
         acl.authorize(_env("l9.plan.rejected.v1", "planner"))
+
+
+# -- the command line ------------------------------------------------------------------------
+def _l9(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "L9_HOME": str(home), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "l9", *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_governance_check_names_file_and_line_of_a_bad_policy(tmp_path: Path) -> None:
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("anchors:\n  - {name: Igor}\npolicies:\n  - {id: x@1, rule: secrets, anchors: [Nobody]}\n")
+    result = _l9("governance", "check", str(bad), home=tmp_path)
+    assert result.returncode == 2
+    assert f"{bad}:4: policies.0.anchors: policy x@1 names unknown anchors" in result.stderr.replace("\n", "")
+    good = _l9("governance", "check", str(DEFAULT_POLICY_FILE), home=tmp_path)
+    assert good.returncode == 0, good.stderr
+    assert "policy forbidden-calls@1: forbidden_calls, deny" in good.stdout
+    assert "signer table: none" in good.stdout
+
+
+def test_acl_rules_give_each_agent_its_own_streams_only() -> None:
+    from bus import Keys
+    from governance import RedisUserSpec, acl_rules, password_hash
+
+    spec = RedisUserSpec(consumes=("demo.tasks",), produces=("demo.results",), keys=("demo:*",))
+    rules = acl_rules("squarer", spec, Keys("l9"), "pw")
+    assert rules[:4] == ["reset", "on", password_hash("pw"), "-@all"]
+    assert "~l9:{demo.tasks}" in rules and "%W~l9:{demo.results}" in rules
+    assert "~l9:{demo.results}" not in rules  # write-only: it cannot read what it produces
+    assert "~l9:hb:squarer-*" in rules
+    assert not any(r.startswith(("+@all", "~*", "allkeys", "+flushall", "+keys")) for r in rules)
+    assert rules[-1].startswith("(~l9:demo:* +@hash") and rules[-1].endswith("-@dangerous)")
