@@ -44,9 +44,11 @@ class MatchSpec(_Model):
     """What a policy applies to: envelope types, artifact kinds, artifact paths (globs).
 
     Types make it apply to requests, kinds/paths to artifacts; nothing given: to all.
+    ``except_types`` carves types out (``l9.sympy.*`` but not ``l9.sympy.*_result.*``).
     """
 
     types: tuple[str, ...] = ()
+    except_types: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
 

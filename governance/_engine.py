@@ -40,13 +40,14 @@ class Policy:
     outcome: Outcome
     anchors: tuple[str, ...]
     types: re.Pattern[str] | None
+    except_types: re.Pattern[str]
     kinds: re.Pattern[str] | None
     paths: re.Pattern[str] | None
 
     @classmethod
     def build(cls, spec: PolicySpec) -> Policy:
         m = spec.match
-        everything = not (m.types or m.kinds or m.paths)
+        everything = not (m.types or m.except_types or m.kinds or m.paths)
         return cls(
             ref=spec.id,
             rule_name=spec.rule,
@@ -54,6 +55,7 @@ class Policy:
             outcome=Outcome(spec.on_violation),
             anchors=spec.anchors,
             types=glob_regex(m.types or ["*"]) if m.types or everything else None,
+            except_types=glob_regex(m.except_types),
             kinds=glob_regex(m.kinds or ["*"]) if m.kinds or m.paths or everything else None,
             paths=glob_regex(m.paths) if m.paths else None,
         )
@@ -64,7 +66,9 @@ class Policy:
         return self.paths is None or self.paths.fullmatch(artifact.path) is not None
 
     def applies_to_type(self, type_: str) -> bool:
-        return self.types is not None and self.types.fullmatch(type_) is not None
+        if self.types is None or self.types.fullmatch(type_) is None:
+            return False
+        return self.except_types.fullmatch(type_) is None
 
     def stamp(self, findings: Iterable[Finding]) -> list[Finding]:
         return [f.model_copy(update={"policy": self.ref, "outcome": self.outcome}) for f in findings]

@@ -16,7 +16,11 @@ from ._decision import Finding
 from ._rules import Params, Rule, rule
 from ._subjects import Artifact, ArtifactSet, Request
 
-DEFAULT_FIELDS = ("expression", "expr", "expressions", "formula", "formulas")
+#: Where SymPy requests keep expression text (``agents.sympy.payloads``: expr, exprs, equations,
+#: lower/upper, at), and the names schema collections use.
+DEFAULT_FIELDS = (
+    "expr", "exprs", "equations", "lower", "upper", "at", "expression", "expressions", "formula", "formulas",
+)  # fmt: skip
 DEFAULT_DANGEROUS = (
     "eval", "exec", "compile", "__import__", "open", "getattr", "setattr", "delattr", "globals", "locals",
     "vars", "lambda", "lambdify", "sympify", "parse_expr", "import", "os", "sys", "subprocess", "input",

@@ -258,3 +258,10 @@ def test_acl_rules_give_each_agent_its_own_streams_only() -> None:
     assert "~l9:hb:squarer-*" in rules
     assert not any(r.startswith(("+@all", "~*", "allkeys", "+flushall", "+keys")) for r in rules)
     assert rules[-1].startswith("(~l9:demo:* +@hash") and rules[-1].endswith("-@dangerous)")
+
+
+def test_except_types_carve_out_of_a_type_glob() -> None:
+    engine = PolicyEngine.load()
+    assert engine.evaluate(Request(type="l9.sympy.simplify.v1", data={"expr": "x" * 3000})).escalated
+    result = engine.evaluate(Request(type="l9.sympy.expression_result.v1", data={"expr": "x" * 3000}))
+    assert result.allowed and result.policies == ()
