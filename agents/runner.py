@@ -25,6 +25,7 @@ from .runtime import Runtime
 BUILTIN: dict[str, str] = {
     "squarer": "agents.demo:SquarerAgent",
     "summer": "agents.demo:SummerAgent",
+    "sympy": "agents.sympy.agent:SymPyAgent",
 }
 log = structlog.get_logger("l9.agent.runner")
 

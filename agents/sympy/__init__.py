@@ -1,9 +1,55 @@
 """The SymPy worker: safe parsing, isolated symbolic/numeric operations, and its client.
 
-Importing this package does not import SymPy; the parser and the operations
-(``agents.sympy.parser``, ...) do, and only the worker's subprocesses use them.
+Importing this package does not import SymPy: only the worker's subprocesses
+parse and compute (``agents.sympy.parser``, ``.operations``). Agents call the
+worker with :class:`SymPyTool`; the worker itself is ``l9 agent run sympy``.
 """
 
+from .client import SymPyTool
 from .errors import ParseRejected, Position, ToolError, ToolTimeout
+from .payloads import (
+    Cse,
+    CseResult,
+    Diff,
+    Evaluate,
+    EvaluateResult,
+    Expand,
+    ExpressionResult,
+    Factor,
+    GenerateCode,
+    GenerateCodeResult,
+    Integrate,
+    Series,
+    Simplify,
+    Solve,
+    SolveResult,
+    SymPyRequest,
+    SymPyResult,
+    Violation,
+)
 
-__all__ = ["ParseRejected", "Position", "ToolError", "ToolTimeout"]
+__all__ = [
+    "Cse",
+    "CseResult",
+    "Diff",
+    "Evaluate",
+    "EvaluateResult",
+    "Expand",
+    "ExpressionResult",
+    "Factor",
+    "GenerateCode",
+    "GenerateCodeResult",
+    "Integrate",
+    "ParseRejected",
+    "Position",
+    "Series",
+    "Simplify",
+    "Solve",
+    "SolveResult",
+    "SymPyRequest",
+    "SymPyResult",
+    "SymPyTool",
+    "ToolError",
+    "ToolTimeout",
+    "Violation",
+]

@@ -16,7 +16,9 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from envelope import Payload, payload
+from envelope import PacketEnvelope, Payload, payload
+
+from .errors import Kind, ToolError
 
 EXPR_MAX = 1_000_000  # a hard cap on the wire; the parser's own limit (L9_SYMPY_MAX_CHARS) is lower
 Expr = str
@@ -205,6 +207,36 @@ class GenerateCodeResult(SymPyResult):
     source: str
     ops_before: int
     ops_after: int
+
+
+@payload("l9.sympy.violation.v1")
+class Violation(Payload):
+    """A refused request that governance may escalate: forbidden input, a limit breach, a timeout.
+
+    Published by the worker (as caused by the request) on ``sympy.violations``.
+    """
+
+    kind: Kind
+    rule: str
+    detail: str
+    #: ``line:col`` in the offending expression, when the parser refused it.
+    position: str | None = None
+    op: str
+    requester: str
+    request_id: str
+
+    @classmethod
+    def of(cls, error: ToolError, op: str, request: PacketEnvelope) -> Violation:
+        pos = error.position
+        return cls(
+            kind=error.kind,
+            rule=error.rule,
+            detail=error.detail,
+            position=None if pos is None else f"{pos}",
+            op=op,
+            requester=request.auth or request.source,
+            request_id=request.id,
+        )
 
 
 #: Which reply model answers each request model.

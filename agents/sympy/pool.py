@@ -211,6 +211,21 @@ def _answer(handler: Handler, job: Any, memory_bytes: int) -> tuple[tuple[str, A
 
 
 def _die_with_parent() -> None:
+    """SIGKILL when the forkserver exits, and let it exit when the agent dies.
+
+    The forkserver stops when the last holder of its "alive" pipe goes, and
+    every child it forks inherits that pipe (so it could start processes of its
+    own). A busy worker would keep the forkserver, and so itself, alive after
+    the agent died: the worker closes its copy.
+    """
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        server._forkserver_alive_fd = None  # type: ignore[attr-defined]
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -1,0 +1,102 @@
+"""The SymPy worker agent (``l9 agent run sympy``): requests on the tool stream, answers by RPC.
+
+Each request is computed in the worker pool (never in this process) within
+``min(L9_SYMPY_TIMEOUT_S, the request's remaining deadline)``. A result is
+the typed reply; a failure is an ``ErrorReply`` (``sympy.<kind>``, see
+:mod:`.errors`). Forbidden constructs, limit breaches and timeouts are also
+published as :class:`Violation` events on ``sympy.violations`` for
+governance to act on (the request is already refused; escalation is theirs).
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+from envelope import PacketEnvelope, utcnow
+from l9.settings import Settings, get_settings
+
+from ..base import Agent, Context, handles
+from ..runtime import Runtime
+from .errors import ToolError
+from .operations import Job, ToolLimits, execute
+from .payloads import (
+    REPLY_FOR,
+    Cse,
+    Diff,
+    Evaluate,
+    Expand,
+    Factor,
+    GenerateCode,
+    Integrate,
+    Series,
+    Simplify,
+    Solve,
+    SymPyRequest,
+    SymPyResult,
+    Violation,
+)
+from .pool import WorkerPool
+
+#: Where violations are published for governance (an explicit stream: not the tool stream).
+VIOLATIONS_STREAM = "sympy.violations"
+
+#: Where requests travel: every ``l9.sympy.*`` type goes to the stream named by its area.
+TOOL_STREAM = "sympy"
+
+
+class SymPyAgent(Agent):
+    name = "sympy"
+    consumes = (TOOL_STREAM,)
+
+    def __init__(self, runtime: Runtime, settings: Settings | None = None) -> None:
+        super().__init__(runtime)
+        self.settings = settings or get_settings()
+        handler = partial(execute, ToolLimits.from_settings(self.settings))
+        self.pool = WorkerPool(
+            handler,
+            size=self.settings.sympy_workers,
+            timeout_s=self.settings.sympy_timeout_s,
+            memory_mb=self.settings.sympy_memory_mb,
+        )
+
+    async def on_start(self) -> None:
+        await self.pool.__aenter__()
+
+    async def on_stop(self) -> None:
+        await self.pool.__aexit__(None, None, None)
+
+    @handles(Evaluate, Simplify, Expand, Factor, Diff, Integrate, Series, Solve, Cse, GenerateCode)
+    async def on_request(self, ctx: Context[SymPyRequest]) -> None:
+        request, started = ctx.payload, time.perf_counter()
+        try:
+            reply = await self.compute(request, ctx.envelope)
+        except ToolError as exc:
+            await self._refuse(ctx, exc)
+            return
+        await ctx.reply(reply)
+        self.log.debug("sympy.served", op=request.op, ms=round((time.perf_counter() - started) * 1000, 2))
+
+    async def compute(self, request: SymPyRequest, envelope: PacketEnvelope) -> SymPyResult:
+        """The reply to ``request``, computed in the pool within the request's deadline."""
+        fields = await self.pool.run(Job("run", request), timeout_s=self._bound(envelope))
+        return REPLY_FOR[type(request)].model_validate(fields)
+
+    def _bound(self, envelope: PacketEnvelope) -> float:
+        bound = self.settings.sympy_timeout_s
+        if envelope.expires_at is not None:
+            bound = min(bound, max((envelope.expires_at - utcnow()).total_seconds(), 0.05))
+        return bound
+
+    async def _refuse(self, ctx: Context[SymPyRequest], exc: ToolError) -> None:
+        """Report a violation (before the reply: when the caller hears, governance has it), then fail."""
+        log = self.log.bind(op=ctx.payload.op, kind=exc.kind, rule=exc.rule)
+        if exc.violation:
+            log.warning("sympy.violation", requester=ctx.envelope.source, detail=exc.detail)
+            await ctx.emit(Violation.of(exc, ctx.payload.op, ctx.envelope), stream=VIOLATIONS_STREAM)
+        else:
+            log.info("sympy.refused", detail=exc.detail)
+        await ctx.fail(*exc.reply_fields())
+
+
+__all__ = ["TOOL_STREAM", "VIOLATIONS_STREAM", "SymPyAgent"]

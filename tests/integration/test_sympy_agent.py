@@ -1,0 +1,147 @@
+"""``l9 agent run sympy`` as a real process on the real Redis: RPC answers, refusals, runaways."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import psutil
+import pytest
+import redis.asyncio as aioredis
+
+from agents.sympy import ParseRejected, SymPyTool, ToolError, ToolTimeout, Violation
+from agents.sympy.agent import VIOLATIONS_STREAM
+from bus import Keys, Publisher, RpcClient
+from envelope import Signer, Verifier, decode
+from tests.conftest import AgentProcess, wait_for
+
+pytestmark = pytest.mark.integration
+SLOW = {"L9_SYMPY_TIMEOUT_S": "2", "L9_SYMPY_WORKERS": "2", "L9_SYMPY_MEMORY_MB": "768"}
+
+
+@asynccontextmanager
+async def sympy_tool(
+    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+) -> AsyncIterator[SymPyTool]:
+    """A caller's SymPyTool (an RpcClient's task group must live in the test's own task)."""
+    async with RpcClient(redis, Publisher(redis, keys, signer), verifier) as rpc:
+        yield SymPyTool(rpc, source="agent://test/caller", deadline_s=30)
+
+
+async def test_the_worker_answers_typed_requests(
+    spawn: Callable[..., AgentProcess], redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+) -> None:
+    worker = spawn("sympy")
+    async with sympy_tool(redis, keys, signer, verifier) as tool:
+        await _answers(tool)
+    assert worker.terminate() == 0
+
+
+async def _answers(tool: SymPyTool) -> None:
+    evaluated = await tool.evaluate("x**2 + 1", points={"x": [1, 2, 3]})
+    assert evaluated.values == [2.0, 5.0, 10.0] and evaluated.backend == "symengine"
+    assert (await tool.simplify("sin(x)**2 + cos(x)**2")).expr == "1"
+    assert (await tool.diff("x**3", order=2)).expr == "6*x"
+    assert (await tool.solve("x**2 == 4")).solutions == [{"x": "-2"}, {"x": "2"}]
+    code = await tool.generate_code("sin(x)**2 + sin(x)*y", "c", name="energy")
+    assert code.params == ["x", "y"] and "double energy(double x, double y)" in code.source
+    assert code.ops_after < code.ops_before
+
+
+async def test_injections_are_refused_with_position_and_reported_to_governance(
+    spawn: Callable[..., AgentProcess], redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+) -> None:
+    spawn("sympy")
+    async with sympy_tool(redis, keys, signer, verifier) as tool:
+        await _refusals(tool)
+    entries: Any = await redis.xrange(keys.stream(VIOLATIONS_STREAM))
+    violations = [decode(fields, verifier)[1] for _, fields in entries]
+    assert [(v.kind, v.rule, v.position, v.op) for v in violations if isinstance(v, Violation)] == [
+        ("forbidden", "forbidden_name", "1:8", "simplify"),
+        ("limit", "max_factorial", "1:1", "expand"),
+    ], "an invalid request is not a violation; forbidden input and limit breaches are"
+    assert all(v.requester == "agent://test/caller" for v in violations if isinstance(v, Violation))
+
+
+async def _refusals(tool: SymPyTool) -> None:
+    with pytest.raises(ParseRejected) as caught:
+        await tool.simplify("x + ().__class__.__bases__[0].__subclasses__()")
+    assert (caught.value.kind, caught.value.rule, str(caught.value.position)) == (
+        "forbidden",
+        "forbidden_name",
+        "1:8",
+    )
+    with pytest.raises(ParseRejected) as limit:
+        await tool.expand("factorial(10**8)")
+    assert (limit.value.kind, limit.value.rule) == ("limit", "max_factorial")
+    with pytest.raises(ToolError) as invalid:
+        await tool.diff("x*y")
+    assert (invalid.value.kind, invalid.value.rule) == ("invalid", "ambiguous_variable")
+
+
+async def test_a_runaway_times_out_while_another_request_is_served(
+    spawn: Callable[..., AgentProcess], redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+) -> None:
+    worker = spawn("sympy", env=SLOW)
+    async with sympy_tool(redis, keys, signer, verifier) as tool:
+        await _runaway_and_neighbour(tool, worker)
+        children = _sympy_children(worker.pid)
+    assert worker.terminate() == 0
+    await wait_for(lambda: not any(_alive(pid) for pid in children), timeout=10)
+
+
+async def test_workers_die_with_a_killed_agent_even_mid_runaway(
+    spawn: Callable[..., AgentProcess], redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+) -> None:
+    worker = spawn("sympy", env={**SLOW, "L9_SYMPY_TIMEOUT_S": "60"})
+    async with sympy_tool(redis, keys, signer, verifier) as tool:
+        assert (await tool.simplify("x + x")).expr == "2*x"
+        children = _sympy_children(worker.pid)
+        assert len(children) == 2
+        with anyio.move_on_after(1.0):
+            await tool.expand("(a+b+c+d+e+f+1)**60")
+        worker.kill9()
+    await wait_for(lambda: not any(_alive(pid) for pid in children), timeout=10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def _runaway_and_neighbour(tool: SymPyTool, worker: AgentProcess) -> None:
+    assert (await tool.expand("(x + 1)**2")).expr == "x**2 + 2*x + 1"  # the worker is up
+    children = _sympy_children(worker.pid)
+    outcome: dict[str, Any] = {}
+
+    async def runaway() -> None:
+        started = time.monotonic()
+        try:
+            await tool.expand("(a+b+c+d+e+1)**40")
+        except ToolError as exc:
+            outcome["error"], outcome["took"] = exc, time.monotonic() - started
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runaway)
+        await anyio.sleep(0.3)
+        started = time.monotonic()
+        assert (await tool.factor("x**2 - 1")).expr == "(x - 1)*(x + 1)"
+        assert time.monotonic() - started < 1.5, "the second request waited for the runaway"
+    error = outcome["error"]
+    assert isinstance(error, ToolTimeout) or (error.kind, error.rule) == ("limit", "memory")
+    assert outcome["took"] < 4.0, f"the runaway took {outcome['took']:.1f}s against a 2s bound"
+    assert (await tool.simplify("x + x")).expr == "2*x", "the worker stopped serving after the runaway"
+    assert len(_sympy_children(worker.pid)) == 2 and _sympy_children(worker.pid) != children
+
+
+def _sympy_children(pid: int) -> set[int]:
+    """The worker subprocesses: the live children of the forkserver the agent started."""
+    for child in psutil.Process(pid).children():
+        if "forkserver" in " ".join(child.cmdline()):
+            return {p.pid for p in child.children() if p.status() != psutil.STATUS_ZOMBIE}
+    return set()
