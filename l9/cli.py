@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import anyio
@@ -200,6 +202,23 @@ def demo(
     if not result.ok:
         raise _fail("the demo did not complete as expected")
     console.print("[green]demo passed[/green]")
+
+
+@app.command()
+def asyncapi(
+    out: Annotated[Path | None, typer.Option(help="write the document here (default: stdout)")] = None,
+) -> None:
+    """Write the AsyncAPI 3.0 document of every stream and message type (JSON)."""
+    from l9.asyncapi import build_document, load_payload_modules
+
+    settings = _settings()
+    load_payload_modules()
+    text = json.dumps(build_document(keys=Keys(settings.namespace)), indent=2, sort_keys=True) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+        console.print(f"AsyncAPI {out}")
 
 
 def main() -> None:
