@@ -1,7 +1,8 @@
 """The SymPy worker agent (``l9 agent run sympy``): requests on the tool stream, answers by RPC.
 
-Each request is computed in the worker pool (never in this process) within
-``min(L9_SYMPY_TIMEOUT_S, the request's remaining deadline)``. A result is
+Each request is parsed and computed in the worker pool (never in this
+process) within ``min(L9_SYMPY_TIMEOUT_S, the request's remaining deadline)``;
+results are cached in Redis under the canonical form (:mod:`.cache`). A result is
 the typed reply; a failure is an ``ErrorReply`` (``sympy.<kind>``, see
 :mod:`.errors`). Forbidden constructs, limit breaches and timeouts are also
 published as :class:`Violation` events on ``sympy.violations`` for
@@ -10,7 +11,9 @@ governance to act on (the request is already refused; escalation is theirs).
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections import OrderedDict
 from functools import partial
 
 from envelope import PacketEnvelope, utcnow
@@ -18,6 +21,7 @@ from l9.settings import Settings, get_settings
 
 from ..base import Agent, Context, handles
 from ..runtime import Runtime
+from .cache import ResultCache
 from .errors import ToolError
 from .operations import Job, ToolLimits, execute
 from .payloads import (
@@ -43,6 +47,8 @@ VIOLATIONS_STREAM = "sympy.violations"
 
 #: Where requests travel: every ``l9.sympy.*`` type goes to the stream named by its area.
 TOOL_STREAM = "sympy"
+#: Request texts whose canonical digest is remembered (a hit then never touches the pool).
+DIGEST_MEMO = 4096
 
 
 class SymPyAgent(Agent):
@@ -59,6 +65,14 @@ class SymPyAgent(Agent):
             timeout_s=self.settings.sympy_timeout_s,
             memory_mb=self.settings.sympy_memory_mb,
         )
+        self.cache = ResultCache(
+            runtime.redis,
+            runtime.keys,
+            ttl_s=self.settings.sympy_cache_ttl_s,
+            max_bytes=self.settings.sympy_cache_max_bytes,
+        )
+        #: request text digest -> canonical digest: the same text is parsed once.
+        self._digests: OrderedDict[bytes, str] = OrderedDict()
 
     async def on_start(self) -> None:
         await self.pool.__aenter__()
@@ -78,9 +92,29 @@ class SymPyAgent(Agent):
         self.log.debug("sympy.served", op=request.op, ms=round((time.perf_counter() - started) * 1000, 2))
 
     async def compute(self, request: SymPyRequest, envelope: PacketEnvelope) -> SymPyResult:
-        """The reply to ``request``, computed in the pool within the request's deadline."""
+        """The reply to ``request``: from the cache, or computed in the pool within its deadline."""
+        model, backend = REPLY_FOR[type(request)], request.backend_name
+        digest = await self._digest(request, envelope)
+        hit = await self.cache.get(digest, request.op, backend)
+        if hit is not None:
+            return model.model_validate({**hit, "cached": True})
         fields = await self.pool.run(Job("run", request), timeout_s=self._bound(envelope))
-        return REPLY_FOR[type(request)].model_validate(fields)
+        reply = model.model_validate(fields)
+        await self.cache.put(digest, request.op, backend, reply.model_dump(mode="json", exclude={"cached"}))
+        return reply
+
+    async def _digest(self, request: SymPyRequest, envelope: PacketEnvelope) -> str:
+        """The canonical cache digest: parsed in the pool once per distinct request text."""
+        text = hashlib.sha256(f"{request.op}\0{request.model_dump_json()}".encode()).digest()
+        digest = self._digests.get(text)
+        if digest is None:
+            keyed = await self.pool.run(Job("key", request), timeout_s=self._bound(envelope))
+            digest = self._digests[text] = str(keyed["key"])
+            if len(self._digests) > DIGEST_MEMO:
+                self._digests.popitem(last=False)
+        else:
+            self._digests.move_to_end(text)
+        return digest
 
     def _bound(self, envelope: PacketEnvelope) -> float:
         bound = self.settings.sympy_timeout_s
