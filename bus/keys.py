@@ -49,6 +49,17 @@ class Keys:
         several limits of one request atomically, so they must live in one slot."""
         return f"{self.namespace}:{{ratelimit}}:{policy}:{subject}"
 
+    def escalations_pending(self, resolutions: str) -> str:
+        """Hash: escalation id -> JSON summary (deadline, anchors, reason), while unanswered.
+
+        In the hash slot of the ``resolutions`` stream: one script moves an escalation from
+        pending to resolved and appends the resolution envelope to that stream."""
+        return f"{self.stream(resolutions)}:pending"
+
+    def escalations_resolved(self, resolutions: str) -> str:
+        """Hash: escalation id -> its resolution envelope (JSON); the first answer wins."""
+        return f"{self.stream(resolutions)}:resolved"
+
     def name_of(self, stream_key: str) -> str:
         """The stream name inside a stream key (``l9:{demo}`` -> ``demo``)."""
         prefix = f"{self.namespace}:{{"

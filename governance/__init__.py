@@ -23,6 +23,18 @@ from ._config import (
 )
 from ._decision import Decision, Finding, Outcome, decide, parse_policy_ref
 from ._engine import STRICT_RULE, Policy, PolicyEngine
+from ._escalation import (
+    DEADLINE,
+    AlreadyResolved,
+    DecisionMade,
+    EscalationError,
+    EscalationRequested,
+    EscalationResolved,
+    Escalations,
+    NotAnAnchor,
+    Pending,
+    cli_source,
+)
 from ._identity import (
     SignerACL,
     acl_rules,
@@ -37,19 +49,28 @@ from ._rules import RULES, Params, Rule, glob_regex, rule
 from ._subjects import Artifact, ArtifactSet, Request, Subject, agent_of
 
 __all__ = [
+    "DEADLINE",
     "DEFAULT_POLICY_FILE",
     "RULES",
     "STRICT_RULE",
+    "AlreadyResolved",
     "AnchorSpec",
     "Artifact",
     "ArtifactSet",
     "Decision",
+    "DecisionMade",
+    "EscalationError",
+    "EscalationRequested",
+    "EscalationResolved",
     "EscalationSpec",
+    "Escalations",
     "Finding",
     "IdentitySpec",
     "MatchSpec",
+    "NotAnAnchor",
     "Outcome",
     "Params",
+    "Pending",
     "Policy",
     "PolicyEngine",
     "PolicyFile",
@@ -65,6 +86,7 @@ __all__ = [
     "Subject",
     "acl_rules",
     "agent_of",
+    "cli_source",
     "decide",
     "fill_passwords",
     "glob_regex",

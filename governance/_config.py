@@ -103,11 +103,16 @@ class AnchorSpec(_Model):
 
 
 class EscalationSpec(_Model):
+    #: Where escalations are published (and each escalating anchor's channel besides).
     stream: str = "governance.escalations"
+    #: Where approvals and denials are published, pointing at their escalation.
+    resolutions: str = "governance.resolutions"
+    #: Where decisions go when no anchor observes them all (``receives: all``).
+    decisions: str = "governance.decisions"
     #: No answer by then means deny.
     deadline_s: float = Field(default=3600.0, gt=0)
 
-    @field_validator("stream")
+    @field_validator("stream", "resolutions", "decisions")
     @classmethod
     def _stream(cls, value: str) -> str:
         return check_stream_name(value)

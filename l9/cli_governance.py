@@ -1,4 +1,4 @@
-"""``l9 acl render`` and ``l9 governance check``: the command line of the ``governance`` package.
+"""``l9 acl render`` and ``l9 governance check|pending|approve|deny``: the command line of ``governance``.
 
 Registered on the ``l9`` app when this module is imported (the last line of ``l9.cli``).
 """
@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 
-from bus import Keys
+from bus import Keys, Publisher, connect
+from envelope import Signer, utcnow
 from governance import (
+    EscalationError,
+    Escalations,
+    NotAnAnchor,
     PolicyEngine,
     PolicyFileError,
+    cli_source,
     fill_passwords,
     load_policy_file,
     redis_user_name,
@@ -26,6 +32,7 @@ from governance import (
 acl_app = typer.Typer(no_args_is_help=True, help="Redis ACLs: one Redis user per agent.")
 governance_app = typer.Typer(no_args_is_help=True, help="Governance policies.")
 console = Console()
+T = TypeVar("T")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -118,6 +125,89 @@ def governance_check(
     )
     if not settings.strict_mode:
         console.print("strict mode is off (L9_STRICT_MODE=false): placeholder policies are not applied")
+
+
+def _with_escalations(who: str, work: Callable[[Escalations], Awaitable[T]]) -> T:
+    """Run ``work`` with an Escalations desk on the configured Redis, signing as this CLI."""
+    from l9.cli import _run, _settings
+    from l9.devstack import resolve_endpoints
+
+    settings = _settings()
+    try:
+        engine = PolicyEngine.load(settings.policy_file, strict_mode=settings.strict_mode)
+    except PolicyFileError as exc:
+        raise _fail(str(exc), 2) from None
+    endpoints = resolve_endpoints(settings)
+    signer = Signer(settings.keyring(), settings.signing_key_id)
+
+    async def main() -> T:
+        redis = connect(endpoints.redis_url)
+        try:
+            publisher = Publisher(redis, Keys(settings.namespace), signer)
+            desk = Escalations(
+                redis, publisher, spec=engine.escalation, anchors=engine.anchors, source=cli_source(who)
+            )
+            return await work(desk)
+        finally:
+            await redis.aclose()
+
+    return _run(main)
+
+
+@governance_app.command("pending")
+def governance_pending(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """Unanswered escalations (those past their deadline are denied first, by ``deadline``)."""
+    rows = _with_escalations("pending", lambda desk: desk.pending())
+    for row in rows:
+        if as_json:
+            print(row.to_json())
+            continue
+        left = (row.deadline - utcnow()).total_seconds()
+        console.print(
+            f"{row.id}  {row.policy}  anchors: {', '.join(row.anchors)}  deadline in {left:.0f} s\n"
+            f"    {row.subject}\n    {row.reason}"
+        )
+    if not rows and not as_json:
+        console.print("no pending escalations")
+
+
+def _answer(escalation_id: str, name: str, reason: str, *, approved: bool) -> None:
+    async def work(desk: Escalations) -> None:
+        await desk.resolve(escalation_id, approved=approved, by=name, reason=reason)
+
+    try:
+        _with_escalations(name, work)
+    except NotAnAnchor as exc:
+        raise _fail(str(exc), 2) from None
+    except EscalationError as exc:
+        raise _fail(str(exc), 1) from None
+    console.print(f"escalation {escalation_id} {'approved' if approved else 'denied'} by {name}: {reason}")
+
+
+AS_OPTION = typer.Option("--as", help="the anchor answering (one of the escalation's anchors)")
+REASON_OPTION = typer.Option(help="why; recorded in the audit trail")
+
+
+@governance_app.command("approve")
+def governance_approve(
+    escalation_id: Annotated[str, typer.Argument(help="the escalation id (l9 governance pending)")],
+    name: Annotated[str, AS_OPTION],
+    reason: Annotated[str, REASON_OPTION],
+) -> None:
+    """Approve an escalation as one of its anchors."""
+    _answer(escalation_id, name, reason, approved=True)
+
+
+@governance_app.command("deny")
+def governance_deny(
+    escalation_id: Annotated[str, typer.Argument(help="the escalation id (l9 governance pending)")],
+    name: Annotated[str, AS_OPTION],
+    reason: Annotated[str, REASON_OPTION],
+) -> None:
+    """Deny an escalation as one of its anchors."""
+    _answer(escalation_id, name, reason, approved=False)
 
 
 def register(app: typer.Typer) -> None:
