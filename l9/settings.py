@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     sympy_cache_ttl_s: int = Field(default=86_400, ge=1)
     #: Results larger than this (JSON bytes) are returned but not cached.
     sympy_cache_max_bytes: int = Field(default=1_000_000, ge=0)
+    #: Compiled Cython kernels (one directory per kernel hash); unset: ``home/sympy-kernels``.
+    sympy_kernel_dir: Path | None = None
+    #: Wall-clock bound of building one compiled kernel (Cython + C compiler).
+    sympy_compile_timeout_s: float = Field(default=120.0, gt=0, le=3600)
 
     # Governance (package ``governance``): policies, strict mode, rate limits, identities.
     #: The policy file (YAML); unset: ``governance/default_policy.yaml``. Its ``identity.signers``

@@ -8,6 +8,8 @@ worker with :class:`SymPyTool`; the worker itself is ``l9 agent run sympy``.
 from .client import SymPyTool
 from .errors import ParseRejected, Position, ToolError, ToolTimeout
 from .payloads import (
+    Compile,
+    CompileResult,
     Cse,
     CseResult,
     Diff,
@@ -29,6 +31,8 @@ from .payloads import (
 )
 
 __all__ = [
+    "Compile",
+    "CompileResult",
     "Cse",
     "CseResult",
     "Diff",

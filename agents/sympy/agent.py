@@ -12,6 +12,7 @@ governance to act on (the request is already refused; escalation is theirs).
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections import OrderedDict
 from functools import partial
@@ -23,9 +24,12 @@ from ..base import Agent, Context, handles
 from ..runtime import Runtime
 from .cache import ResultCache
 from .errors import ToolError
-from .operations import Job, ToolLimits, execute
+from .keys import compiled_key
+from .operations import Job, ToolConfig, execute
 from .payloads import (
     REPLY_FOR,
+    Compile,
+    CompileResult,
     Cse,
     Diff,
     Evaluate,
@@ -58,7 +62,7 @@ class SymPyAgent(Agent):
     def __init__(self, runtime: Runtime, settings: Settings | None = None) -> None:
         super().__init__(runtime)
         self.settings = settings or get_settings()
-        handler = partial(execute, ToolLimits.from_settings(self.settings))
+        handler = partial(execute, ToolConfig.from_settings(self.settings))
         self.pool = WorkerPool(
             handler,
             size=self.settings.sympy_workers,
@@ -80,7 +84,7 @@ class SymPyAgent(Agent):
     async def on_stop(self) -> None:
         await self.pool.__aexit__(None, None, None)
 
-    @handles(Evaluate, Simplify, Expand, Factor, Diff, Integrate, Series, Solve, Cse, GenerateCode)
+    @handles(Evaluate, Simplify, Expand, Factor, Diff, Integrate, Series, Solve, Cse, GenerateCode, Compile)
     async def on_request(self, ctx: Context[SymPyRequest]) -> None:
         request, started = ctx.payload, time.perf_counter()
         try:
@@ -94,13 +98,24 @@ class SymPyAgent(Agent):
     async def compute(self, request: SymPyRequest, envelope: PacketEnvelope) -> SymPyResult:
         """The reply to ``request``: from the cache, or computed in the pool within its deadline."""
         model, backend = REPLY_FOR[type(request)], request.backend_name
+        if not request.cacheable:
+            return await self._run(request, envelope)
         digest = await self._digest(request, envelope)
         hit = await self.cache.get(digest, request.op, backend)
         if hit is not None:
             return model.model_validate({**hit, "cached": True})
-        fields = await self.pool.run(Job("run", request), timeout_s=self._bound(envelope))
-        reply = model.model_validate(fields)
+        reply = await self._run(request, envelope)
         await self.cache.put(digest, request.op, backend, reply.model_dump(mode="json", exclude={"cached"}))
+        return reply
+
+    async def _run(self, request: SymPyRequest, envelope: PacketEnvelope) -> SymPyResult:
+        fields = await self.pool.run(Job("run", request), timeout_s=self._bound(envelope, request))
+        reply = REPLY_FOR[type(request)].model_validate(fields)
+        if isinstance(reply, CompileResult):
+            entry = {**reply.model_dump(mode="json", exclude={"cached"}), "indexed_at": utcnow().isoformat()}
+            await self.runtime.redis.set(
+                compiled_key(self.runtime.keys, reply.kernel_hash), json.dumps(entry)
+            )
         return reply
 
     async def _digest(self, request: SymPyRequest, envelope: PacketEnvelope) -> str:
@@ -116,8 +131,11 @@ class SymPyAgent(Agent):
             self._digests.move_to_end(text)
         return digest
 
-    def _bound(self, envelope: PacketEnvelope) -> float:
+    def _bound(self, envelope: PacketEnvelope, request: SymPyRequest | None = None) -> float:
+        """The wall-clock bound of one job: the setting (a build's own for kernels), within the deadline."""
         bound = self.settings.sympy_timeout_s
+        if isinstance(request, Compile) or (isinstance(request, Evaluate) and request.backend == "compiled"):
+            bound = self.settings.sympy_compile_timeout_s
         if envelope.expires_at is not None:
             bound = min(bound, max((envelope.expires_at - utcnow()).total_seconds(), 0.05))
         return bound

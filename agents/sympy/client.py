@@ -23,6 +23,8 @@ from .errors import ToolError, error_from_reply
 from .payloads import (
     REPLY_FOR,
     Backend,
+    Compile,
+    CompileResult,
     Cse,
     CseResult,
     Diff,
@@ -147,3 +149,10 @@ class SymPyTool:
         arg_list = None if args is None else list(args)
         request = GenerateCode(expr=expr, language=language, name=name, args=arg_list, cse=cse)
         return await self.call(request, GenerateCodeResult, deadline_s=deadline_s)
+
+    async def compile(
+        self, expr: str, *, args: Iterable[str] | None = None, deadline_s: float | None = None
+    ) -> CompileResult:
+        """Build the kernel ``evaluate(..., backend="compiled")`` uses (or find it built)."""
+        request = Compile(expr=expr, args=None if args is None else list(args))
+        return await self.call(request, CompileResult, deadline_s=deadline_s or max(self.deadline_s, 180.0))

@@ -3,9 +3,12 @@
 * ``evalf``: arbitrary precision, one point at a time (the reference; slow).
 * ``numpy``: ``lambdify`` to vectorised numpy (hundreds to 100,000x faster than evalf).
 * ``symengine``: ``Lambdify`` (faster again, no compile step); not every function converts.
+* ``compiled``: a Cython kernel (:mod:`.compiled`), built on first use and kept on disk.
 
-``auto`` picks ``evalf`` above double precision, otherwise symengine, falling
-back to numpy, then evalf, when a backend cannot handle the expression.
+``auto`` picks ``evalf`` above double precision; the compiled kernel when one
+is already built and there are at least ``COMPILED_MIN_POINTS`` points;
+otherwise symengine, falling back to numpy, then evalf, when a backend cannot
+handle the expression.
 Callables are kept per (expression hash, backend), so repeated requests skip
 building them. Runs only in the worker subprocesses.
 """
@@ -22,10 +25,13 @@ import numpy as np
 import symengine
 import sympy
 
+from .compiled import KernelStore
 from .errors import ToolError
 
 Vectorised = Callable[[Sequence[np.ndarray]], np.ndarray]
 DOUBLE_DIGITS = 15
+#: Below this many points a compiled kernel is not worth its call overhead over symengine.
+COMPILED_MIN_POINTS = 10_000
 _CALLABLES: OrderedDict[tuple[str, str], Vectorised] = OrderedDict()
 _CALLABLES_MAX = 256
 
@@ -42,16 +48,24 @@ class Values:
 
 
 def evaluate(
-    expr: Any, points: Mapping[str, Sequence[float]], backend: str, precision: int, key: str, max_points: int
+    expr: Any,
+    points: Mapping[str, Sequence[float]],
+    backend: str,
+    precision: int,
+    key: str,
+    max_points: int,
+    store: KernelStore | None = None,
 ) -> Values:
     """``expr`` at every point; ``key`` (the canonical hash) names the cached callable."""
     if not isinstance(expr, sympy.Expr):
         raise ToolError("invalid", "not_numeric", f"{type(expr).__name__} has no numeric value")
-    symbols = sorted(expr.free_symbols, key=lambda s: s.name)
-    arrays = _arrays(symbols, points, max_points)
-    symbols = symbols or [sympy.Dummy("unused")]  # a constant still gets one value per point
+    free = sorted(expr.free_symbols, key=lambda s: s.name)
+    arrays = _arrays(free, points, max_points)
+    symbols = free or [sympy.Dummy("unused")]  # a constant still gets one value per point
     if backend == "evalf" or (backend == "auto" and precision > DOUBLE_DIGITS):
         return _evalf(expr, symbols, arrays, precision)
+    if backend == "compiled" or (backend == "auto" and _compiled_pays(store, expr, free, arrays)):
+        return _compiled(store, expr, free, arrays)
     if backend != "auto":
         return _vectorised(backend, expr, symbols, arrays, key)
     for candidate in ("symengine", "numpy"):
@@ -60,6 +74,24 @@ def evaluate(
         except ToolError:
             continue  # this backend cannot do it: the next one may
     return _evalf(expr, symbols, arrays, precision)
+
+
+def _compiled_pays(store: KernelStore | None, expr: Any, free: list[Any], arrays: list[np.ndarray]) -> bool:
+    if store is None or len(arrays[0]) < COMPILED_MIN_POINTS:
+        return False
+    return store.exists(expr, [s.name for s in free])
+
+
+def _compiled(store: KernelStore | None, expr: Any, free: list[Any], arrays: list[np.ndarray]) -> Values:
+    if store is None:
+        raise ToolError("invalid", "no_kernel_store", "this worker has no directory for compiled kernels")
+    kernel = store.load(expr, [s.name for s in free])
+    n = len(arrays[0])
+    try:
+        out = np.asarray(kernel(*[np.ascontiguousarray(a) for a in arrays[: len(free)]]))
+    except Exception as exc:
+        raise ToolError("invalid", "backend_failed", f"compiled: {type(exc).__name__}: {exc}") from None
+    return _values("compiled", np.broadcast_to(out, (n,)))
 
 
 def _arrays(symbols: list[Any], points: Mapping[str, Sequence[float]], max_points: int) -> list[np.ndarray]:

@@ -19,3 +19,8 @@ def result_key(keys: Keys, digest: str, op: str, backend: str) -> str:
 def cache_stats_key(keys: Keys) -> str:
     """Hash of counters: ``hits``, ``misses``, and ``hits:<op>`` / ``misses:<op>`` per operation."""
     return f"{keys.namespace}:sympy:cache:stats"
+
+
+def compiled_key(keys: Keys, kernel_hash: str) -> str:
+    """A built kernel: JSON of its path on the worker's disk, parameters, build time (no TTL)."""
+    return f"{keys.namespace}:sympy:compiled:{kernel_hash}"

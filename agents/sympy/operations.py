@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import sympy
 
 from . import codegen
+from .compiled import KernelStore
 from .errors import ParseRejected, ToolError
 from .evaluate import evaluate
 from .parser import ParserLimits, canonical_hash, parse
 from .payloads import (
     EXPR_MAX,
+    Compile,
     Cse,
     Diff,
     Evaluate,
@@ -39,17 +41,31 @@ if TYPE_CHECKING:
     from l9.settings import Settings
 
 Fields = dict[str, list[Any]]
-Operation = Callable[[Any, Fields, "ToolLimits", str], dict[str, Any]]
+Operation = Callable[[Any, Fields, "ToolConfig", str], dict[str, Any]]
 
 
 @dataclass(frozen=True)
-class ToolLimits:
+class ToolConfig:
+    """What a worker subprocess is configured with (picklable: it crosses into the child)."""
+
     parser: ParserLimits = field(default_factory=ParserLimits)
     max_points: int = 1_000_000
+    #: Compiled kernels on disk; None: no ``compiled`` backend, no ``compile`` operation.
+    kernel_dir: str | None = None
+    compile_timeout_s: float = 120.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ToolLimits:
-        return cls(ParserLimits.from_settings(settings), settings.sympy_max_points)
+    def from_settings(cls, settings: Settings) -> ToolConfig:
+        kernels = settings.sympy_kernel_dir or settings.home_dir / "sympy-kernels"
+        return cls(
+            ParserLimits.from_settings(settings),
+            settings.sympy_max_points,
+            str(kernels.expanduser().resolve()),
+            settings.sympy_compile_timeout_s,
+        )
+
+    def kernels(self) -> KernelStore | None:
+        return None if self.kernel_dir is None else KernelStore(self.kernel_dir, self.compile_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -58,7 +74,7 @@ class Job:
     request: SymPyRequest
 
 
-def execute(limits: ToolLimits, job: Job) -> dict[str, Any]:
+def execute(limits: ToolConfig, job: Job) -> dict[str, Any]:
     """The handler of the worker pool (``functools.partial(execute, limits)``)."""
     fields = _parse_fields(job.request, limits.parser)
     expr_hash = canonical_hash(*(e for exprs in fields.values() for e in exprs))
@@ -114,31 +130,32 @@ def _variable(expr: Any, wrt: str | None) -> Any:
     return free[0]
 
 
-def _evaluate(request: Evaluate, fields: Fields, limits: ToolLimits, expr_hash: str) -> dict[str, Any]:
+def _evaluate(request: Evaluate, fields: Fields, limits: ToolConfig, expr_hash: str) -> dict[str, Any]:
+    expr, store = fields["expr"][0], limits.kernels()
     values = evaluate(
-        fields["expr"][0], request.points, request.backend, request.precision, expr_hash, limits.max_points
+        expr, request.points, request.backend, request.precision, expr_hash, limits.max_points, store
     )
     return values.as_dict()
 
 
-def _simplify(request: Any, fields: Fields, limits: ToolLimits, expr_hash: str) -> dict[str, Any]:
+def _simplify(request: Any, fields: Fields, limits: ToolConfig, expr_hash: str) -> dict[str, Any]:
     return _expression(sympy.simplify(fields["expr"][0]))
 
 
-def _expand(request: Any, fields: Fields, limits: ToolLimits, expr_hash: str) -> dict[str, Any]:
+def _expand(request: Any, fields: Fields, limits: ToolConfig, expr_hash: str) -> dict[str, Any]:
     return _expression(sympy.expand(fields["expr"][0]))
 
 
-def _factor(request: Any, fields: Fields, limits: ToolLimits, expr_hash: str) -> dict[str, Any]:
+def _factor(request: Any, fields: Fields, limits: ToolConfig, expr_hash: str) -> dict[str, Any]:
     return _expression(sympy.factor(fields["expr"][0]))
 
 
-def _diff(request: Diff, fields: Fields, limits: ToolLimits, expr_hash: str) -> dict[str, Any]:
+def _diff(request: Diff, fields: Fields, limits: ToolConfig, expr_hash: str) -> dict[str, Any]:
     expr = fields["expr"][0]
     return _expression(sympy.diff(expr, _variable(expr, request.wrt), request.order))
 
 
-def _integrate(request: Integrate, fields: Fields, limits: ToolLimits, expr_hash: str) -> dict[str, Any]:
+def _integrate(request: Integrate, fields: Fields, limits: ToolConfig, expr_hash: str) -> dict[str, Any]:
     expr, lower, upper = fields["expr"][0], fields["lower"], fields["upper"]
     x = _variable(expr, request.wrt)
     if len(lower) != len(upper):
@@ -146,19 +163,19 @@ def _integrate(request: Integrate, fields: Fields, limits: ToolLimits, expr_hash
     return _expression(sympy.integrate(expr, (x, lower[0], upper[0]) if lower else x))
 
 
-def _series(request: Series, fields: Fields, limits: ToolLimits, expr_hash: str) -> dict[str, Any]:
+def _series(request: Series, fields: Fields, limits: ToolConfig, expr_hash: str) -> dict[str, Any]:
     expr = fields["expr"][0]
     result = sympy.series(expr, _variable(expr, request.wrt), fields["at"][0], request.order)
     return _expression(result.removeO() if request.remove_order else result)
 
 
-def _solve(request: Solve, fields: Fields, limits: ToolLimits, expr_hash: str) -> dict[str, Any]:
+def _solve(request: Solve, fields: Fields, limits: ToolConfig, expr_hash: str) -> dict[str, Any]:
     unknowns = [sympy.Symbol(n) for n in request.unknowns]
     solutions = sympy.solve(fields["equations"], *unknowns, dict=True)
     return {"solutions": [{str(k): sympy.sstr(v) for k, v in s.items()} for s in solutions]}
 
 
-def _cse(request: Cse, fields: Fields, limits: ToolLimits, expr_hash: str) -> dict[str, Any]:
+def _cse(request: Cse, fields: Fields, limits: ToolConfig, expr_hash: str) -> dict[str, Any]:
     exprs = fields["exprs"]
     optimizations = "basic" if request.optimizations == "basic" else None
     replacements, reduced = sympy.cse(exprs, optimizations=optimizations)
@@ -172,10 +189,20 @@ def _cse(request: Cse, fields: Fields, limits: ToolLimits, expr_hash: str) -> di
 
 
 def _generate_code(
-    request: GenerateCode, fields: Fields, limits: ToolLimits, expr_hash: str
+    request: GenerateCode, fields: Fields, limits: ToolConfig, expr_hash: str
 ) -> dict[str, Any]:
     code = codegen.generate(fields["expr"][0], request.language, request.name, request.args, request.cse)
     return {"language": request.language, "name": request.name, **code}
+
+
+def _compile(request: Compile, fields: Fields, limits: ToolConfig, expr_hash: str) -> dict[str, Any]:
+    store, expr = limits.kernels(), fields["expr"][0]
+    if store is None:
+        raise ToolError("invalid", "no_kernel_store", "this worker has no directory for compiled kernels")
+    if not isinstance(expr, sympy.Expr):
+        raise ToolError("invalid", "not_numeric", f"cannot compile a {type(expr).__name__}")
+    args = request.args if request.args is not None else sorted(s.name for s in expr.free_symbols)
+    return store.ensure(expr, args).as_dict()
 
 
 OPERATIONS: dict[str, Operation] = {
@@ -189,4 +216,5 @@ OPERATIONS: dict[str, Operation] = {
     "solve": _solve,
     "cse": _cse,
     "generate_code": _generate_code,
+    "compile": _compile,
 }

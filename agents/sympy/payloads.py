@@ -25,7 +25,7 @@ Expr = str
 #: A symbol's name: a letter, then letters, digits or underscores (Unicode letters too).
 Name = Annotated[str, Field(pattern=r"^[^\W\d_]\w{0,63}$")]
 IDENTIFIER = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
-Backend = Literal["auto", "evalf", "numpy", "symengine"]
+Backend = Literal["auto", "evalf", "numpy", "symengine", "compiled"]
 Language = Literal["c", "fortran", "python", "cython"]
 
 
@@ -33,6 +33,8 @@ class SymPyRequest(Payload):
     """Base of every request; ``op`` names the operation (and the cache key's ``{op}``)."""
 
     op: ClassVar[str] = ""
+    #: False: always computed (the result points at something outside the cache).
+    cacheable: ClassVar[bool] = True
     #: The fields holding expression text (a string, a list of strings, or None), in order.
     expr_fields: ClassVar[tuple[str, ...]] = ("expr",)
 
@@ -156,6 +158,20 @@ class GenerateCode(_OneExpr):
         return self.language
 
 
+@payload("l9.sympy.compile.v1")
+class Compile(_OneExpr):
+    """Build (or find on disk) the Cython kernel of ``expr``; indexed as ``sympy:compiled:{hash}``."""
+
+    op: ClassVar[str] = "compile"
+    cacheable: ClassVar[bool] = False
+    #: Parameter order; default: the expression's symbols sorted by name (what ``evaluate`` uses).
+    args: list[Name] | None = None
+
+    @property
+    def backend_name(self) -> str:
+        return "cython"
+
+
 # -- replies -------------------------------------------------------------------------------
 class SymPyResult(Payload):
     #: Hash of the canonical form of the request's expressions (``x+y`` and ``y+x`` share it).
@@ -166,7 +182,7 @@ class SymPyResult(Payload):
 
 @payload("l9.sympy.evaluate_result.v1")
 class EvaluateResult(SymPyResult):
-    backend: Literal["evalf", "numpy", "symengine"]
+    backend: Literal["evalf", "numpy", "symengine", "compiled"]
     values: list[float | None]
     imag: list[float | None] | None = None
     #: ``evalf`` above 15 digits: every value in full.
@@ -239,6 +255,18 @@ class Violation(Payload):
         )
 
 
+@payload("l9.sympy.compile_result.v1")
+class CompileResult(SymPyResult):
+    kernel_hash: str
+    #: The extension module on the worker's disk (``<kernel_dir>/<hash>/l9k_<hash>.so``).
+    path: str
+    args: list[Name]
+    params: list[str]
+    build_ms: float
+    #: False when the kernel was already built.
+    built: bool
+
+
 #: Which reply model answers each request model.
 REPLY_FOR: dict[type[SymPyRequest], type[SymPyResult]] = {
     Evaluate: EvaluateResult,
@@ -251,4 +279,5 @@ REPLY_FOR: dict[type[SymPyRequest], type[SymPyResult]] = {
     Solve: SolveResult,
     Cse: CseResult,
     GenerateCode: GenerateCodeResult,
+    Compile: CompileResult,
 }

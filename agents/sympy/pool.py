@@ -105,8 +105,9 @@ class WorkerPool:
         return [w.process.pid for w in self._workers if w.process.pid is not None]
 
     async def run(self, job: Any, *, timeout_s: float | None = None) -> Any:
-        """The handler's result for ``job``; ToolTimeout past the bound, ToolError for its errors."""
-        bound = min(timeout_s, self.timeout_s) if timeout_s is not None else self.timeout_s
+        """The handler's result for ``job``; ToolTimeout past the bound (``timeout_s``, else the
+        pool's), ToolError for the handler's errors."""
+        bound = timeout_s if timeout_s is not None else self.timeout_s
         worker = await self._idle_recv.receive()
         healthy = False
         try:

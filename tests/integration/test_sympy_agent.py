@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,6 +17,7 @@ import redis.asyncio as aioredis
 
 from agents.sympy import ParseRejected, SymPyTool, ToolError, ToolTimeout, Violation
 from agents.sympy.agent import VIOLATIONS_STREAM
+from agents.sympy.keys import compiled_key
 from bus import Keys, Publisher, RpcClient
 from envelope import Signer, Verifier, decode
 from tests.conftest import AgentProcess, wait_for
@@ -145,3 +149,23 @@ def _sympy_children(pid: int) -> set[int]:
         if "forkserver" in " ".join(child.cmdline()):
             return {p.pid for p in child.children() if p.status() != psutil.STATUS_ZOMBIE}
     return set()
+
+
+async def test_a_compiled_kernel_is_built_once_indexed_in_redis_and_evaluated(
+    spawn: Callable[..., AgentProcess], redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+) -> None:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler: compiled kernels cannot be built here")
+    spawn("sympy")
+    async with sympy_tool(redis, keys, signer, verifier) as tool:
+        built = await tool.compile("sin(x)*y + x**2")
+        again = await tool.compile("x**2 + y*sin(x)")
+        points = {"x": [0.5, 2.0], "y": [3.0, -1.0]}
+        values = await tool.evaluate("y*sin(x) + x**2", points=points, backend="compiled")
+    assert built.built and built.build_ms > 0 and built.args == ["x", "y"]
+    assert not again.built and again.kernel_hash == built.kernel_hash and again.path == built.path
+    entry = json.loads(await redis.get(compiled_key(keys, built.kernel_hash)) or "{}")
+    assert entry["path"] == built.path and entry["params"] == ["x", "y"]
+    assert await anyio.Path(entry["path"]).is_file()
+    assert values.backend == "compiled"
+    assert values.values == pytest.approx([math.sin(0.5) * 3 + 0.25, -math.sin(2.0) + 4.0], rel=1e-14)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from agents.sympy.errors import ToolError
-from agents.sympy.operations import Job, ToolLimits, execute
+from agents.sympy.operations import Job, ToolConfig, execute
 from agents.sympy.payloads import Evaluate, GenerateCode
 
 EXPRS = {
@@ -30,12 +30,12 @@ YS = [0.3, -1.2, 1.9, 0.05, -0.7]
 
 def code(expr: str, language: str, **kw: Any) -> dict[str, Any]:
     request = GenerateCode(expr=expr, language=language, **kw)
-    return execute(ToolLimits(), Job("run", request))
+    return execute(ToolConfig(), Job("run", request))
 
 
 def reference(expr: str, xs: list[float] = XS, ys: list[float] = YS) -> list[str]:
     request = Evaluate(expr=expr, points={"x": xs, "y": ys}, backend="evalf", precision=40)
-    digits: list[str] = execute(ToolLimits(), Job("run", request))["digits"]
+    digits: list[str] = execute(ToolConfig(), Job("run", request))["digits"]
     return digits
 
 

@@ -9,7 +9,7 @@ import pytest
 import sympy
 
 from agents.sympy.errors import ParseRejected, ToolError
-from agents.sympy.operations import Job, ToolLimits, execute
+from agents.sympy.operations import Job, ToolConfig, execute
 from agents.sympy.parser import ParserLimits, parse
 from agents.sympy.payloads import (
     Cse,
@@ -24,10 +24,10 @@ from agents.sympy.payloads import (
     SymPyRequest,
 )
 
-LIMITS = ToolLimits()
+LIMITS = ToolConfig()
 
 
-def run(request: SymPyRequest, limits: ToolLimits = LIMITS) -> dict[str, Any]:
+def run(request: SymPyRequest, limits: ToolConfig = LIMITS) -> dict[str, Any]:
     return execute(limits, Job("run", request))
 
 
@@ -110,7 +110,7 @@ def test_requests_that_make_no_sense_are_invalid() -> None:
         with pytest.raises(ToolError) as caught:
             run(request)
         assert (caught.value.kind, caught.value.rule) == ("invalid", rule), request
-    limits = ToolLimits(ParserLimits(), max_points=3)
+    limits = ToolConfig(ParserLimits(), max_points=3)
     with pytest.raises(ToolError, match="4 points exceed 3"):
         run(Evaluate(expr="x", points={"x": [1.0, 2.0, 3.0, 4.0]}), limits)
 

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from agents.sympy.errors import ParseRejected, Position, ToolError, ToolTimeout
-from agents.sympy.operations import Job, ToolLimits, execute
+from agents.sympy.operations import Job, ToolConfig, execute
 from agents.sympy.parser import parse
 from agents.sympy.payloads import Expand, Simplify
 from agents.sympy.pool import WorkerPool
@@ -153,7 +153,7 @@ async def test_a_cancelled_caller_never_leaves_its_reply_for_the_next_job() -> N
 
 
 async def test_blow_up_inputs_end_in_limit_or_timeout_errors_while_others_are_answered() -> None:
-    handler = partial(execute, ToolLimits())
+    handler = partial(execute, ToolConfig())
     async with WorkerPool(handler, size=2, timeout_s=2.0, memory_mb=512) as pool:
         errors: dict[str, tuple[ToolError, float]] = {}
 
