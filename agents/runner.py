@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import signal
+from typing import Protocol
 
 import anyio
 import structlog
@@ -103,7 +104,7 @@ async def run_agent(
 
 async def _serve(agent: Agent, consumer: StreamConsumer) -> None:
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signal, consumer, tg.cancel_scope)
+        tg.start_soon(stop_on_signal, consumer, tg.cancel_scope)
         await agent.on_start()
         log.info("agent.started", concurrency=consumer.policy.concurrency, streams=consumer.streams)
         await consumer.run()
@@ -113,7 +114,19 @@ async def _serve(agent: Agent, consumer: StreamConsumer) -> None:
         tg.cancel_scope.cancel()
 
 
-async def _stop_on_signal(consumer: StreamConsumer, scope: anyio.CancelScope) -> None:
+class Stoppable(Protocol):
+    """A delivery loop that drains on ``stop()`` (``StreamConsumer``, ``BatchConsumer``)."""
+
+    in_flight: dict[tuple[str, str], float]
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+
+async def stop_on_signal(consumer: Stoppable, scope: anyio.CancelScope) -> None:
+    """SIGTERM/SIGINT: stop reading and drain; a second signal cancels ``scope`` (abort)."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             if consumer.stopping:

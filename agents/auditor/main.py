@@ -7,8 +7,6 @@ hand, leave the rest pending; a second signal aborts.
 
 from __future__ import annotations
 
-import signal
-
 import anyio
 import structlog
 
@@ -21,7 +19,7 @@ from l9.settings import Settings
 from l9.trail import open_trail
 from memory.postgres import AuditStoreUnavailable, PostgresAuditStore
 
-from ..runner import policy_from
+from ..runner import policy_from, stop_on_signal
 from .agent import GROUP, Auditor, Checkpointer, Failpoint, is_transient
 from .stream import AuditStream
 
@@ -79,7 +77,7 @@ async def _open_trail(settings: Settings, endpoints: StackEndpoints) -> Postgres
 
 async def _serve(auditor: Auditor, consumer: BatchConsumer) -> None:
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signal, consumer, tg.cancel_scope)
+        tg.start_soon(stop_on_signal, consumer, tg.cancel_scope)
         tg.start_soon(auditor.checkpointer.run)
         tg.start_soon(auditor.catch_up_loop)
         tg.start_soon(auditor.publish_loop)
@@ -87,14 +85,3 @@ async def _serve(auditor: Auditor, consumer: BatchConsumer) -> None:
         await consumer.run()
         log.info("agent.stopped", **auditor.stats)
         tg.cancel_scope.cancel()
-
-
-async def _stop_on_signal(consumer: BatchConsumer, scope: anyio.CancelScope) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            if consumer.stopping:
-                log.warning("agent.aborting", signal=signal.Signals(signum).name)
-                scope.cancel()
-                return
-            log.info("agent.draining", signal=signal.Signals(signum).name, in_flight=len(consumer.in_flight))
-            consumer.stop()
