@@ -1,6 +1,8 @@
-"""Extraction: the schema collection and its loader.
+"""Extraction: the schema collection, its loader, and the planner (phases 0-1).
 
     collection = load_file(Path("examples/tensoraios_ecosystem.md"))   # or SchemaErrors
+    plan = lock(collection)                                             # or SchemaErrors
+    plan.hash, plan.waves, plan.items
 
 The schema reference (fields, kinds, naming convention) is ``docs/SCHEMA.md``.
 """
@@ -8,19 +10,34 @@ The schema reference (fields, kinds, naming convention) is ``docs/SCHEMA.md``.
 from .collection import Collection, SchemaError, SchemaErrors, content_hash
 from .kinds import CONVENTIONS, KINDS, Kind, KindSpec, kind_by_convention
 from .loader import load_collection, load_file
+from .plan import PLAN_FORMAT, LockedPlan, PlanItem, Research, Unresolved, text_listing
+from .planner import build_plan, cycle_errors, find_cycles, lock, research, topological_order, waves
 from .schema import AgentSchema
 
 __all__ = [
     "CONVENTIONS",
     "KINDS",
+    "PLAN_FORMAT",
     "AgentSchema",
     "Collection",
     "Kind",
     "KindSpec",
+    "LockedPlan",
+    "PlanItem",
+    "Research",
     "SchemaError",
     "SchemaErrors",
+    "Unresolved",
+    "build_plan",
     "content_hash",
+    "cycle_errors",
+    "find_cycles",
     "kind_by_convention",
     "load_collection",
     "load_file",
+    "lock",
+    "research",
+    "text_listing",
+    "topological_order",
+    "waves",
 ]
