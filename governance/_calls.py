@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Sequence
+from typing import cast
 
 from ._decision import Finding
 from ._resolve import GLOBALS, Resolver
@@ -97,7 +98,10 @@ class ForbiddenCalls(Rule):
             return [
                 Finding(file=artifact.path, line=tree.lineno, what=f"not valid Python ({tree.msg}, {where})")
             ]
-        return _Scan(self, Resolver(tree), artifact.path).run(tree)
+        return _Scan(self, Resolver(tree, artifact.nodes), artifact.path).run(artifact.nodes)
+
+
+_REFERENCES = frozenset({ast.Name, ast.Attribute, ast.Subscript})
 
 
 class _Scan:
@@ -111,18 +115,22 @@ class _Scan:
         line = getattr(node, "lineno", 0)
         self.found.setdefault((line, key), Finding(file=self.path, line=line, what=what))
 
-    def run(self, tree: ast.Module) -> list[Finding]:
+    def run(self, nodes: Sequence[ast.AST]) -> list[Finding]:
         for module, line in self.r.star_imports:
             if module in self.rule.namespaces:
                 self.found[(line, f"*{module}")] = Finding(
                     file=self.path, line=line, what=f"star import from {module} hides what is called"
                 )
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Name | ast.Attribute | ast.Subscript) and isinstance(node.ctx, ast.Load):
-                self.reference(node)
-            elif isinstance(node, ast.Call):
-                self.reference(node)
-                self.call(node)
+        for node in nodes:
+            kind = type(node)  # exact type tests: this loop runs over every node of the module
+            if kind in _REFERENCES:
+                ref = cast(ast.Name | ast.Attribute | ast.Subscript, node)
+                if type(ref.ctx) is ast.Load:
+                    self.reference(ref)
+            elif kind is ast.Call:
+                call = cast(ast.Call, node)
+                self.reference(call)
+                self.call(call)
         return sorted(self.found.values(), key=lambda f: (f.line or 0, f.what))
 
     def reference(self, node: ast.expr) -> None:

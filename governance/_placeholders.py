@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import ast
 import io
-import re
 import tokenize
 from collections.abc import Iterator
 
 from ._decision import Finding
-from ._rules import Params, Rule, compile_patterns, rule
+from ._rules import Matcher, Params, Rule, rule
 from ._subjects import Artifact
 
 DEFAULT_COMMENT_MARKERS = (r"\bTODO\b", r"\bFIXME\b", r"\bXXX\b", r"\bTBD\b", r"(?i)\bplaceholder\b")
@@ -52,7 +51,9 @@ def _is_protocol(cls: ast.ClassDef) -> bool:
 
 
 def _docstring_node(node: ast.AST) -> ast.Constant | None:
-    body = getattr(node, "body", None)
+    if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+        return None  # a lambda's body is an expression, an if's is not a docstring
+    body = node.body
     if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
         return body[0].value if isinstance(body[0].value.value, str) else None
     return None
@@ -77,21 +78,25 @@ def _raises_not_implemented(node: ast.Raise) -> bool:
 class Placeholders(Rule):
     def __init__(self, params: PlaceholdersParams) -> None:
         self.params = params
-        self.comment_markers = compile_patterns(params.comment_markers)
-        self.string_markers = compile_patterns(params.string_markers)
+        self.comment_markers = [Matcher(p) for p in params.comment_markers]
+        self.string_markers = [Matcher(p) for p in params.string_markers]
 
     def artifact(self, artifact: Artifact) -> list[Finding]:
-        if not artifact.is_python:
-            return list(self._text(artifact))
-        tree = artifact.tree
-        if isinstance(tree, SyntaxError):  # reported by forbidden_calls; still search the text
-            return list(self._text(artifact))
-        findings = [*self._comments(artifact), *self._strings(artifact, tree), *self._bodies(artifact, tree)]
-        return sorted(findings, key=lambda f: (f.line or 0, f.what))
+        if not artifact.is_python or isinstance(artifact.tree, SyntaxError):
+            return list(self._text(artifact))  # unparsable Python is reported by forbidden_calls
+        findings = list(self._bodies(artifact))
+        text = artifact.text
+        # The token and string scans are the costly part: run them only where a marker occurs at all.
+        if self._marker(text, self.comment_markers, artifact.lowered):
+            findings += [*self._comments(artifact), *self._strings(artifact, self.comment_markers, docs=True)]
+        if self._marker(text, self.string_markers, artifact.lowered):
+            findings += self._strings(artifact, self.string_markers, docs=False)
+        return sorted(set(findings), key=lambda f: (f.line or 0, f.what))
 
-    def _marker(self, text: str, patterns: list[re.Pattern[str]]) -> str | None:
-        for pattern in patterns:
-            match = pattern.search(text)
+    @staticmethod
+    def _marker(text: str, matchers: list[Matcher], lowered: str | None = None) -> str | None:
+        for matcher in matchers:
+            match = matcher.search(text, lowered)
             if match:
                 return match.group(0)
         return None
@@ -113,73 +118,52 @@ class Placeholders(Rule):
                     file=artifact.path, line=tok.start[0], what=f"placeholder marker {marker!r} in a comment"
                 )
 
-    def _strings(self, artifact: Artifact, tree: ast.Module) -> Iterator[Finding]:
-        docstrings = {id(d) for n in ast.walk(tree) if (d := _docstring_node(n)) is not None}
-        for node in ast.walk(tree):
-            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
-                continue
-            is_doc = id(node) in docstrings
-            marker = self._marker(node.value, self.comment_markers if is_doc else self.string_markers)
-            if marker:
-                where = "a docstring" if is_doc else "a string"
-                yield Finding(
-                    file=artifact.path, line=node.lineno, what=f"placeholder marker {marker!r} in {where}"
-                )
+    def _strings(self, artifact: Artifact, patterns: list[Matcher], *, docs: bool) -> list[Finding]:
+        """Markers in docstrings (``docs``) or in the other string literals."""
+        docstrings = {id(d) for n in artifact.nodes if (d := _docstring_node(n)) is not None}
+        where = "a docstring" if docs else "a string"
+        out = []
+        for node in artifact.nodes:
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and (id(node) in docstrings) is docs
+            ):
+                marker = self._marker(node.value, patterns)
+                if marker:
+                    what = f"placeholder marker {marker!r} in {where}"
+                    out.append(Finding(file=artifact.path, line=node.lineno, what=what))
+        return out
 
-    def _bodies(self, artifact: Artifact, tree: ast.Module) -> Iterator[Finding]:
-        for func, declared in _functions(tree):
-            if declared:
-                continue
-            if self.params.empty_bodies and all(_is_filler(s) for s in func.body):
-                yield Finding(
-                    file=artifact.path, line=func.lineno, what=f"function {func.name}() has an empty body"
-                )
-            if self.params.not_implemented:
-                yield from self._not_implemented(artifact, func)
-        if self.params.not_implemented:
-            for stmt in tree.body:  # module level, outside any function
-                if isinstance(stmt, ast.Raise) and _raises_not_implemented(stmt):
-                    yield Finding(file=artifact.path, line=stmt.lineno, what="raises NotImplementedError")
-
-    def _not_implemented(
-        self, artifact: Artifact, func: ast.FunctionDef | ast.AsyncFunctionDef
-    ) -> Iterator[Finding]:
-        for node in _own_nodes(func):
-            if isinstance(node, ast.Raise) and _raises_not_implemented(node):
-                yield Finding(
-                    file=artifact.path, line=node.lineno, what=f"{func.name}() raises NotImplementedError"
-                )
+    def _bodies(self, artifact: Artifact) -> Iterator[Finding]:
+        funcs = [n for n in artifact.nodes if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+        in_protocol = {
+            id(f) for c in artifact.nodes if isinstance(c, ast.ClassDef) and _is_protocol(c) for f in c.body
+        }
+        declared = {id(f) for f in funcs if _is_declaration(f, id(f) in in_protocol)}
+        if self.params.empty_bodies:
+            for func in funcs:
+                if id(func) not in declared and all(_is_filler(s) for s in func.body):
+                    what = f"function {func.name}() has an empty body"
+                    yield Finding(file=artifact.path, line=func.lineno, what=what)
+        if self.params.not_implemented and "NotImplementedError" in artifact.text:
+            for node in artifact.nodes:
+                if isinstance(node, ast.Raise) and _raises_not_implemented(node):
+                    owner = _enclosing(funcs, node.lineno)
+                    if owner is None or id(owner) not in declared:
+                        who = f"{owner.name}() " if owner is not None else ""
+                        yield Finding(
+                            file=artifact.path, line=node.lineno, what=f"{who}raises NotImplementedError"
+                        )
 
 
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
 
 
-def _functions(tree: ast.Module) -> Iterator[tuple[FunctionNode, bool]]:
-    """Every function with whether it is a declaration (abstract, overload, Protocol member)."""
-    stack: list[tuple[ast.AST, bool]] = [(tree, False)]
-    while stack:
-        node, in_protocol = stack.pop()
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.ClassDef):
-                stack.append((child, _is_protocol(child)))
-            elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
-                yield child, _is_declaration(child, in_protocol)
-                stack.append((child, False))
-            else:
-                stack.append((child, in_protocol))
-
-
-def _own_nodes(func: FunctionNode) -> Iterator[ast.AST]:
-    """The nodes of ``func``'s body, not descending into nested functions or classes."""
-    stack: list[ast.AST] = list(func.body)
-    while stack:
-        node = stack.pop()
-        yield node
-        stack.extend(
-            c
-            for c in ast.iter_child_nodes(node)
-            if not isinstance(c, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-        )
+def _enclosing(funcs: list[FunctionNode], line: int) -> FunctionNode | None:
+    """The innermost function whose lines contain ``line``."""
+    around = [f for f in funcs if f.lineno <= line <= (f.end_lineno or f.lineno)]
+    return max(around, key=lambda f: f.lineno, default=None)
 
 
 @rule(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ast
 import builtins
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 #: Module names that are another name of a sensitive module.
 CANONICAL_MODULE = {
@@ -46,7 +46,8 @@ def canonical(name: str) -> str:
 class Resolver:
     """The bindings of one module and what its expressions refer to."""
 
-    def __init__(self, tree: ast.Module) -> None:
+    def __init__(self, tree: ast.Module, nodes: Sequence[ast.AST] | None = None) -> None:
+        nodes = list(ast.walk(tree)) if nodes is None else nodes
         self.aliases: dict[str, list[str]] = {}
         self.constants: dict[str, list[str]] = {}
         self.imported: set[str] = set()
@@ -55,8 +56,8 @@ class Resolver:
         }
         self.star_imports: list[tuple[str, int]] = []
         self._cache: dict[int, tuple[str, ...]] = {}
-        self._collect_imports(tree)
-        self._collect_assignments(tree)
+        self._collect_imports(nodes)
+        self._collect_assignments(nodes)
 
     # -- bindings ----------------------------------------------------------------------
     def _bind(self, table: dict[str, list[str]], name: str, value: str) -> bool:
@@ -66,8 +67,8 @@ class Resolver:
         values.append(value)
         return True
 
-    def _collect_imports(self, tree: ast.Module) -> None:
-        for node in ast.walk(tree):
+    def _collect_imports(self, nodes: Sequence[ast.AST]) -> None:
+        for node in nodes:
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     local = alias.asname or alias.name.partition(".")[0]
@@ -84,8 +85,8 @@ class Resolver:
                     self._bind(self.aliases, local, f"{module}.{alias.name}")
                     self.imported.add(local)
 
-    def _collect_assignments(self, tree: ast.Module) -> None:
-        pairs = list(_name_bindings(tree))
+    def _collect_assignments(self, nodes: Sequence[ast.AST]) -> None:
+        pairs = list(_name_bindings(nodes))
         for _ in range(_FIXPOINT_ROUNDS):
             self._cache.clear()
             changed = False
@@ -292,9 +293,9 @@ def _int(node: ast.AST) -> int | None:
     return None
 
 
-def _name_bindings(tree: ast.Module) -> Iterator[tuple[str, ast.expr]]:
+def _name_bindings(nodes: Sequence[ast.AST]) -> Iterator[tuple[str, ast.expr]]:
     """(name, value) of every simple binding: ``x = v``, ``x: T = v``, ``(x := v)``, ``a, b = v, w``."""
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Assign):
             for target in node.targets:
                 yield from _pairs(target, node.value)

@@ -86,3 +86,26 @@ def glob_regex(patterns: Iterable[str]) -> re.Pattern[str]:
     """One regex matching any of the glob ``patterns`` (use ``fullmatch``; none given: matches nothing)."""
     parts = [fnmatch.translate(p) for p in patterns]
     return re.compile("|".join(parts) if parts else r"(?!)")
+
+
+_WORD = re.compile(r"^(?P<ci>\(\?i\))?(?:\\b)?(?P<word>\w+)(?:\\b)?$")
+
+
+class Matcher:
+    """A regex from the policy file, with a fast path for a plain word (``\\bTODO\\b``,
+    ``(?i)\\bplaceholder\\b``): a substring test first, since a leading ``\\b`` or ``(?i)``
+    makes ``re`` try every position (~50x slower on a 5 kB file)."""
+
+    def __init__(self, pattern: str) -> None:
+        self.regex = compile_patterns([pattern])[0]
+        word = _WORD.match(pattern)
+        self.ci = bool(word and word["ci"])
+        self.word = None if word is None else word["word"].lower() if self.ci else word["word"]
+
+    def search(self, text: str, lowered: str | None = None) -> re.Match[str] | None:
+        """Like ``regex.search``; ``lowered`` is ``text.lower()`` when the caller has it already."""
+        if self.word is not None:
+            haystack = (text.lower() if lowered is None else lowered) if self.ci else text
+            if self.word not in haystack:
+                return None
+        return self.regex.search(text)

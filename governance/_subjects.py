@@ -62,6 +62,10 @@ class Artifact:
         return self.content
 
     @cached_property
+    def lowered(self) -> str:
+        return self.text.lower()
+
+    @cached_property
     def lines(self) -> list[str]:
         return self.text.splitlines()
 
@@ -78,6 +82,14 @@ class Artifact:
             return exc
         except ValueError as exc:  # NUL bytes in the source
             return SyntaxError(str(exc), (self.path, 1, 0, ""))
+
+    @cached_property
+    def nodes(self) -> list[ast.AST]:
+        """Every node of the syntax tree, walked once for all policies (empty: not Python, or unparsable)."""
+        if not self.is_python:
+            return []
+        tree = self.tree
+        return [] if isinstance(tree, SyntaxError) else walk(tree)
 
     def describe(self) -> str:
         return f"artifact {self.path} ({self.kind}, {self.size} bytes, by {self.agent})"
@@ -130,6 +142,22 @@ class Request:
     def describe(self) -> str:
         ident = f" {self.envelope_id}" if self.envelope_id else ""
         return f"request {self.type}{ident} from {self.requester or self.agent or 'unknown'}"
+
+
+def walk(tree: ast.AST) -> list[ast.AST]:
+    """Every node under ``tree`` (depth first); ``ast.walk`` with its generators, ~3x faster."""
+    out: list[ast.AST] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if isinstance(value, ast.AST):
+                stack.append(value)
+            elif isinstance(value, list):
+                stack.extend(v for v in value if isinstance(v, ast.AST))
+    return out
 
 
 def agent_of(source: str) -> str | None:

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from governance import Artifact, Finding, Outcome, PolicyEngine, parse_policy_text
-from governance._rules import build_rule
+from governance._rules import Matcher, build_rule
 
 RULE = build_rule("placeholders", {})
 
@@ -63,6 +63,7 @@ def test_placeholders_are_found_with_their_line(source: str, line: int, what: st
         "note = 'the todo list app'\n",  # lower-case 'todo' in data is a word, not a marker
         "mask = 'XXX-XXX'\n",  # XXX in ordinary strings is data
         "anchor = '#section'\n",
+        "key = lambda item: str(item)\nif key:\n    'a plain string, not a docstring'\n",
     ],
 )
 def test_finished_code_has_no_findings(source: str) -> None:
@@ -109,3 +110,18 @@ def test_strict_mode_switches_the_placeholder_policies(strict: bool, outcome: Ou
     assert ("no-placeholders@1" in decision.policies) is strict
     # forbidden calls are not strict mode: they deny either way
     assert engine.evaluate(Artifact("a.py", "eval(x)\n")).denied
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "found"),
+    [
+        (r"\bTODO\b", "x  # TODO later", "TODO"),
+        (r"\bTODO\b", "TODOS and xTODO are words", None),  # the fast path keeps the boundaries
+        (r"(?i)\bplaceholder\b", "A Placeholder here", "Placeholder"),
+        (r"(?i)\bplaceholder\b", "placeholders", None),
+        (r"TO+DO", "TOOODO", "TOOODO"),  # not a plain word: the regex alone
+    ],
+)
+def test_marker_matcher_fast_path_agrees_with_the_regex(pattern: str, text: str, found: str | None) -> None:
+    match = Matcher(pattern).search(text)
+    assert (match.group(0) if match else None) == found
