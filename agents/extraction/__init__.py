@@ -2,11 +2,13 @@
 
     collection = load_file(Path("examples/tensoraios_ecosystem.md"))   # or SchemaErrors
     plan = lock(collection)                                             # or SchemaErrors
+    baseline = await run_baseline(collection, probes=..., anchors=...)
     plan.hash, plan.waves, plan.items
 
 The schema reference (fields, kinds, naming convention) is ``docs/SCHEMA.md``.
 """
 
+from .baseline import Baseline, BaselineCheck, baseline_errors, run_baseline, stack_probes
 from .collection import Collection, SchemaError, SchemaErrors, content_hash
 from .kinds import CONVENTIONS, KINDS, Kind, KindSpec, kind_by_convention
 from .loader import load_collection, load_file
@@ -19,6 +21,8 @@ __all__ = [
     "KINDS",
     "PLAN_FORMAT",
     "AgentSchema",
+    "Baseline",
+    "BaselineCheck",
     "Collection",
     "Kind",
     "KindSpec",
@@ -28,6 +32,7 @@ __all__ = [
     "SchemaError",
     "SchemaErrors",
     "Unresolved",
+    "baseline_errors",
     "build_plan",
     "content_hash",
     "cycle_errors",
@@ -37,6 +42,8 @@ __all__ = [
     "load_file",
     "lock",
     "research",
+    "run_baseline",
+    "stack_probes",
     "text_listing",
     "topological_order",
     "waves",

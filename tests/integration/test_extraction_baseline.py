@@ -1,0 +1,48 @@
+"""Phase 1 baseline against the real embedded Redis (with the graph module) and PostgreSQL."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from agents.extraction import load_file
+from agents.extraction.baseline import baseline_errors, run_baseline, stack_probes
+from governance import load_policy_file
+from l9.devstack import StackEndpoints
+
+pytestmark = pytest.mark.integration
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_the_seed_ecosystem_passes_its_baseline_on_the_real_stack(stack: StackEndpoints) -> None:
+    collection = load_file(EXAMPLES / "tensoraios_ecosystem.md")
+    anchors = {a.name for a in load_policy_file().anchors}
+    baseline = await run_baseline(
+        collection, probes=stack_probes(stack.redis_url, stack.database_url), anchors=anchors
+    )
+    assert baseline.ok, baseline.failures()
+    backends = {c.target: c.detail for c in baseline.checks if c.check == "memory_backend"}
+    assert set(backends) == {"redis", "postgres", "graph"}
+    assert all(detail.startswith("reachable (") for detail in backends.values())
+
+
+async def test_a_backend_that_is_not_there_fails_with_the_drivers_reason(stack: StackEndpoints) -> None:
+    collection = load_file(EXAMPLES / "tensoraios_ecosystem.md")
+    probes = stack_probes(f"redis://127.0.0.1:{closed_port()}/0", stack.database_url)
+    baseline = await run_baseline(collection, probes=probes, anchors={"Igor", "Compliance"})
+    failed = {c.target: c.detail for c in baseline.failures()}
+    assert set(failed) == {"redis", "graph"}, "PostgreSQL is up; both Redis probes fail"
+    assert all("ConnectionError" in detail for detail in failed.values())
+    errors = [str(e) for e in baseline_errors(collection, baseline, {"Igor", "Compliance"})]
+    assert errors[0].startswith(
+        "tensoraios_ecosystem.md:34 agent 'tensoraios': memorytopology.workingmemory.storagetype"
+        " needs the redis backend, which failed its baseline check: ConnectionError"
+    )
