@@ -12,6 +12,14 @@ from .baseline import Baseline, BaselineCheck, baseline_errors, run_baseline, st
 from .collection import Collection, SchemaError, SchemaErrors, content_hash
 from .kinds import CONVENTIONS, KINDS, Kind, KindSpec, kind_by_convention
 from .loader import load_collection, load_file
+from .payloads import (
+    ExtractRequest,
+    PlanBaseline,
+    PlanLocked,
+    PlanRejected,
+    PlanResearch,
+    SchemaParsed,
+)
 from .plan import PLAN_FORMAT, LockedPlan, PlanItem, Research, Unresolved, text_listing
 from .planner import build_plan, cycle_errors, find_cycles, lock, research, topological_order, waves
 from .schema import AgentSchema
@@ -24,13 +32,19 @@ __all__ = [
     "Baseline",
     "BaselineCheck",
     "Collection",
+    "ExtractRequest",
     "Kind",
     "KindSpec",
     "LockedPlan",
+    "PlanBaseline",
     "PlanItem",
+    "PlanLocked",
+    "PlanRejected",
+    "PlanResearch",
     "Research",
     "SchemaError",
     "SchemaErrors",
+    "SchemaParsed",
     "Unresolved",
     "baseline_errors",
     "build_plan",

@@ -23,6 +23,7 @@ import yaml
 from .schema import AgentSchema
 
 ErrorCode = Literal[
+    "request",
     "yaml",
     "document",
     "duplicate_key",
@@ -43,6 +44,7 @@ class SchemaError:
     """One thing wrong with a collection; ``message`` starts with the field it is about."""
 
     file: str
+    #: 1-based; 0 when the error is about the whole input (an unreadable file).
     line: int
     code: ErrorCode
     message: str
@@ -53,7 +55,8 @@ class SchemaError:
 
     def __str__(self) -> str:
         who = f" agent '{self.agent}'" if self.agent else f" agent #{self.index}" if self.index else ""
-        return f"{self.file}:{self.line}{who}: {self.message}"
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}{who}: {self.message}"
 
     def sort_key(self) -> tuple[str, int, str]:
         return (self.file, self.line, self.message)

@@ -1,0 +1,150 @@
+"""The planner agent (``l9 agent run planner``): extraction requests in, phase 0-1 envelopes out.
+
+For each ``l9.extract.request.v1`` on the ``extract`` stream it emits, caused
+by the request and in its run:
+
+1. ``l9.schema.parsed.v1`` - the collection as read (or, if it cannot be read
+   or is invalid, only ``l9.plan.rejected.v1`` at stage ``request``/``schema``);
+2. ``l9.plan.research.v1`` - DAG, cycles, order, waves (a cycle: rejected at
+   ``research``);
+3. ``l9.plan.baseline.v1`` - every phase 1 check with its result;
+4. ``l9.plan.locked.v1`` - the plan and its hash, or ``l9.plan.rejected.v1``
+   listing every baseline failure and (strict mode, ``L9_STRICT_MODE``) every
+   unresolvable entry, at stage ``baseline`` or ``plan``.
+
+:func:`plan_request` computes these from the request alone (the probes and
+anchors given), so it is tested without a bus. The handler publishes them in
+one pipelined round trip after all are computed; a redelivered request is
+planned again and gives the same plan hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from pathlib import PurePosixPath
+
+import anyio
+
+from envelope import Payload
+from governance import load_policy_file
+from l9.devstack import resolve_endpoints
+from l9.settings import Settings, get_settings
+
+from ..base import Agent, Context, handles
+from ..runtime import Runtime
+from .baseline import Probe, baseline_errors, run_baseline, stack_probes
+from .collection import SchemaError, SchemaErrors, content_hash
+from .loader import load_collection
+from .payloads import (
+    TEXT_MAX,
+    ExtractRequest,
+    PlanBaseline,
+    PlanLocked,
+    PlanRejected,
+    PlanResearch,
+    SchemaParsed,
+    Stage,
+)
+from .planner import build_plan, cycle_errors, research
+
+#: The stream extraction requests travel on (``l9.extract.*`` by the default topology).
+REQUEST_STREAM = "extract"
+
+
+class RequestError(Exception):
+    """The request's collection cannot be had: unreadable, too large, or not the hashed content."""
+
+
+async def request_text(request: ExtractRequest) -> str:
+    """The collection text of ``request``, read from its path if it carries none."""
+    if request.text is not None:
+        return request.text
+    path = anyio.Path(request.path or "")
+    try:
+        data = await path.read_bytes()
+    except OSError as exc:
+        raise RequestError(f"cannot read {request.path}: {exc.strerror or exc}") from None
+    if len(data) > TEXT_MAX * 4:
+        raise RequestError(f"{request.path} is {len(data)} bytes long (at most {TEXT_MAX * 4})")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"{request.path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    if content_hash(text) != request.content_hash:
+        actual = content_hash(text)
+        raise RequestError(
+            f"{request.path} has changed: SHA-256 {actual}, the request names {request.content_hash}"
+        )
+    return text
+
+
+async def plan_request(
+    request: ExtractRequest,
+    *,
+    probes: Mapping[str, Probe],
+    anchors: Set[str],
+    strict: bool = True,
+    timeout_s: float = 5.0,
+) -> list[Payload]:
+    """The payloads the planner emits for ``request``, in order (see the module docstring)."""
+    origin = PurePosixPath(request.file)
+    try:
+        collection = load_collection(await request_text(request), request.file)
+    except RequestError as exc:
+        return [PlanRejected.of(origin.stem, "request", [SchemaError(origin.name, 0, "request", str(exc))])]
+    except SchemaErrors as exc:
+        return [PlanRejected.of(origin.stem, "schema", exc.errors)]
+    found = research(collection)
+    out: list[Payload] = [SchemaParsed.of(collection), PlanResearch.of(collection.name, found)]
+    if not found.acyclic:
+        return [*out, PlanRejected.of(collection.name, "research", cycle_errors(collection, found))]
+    baseline = await run_baseline(collection, probes=probes, anchors=anchors, timeout_s=timeout_s)
+    out.append(PlanBaseline.of(collection.name, baseline))
+    plan, unresolved = build_plan(collection, found)
+    errors = baseline_errors(collection, baseline, anchors) + (unresolved if strict else [])
+    if errors:
+        stage: Stage = "plan" if baseline.ok else "baseline"
+        return [*out, PlanRejected.of(collection.name, stage, errors)]
+    return [*out, PlanLocked.of(plan)]
+
+
+class PlannerAgent(Agent):
+    name = "planner"
+    consumes = (REQUEST_STREAM,)
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        settings: Settings | None = None,
+        *,
+        probes: Mapping[str, Probe] | None = None,
+        anchors: Set[str] | None = None,
+    ) -> None:
+        super().__init__(runtime)
+        self.settings = settings or get_settings()
+        self.probes = probes
+        self.anchors = anchors
+
+    async def on_start(self) -> None:
+        if self.probes is None:
+            endpoints = resolve_endpoints(self.settings)
+            self.probes = stack_probes(endpoints.redis_url, endpoints.database_url)
+        if self.anchors is None:
+            self.anchors = frozenset(a.name for a in load_policy_file(self.settings.policy_file).anchors)
+
+    @handles(ExtractRequest)
+    async def on_request(self, ctx: Context[ExtractRequest]) -> None:
+        log = self.log.bind(correlation_id=ctx.envelope.correlation_id, envelope=ctx.envelope.id)
+        payloads = await plan_request(
+            ctx.payload,
+            probes=self.probes or {},
+            anchors=self.anchors or frozenset(),
+            strict=self.settings.strict_mode,
+        )
+        envelopes = [self.envelope_for(p, cause=ctx.envelope) for p in payloads]
+        await self.runtime.publisher.publish_many(envelopes)
+        outcome = getattr(payloads[-1], "outcome", "")
+        log.info("planner.planned", file=ctx.payload.file, result=envelopes[-1].type, outcome=outcome)
+
+
+__all__ = ["REQUEST_STREAM", "PlannerAgent", "RequestError", "plan_request", "request_text"]
