@@ -27,6 +27,7 @@ BUILTIN: dict[str, str] = {
     "squarer": "agents.demo:SquarerAgent",
     "summer": "agents.demo:SummerAgent",
     "sympy": "agents.sympy.agent:SymPyAgent",
+    "planner": "agents.extraction.planner_agent:PlannerAgent",
 }
 log = structlog.get_logger("l9.agent.runner")
 

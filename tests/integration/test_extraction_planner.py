@@ -1,0 +1,81 @@
+"""``l9 agent run planner`` as a real process: extraction requests in, phase 0-1 envelopes out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from agents.extraction import (
+    ExtractRequest,
+    PlanBaseline,
+    PlanLocked,
+    PlanRejected,
+    PlanResearch,
+    SchemaParsed,
+    load_file,
+    lock,
+)
+from bus import Keys, Publisher
+from envelope import PacketEnvelope, Payload, Signer, Verifier, decode
+from tests.conftest import AgentProcess, wait_for
+
+pytestmark = pytest.mark.integration
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def request_envelope(path: Path) -> PacketEnvelope:
+    request = ExtractRequest.of_text(path.read_text(), path.name, "user:integration-test")
+    return PacketEnvelope.new(
+        type="l9.extract.request.v1", source="agent://cli/test", data=request.model_dump(mode="json")
+    )
+
+
+async def run_of(
+    redis: aioredis.Redis, keys: Keys, verifier: Verifier, run: str
+) -> list[tuple[PacketEnvelope, Payload]]:
+    """Every envelope of ``run`` on the schema and plan streams, in the order published."""
+    found = []
+    for stream in ("schema", "plan"):
+        for _, fields in await redis.xrange(keys.stream(stream)):
+            envelope, payload = decode(fields, verifier)
+            if envelope.correlation_id == run:
+                found.append((envelope, payload))
+    return sorted(found, key=lambda pair: pair[0].sequence or 0)
+
+
+async def test_the_planner_locks_a_valid_collection_and_rejects_a_cycle(
+    spawn: Callable[..., AgentProcess], redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+) -> None:
+    planner = spawn("planner")
+    publisher = Publisher(redis, keys, signer)
+    good = request_envelope(EXAMPLES / "tensoraios_ecosystem.md")
+    bad = request_envelope(EXAMPLES / "broken" / "cycle.yaml")
+    await publisher.publish(good)
+    await publisher.publish(bad)
+
+    async def finished() -> bool:
+        last = [await run_of(redis, keys, verifier, run) for run in (good.id, bad.id)]
+        return all(pairs and isinstance(pairs[-1][1], PlanLocked | PlanRejected) for pairs in last)
+
+    await wait_for(finished, timeout=60)
+    locked_run = await run_of(redis, keys, verifier, good.id)
+    assert [type(p) for _, p in locked_run] == [SchemaParsed, PlanResearch, PlanBaseline, PlanLocked]
+    assert all(e.causation_id == good.id and e.source.startswith("agent://planner/") for e, _ in locked_run)
+    baseline, locked = locked_run[2][1], locked_run[3][1]
+    assert isinstance(baseline, PlanBaseline) and baseline.ok, baseline.checks
+    assert isinstance(locked, PlanLocked)
+    assert locked.hash == lock(load_file(EXAMPLES / "tensoraios_ecosystem.md")).hash
+
+    rejected_run = await run_of(redis, keys, verifier, bad.id)
+    assert [type(p) for _, p in rejected_run] == [SchemaParsed, PlanResearch, PlanRejected]
+    rejected = rejected_run[-1][1]
+    assert isinstance(rejected, PlanRejected) and rejected.stage == "research"
+    assert [e.text for e in rejected.errors] == [
+        "cycle.yaml:8 agent 'ingest': depends_on.hard forms a cycle: ingest -> score -> report -> ingest",
+        "cycle.yaml:35 agent 'watchdog': depends_on.hard forms a cycle: watchdog -> watchdog",
+    ]
+    assert planner.terminate() == 0
+    assert any(e.get("event") == "planner.planned" for e in planner.log_events())
