@@ -47,6 +47,8 @@ log = structlog.get_logger("l9.extraction.loader")
 Format = Literal["yaml", "markdown"]
 _FENCE = re.compile(r"^ {0,3}(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\s`]*)")
 _YAML_INFO = frozenset({"yaml", "yml"})
+#: Most YAML nodes one agent may expand to (aliases can make a small text a huge or endless tree).
+MAX_NODES = 20_000
 
 
 def load_file(path: Path) -> Collection:
@@ -164,6 +166,12 @@ class _Reader:
 
     def validate(self, source: AgentSource) -> AgentSchema | None:
         """The agent's schema, or None after recording why it is invalid."""
+        if _expanded_size(source.node) > MAX_NODES:
+            message = (
+                f"expands to more than {MAX_NODES} YAML nodes (aliases repeating or containing themselves)"
+            )
+            self.fail(source.first_line + source.node.start_mark.line, "yaml", message, source=source)
+            return None
         for path, first, again in _repeated_keys(source.node, ()):
             lines = (source.first_line + first.start_mark.line, source.first_line + again.start_mark.line)
             message = f"is written twice (first at line {lines[0]})"
@@ -268,6 +276,19 @@ def _yaml_problem(exc: yaml.YAMLError, first_line: int) -> tuple[int, ErrorCode,
     elif context:
         problem = f"{problem} ({context})"
     return line, "yaml", f"malformed YAML: {problem}"
+
+
+def _expanded_size(node: yaml.Node) -> int:
+    """How many nodes the tree holds with every alias expanded, counting no further than the limit."""
+    count, todo = 0, [node]
+    while todo and count <= MAX_NODES:
+        current = todo.pop()
+        count += 1
+        if isinstance(current, yaml.MappingNode):
+            todo.extend(v for pair in current.value for v in pair)
+        elif isinstance(current, yaml.SequenceNode):
+            todo.extend(current.value)
+    return count
 
 
 def _repeated_keys(node: yaml.Node, path: Loc) -> Iterator[tuple[Loc, yaml.Node, yaml.ScalarNode]]:

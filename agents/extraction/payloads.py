@@ -8,7 +8,7 @@ type                        what                                               r
 ``l9.schema.parsed.v1``     the collection as read: format, agents, counts     1
 ``l9.plan.research.v1``     phase 0: DAG edges, cycles, order, waves           3
 ``l9.plan.baseline.v1``     phase 1: every check and its result                4
-``l9.plan.locked.v1``       the locked TODO plan and its hash                  2
+``l9.plan.locked.v1``       the locked plan (the to-do list) and its hash     2
 ``l9.plan.rejected.v1``     every error, and the stage that found them         2
 ==========================  =================================================  ===========
 

@@ -1,4 +1,4 @@
-"""The planner's results as data: phase 0 research and the locked TODO plan, with its hash.
+"""The planner's results as data: phase 0 research and the locked plan (a to-do list) with its hash.
 
 **The plan format** (``format: l9.plan/1``). A :class:`LockedPlan` holds the
 collection's name, its agents (the validated schemas, in topological order),
@@ -44,7 +44,7 @@ class _Model(BaseModel):
 class PlanItem(_Model):
     """One thing the generator produces (or, for a link, checks), in the order to produce it."""
 
-    #: 1-based position in the plan: ``TODO-<todo>``.
+    #: 1-based position in the plan (``#<todo>`` in the listing).
     todo: int = Field(ge=1)
     agent: str
     category: Category
@@ -144,7 +144,7 @@ def plan_hash(data: Any) -> str:
 
 def text_listing(plan: LockedPlan) -> str:
     """The plan as the seeds' ``locked_todo_plan.txt``: one line per item, grouped by agent."""
-    lines = [f"locked TODO plan {plan.collection} ({plan.format}, sha256 {plan.hash})"]
+    lines = [f"locked plan {plan.collection} ({plan.format}, sha256 {plan.hash})"]
     for wave, names in enumerate(plan.waves):
         lines.append(f"wave {wave}: {', '.join(names)}")
     for name in plan.order:
@@ -152,7 +152,7 @@ def text_listing(plan: LockedPlan) -> str:
         for item in plan.items_of(name):
             via = f" via {item.template}" if item.template else f" -> {item.link_to or 'existing'}"
             imports = f" imports {', '.join(item.imports)}" if item.imports else ""
-            lines.append(f"  TODO-{item.todo} {item.category} {item.path} [{item.kind}]{via}{imports}")
+            lines.append(f"  #{item.todo} {item.category} {item.path} [{item.kind}]{via}{imports}")
     lines.extend(f"unresolved {u.agent} {u.field} {u.path}: {u.reason}" for u in plan.unresolved)
     return "\n".join(lines) + "\n"
 

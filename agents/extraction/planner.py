@@ -1,4 +1,4 @@
-"""Phase 0 of an extraction: the dependency DAG, its order and waves, and the locked TODO plan.
+"""Phase 0 of an extraction: the dependency DAG, its order and waves, the locked plan (a to-do list).
 
 Pure functions of a :class:`Collection` (no I/O):
 

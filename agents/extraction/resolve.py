@@ -61,35 +61,42 @@ def declared_needs(agent: AgentSchema) -> set[Need]:
 
 
 def resolve_files(agent: AgentSchema) -> AgentFiles:
-    needs, out = declared_needs(agent), AgentFiles()
-    accepted: list[tuple[str, FileEntry, KindSpec]] = []
-    taken: dict[tuple[str, str], str] = {}
-    instructions = agent.cursorinstructions
-    for list_name, entries in (
-        ("generatefiles", instructions.generatefiles),
-        ("generatedocs", instructions.generatedocs),
-    ):
-        for i, entry in enumerate(entries):
-            reason = _why_unresolvable(list_name, entry, needs, taken)
-            if reason is not None:
-                out.problems.append(
-                    _problem(agent.name, ("cursorinstructions", list_name, i), entry.path, reason)
-                )
-                continue
-            spec = KINDS[_kind(entry) or ""]
-            taken.setdefault((list_name, spec.kind), entry.path)
-            accepted.append((list_name, entry, spec))
+    accepted, problems = _accept(agent)
+    out = AgentFiles(problems=problems)
     for list_name, entry, spec in accepted:
         module = module_name(agent.rootpath, entry.path) if _in_code(list_name, spec) else None
         if module is not None:
             out.modules.add(module)
             if spec.single:
                 out.module_of_kind[spec.kind] = module
-    links = tuple(m for m in (link_module(x) for x in instructions.linkexisting) if m is not None)
-    for list_name, entry, spec in accepted:
-        out.items.append(_item(agent, list_name, entry, spec, out, links))
+    links = tuple(m for m in map(link_module, agent.cursorinstructions.linkexisting) if m is not None)
+    out.items = [_item(agent, list_name, entry, spec, out, links) for list_name, entry, spec in accepted]
     out.items.append(_manifest_item(agent))
     return out
+
+
+def _accept(agent: AgentSchema) -> tuple[list[tuple[str, FileEntry, KindSpec]], list[Problem]]:
+    """Entries with a kind that renders, in list order; the others as problems."""
+    needs = declared_needs(agent)
+    accepted: list[tuple[str, FileEntry, KindSpec]] = []
+    problems: list[Problem] = []
+    taken: dict[tuple[str, str], str] = {}
+    lists = {
+        "generatefiles": agent.cursorinstructions.generatefiles,
+        "generatedocs": agent.cursorinstructions.generatedocs,
+    }
+    for list_name, entries in lists.items():
+        for i, entry in enumerate(entries):
+            reason = _why_unresolvable(list_name, entry, needs, taken)
+            if reason is not None:
+                problems.append(
+                    _problem(agent.name, ("cursorinstructions", list_name, i), entry.path, reason)
+                )
+                continue
+            spec = KINDS[_kind(entry) or ""]
+            taken.setdefault((list_name, spec.kind), entry.path)
+            accepted.append((list_name, entry, spec))
+    return accepted, problems
 
 
 def _kind(entry: FileEntry) -> str | None:

@@ -117,7 +117,8 @@ def _formula(value: str) -> str:
     try:
         ast.parse(value.strip(), mode="eval")
     except SyntaxError as exc:
-        raise ValueError(f"is not a formula: {exc.msg} (column {exc.offset})") from None
+        where = f" (column {exc.offset})" if exc.offset else ""
+        raise ValueError(f"is not a formula: {exc.msg}{where}") from None
     return value
 
 

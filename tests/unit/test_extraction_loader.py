@@ -129,6 +129,17 @@ def test_python_tags_are_refused_not_constructed() -> None:
     assert error.startswith("c.yaml:8 agent 'alpha': malformed YAML: could not determine a constructor")
 
 
+def test_aliases_that_explode_or_contain_themselves_are_refused() -> None:
+    levels = [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 8)]
+    laughs = "\n".join(["integration:", "  l0: &l0 [x]", *levels])  # 9**7 lists of "x"
+    assert errors_of(AGENT.format(name="alpha") + laughs + "\n") == [
+        "c.yaml:1 agent 'alpha': expands to more than 20000 YAML nodes"
+        " (aliases repeating or containing themselves)"
+    ]
+    looped = AGENT.format(name="beta") + "deployment: &d {endpoints: [*d]}\n"
+    assert errors_of(looped)[0].startswith("c.yaml:1 agent 'beta': expands to more than")
+
+
 # -- one agent -------------------------------------------------------------------------------------------
 
 INVALID = """\

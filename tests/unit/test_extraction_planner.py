@@ -296,10 +296,10 @@ def test_a_path_planned_by_two_agents_is_unresolvable_for_the_later_one() -> Non
 
 def test_the_plan_reads_as_a_todo_list(tensoraios: Collection) -> None:
     listing = text_listing(lock(tensoraios))
-    assert listing.startswith("locked TODO plan tensoraios_ecosystem (l9.plan/1, sha256 ")
+    assert listing.startswith("locked plan tensoraios_ecosystem (l9.plan/1, sha256 ")
     assert "wave 1: main_agent, tensor_trainer, tensor_auditor\n" in listing
     assert (
-        "  TODO-36 link L9/agents/main/payloads.py [link] -> main_agent imports L9.agents.main.payloads\n"
+        "  #36 link L9/agents/main/payloads.py [link] -> main_agent imports L9.agents.main.payloads\n"
         in listing
     )
 
