@@ -16,19 +16,25 @@ from bus import Keys
 
 from .keys import cache_stats_key, result_key
 
+#: GET and count the hit or miss in one round trip (a cached reply's latency is mostly round trips).
+_GET_COUNTED = """
+local value = redis.call('GET', KEYS[1])
+local outcome = value and 'hits' or 'misses'
+redis.call('HINCRBY', KEYS[2], outcome, 1)
+redis.call('HINCRBY', KEYS[2], outcome .. ':' .. ARGV[1], 1)
+return value
+"""
+
 
 class ResultCache:
     def __init__(self, redis: aioredis.Redis, keys: Keys, *, ttl_s: int, max_bytes: int) -> None:
         self.redis, self.keys, self.ttl_s, self.max_bytes = redis, keys, ttl_s, max_bytes
+        self._get_counted = redis.register_script(_GET_COUNTED)
 
     async def get(self, digest: str, op: str, backend: str) -> dict[str, Any] | None:
-        """The stored fields, or None; either way the hit or miss is counted."""
-        raw = await self.redis.get(result_key(self.keys, digest, op, backend))
-        outcome = "misses" if raw is None else "hits"
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hincrby(cache_stats_key(self.keys), outcome, 1)
-            pipe.hincrby(cache_stats_key(self.keys), f"{outcome}:{op}", 1)
-            await pipe.execute()
+        """The stored fields, or None; either way the hit or miss is counted (one round trip)."""
+        keys = [result_key(self.keys, digest, op, backend), cache_stats_key(self.keys)]
+        raw = await self._get_counted(keys=keys, args=[op])
         if raw is None:
             return None
         fields: dict[str, Any] = json.loads(raw)

@@ -150,8 +150,34 @@ def _name_of(unsupported: Any) -> str:
     return str(getattr(unsupported.func, "__name__", unsupported))
 
 
+#: Integer exponents up to this are written as products: ``pow(x, 4)`` costs a libm call
+#: (no C compiler replaces it without -ffast-math), ``(x*x)*(x*x)`` two multiplications.
+MAX_PRODUCT_POWER = 16
+
+
+def _product_power(base: str, n: int) -> str:
+    """``base**n`` by repeated squaring, spelled out; the compiler merges the repeated halves."""
+    if n == 1:
+        return base
+    half = _product_power(base, n // 2)
+    return f"({half}*{half}*{base})" if n % 2 else f"({half}*{half})"
+
+
+def _integer_power(printer: Any, expr: Any) -> str | None:
+    exponent = expr.exp
+    if not (exponent.is_Integer and 2 <= abs(int(exponent)) <= MAX_PRODUCT_POWER):
+        return None
+    product = _product_power(printer.parenthesize(expr.base, 50), abs(int(exponent)))
+    return product if exponent > 0 else f"(1.0/{product})"
+
+
+class _CPrinter(C99CodePrinter):  # type: ignore[misc]
+    def _print_Pow(self, expr: Any) -> str:
+        return _integer_power(self, expr) or str(super()._print_Pow(expr))
+
+
 def _c(kernel: Kernel) -> str:
-    printer = C99CodePrinter({"human": False})
+    printer = _CPrinter({"human": False})
     params = ", ".join(f"double {p}" for p in kernel.params) or "void"
     body = [f"    const double {t} = {_checked(printer.doprint(e), 'C')[1]};" for t, e in kernel.temporaries]
     body.append(f"    return {_checked(printer.doprint(kernel.result), 'C')[1]};")
@@ -217,6 +243,9 @@ class _CythonPrinter(PythonCodePrinter):  # type: ignore[misc]
 
     def _print_Rational(self, expr: Any) -> str:
         return f"({expr.p}.0/{expr.q}.0)"
+
+    def _print_Pow(self, expr: Any, rational: bool = False) -> str:
+        return _integer_power(self, expr) or str(super()._print_Pow(expr, rational))
 
 
 def _cython(kernel: Kernel) -> str:

@@ -2,7 +2,8 @@
 
 A kernel is named by the hash of its canonical expression, its parameter
 order and the generator version. Its extension module lives at
-``<kernel_dir>/<hash>/l9k_<hash><EXT_SUFFIX>``; any worker loads it with one
+``<kernel_dir>/<hash>/l9k_<hash><EXT_SUFFIX>`` (``meta.json`` beside it keeps
+the parameter names); any worker loads it with one
 ``dlopen`` (about a millisecond) instead of the seconds a build costs. A build
 runs in a temporary directory beside the cache and is renamed into place, so
 two workers building the same kernel never load half a file. The agent
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -28,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sympy
 
 from . import codegen
 from .errors import ToolError
@@ -61,7 +62,11 @@ class Built:
 
 
 class KernelStore:
-    """The on-disk kernel cache of one worker: build, find, load."""
+    """The on-disk kernel cache of one worker: build, find, load.
+
+    Kernels are named from the canonical hash of the expression (``expr_hash``,
+    computed once per request by the operations) and the parameter order.
+    """
 
     def __init__(self, directory: str | Path, timeout_s: float) -> None:
         self.directory, self.timeout_s = Path(directory), timeout_s
@@ -69,27 +74,32 @@ class KernelStore:
     def path_of(self, kernel_hash: str) -> Path:
         return self.directory / kernel_hash / f"l9k_{kernel_hash}{SUFFIX}"
 
-    def ensure(self, expr: Any, args: Sequence[str]) -> Built:
+    def ensure(self, expr: Any, args: Sequence[str], expr_hash: str) -> Built:
         """The kernel of ``expr`` with parameters ``args``, built unless it is on disk."""
+        digest = kernel_hash(expr_hash, args)
+        path, meta = self.path_of(digest), self.path_of(digest).with_name("meta.json")
+        if path.exists() and meta.exists():
+            params = json.loads(meta.read_text())["params"]
+            return Built(digest, str(path), params, list(args), 0.0, False)
         generated = codegen.generate(expr, "cython", "kernel", list(args), True)
-        digest = kernel_hash(expr, args)
-        path = self.path_of(digest)
-        if path.exists():
-            return Built(digest, str(path), generated["params"], list(args), 0.0, False)
         started = time.perf_counter()
         self._build(digest, generated["source"], path)
+        meta.write_text(json.dumps({"params": generated["params"], "args": list(args)}))
         ms = round((time.perf_counter() - started) * 1000, 1)
         return Built(digest, str(path), generated["params"], list(args), ms, True)
 
-    def exists(self, expr: Any, args: Sequence[str]) -> bool:
-        return self.path_of(kernel_hash(expr, args)).exists()
+    def exists(self, expr_hash: str, args: Sequence[str]) -> bool:
+        return self.path_of(kernel_hash(expr_hash, args)).exists()
 
-    def load(self, expr: Any, args: Sequence[str]) -> Kernel:
+    def load(self, expr: Any, args: Sequence[str], expr_hash: str) -> Kernel:
         """The kernel's function (built first if needed); loaded once per process."""
-        digest = kernel_hash(expr, args)
+        digest = kernel_hash(expr_hash, args)
         loaded = _LOADED.get(digest)
         if loaded is None:
-            loaded = _LOADED[digest] = load_module(self.ensure(expr, args).path, digest)
+            path = self.path_of(digest)
+            if not path.exists():
+                path = Path(self.ensure(expr, args, expr_hash).path)
+            loaded = _LOADED[digest] = load_module(path, digest)
         return loaded
 
     def _build(self, digest: str, source: str, target: Path) -> None:
@@ -122,8 +132,9 @@ class KernelStore:
             raise ToolError("failed", "compile_failed", f"{Path(command[0]).name} failed: {tail}")
 
 
-def kernel_hash(expr: Any, args: Sequence[str]) -> str:
-    text = f"{GENERATOR}\0{sympy.srepr(expr)}\0{','.join(args)}"
+def kernel_hash(expr_hash: str, args: Sequence[str]) -> str:
+    """The kernel of the expression with canonical hash ``expr_hash`` and parameters ``args``."""
+    text = f"{GENERATOR}\0{expr_hash}\0{','.join(args)}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -202,7 +202,7 @@ def _compile(request: Compile, fields: Fields, limits: ToolConfig, expr_hash: st
     if not isinstance(expr, sympy.Expr):
         raise ToolError("invalid", "not_numeric", f"cannot compile a {type(expr).__name__}")
     args = request.args if request.args is not None else sorted(s.name for s in expr.free_symbols)
-    return store.ensure(expr, args).as_dict()
+    return store.ensure(expr, args, expr_hash).as_dict()
 
 
 OPERATIONS: dict[str, Operation] = {

@@ -11,7 +11,7 @@ import mpmath
 import numpy as np
 import pytest
 
-from agents.sympy import compiled
+from agents.sympy import compiled, evaluate
 from agents.sympy.errors import ToolError
 from agents.sympy.evaluate import COMPILED_MIN_POINTS
 from agents.sympy.operations import Job, ToolConfig, execute
@@ -65,13 +65,16 @@ def test_the_compiled_backend_agrees_with_50_digit_evalf(config: ToolConfig) -> 
         assert abs((mpmath.mpf(got) - mpmath.mpf(exact)) / mpmath.mpf(exact)) <= 1e-12, (got, exact)
 
 
-def test_auto_uses_a_built_kernel_only_for_many_points(config: ToolConfig) -> None:
+def test_auto_uses_a_built_kernel_only_for_many_points_and_when_it_is_faster(config: ToolConfig) -> None:
     run(config, Compile(expr=EXPR))
     few = run(config, Evaluate(expr=EXPR, points={"x": XS, "y": YS}))
     n = COMPILED_MIN_POINTS
     many = run(config, Evaluate(expr=EXPR, points={"x": [0.5] * n, "y": [0.25] * n}))
     unbuilt = run(config, Evaluate(expr="x*y + 1", points={"x": [0.5] * n, "y": [0.25] * n}))
-    assert (few["backend"], many["backend"], unbuilt["backend"]) == ("symengine", "compiled", "symengine")
+    assert (few["backend"], unbuilt["backend"]) == ("symengine", "symengine")
+    expr_hash = execute(config, Job("key", Evaluate(expr=EXPR)))["expr_hash"]
+    assert many["backend"] == evaluate._FASTER[expr_hash], "auto must use what the race found faster"
+    assert many["expr_hash"] == expr_hash
     single = run(config, Evaluate(expr=EXPR, points={"x": [0.5], "y": [0.25]}))["values"][0]
     assert many["values"] == pytest.approx([single] * n, rel=1e-12)
 
