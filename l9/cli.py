@@ -234,3 +234,4 @@ from l9.cli_report import report_app  # noqa: E402 (it imports from here lazily)
 
 app.add_typer(report_app, name="report")
 import l9.cli_governance  # noqa: E402, F401 (adds l9 acl and l9 governance)
+from l9 import cli_sympy as _cli_sympy  # noqa: E402, F401 (adds l9 sympy)

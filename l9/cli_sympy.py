@@ -1,0 +1,200 @@
+"""``l9 sympy ...``: call the SymPy worker from the command line, and read its cache counters.
+
+    l9 sympy eval "x**2*y + 1" --at x=1,2,3 --at y=0.5,0.5,2
+    l9 sympy simplify "sin(x)**2 + cos(x)**2"
+    l9 sympy diff "x**3*y" --wrt x --order 2
+    l9 sympy solve "x**2 == 4"
+    l9 sympy codegen "sin(x)*y + x**2" --lang c --name energy
+    l9 sympy compile "sin(x)*y + x**2"
+    l9 sympy stats [--json]
+
+Each request goes to a running worker (``l9 agent run sympy``) over the bus;
+the answer is printed as JSON. A refusal prints the worker's kind, rule and
+position and exits 1; no worker answering before ``--deadline`` exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from agents.sympy import SymPyResult, SymPyTool, ToolError
+from agents.sympy.cache import ResultCache
+from agents.sympy.payloads import Backend, Language
+from bus import Keys, Publisher, RpcClient, RpcTimeout, connect
+from envelope import Signer, Verifier
+from l9.devstack import resolve_endpoints
+
+R = TypeVar("R", bound=SymPyResult)
+sympy_app = typer.Typer(no_args_is_help=True, help="The SymPy worker: evaluate, simplify, codegen, stats.")
+Deadline = Annotated[float, typer.Option("--deadline", min=0.1, help="seconds to wait for the worker")]
+
+
+def _call(ask: Callable[[SymPyTool], Awaitable[R]], deadline_s: float) -> None:
+    """Ask the worker through a SymPyTool; print the reply as JSON, or the error, and exit."""
+    from l9.cli import _run, _settings
+
+    settings = _settings()
+    endpoints = resolve_endpoints(settings)
+    keyring = settings.keyring()
+
+    async def run() -> R:
+        redis = connect(endpoints.redis_url)
+        keys = Keys(settings.namespace)
+        publisher = Publisher(redis, keys, Signer(keyring, settings.signing_key_id))
+        try:
+            async with RpcClient(redis, publisher, Verifier(keyring)) as rpc:
+                return await ask(SymPyTool(rpc, source="agent://cli/sympy", deadline_s=deadline_s))
+        finally:
+            await redis.aclose()
+
+    try:
+        reply = _run(run)
+    except ToolError as exc:
+        where = f" at {exc.position} (offset {exc.position.offset})" if exc.position else ""
+        typer.echo(f"error: {exc.kind}: {exc.rule}{where}: {exc.detail}", err=True)
+        raise typer.Exit(1) from None
+    except RpcTimeout:
+        hint = "is `l9 agent run sympy` running?"
+        typer.echo(f"error: no SymPy worker answered within {deadline_s:g}s ({hint})", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(reply.model_dump_json(indent=2))
+
+
+def _points(values: list[str]) -> dict[str, list[float]]:
+    """``["x=1,2,3", "y=0.5"]`` -> ``{"x": [1.0, 2.0, 3.0], "y": [0.5]}``."""
+    points: dict[str, list[float]] = {}
+    for item in values:
+        name, sep, numbers = item.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"{item!r}: use NAME=V1,V2,...", param_hint="--at")
+        try:
+            points[name.strip()] = [float(v) for v in numbers.split(",") if v.strip()]
+        except ValueError:
+            raise typer.BadParameter(f"{item!r}: the values must be numbers", param_hint="--at") from None
+    return points
+
+
+@sympy_app.command("eval")
+def eval_(
+    expr: str,
+    at: Annotated[list[str] | None, typer.Option("--at", help="NAME=V1,V2,... (repeat per symbol)")] = None,
+    backend: Annotated[str, typer.Option(help="auto, evalf, numpy, symengine or compiled")] = "auto",
+    precision: Annotated[int, typer.Option(min=1, max=1000, help="significant digits (evalf)")] = 15,
+    deadline: Deadline = 30.0,
+) -> None:
+    """Numeric values of EXPR at the points given with --at."""
+    if backend not in ("auto", "evalf", "numpy", "symengine", "compiled"):
+        raise typer.BadParameter(f"unknown backend {backend!r}", param_hint="--backend")
+    chosen: Backend = backend  # type: ignore[assignment]
+    points = _points(at or [])
+    _call(lambda tool: tool.evaluate(expr, points, backend=chosen, precision=precision), deadline)
+
+
+@sympy_app.command()
+def simplify(expr: str, deadline: Deadline = 30.0) -> None:
+    """The simplified form of EXPR."""
+    _call(lambda tool: tool.simplify(expr), deadline)
+
+
+@sympy_app.command()
+def expand(expr: str, deadline: Deadline = 30.0) -> None:
+    """EXPR multiplied out."""
+    _call(lambda tool: tool.expand(expr), deadline)
+
+
+@sympy_app.command()
+def factor(expr: str, deadline: Deadline = 30.0) -> None:
+    """EXPR factored."""
+    _call(lambda tool: tool.factor(expr), deadline)
+
+
+@sympy_app.command()
+def diff(
+    expr: str,
+    wrt: Annotated[str | None, typer.Option(help="the variable (default: the only symbol)")] = None,
+    order: Annotated[int, typer.Option(min=1, max=50)] = 1,
+    deadline: Deadline = 30.0,
+) -> None:
+    """The derivative of EXPR."""
+    _call(lambda tool: tool.diff(expr, wrt, order), deadline)
+
+
+@sympy_app.command()
+def solve(
+    equations: list[str],
+    unknown: Annotated[list[str] | None, typer.Option("--unknown", help="solve for (repeat)")] = None,
+    deadline: Deadline = 30.0,
+) -> None:
+    """Solutions of EQUATIONS (``Eq(a, b)``, ``a == b`` or an expression equal to 0)."""
+    _call(lambda tool: tool.solve(*equations, unknowns=unknown or ()), deadline)
+
+
+@sympy_app.command()
+def codegen(
+    expr: str,
+    lang: Annotated[str, typer.Option("--lang", help="c, fortran, python or cython")] = "c",
+    name: Annotated[str, typer.Option(help="the function's name")] = "kernel",
+    cse: Annotated[bool, typer.Option(help="common subexpression elimination")] = True,
+    deadline: Deadline = 30.0,
+) -> None:
+    """Source code of a function computing EXPR."""
+    if lang not in ("c", "fortran", "python", "cython"):
+        raise typer.BadParameter(f"unknown language {lang!r}", param_hint="--lang")
+    language: Language = lang  # type: ignore[assignment]
+    _call(lambda tool: tool.generate_code(expr, language, name=name, cse=cse), deadline)
+
+
+@sympy_app.command("compile")
+def compile_(expr: str, deadline: Deadline = 300.0) -> None:
+    """Build (or find) the compiled kernel of EXPR on the worker."""
+    _call(lambda tool: tool.compile(expr, deadline_s=deadline), deadline)
+
+
+@sympy_app.command()
+def stats(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """Cache hits and misses per operation, and the hit ratio."""
+    from l9.cli import _run, _settings
+
+    settings = _settings()
+    endpoints = resolve_endpoints(settings)
+
+    async def read() -> dict[str, int]:
+        redis = connect(endpoints.redis_url)
+        try:
+            return await ResultCache(redis, Keys(settings.namespace), ttl_s=1, max_bytes=0).stats()
+        finally:
+            await redis.aclose()
+
+    summary = summarise(_run(read))
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    typer.echo(f"{'operation':<16}{'hits':>10}{'misses':>10}{'hit ratio':>11}")
+    for op, row in summary["operations"].items():
+        typer.echo(f"{op:<16}{row['hits']:>10}{row['misses']:>10}{_ratio(row['hit_ratio']):>11}")
+    total = summary["total"]
+    typer.echo(f"{'all':<16}{total['hits']:>10}{total['misses']:>10}{_ratio(total['hit_ratio']):>11}")
+
+
+def summarise(counters: dict[str, int]) -> dict[str, Any]:
+    """Counters (``hits``, ``misses:evaluate``, ...) -> per-operation rows and a total."""
+    ops = sorted({k.split(":", 1)[1] for k in counters if ":" in k})
+    rows = {op: _row(counters.get(f"hits:{op}", 0), counters.get(f"misses:{op}", 0)) for op in ops}
+    return {"operations": rows, "total": _row(counters.get("hits", 0), counters.get("misses", 0))}
+
+
+def _row(hits: int, misses: int) -> dict[str, Any]:
+    return {"hits": hits, "misses": misses, "hit_ratio": hits / (hits + misses) if hits + misses else None}
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+from l9.cli import app as _app  # noqa: E402 (l9.cli imports this module last; app exists by then)
+
+_app.add_typer(sympy_app, name="sympy")

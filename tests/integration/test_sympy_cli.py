@@ -1,0 +1,46 @@
+"""``l9 sympy ...`` against a real worker process: answers as JSON, refusals and silence as exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+from tests.conftest import ROOT, AgentProcess
+
+pytestmark = pytest.mark.integration
+
+
+async def l9(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    done = await anyio.run_process(
+        [sys.executable, "-m", "l9", "sympy", *args], env=env, cwd=ROOT, check=False
+    )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+async def test_the_command_line_asks_the_worker_and_reads_the_cache_counters(
+    spawn: Callable[..., AgentProcess], agent_env: dict[str, str]
+) -> None:
+    spawn("sympy")
+    code, out, _ = await l9(agent_env, "simplify", "sin(x)**2 + cos(x)**2 + y + x")
+    assert code == 0 and json.loads(out)["expr"] == "x + y + 1"
+    code, out, _ = await l9(agent_env, "eval", "x**2*y", "--at", "x=1,2", "--at", "y=3,0.5")
+    assert code == 0 and json.loads(out)["values"] == [3.0, 2.0]
+    code, out, _ = await l9(agent_env, "simplify", "x + y + sin(x)**2 + cos(x)**2")
+    assert code == 0 and json.loads(out)["cached"] is True
+    code, out, _ = await l9(agent_env, "codegen", "x**2 + y", "--lang", "fortran", "--name", "f")
+    assert code == 0 and "real(kind=8) function f(x, y)" in json.loads(out)["source"]
+    code, _, err = await l9(agent_env, "simplify", "__import__('os').system('id')")
+    assert code == 1 and "forbidden: forbidden_name at 1:1 (offset 0): expr: __import__ is not allowed" in err
+    code, out, _ = await l9(agent_env, "stats", "--json")
+    stats = json.loads(out)
+    assert stats["operations"]["simplify"] == {"hits": 1, "misses": 1, "hit_ratio": 0.5}
+    assert stats["total"]["misses"] == 3  # simplify, evaluate, generate_code; the refusal was never looked up
+
+
+async def test_no_worker_is_a_clear_exit_code(agent_env: dict[str, str]) -> None:
+    code, _, err = await l9(agent_env, "expand", "(x+1)**2", "--deadline", "0.5")
+    assert code == 2 and "no SymPy worker answered within 0.5s" in err
