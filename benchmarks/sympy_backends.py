@@ -274,6 +274,7 @@ def report(
         "expressions": {n: r["ms_per_100k"] for n, r in results.items()},
         "default_vs_symengine_max_ratio": round(worst, 3),
         "cached_roundtrip_p50_ms": p50,
+        "cached_roundtrip_p50_in_redis_pings": round(p50 / trip["redis_ping_p50_ms"], 2),
         "compiled_cache_load_ms": round(load_ms, 3),
         "targets": {
             "default_within_1.5x_of_symengine": {

@@ -83,6 +83,7 @@ class SymPyAgent(Agent):
 
     async def on_stop(self) -> None:
         await self.pool.__aexit__(None, None, None)
+        await self.cache.flush()
 
     @handles(Evaluate, Simplify, Expand, Factor, Diff, Integrate, Series, Solve, Cse, GenerateCode, Compile)
     async def on_request(self, ctx: Context[SymPyRequest]) -> None:
@@ -94,6 +95,7 @@ class SymPyAgent(Agent):
             return
         await ctx.reply(reply)
         self.log.debug("sympy.served", op=request.op, ms=round((time.perf_counter() - started) * 1000, 2))
+        await self.cache.flush()  # hits answered from memory: counted once the caller has its reply
 
     async def compute(self, request: SymPyRequest, envelope: PacketEnvelope) -> SymPyResult:
         """The reply to ``request``: from the cache, or computed in the pool within its deadline."""

@@ -1,13 +1,24 @@
 """The result cache: a reply's fields in Redis under its canonical key, hits and misses counted.
 
-A hit skips the worker pool entirely. A result larger than
-``L9_SYMPY_CACHE_MAX_BYTES`` is returned but not stored. Entries expire after
-``L9_SYMPY_CACHE_TTL_S``.
+A hit skips the worker pool entirely. Two levels:
+
+* Redis (shared by every worker process): ``sympy:{hash}:{op}:{backend}``,
+  expiring after ``L9_SYMPY_CACHE_TTL_S``; a result larger than
+  ``L9_SYMPY_CACHE_MAX_BYTES`` is returned but not stored. A lookup and its
+  hit/miss count are one Lua round trip.
+* this process's memory (small results, LRU, same TTL): a repeated request is
+  answered without any round trip before the reply. Its hit is counted in
+  Redis afterwards (:meth:`ResultCache.flush`, called once the reply is sent),
+  so the counters are exact but may trail a reply by a moment.
+
+Results are deterministic functions of their key, so a local copy is never stale.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter, OrderedDict
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,20 +35,31 @@ redis.call('HINCRBY', KEYS[2], outcome, 1)
 redis.call('HINCRBY', KEYS[2], outcome .. ':' .. ARGV[1], 1)
 return value
 """
+#: Results kept in process memory: at most this many, each at most ``LOCAL_MAX_BYTES`` of JSON.
+LOCAL_ENTRIES = 1024
+LOCAL_MAX_BYTES = 64 * 1024
 
 
 class ResultCache:
     def __init__(self, redis: aioredis.Redis, keys: Keys, *, ttl_s: int, max_bytes: int) -> None:
         self.redis, self.keys, self.ttl_s, self.max_bytes = redis, keys, ttl_s, max_bytes
         self._get_counted = redis.register_script(_GET_COUNTED)
+        self._local: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._uncounted: Counter[str] = Counter()
 
     async def get(self, digest: str, op: str, backend: str) -> dict[str, Any] | None:
-        """The stored fields, or None; either way the hit or miss is counted (one round trip)."""
-        keys = [result_key(self.keys, digest, op, backend), cache_stats_key(self.keys)]
-        raw = await self._get_counted(keys=keys, args=[op])
+        """The stored fields, or None; the hit or miss is counted (now, or at the next flush)."""
+        key = result_key(self.keys, digest, op, backend)
+        local = self._local_get(key)
+        if local is not None:
+            self._uncounted.update({"hits": 1, f"hits:{op}": 1})
+            return local
+        raw = await self._get_counted(keys=[key, cache_stats_key(self.keys)], args=[op])
         if raw is None:
             return None
         fields: dict[str, Any] = json.loads(raw)
+        if len(raw) <= LOCAL_MAX_BYTES:
+            self._local_put(key, fields, await self.redis.ttl(key))
         return fields
 
     async def put(self, digest: str, op: str, backend: str, fields: dict[str, Any]) -> bool:
@@ -48,10 +70,42 @@ class ResultCache:
             return False
         if len(data) > self.max_bytes:
             return False
-        await self.redis.set(result_key(self.keys, digest, op, backend), data, ex=self.ttl_s)
+        key = result_key(self.keys, digest, op, backend)
+        await self.redis.set(key, data, ex=self.ttl_s)
+        if len(data) <= LOCAL_MAX_BYTES:
+            self._local_put(key, fields, self.ttl_s)
         return True
+
+    async def flush(self) -> None:
+        """Write the hits answered from memory to the Redis counters."""
+        if not self._uncounted:
+            return
+        counts, self._uncounted = self._uncounted, Counter()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for field, n in counts.items():
+                pipe.hincrby(cache_stats_key(self.keys), field, n)
+            await pipe.execute()
 
     async def stats(self) -> dict[str, int]:
         """Every counter, e.g. ``{"hits": 3, "misses": 1, "hits:simplify": 3, ...}``."""
         raw: dict[Any, Any] = await self.redis.hgetall(cache_stats_key(self.keys))
         return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items()}
+
+    def _local_get(self, key: str) -> dict[str, Any] | None:
+        entry = self._local.get(key)
+        if entry is None:
+            return None
+        expires, fields = entry
+        if time.monotonic() >= expires:
+            del self._local[key]
+            return None
+        self._local.move_to_end(key)
+        return fields
+
+    def _local_put(self, key: str, fields: dict[str, Any], ttl_s: float) -> None:
+        if ttl_s <= 0:
+            return
+        self._local[key] = (time.monotonic() + ttl_s, fields)
+        self._local.move_to_end(key)
+        while len(self._local) > LOCAL_ENTRIES:
+            self._local.popitem(last=False)

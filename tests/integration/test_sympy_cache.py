@@ -13,7 +13,7 @@ from agents.sympy.cache import ResultCache
 from agents.sympy.keys import cache_stats_key, result_key
 from bus import Keys, Publisher, RpcClient
 from envelope import Signer, Verifier
-from tests.conftest import AgentProcess
+from tests.conftest import AgentProcess, wait_for
 
 pytestmark = pytest.mark.integration
 CACHE_ENV = {"L9_SYMPY_CACHE_TTL_S": "120", "L9_SYMPY_WORKERS": "1"}
@@ -41,16 +41,16 @@ async def test_x_plus_y_then_y_plus_x_is_one_miss_then_one_hit(
         second = await tool.simplify("y + x")
     assert (first.cached, second.cached) == (False, True)
     assert first.expr == second.expr == "x + y" and first.expr_hash == second.expr_hash
-    assert await ResultCache(redis, keys, ttl_s=1, max_bytes=1).stats() == {
-        "misses": 1,
-        "misses:simplify": 1,
-        "hits": 1,
-        "hits:simplify": 1,
-    }
+    counted = {"misses": 1, "misses:simplify": 1, "hits": 1, "hits:simplify": 1}
+    await wait_for(lambda: _stats_are(redis, keys, counted), timeout=10)
     (key,) = await result_keys(redis, keys)
     prefix, digest, op, backend = key.rsplit(":", 3)
     assert (prefix, op, backend) == (f"{keys.namespace}:sympy", "simplify", "sympy") and len(digest) == 32
     assert 0 < await redis.ttl(key) <= 120
+
+
+async def _stats_are(redis: aioredis.Redis, keys: Keys, expected: dict[str, int]) -> bool:
+    return await ResultCache(redis, keys, ttl_s=1, max_bytes=1).stats() == expected
 
 
 async def test_parameters_and_backends_get_their_own_entries(
@@ -71,7 +71,7 @@ async def test_parameters_and_backends_get_their_own_entries(
     assert suffixes == ["diff:sympy", "diff:sympy", "evaluate:auto", "evaluate:auto", "evaluate:numpy"]
 
 
-async def test_refusals_are_not_cached_and_large_results_are_not_stored(
+async def test_results_are_shared_through_redis_and_large_ones_are_not_stored(
     redis: aioredis.Redis, keys: Keys
 ) -> None:
     cache = ResultCache(redis, keys, ttl_s=60, max_bytes=100)
@@ -80,4 +80,14 @@ async def test_refusals_are_not_cached_and_large_results_are_not_stored(
     assert await cache.get("d" * 32, "expand", "sympy") == {"expr": "x" * 50, "ops": 0, "expr_hash": "h"}
     assert await cache.get("e" * 32, "expand", "sympy") is None
     assert not await redis.exists(result_key(keys, "e" * 32, "expand", "sympy"))
+    assert await cache.stats() == {"misses": 1, "misses:expand": 1}, "a hit from memory is counted later"
+    await cache.flush()
     assert await cache.stats() == {"hits": 1, "hits:expand": 1, "misses": 1, "misses:expand": 1}
+    other_process = ResultCache(redis, keys, ttl_s=60, max_bytes=100)
+    assert await other_process.get("d" * 32, "expand", "sympy") == {
+        "expr": "x" * 50,
+        "ops": 0,
+        "expr_hash": "h",
+    }
+    assert (await other_process.stats())["hits"] == 2
+    assert 0 < await redis.ttl(result_key(keys, "d" * 32, "expand", "sympy")) <= 60

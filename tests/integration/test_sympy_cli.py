@@ -36,7 +36,7 @@ async def test_the_command_line_asks_the_worker_and_reads_the_cache_counters(
     code, _, err = await l9(agent_env, "simplify", "__import__('os').system('id')")
     assert code == 1 and "forbidden: forbidden_name at 1:1 (offset 0): expr: __import__ is not allowed" in err
     code, out, _ = await l9(agent_env, "stats", "--json")
-    stats = json.loads(out)
+    stats = json.loads(out)  # the worker counted its hit from memory right after replying
     assert stats["operations"]["simplify"] == {"hits": 1, "misses": 1, "hit_ratio": 0.5}
     assert stats["total"]["misses"] == 3  # simplify, evaluate, generate_code; the refusal was never looked up
 
