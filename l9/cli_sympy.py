@@ -6,7 +6,7 @@
     l9 sympy solve "x**2 == 4"
     l9 sympy codegen "sin(x)*y + x**2" --lang c --name energy
     l9 sympy compile "sin(x)*y + x**2"
-    l9 sympy stats [--json]
+    l9 sympy stats [--json] [--window 60]
 
 Each request goes to a running worker (``l9 agent run sympy``) over the bus;
 the answer is printed as JSON. A refusal prints the worker's kind, rule and
@@ -24,6 +24,8 @@ import typer
 from agents.sympy import SymPyResult, SymPyTool, ToolError
 from agents.sympy.cache import ResultCache
 from agents.sympy.payloads import Backend, Language
+from agents.sympy.telemetry import WINDOW_S, read_window
+from agents.sympy.telemetry import summarise as summarise_window
 from bus import Keys, Publisher, RpcClient, RpcTimeout, connect
 from envelope import Signer, Verifier
 from l9.devstack import resolve_endpoints
@@ -155,29 +157,67 @@ def compile_(expr: str, deadline: Deadline = 300.0) -> None:
 
 
 @sympy_app.command()
-def stats(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
-    """Cache hits and misses per operation, and the hit ratio."""
+def stats(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    window: Annotated[
+        float, typer.Option(min=1, max=86_400, help="seconds of the sliding window")
+    ] = WINDOW_S,
+) -> None:
+    """The last WINDOW seconds per operation (rate, latency percentiles, hit ratio, errors)
+    from ``sympy.events``, and the cache's hit and miss counters since they were created."""
     from l9.cli import _run, _settings
 
     settings = _settings()
     endpoints = resolve_endpoints(settings)
+    keys, verifier = Keys(settings.namespace), Verifier(settings.keyring())
 
-    async def read() -> dict[str, int]:
+    async def read() -> dict[str, Any]:
         redis = connect(endpoints.redis_url)
         try:
-            return await ResultCache(redis, Keys(settings.namespace), ttl_s=1, max_bytes=0).stats()
+            counters = await ResultCache(redis, keys, ttl_s=1, max_bytes=0).stats()
+            now, events = await read_window(redis, keys, verifier, window)
+            return {"window": summarise_window(events, now, window), "cache": summarise(counters)}
         finally:
             await redis.aclose()
 
-    summary = summarise(_run(read))
+    report = _run(read)
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(json.dumps(report))
         return
+    _print_window(report["window"])
+    typer.echo("")
+    _print_cache(report["cache"])
+
+
+def _print_window(window: dict[str, Any]) -> None:
+    typer.echo(f"last {window['window_s']:g}s (sympy.events)")
+    columns = [
+        ("count", 7),
+        ("per s", 8),
+        ("p50 ms", 9),
+        ("p95 ms", 9),
+        ("p99 ms", 9),
+        ("hits", 8),
+        ("errors", 8),
+    ]
+    typer.echo(f"{'operation':<16}" + "".join(f"{name:>{width}}" for name, width in columns))
+    for op, row in [*window["operations"].items(), ("all", window["total"])]:
+        cells = [_num(row[k]) for k in ("p50_ms", "p95_ms", "p99_ms")]
+        typer.echo(
+            f"{op:<16}{row['count']:>7}{row['per_s']:>8.2f}{cells[0]:>9}{cells[1]:>9}{cells[2]:>9}"
+            f"{_ratio(row['hit_ratio']):>8}{row['errors']:>8}"
+        )
+
+
+def _print_cache(cache: dict[str, Any]) -> None:
+    typer.echo("cache since created")
     typer.echo(f"{'operation':<16}{'hits':>10}{'misses':>10}{'hit ratio':>11}")
-    for op, row in summary["operations"].items():
+    for op, row in [*cache["operations"].items(), ("all", cache["total"])]:
         typer.echo(f"{op:<16}{row['hits']:>10}{row['misses']:>10}{_ratio(row['hit_ratio']):>11}")
-    total = summary["total"]
-    typer.echo(f"{'all':<16}{total['hits']:>10}{total['misses']:>10}{_ratio(total['hit_ratio']):>11}")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def summarise(counters: dict[str, int]) -> dict[str, Any]:

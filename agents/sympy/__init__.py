@@ -29,8 +29,10 @@ from .payloads import (
     SymPyResult,
     Violation,
 )
+from .telemetry import EVENTS_STREAM, OperationEvent
 
 __all__ = [
+    "EVENTS_STREAM",
     "Compile",
     "CompileResult",
     "Cse",
@@ -44,6 +46,7 @@ __all__ = [
     "GenerateCode",
     "GenerateCodeResult",
     "Integrate",
+    "OperationEvent",
     "ParseRejected",
     "Position",
     "Series",

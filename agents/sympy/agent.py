@@ -2,7 +2,8 @@
 
 Each request is parsed and computed in the worker pool (never in this
 process) within ``min(L9_SYMPY_TIMEOUT_S, the request's remaining deadline)``;
-results are cached in Redis under the canonical form (:mod:`.cache`). A result is
+results are cached in Redis under the canonical form (:mod:`.cache`), and every
+operation is published on ``sympy.events`` once answered (:mod:`.telemetry`). A result is
 the typed reply; a failure is an ``ErrorReply`` (``sympy.<kind>``, see
 :mod:`.errors`). Forbidden constructs, limit breaches and timeouts are also
 published as :class:`Violation` events on ``sympy.violations`` for
@@ -45,6 +46,7 @@ from .payloads import (
     Violation,
 )
 from .pool import WorkerPool
+from .telemetry import EVENTS_STREAM, OperationEvent
 
 #: Where violations are published for governance (an explicit stream: not the tool stream).
 VIOLATIONS_STREAM = "sympy.violations"
@@ -92,10 +94,35 @@ class SymPyAgent(Agent):
             reply = await self.compute(request, ctx.envelope)
         except ToolError as exc:
             await self._refuse(ctx, exc)
+            await self._record(ctx, started, error=exc)
             return
         await ctx.reply(reply)
-        self.log.debug("sympy.served", op=request.op, ms=round((time.perf_counter() - started) * 1000, 2))
+        await self._record(ctx, started, reply=reply)
         await self.cache.flush()  # hits answered from memory: counted once the caller has its reply
+
+    async def _record(
+        self,
+        ctx: Context[SymPyRequest],
+        started: float,
+        *,
+        reply: SymPyResult | None = None,
+        error: ToolError | None = None,
+    ) -> None:
+        """The operation's event on ``sympy.events`` (after the reply: off the caller's path)."""
+        ms = round((time.perf_counter() - started) * 1000, 3)
+        request = ctx.payload
+        event = OperationEvent(
+            op=request.op,
+            backend=getattr(reply, "backend", request.backend_name),
+            expr_hash=reply.expr_hash if reply is not None else None,
+            duration_ms=ms,
+            cached=reply.cached if reply is not None else False,
+            outcome="ok" if error is None else "error",
+            error=None if error is None else f"{error.kind}.{error.rule}",
+            requester=ctx.envelope.auth or ctx.envelope.source,
+        )
+        await ctx.emit(event, stream=EVENTS_STREAM)
+        self.log.debug("sympy.served", op=request.op, ms=ms, cached=event.cached, outcome=event.outcome)
 
     async def compute(self, request: SymPyRequest, envelope: PacketEnvelope) -> SymPyResult:
         """The reply to ``request``: from the cache, or computed in the pool within its deadline."""

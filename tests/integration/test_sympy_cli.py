@@ -37,8 +37,15 @@ async def test_the_command_line_asks_the_worker_and_reads_the_cache_counters(
     assert code == 1 and "forbidden: forbidden_name at 1:1 (offset 0): expr: __import__ is not allowed" in err
     code, out, _ = await l9(agent_env, "stats", "--json")
     stats = json.loads(out)  # the worker counted its hit from memory right after replying
-    assert stats["operations"]["simplify"] == {"hits": 1, "misses": 1, "hit_ratio": 0.5}
-    assert stats["total"]["misses"] == 3  # simplify, evaluate, generate_code; the refusal was never looked up
+    assert stats["cache"]["operations"]["simplify"] == {"hits": 1, "misses": 1, "hit_ratio": 0.5}
+    # misses: simplify, evaluate, generate_code; a refusal is never looked up
+    assert stats["cache"]["total"]["misses"] == 3
+    window = stats["window"]["operations"]
+    assert (window["simplify"]["count"], window["simplify"]["errors"]) == (3, 1)
+    assert window["simplify"]["hit_ratio"] == 0.5 and window["simplify"]["p50_ms"] > 0
+    assert window["evaluate"]["count"] == window["generate_code"]["count"] == 1
+    code, out, _ = await l9(agent_env, "stats")
+    assert code == 0 and "last 60s (sympy.events)" in out and "cache since created" in out
 
 
 async def test_no_worker_is_a_clear_exit_code(agent_env: dict[str, str]) -> None:
