@@ -12,12 +12,14 @@ governance to act on (the request is already refused; escalation is theirs).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
 from collections import OrderedDict
 from functools import partial
 
+from bus.errors import TRANSIENT
 from envelope import PacketEnvelope, utcnow
 from l9.settings import Settings, get_settings
 
@@ -85,7 +87,8 @@ class SymPyAgent(Agent):
 
     async def on_stop(self) -> None:
         await self.pool.__aexit__(None, None, None)
-        await self.cache.flush()
+        with contextlib.suppress(*TRANSIENT):  # counters are statistics: never block a shutdown
+            await self.cache.flush()
 
     @handles(Evaluate, Simplify, Expand, Factor, Diff, Integrate, Series, Solve, Cse, GenerateCode, Compile)
     async def on_request(self, ctx: Context[SymPyRequest]) -> None:

@@ -106,14 +106,15 @@ class WorkerPool:
 
     async def run(self, job: Any, *, timeout_s: float | None = None) -> Any:
         """The handler's result for ``job``; ToolTimeout past the bound (``timeout_s``, else the
-        pool's), ToolError for the handler's errors."""
+        pool's), which covers the wait for a free worker too; ToolError for the handler's errors."""
         bound = timeout_s if timeout_s is not None else self.timeout_s
-        worker = await self._idle_recv.receive()
+        deadline = time.monotonic() + bound
+        worker = await self._acquire(bound)
         healthy = False
         try:
             if not worker.process.is_alive():
                 worker = await self._replace(worker, "found dead")
-            status, value = await self._exchange(worker, job, bound)
+            status, value = await self._exchange(worker, job, max(deadline - time.monotonic(), 0.001))
             healthy = status == "ok" or not value.get("fatal", False)
         finally:
             with anyio.CancelScope(shield=True):
@@ -125,6 +126,12 @@ class WorkerPool:
             return value
         self.stats.failed += 1
         raise error_from_wire(value)
+
+    async def _acquire(self, bound: float) -> _Worker:
+        with anyio.move_on_after(bound):
+            return await self._idle_recv.receive()
+        self.stats.timeouts += 1
+        raise ToolTimeout(f"no worker was free within {bound:g}s (all {self.size} busy)", rule="queue")
 
     async def _exchange(self, worker: _Worker, job: Any, bound: float) -> tuple[str, Any]:
         try:

@@ -181,3 +181,16 @@ async def test_blow_up_inputs_end_in_limit_or_timeout_errors_while_others_are_an
         assert (blow_up.kind, blow_up.rule) in {("timeout", "wall_clock"), ("limit", "memory")}
         assert took < 4.0, f"the runaway took {took:.1f}s against a 2s bound"
         assert (await pool.run(Job("run", Simplify(expr="x + x"))))["expr"] == "2*x"
+
+
+async def test_waiting_for_a_free_worker_counts_against_the_bound() -> None:
+    async with pool_of(1) as pool:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pool.run, ("sleep", 1.5))
+            await anyio.sleep(0.2)
+            started = time.monotonic()
+            with pytest.raises(ToolTimeout) as caught:
+                await pool.run(("echo", 1), timeout_s=0.5)
+            assert caught.value.rule == "queue" and 0.45 <= time.monotonic() - started < 1.2
+        assert pool.stats.replaced == 0, "nobody's worker is killed for a job that never started"
+        assert await pool.run(("echo", 2)) == 2
