@@ -135,12 +135,6 @@ class BatchConsumer:
     async def wait_started(self) -> None:
         await self._started.wait()
 
-    async def _pause(self, backoff: Backoff) -> None:
-        """Sleep the backoff, or less if ``stop()`` comes first."""
-        with anyio.move_on_after(backoff.next):
-            await self._stopped.wait()
-        backoff.next = min(backoff.cap, backoff.next * 2)
-
     # -- streams -----------------------------------------------------------------------------
     async def discover(self) -> list[str]:
         """Look the streams up again; create the group on new ones. Returns the new names."""
@@ -214,16 +208,16 @@ class BatchConsumer:
                 if self.streams:
                     await self._read_new()
                 else:
-                    await self._pause(Backoff(self.discover_interval_s))
+                    await Backoff(self.discover_interval_s).sleep(self._stopped)
                 backoff.reset()
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 await self._recover(exc)
-                await self._pause(backoff)
+                await backoff.sleep(self._stopped)
             except TRANSIENT as exc:
                 self.log.warning("batch_consumer.redis_unavailable", error=str(exc), retry_in_s=backoff.next)
-                await self._pause(backoff)
+                await backoff.sleep(self._stopped)
             if self._buffer:
                 self._filled.set()
 
@@ -309,7 +303,7 @@ class BatchConsumer:
                 if failures >= self.policy.max_deliveries:
                     await self._give_up(batch, exc)
                     return
-                await self._pause(backoff)
+                await backoff.sleep(self._stopped)
         if self.before_ack is not None:
             self.before_ack()
         with anyio.CancelScope(shield=True):

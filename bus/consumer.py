@@ -115,8 +115,10 @@ class Backoff:
     def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
         self.first, self.cap, self.next = first, cap, first
 
-    async def sleep(self) -> None:
-        await anyio.sleep(self.next)
+    async def sleep(self, until: anyio.Event | None = None) -> None:
+        """Sleep the current delay (less if ``until`` is set first), then double it."""
+        with anyio.move_on_after(self.next):
+            await (until.wait() if until is not None else anyio.sleep_forever())
         self.next = min(self.cap, self.next * 2)
 
     def reset(self) -> None:

@@ -143,6 +143,18 @@ def spawn(agent_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., A
         proc.close()
 
 
+def run_l9(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m l9 ARGS`` from the repository root, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "l9", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 async def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05) -> None:
     """Poll an async or sync predicate until it is truthy, or fail the test."""
     import inspect

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Iterable, Sequence
 
 import anyio
@@ -91,7 +90,6 @@ class Checkpointer:
     def __init__(self, store: PostgresAuditStore, key: SigningKey, every: int, interval_s: float) -> None:
         self.store, self.key, self.every, self.interval_s = store, key, every, interval_s
         self.last_seq = 0
-        self.last_time = time.monotonic()
         self._due = anyio.Event()
 
     def committed(self, head_seq: int) -> None:

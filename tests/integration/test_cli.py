@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 import redis.asyncio as aioredis
 
 from bus import Keys, Publisher
 from envelope import Signer
-from tests.conftest import ROOT
+from tests.conftest import run_l9
 from tests.integration.test_agents import work
 
 pytestmark = pytest.mark.integration
 
 
-def l9(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "l9", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+l9 = run_l9
 
 
 def test_demo_runs_two_agent_processes_and_checks_their_work(agent_env: dict[str, str]) -> None:

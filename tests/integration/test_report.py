@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -40,7 +38,7 @@ from memory.postgres import (
     redact,
 )
 from memory.postgres import writer_dsn as writer_of
-from tests.conftest import KEYRING, ROOT
+from tests.conftest import KEYRING, ROOT, run_l9
 from tests.integration.conftest import drop_database, new_database
 from tests.unit.test_report import FULL_RUN, section_text
 
@@ -278,10 +276,7 @@ async def cli_env(admin_dsn: str, stack: StackEndpoints, tmp_path: Path) -> Asyn
     }
 
 
-def l9(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "l9", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+l9 = run_l9
 
 
 async def test_l9_report_and_verify_commands(

@@ -23,7 +23,7 @@ import pytest
 from envelope import PacketEnvelope, Signer
 from l9.devstack import StackEndpoints
 from memory.postgres import AuditRecord, PostgresAuditStore, SigningKey, StoredEntry, writer_dsn
-from tests.conftest import KEYRING, ROOT, wait_for
+from tests.conftest import KEYRING, ROOT, run_l9, wait_for
 from tests.integration.conftest import admin_sql
 from tests.integration.test_audit_store import _tamper
 
@@ -79,15 +79,7 @@ def env(admin_dsn: str, stack: StackEndpoints, home: Path, tmp_path: Path, key: 
     }
 
 
-def l9(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "l9", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+l9 = run_l9
 
 
 def json_seqs(done: subprocess.CompletedProcess[str]) -> list[int]:
