@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     #: Strict mode: the ``placeholders`` policies (no TODO/FIXME/placeholder/stub/NotImplementedError).
     strict_mode: bool = True
 
+    # Extraction (``l9 extract``, the planner, generator, enforcer and validator).
+    #: Where extraction folders are made when a request names no ``out_dir`` (relative: to the
+    #: generator's working directory).
+    extractions_dir: Path = Path("extractions")
+
     @field_validator("signing_keys", "audit_trusted_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: object, info: ValidationInfo) -> object:

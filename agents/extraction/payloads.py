@@ -45,6 +45,8 @@ class ExtractRequest(Payload):
     requester: str = Field(min_length=1, max_length=200)
     text: str | None = Field(default=None, max_length=TEXT_MAX)
     path: str | None = Field(default=None, min_length=1, max_length=4096)
+    #: Absolute directory the extraction folder is made in (None: the generator's ``L9_EXTRACTIONS_DIR``).
+    out_dir: str | None = Field(default=None, min_length=1, max_length=4096)
 
     @model_validator(mode="after")
     def _text_or_path(self) -> ExtractRequest:
@@ -55,8 +57,9 @@ class ExtractRequest(Payload):
         return self
 
     @classmethod
-    def of_text(cls, text: str, file: str, requester: str) -> ExtractRequest:
-        return cls(file=file, content_hash=content_hash(text), requester=requester, text=text)
+    def of_text(cls, text: str, file: str, requester: str, out_dir: str | None = None) -> ExtractRequest:
+        digest = content_hash(text)
+        return cls(file=file, content_hash=digest, requester=requester, text=text, out_dir=out_dir)
 
 
 class AgentSummary(Payload):
@@ -141,6 +144,11 @@ class PlanLocked(Payload):
     collection: str
     hash: str = Field(pattern=SHA256)
     plan: LockedPlan
+    #: The request's ``out_dir`` (None: the generator's default).
+    out_dir: str | None = None
+    #: UTC time of the request envelope, ``%Y%m%dT%H%M%SZ``: the extraction folder is
+    #: ``<out_dir>/<collection>_<stamp>`` (a redelivered request keeps its time, so its folder).
+    stamp: str = Field(pattern=r"^\d{8}T\d{6}Z$")
 
     @model_validator(mode="after")
     def _same_hash(self) -> PlanLocked:
@@ -149,9 +157,20 @@ class PlanLocked(Payload):
         return self
 
     @classmethod
-    def of(cls, plan: LockedPlan) -> PlanLocked:
+    def of(cls, plan: LockedPlan, *, stamp: str, out_dir: str | None = None) -> PlanLocked:
         outcome = f"locked: {len(plan.items)} items, {len(plan.waves)} waves"
-        return cls(outcome=outcome, collection=plan.collection, hash=plan.hash, plan=plan)
+        return cls(
+            outcome=outcome,
+            collection=plan.collection,
+            hash=plan.hash,
+            plan=plan,
+            out_dir=out_dir,
+            stamp=stamp,
+        )
+
+    @property
+    def folder_name(self) -> str:
+        return f"{self.collection}_{self.stamp}"
 
 
 class ErrorItem(Payload):

@@ -12,6 +12,9 @@ by the request and in its run:
    listing every baseline failure and (strict mode, ``L9_STRICT_MODE``) every
    unresolvable entry, at stage ``baseline`` or ``plan``.
 
+After a rejection it also ends the run: ``l9.run.completed.v1`` (failed, phase
+``plan``).
+
 :func:`plan_request` computes these from the request alone (the probes and
 anchors given), so it is tested without a bus. The handler publishes them in
 one pipelined round trip after all are computed; a redelivered request is
@@ -21,11 +24,12 @@ planned again and gives the same plan hash.
 from __future__ import annotations
 
 from collections.abc import Mapping, Set
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
 import anyio
 
-from envelope import Payload
+from envelope import Payload, utcnow
 from governance import load_policy_file
 from l9.devstack import resolve_endpoints
 from l9.settings import Settings, get_settings
@@ -45,6 +49,7 @@ from .payloads import (
     SchemaParsed,
     Stage,
 )
+from .phases import RunCompleted
 from .planner import build_plan, cycle_errors, research
 
 #: The stream extraction requests travel on (``l9.extract.*`` by the default topology).
@@ -78,6 +83,11 @@ async def request_text(request: ExtractRequest) -> str:
     return text
 
 
+def stamp_of(moment: datetime) -> str:
+    """``moment`` in UTC as the extraction folder's suffix, e.g. ``20261121T093000Z``."""
+    return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
 async def plan_request(
     request: ExtractRequest,
     *,
@@ -85,8 +95,33 @@ async def plan_request(
     anchors: Set[str],
     strict: bool = True,
     timeout_s: float = 5.0,
+    requested_at: datetime | None = None,
 ) -> list[Payload]:
     """The payloads the planner emits for ``request``, in order (see the module docstring)."""
+    out = await _plan_payloads(request, probes, anchors, strict, timeout_s, requested_at or utcnow())
+    last = out[-1]
+    if isinstance(last, PlanRejected):
+        reason = "; ".join(e.text for e in last.errors[:3]) + (" ..." if len(last.errors) > 3 else "")
+        out.append(
+            RunCompleted(
+                outcome=f"failed at plan: {last.outcome}",
+                collection=last.collection,
+                result="failed",
+                phase="plan",
+                reason=reason,
+            )
+        )
+    return out
+
+
+async def _plan_payloads(
+    request: ExtractRequest,
+    probes: Mapping[str, Probe],
+    anchors: Set[str],
+    strict: bool,
+    timeout_s: float,
+    requested_at: datetime,
+) -> list[Payload]:
     origin = PurePosixPath(request.file)
     try:
         collection = load_collection(await request_text(request), request.file)
@@ -105,7 +140,7 @@ async def plan_request(
     if errors:
         stage: Stage = "plan" if baseline.ok else "baseline"
         return [*out, PlanRejected.of(collection.name, stage, errors)]
-    return [*out, PlanLocked.of(plan)]
+    return [*out, PlanLocked.of(plan, stamp=stamp_of(requested_at), out_dir=request.out_dir)]
 
 
 class PlannerAgent(Agent):
@@ -140,6 +175,7 @@ class PlannerAgent(Agent):
             probes=self.probes or {},
             anchors=self.anchors or frozenset(),
             strict=self.settings.strict_mode,
+            requested_at=ctx.envelope.time,
         )
         envelopes = [self.envelope_for(p, cause=ctx.envelope) for p in payloads]
         await self.runtime.publisher.publish_many(envelopes)
@@ -147,4 +183,4 @@ class PlannerAgent(Agent):
         log.info("planner.planned", file=ctx.payload.file, result=envelopes[-1].type, outcome=outcome)
 
 
-__all__ = ["REQUEST_STREAM", "PlannerAgent", "RequestError", "plan_request", "request_text"]
+__all__ = ["REQUEST_STREAM", "PlannerAgent", "RequestError", "plan_request", "request_text", "stamp_of"]

@@ -15,6 +15,7 @@ from agents.extraction import (
     PlanLocked,
     PlanRejected,
     PlanResearch,
+    RunCompleted,
     SchemaParsed,
     content_hash,
     load_file,
@@ -41,7 +42,14 @@ def request_for(path: Path) -> ExtractRequest:
 
 
 async def planned(request: ExtractRequest, strict: bool = True, **probes: Probe) -> list[Payload]:
-    return await plan_request(request, probes={**PROBES, **probes}, anchors=ANCHORS, strict=strict)
+    """The planner's payloads up to the plan (a rejection's closing run record checked and dropped)."""
+    out = await plan_request(request, probes={**PROBES, **probes}, anchors=ANCHORS, strict=strict)
+    if isinstance(out[-1], RunCompleted):
+        ended = out.pop()
+        assert isinstance(out[-1], PlanRejected), "only a rejection ends the run at the planner"
+        assert (ended.result, ended.phase, ended.collection) == ("failed", "plan", out[-1].collection)
+        assert out[-1].errors[0].text in ended.reason
+    return out
 
 
 @pytest.mark.parametrize(
