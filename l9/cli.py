@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ T = TypeVar("T")
 err = Console(stderr=True)
 #: ``l9 trim`` deletes RPC reply streams that every group consumed and that were idle this long.
 REPLY_STREAM_IDLE_S = 600.0
+AGENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
 
 def _settings() -> Settings:
@@ -133,6 +135,32 @@ def status(
         print(json.dumps(data))
     else:
         render_status(data, console)
+
+
+@app.command()
+def health(
+    agent: Annotated[str, typer.Argument(help="the agent's name (its consumer group), e.g. sympy")],
+    minimum: Annotated[int, typer.Option("--min", min=1, help="live consumers required")] = 1,
+    instance: Annotated[
+        list[str] | None, typer.Option(help="also probe consumer AGENT-INSTANCE (agent run --instance)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a line")] = False,
+) -> None:
+    """Exit 0 when a consumer of AGENT has a fresh heartbeat, else 1 with the reason (health checks)."""
+    from l9.health import health_of
+
+    if not AGENT_NAME.fullmatch(agent):
+        raise _fail(f"{agent!r} is not an agent name (letters, digits, '_', '.', '-')", 2)
+    settings = _settings()
+    result = anyio.run(lambda: health_of(settings, agent, minimum=minimum, instances=instance or ()))
+    if as_json:
+        print(json.dumps(result.to_dict()))
+    else:
+        (console if result.healthy else err).print(
+            result.reason, markup=False, highlight=False, soft_wrap=True
+        )
+    if not result.healthy:
+        raise typer.Exit(1)
 
 
 @app.command()
