@@ -28,6 +28,7 @@ BUILTIN: dict[str, str] = {
     "summer": "agents.demo:SummerAgent",
     "sympy": "agents.sympy.agent:SymPyAgent",
     "planner": "agents.extraction.planner_agent:PlannerAgent",
+    "enforcer": "agents.extraction.enforcer:EnforcerAgent",
 }
 log = structlog.get_logger("l9.agent.runner")
 

@@ -1,12 +1,14 @@
 """Governance: policies and decisions, rate limits, agent identity and Redis ACLs.
 
 The policy engine is a pure function (``PolicyEngine.evaluate``) shared by the
-enforcer agent and the SymPy worker; rate limits are atomic in Redis
-(``RateLimiter``); ``SignerACL`` decides which signing key may emit which
-envelope types. ``governance`` never imports ``agents`` nor the ``l9`` CLI.
+enforcer agent and the SymPy worker; decisions and escalations travel on the bus
+(``Escalations``), to observing anchors filtered by audit scope (``AuditScope``);
+rate limits are atomic in Redis (``RateLimiter``); ``SignerACL`` decides which
+signing key may emit which envelope types. ``governance`` never imports ``agents`` nor the ``l9`` CLI.
 """
 
 from . import _calls, _limits, _placeholders, _secrets  # noqa: F401 -- registers the built-in rules
+from ._auditscope import AuditScope, topics_of
 from ._config import (
     DEFAULT_POLICY_FILE,
     AnchorSpec,
@@ -57,6 +59,7 @@ __all__ = [
     "AnchorSpec",
     "Artifact",
     "ArtifactSet",
+    "AuditScope",
     "Decision",
     "DecisionMade",
     "EscalationError",
@@ -98,4 +101,5 @@ __all__ = [
     "redis_user_name",
     "render_acl",
     "rule",
+    "topics_of",
 ]

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bus import check_stream_name
 
 from ._decision import parse_policy_ref
-from ._rules import RULES
+from ._rules import RULES, build_rule
 
 DEFAULT_POLICY_FILE = Path(str(resources.files("governance").joinpath("default_policy.yaml")))
 ANCHOR_NAME = r"^[A-Za-z][A-Za-z0-9 _.-]{0,63}$"
@@ -80,6 +80,10 @@ class PolicySpec(_Model):
             err = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in err["loc"])
             raise ValueError(f"params.{where}: {err['msg']}") from None
+        try:  # a rule may refuse valid-looking params (a bad regular expression): say so here
+            build_rule(self.rule, self.params)
+        except ValueError as exc:
+            raise _Located(("params",), str(exc)) from None
         if self.on_violation == "escalate" and not self.anchors:
             raise ValueError("a policy that escalates must name its anchors")
         return self
@@ -88,12 +92,14 @@ class PolicySpec(_Model):
 class AnchorSpec(_Model):
     """Who answers escalations: a person or a body, reached on ``channel`` (a stream).
 
-    ``receives: all`` makes it an observer of every decision (the compliance anchor).
+    ``receives: all`` makes it an observer of every decision; ``receives: scope`` of every
+    denial and escalation, and of the allowed decisions within the subject's audit scope
+    (the compliance anchor; see :mod:`governance._auditscope`).
     """
 
     name: str = Field(pattern=ANCHOR_NAME)
     channel: str = "governance.escalations"
-    receives: Literal["escalations", "all"] = "escalations"
+    receives: Literal["escalations", "all", "scope"] = "escalations"
     contact: str | None = None
 
     @field_validator("channel")
@@ -107,7 +113,7 @@ class EscalationSpec(_Model):
     stream: str = "governance.escalations"
     #: Where approvals and denials are published, pointing at their escalation.
     resolutions: str = "governance.resolutions"
-    #: Where decisions go when no anchor observes them all (``receives: all``).
+    #: Where decisions go that no anchor observes (``receives: all`` or ``scope``).
     decisions: str = "governance.decisions"
     #: No answer by then means deny.
     deadline_s: float = Field(default=3600.0, gt=0)
@@ -191,9 +197,13 @@ def load_policy_file(path: Path | None = None) -> PolicyFile:
     """The validated policy file at ``path`` (default: the one shipped with L9)."""
     path = path or DEFAULT_POLICY_FILE
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyFileError(f"{path}: cannot read the policy file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise PolicyFileError(
+            f"{path}: the policy file is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
     return parse_policy_text(text, str(path))
 
 

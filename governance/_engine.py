@@ -106,8 +106,9 @@ class PolicyEngine:
 
     @property
     def observers(self) -> tuple[AnchorSpec, ...]:
-        """Anchors that receive every decision (``receives: all``), e.g. the compliance anchor."""
-        return tuple(a for a in self.spec.anchors if a.receives == "all")
+        """Anchors that observe decisions: every one (``receives: all``) or those within the
+        subject's audit scope plus every denial and escalation (``receives: scope``)."""
+        return tuple(a for a in self.spec.anchors if a.receives in ("all", "scope"))
 
     @property
     def escalation(self) -> EscalationSpec:

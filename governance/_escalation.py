@@ -2,11 +2,16 @@
 
 Every decision is a new envelope (``l9.governance.decision.v1``) pointing at what
 it decided on by ``causation_id``, published on the channel of each anchor that
-observes everything (the compliance anchor), so the auditor records who decided
-what, when, under which policy versions.
+observes decisions: ``receives: all`` (every decision) or ``receives: scope``
+(the compliance anchor: decisions within the subject's audit scope, see
+:mod:`governance._auditscope`); one that no anchor observes goes to the
+``decisions`` stream. The auditor records them all: who decided what, when,
+under which policy versions, and which anchors were sent it (``observers``).
 
 An escalation (``l9.governance.escalation.v1``) goes on the escalation stream and
-to its anchors' channels, and waits in a pending hash. An anchor answers with
+to its anchors' channels, and waits in a pending hash. Raised with a ``key``
+(e.g. the envelope decided on and the subject), it is raised once: a repeated
+call, such as a redelivered envelope's handler, gets the same escalation back. An anchor answers with
 ``l9 governance approve|deny ID --as NAME --reason ...``; the answer is a
 resolution envelope (``l9.governance.resolution.v1``, ``auth`` = the approver)
 caused by the escalation. One script moves the escalation from pending to
@@ -32,10 +37,14 @@ from pydantic import AwareDatetime
 from bus import Keys, Publisher
 from envelope import PacketEnvelope, Payload, encode, payload, registry, utcnow
 
+from ._auditscope import AuditScope
 from ._config import AnchorSpec, EscalationSpec
 from ._decision import Decision
+from ._subjects import Subject
 
 DEADLINE = "deadline"
+#: How long an escalation key outlives its escalation's deadline (a late redelivery still finds it).
+KEY_GRACE_MS = 7 * 86_400_000
 log = structlog.get_logger("l9.governance.escalation")
 
 
@@ -44,6 +53,10 @@ class DecisionMade(Payload):
     decision: Decision
     #: The envelope decided on, when the subject was one.
     subject_id: str | None = None
+    #: The audit scope the decision was routed by (None: no scope applied).
+    audit_scope: tuple[str, ...] | None = None
+    #: The anchors it was sent to (none: the ``decisions`` stream only).
+    observers: tuple[str, ...] = ()
 
 
 @payload("l9.governance.escalation.v1")
@@ -153,18 +166,70 @@ class Escalations:
             **fields,
         )
 
-    async def record(self, decision: Decision, *, cause: PacketEnvelope | None = None) -> PacketEnvelope:
-        """Publish ``decision`` to every observing anchor (or the decisions stream when none)."""
-        envelope = self._new(DecisionMade(decision=decision, subject_id=cause.id if cause else None), cause)
-        channels = [a.channel for a in self.anchors.values() if a.receives == "all"] or [self.spec.decisions]
-        for channel in dict.fromkeys(channels):
-            await self.publisher.publish(envelope, channel)
+    def observers_of(
+        self, decision: Decision, scope: AuditScope | None = None, subject: Subject | None = None
+    ) -> tuple[str, ...]:
+        """The anchors sent ``decision``: ``receives: all``, and ``receives: scope`` when in scope."""
+        in_scope = scope is None or scope.covers(decision, subject)
+        return tuple(
+            a.name
+            for a in self.anchors.values()
+            if a.receives == "all" or (a.receives == "scope" and in_scope)
+        )
+
+    def decision_envelope(
+        self,
+        decision: Decision,
+        *,
+        cause: PacketEnvelope | None = None,
+        scope: AuditScope | None = None,
+        subject: Subject | None = None,
+    ) -> PacketEnvelope:
+        """The envelope of ``decision``, naming its observers (publish it with ``publish_decisions``)."""
+        data = DecisionMade(
+            decision=decision,
+            subject_id=cause.id if cause else None,
+            audit_scope=None if scope is None else scope.items,
+            observers=self.observers_of(decision, scope, subject),
+        )
+        return self._new(data, cause)
+
+    async def publish_decisions(self, envelopes: Sequence[PacketEnvelope]) -> None:
+        """Publish decision envelopes to their observers' channels (or the decisions stream), batched."""
+        by_channel: dict[str, list[PacketEnvelope]] = {}
+        for envelope in envelopes:
+            observers = DecisionMade.model_validate(envelope.data).observers
+            channels = [self.anchors[a].channel for a in observers if a in self.anchors]
+            for channel in dict.fromkeys(channels or [self.spec.decisions]):
+                by_channel.setdefault(channel, []).append(envelope)
+        for channel, batch in by_channel.items():
+            await self.publisher.publish_many(batch, channel)
+
+    async def record(
+        self,
+        decision: Decision,
+        *,
+        cause: PacketEnvelope | None = None,
+        scope: AuditScope | None = None,
+        subject: Subject | None = None,
+    ) -> PacketEnvelope:
+        """Publish ``decision`` to its observing anchors (or the decisions stream when none)."""
+        envelope = self.decision_envelope(decision, cause=cause, scope=scope, subject=subject)
+        await self.publish_decisions([envelope])
         return envelope
 
     async def escalate(
-        self, decision: Decision, *, cause: PacketEnvelope | None = None, deadline_s: float | None = None
+        self,
+        decision: Decision,
+        *,
+        cause: PacketEnvelope | None = None,
+        deadline_s: float | None = None,
+        key: str | None = None,
     ) -> PacketEnvelope:
-        """Ask the decision's anchors; returns the escalation envelope (its id is the escalation id)."""
+        """Ask the decision's anchors; returns the escalation envelope (its id is the escalation id).
+
+        With ``key``, the escalation is raised once: a later call with the same key returns the
+        first one (published again only if a crash interrupted its first publication)."""
         if not decision.escalated or not decision.anchors:
             raise ValueError(f"only an escalated decision with anchors can be escalated ({decision.outcome})")
         deadline = utcnow() + timedelta(seconds=deadline_s or self.spec.deadline_s)
@@ -175,8 +240,39 @@ class Escalations:
             subject_id=cause.id if cause else None,
         )
         envelope = self._new(data, cause, kind="request", expires_at=deadline)
+        if key is not None:
+            envelope, first = await self._claim(key, envelope, deadline)
+            if not first and await self._known(envelope.id):
+                return envelope
+        await self._raise(envelope)
+        return envelope
+
+    async def _claim(
+        self, key: str, envelope: PacketEnvelope, deadline: datetime
+    ) -> tuple[PacketEnvelope, bool]:
+        """The escalation stored under ``key`` (``envelope`` if this call stored it), and whether it did."""
+        ttl_ms = max(1, int((deadline - utcnow()).total_seconds() * 1000)) + KEY_GRACE_MS
+        name = f"{self._pending}:key:{key}"
+        if await self.redis.set(name, envelope.model_dump_json(), nx=True, px=ttl_ms):
+            return envelope, True
+        stored = await self.redis.get(name)
+        if stored is None:  # expired between the two calls: raise it anew
+            await self.redis.set(name, envelope.model_dump_json(), px=ttl_ms)
+            return envelope, True
+        return PacketEnvelope.model_validate_json(stored), False
+
+    async def _known(self, escalation_id: str) -> bool:
+        """Whether the escalation is pending or answered (else its first publication was cut short)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hexists(self._pending, escalation_id)
+        pipe.hexists(self._resolved, escalation_id)
+        return any(await pipe.execute())
+
+    async def _raise(self, envelope: PacketEnvelope) -> None:
+        data = EscalationRequested.model_validate(envelope.data)
+        decision = data.decision
         summary = Pending(
-            envelope.id, decision.policy, decision.subject, decision.reason, decision.anchors, deadline,
+            envelope.id, decision.policy, decision.subject, decision.reason, decision.anchors, data.deadline,
             envelope.correlation_id,
         )  # fmt: skip
         await self.redis.hset(self._pending, envelope.id, summary.to_json())
@@ -191,7 +287,6 @@ class Escalations:
             anchors=decision.anchors,
             policy=decision.policy,
         )
-        return envelope
 
     # -- answers -----------------------------------------------------------------------------------
     async def pending(self, *, expire: bool = True) -> list[Pending]:

@@ -33,15 +33,20 @@ from ._subjects import Request
 
 log = structlog.get_logger("l9.governance.ratelimit")
 
-#: KEYS: one sorted set per limit. ARGV[1]: a unique member, then (limit, window_ms) per key.
-#: Returns {admitted (0/1), retry_after_ms, index of the refusing key (1-based, 0 if none), now_ms}.
+#: KEYS: one sorted set per limit. ARGV[1]: the request's member (its envelope id, else unique),
+#: then (limit, window_ms) per key. A member already admitted in the window is admitted again
+#: without spending a slot (a redelivered envelope). Returns {admitted (0/1), retry_after_ms,
+#: index of the refusing key (1-based, 0 if none), now_ms}.
 SLIDING_WINDOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local wait, refusing = 0, 0
 for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - tonumber(ARGV[2 * i + 1]))
+end
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {1, 0, 0, now} end
+for i, key in ipairs(KEYS) do
   local limit, window = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   local n = redis.call('ZCARD', key)
   if n >= limit then
     local edge = redis.call('ZRANGE', key, n - limit, n - limit, 'WITHSCORES')
@@ -95,7 +100,10 @@ class RateLimiter:
         return found
 
     async def check(self, request: Request) -> Decision:
-        """Admit ``request`` (spending one slot of every matching limit) or refuse it, atomically."""
+        """Admit ``request`` (spending one slot of every matching limit) or refuse it, atomically.
+
+        A request with an ``envelope_id`` already admitted within the window is admitted again
+        without spending a slot, so a redelivered envelope is not counted twice."""
         limits = self.limits_for(request.type)
         refs = tuple(s.id for s in limits)
         if not limits:
@@ -103,7 +111,7 @@ class RateLimiter:
                 outcome=Outcome.ALLOW, subject=request.describe(), reason="allowed: no rate limit"
             )
         keys = [self.keys.rate_limit(s.id, subject_of(s, request)) for s in limits]
-        args: list[Any] = [uuid.uuid4().hex]
+        args: list[Any] = [request.envelope_id or uuid.uuid4().hex]
         for spec in limits:
             args += [spec.limit, max(1, round(spec.window_s * 1000))]
         admitted, wait_ms, refusing, now_ms = await self._script(keys=keys, args=args)

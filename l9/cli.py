@@ -14,8 +14,10 @@ import typer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console
+from rich.text import Text
 
 from bus import ConsumerNameTaken, Keys, connect
+from governance import PolicyFileError
 from l9.devstack import EmbeddedStack, StackError, resolve_endpoints
 from l9.logs import configure_logging
 from l9.settings import Settings, get_settings
@@ -44,7 +46,8 @@ def _settings() -> Settings:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
+    """Print ``error: MESSAGE`` on one line (never wrapped, never read as markup); the exit to raise."""
+    err.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True, highlight=False)
     return typer.Exit(code)
 
 
@@ -109,6 +112,8 @@ def agent_run(
         raise _fail(str(exc), 2) from None
     try:
         _run(lambda: run_agent(agent_cls, settings, concurrency=concurrency, instance=instance))
+    except PolicyFileError as exc:  # L9_POLICY_FILE unusable: at start, before any envelope is read
+        raise _fail(str(exc), 2) from None
     except StackError as exc:
         raise _fail(str(exc)) from None
 

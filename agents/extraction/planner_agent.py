@@ -13,7 +13,10 @@ by the request and in its run:
    unresolvable entry, at stage ``baseline`` or ``plan``.
 
 After a rejection it also ends the run: ``l9.run.completed.v1`` (failed, phase
-``plan``).
+``plan``). A request over the policy file's rate limit for its requester
+(``rate_limits``, e.g. ``extraction-requests-per-requester@1``) is rejected at
+stage ``request`` ("rate limited by ..., retry after N s") before anything is
+planned; a redelivered request is not counted twice.
 
 :func:`plan_request` computes these from the request alone (the probes and
 anchors given), so it is tested without a bus. The handler publishes them in
@@ -30,7 +33,7 @@ from pathlib import PurePosixPath
 import anyio
 
 from envelope import Payload, utcnow
-from governance import load_policy_file
+from governance import Decision, RateLimiter, Request, agent_of, load_policy_file
 from l9.devstack import resolve_endpoints
 from l9.settings import Settings, get_settings
 
@@ -99,6 +102,18 @@ async def plan_request(
 ) -> list[Payload]:
     """The payloads the planner emits for ``request``, in order (see the module docstring)."""
     out = await _plan_payloads(request, probes, anchors, strict, timeout_s, requested_at or utcnow())
+    return _end_if_rejected(out)
+
+
+def refusal_payloads(request: ExtractRequest, refusal: Decision) -> list[Payload]:
+    """A request over its rate limit: rejected at stage ``request`` with the refusal's reason
+    (``rate limited by ID (...), retry after N s``), and the run ended; nothing is planned."""
+    origin = PurePosixPath(request.file)
+    error = SchemaError(origin.name, 0, "request", refusal.reason)
+    return _end_if_rejected([PlanRejected.of(origin.stem, "request", [error])])
+
+
+def _end_if_rejected(out: list[Payload]) -> list[Payload]:
     last = out[-1]
     if isinstance(last, PlanRejected):
         reason = "; ".join(e.text for e in last.errors[:3]) + (" ..." if len(last.errors) > 3 else "")
@@ -159,17 +174,27 @@ class PlannerAgent(Agent):
         self.settings = settings or get_settings()
         self.probes = probes
         self.anchors = anchors
+        self.limiter: RateLimiter | None = None
 
     async def on_start(self) -> None:
         if self.probes is None:
             endpoints = resolve_endpoints(self.settings)
             self.probes = stack_probes(endpoints.redis_url, endpoints.database_url)
+        policy = load_policy_file(self.settings.policy_file)
         if self.anchors is None:
-            self.anchors = frozenset(a.name for a in load_policy_file(self.settings.policy_file).anchors)
+            self.anchors = frozenset(a.name for a in policy.anchors)
+        self.limiter = RateLimiter(self.runtime.redis, self.runtime.keys, policy.rate_limits)
 
     @handles(ExtractRequest)
     async def on_request(self, ctx: Context[ExtractRequest]) -> None:
         log = self.log.bind(correlation_id=ctx.envelope.correlation_id, envelope=ctx.envelope.id)
+        refusal = await self.rate_limit(ctx)
+        if refusal is not None:
+            await self.runtime.publisher.publish_many(
+                [self.envelope_for(p, cause=ctx.envelope) for p in refusal_payloads(ctx.payload, refusal)]
+            )
+            log.info("planner.rate_limited", file=ctx.payload.file, reason=refusal.reason)
+            return
         payloads = await plan_request(
             ctx.payload,
             probes=self.probes or {},
@@ -182,5 +207,28 @@ class PlannerAgent(Agent):
         outcome = getattr(payloads[-1], "outcome", "")
         log.info("planner.planned", file=ctx.payload.file, result=envelopes[-1].type, outcome=outcome)
 
+    async def rate_limit(self, ctx: Context[ExtractRequest]) -> Decision | None:
+        """The refusal when the requester (the envelope's ``auth``, else the request's ``requester``)
+        is over the policy file's rate limit for extraction requests; None when admitted."""
+        if self.limiter is None:
+            return None
+        envelope = ctx.envelope
+        request = Request(
+            type=envelope.type,
+            requester=envelope.auth or ctx.payload.requester,
+            agent=agent_of(envelope.source),
+            envelope_id=envelope.id,
+        )
+        decision = await self.limiter.check(request)
+        return decision if decision.denied else None
 
-__all__ = ["REQUEST_STREAM", "PlannerAgent", "RequestError", "plan_request", "request_text", "stamp_of"]
+
+__all__ = [
+    "REQUEST_STREAM",
+    "PlannerAgent",
+    "RequestError",
+    "plan_request",
+    "refusal_payloads",
+    "request_text",
+    "stamp_of",
+]
