@@ -128,6 +128,7 @@ def report_of(entries: Sequence[StoredEntry], *, head: StoredEntry | None = None
             generated_at=GENERATED,
             head=ChainPoint(top.seq, top.chain_hash),
             checkpoint=checkpoint_of(top),
+            sections_version=1,  # the engine on table v1; tests/unit/test_sections_v2.py covers v2
         ),
         KEY,
     )
@@ -171,7 +172,7 @@ def test_section_table_routes_each_type(type_: str, number: int | None) -> None:
 
 
 def test_section_tables_are_versioned() -> None:
-    assert sorted(TABLES) == [1]
+    assert sorted(TABLES) == [1, 2]
     assert [s.number for s in table(1).sections] == list(range(1, 11))
     with pytest.raises(KeyError, match="unknown section table version 9"):
         table(9)

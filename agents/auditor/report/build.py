@@ -19,6 +19,7 @@ from envelope import EnvelopeError
 from memory.postgres import AuditRecordError, Checkpoint, StoredEntry
 from memory.summary import summarize
 
+from .facts import Item
 from .model import Declaration, Failure, Outcome, RecordView, Report, Section
 from .sections import CURRENT_VERSION, FINAL_SECTION, SectionTable, table
 
@@ -115,9 +116,10 @@ def _failure_reason(read: _Read, spec: SectionTable) -> str | None:
     for glob in rules.type_globs:
         if fnmatchcase(view.type, glob):
             return f"its type marks a failure ({glob})"
-    for glob, field, value in rules.data_rules:
-        if read.data is not None and fnmatchcase(view.type, glob) and read.data.get(field) == value:
-            return f"{field} = {value!r}"
+    broken = rules.data_failure(view.type, read.data) if read.data is not None else None
+    if broken is not None:
+        _, field, value = broken
+        return f"{field} = {value!r}"
     return None
 
 
@@ -168,13 +170,24 @@ def derive_outcome(reads: Sequence[_Read], spec: SectionTable) -> Outcome:
 def _sections(
     reads: Sequence[_Read], spec: SectionTable
 ) -> tuple[tuple[Section, ...], tuple[RecordView, ...]]:
-    by_section: dict[int, list[RecordView]] = {s.number: [] for s in spec.sections}
+    items: dict[int, list[Item]] = {s.number: [] for s in spec.sections}
+    every = [Item(read.view, read.data) for read in reads]
     appendix: list[RecordView] = []
-    for read in reads:
-        number = spec.section_of(read.view.type)
-        (appendix if number is None else by_section[number]).append(read.view)
+    for item in every:
+        number = spec.section_of(item.view.type)
+        if number is None:
+            appendix.append(item.view)
+        else:
+            items[number].append(item)
     sections = tuple(
-        Section(number=s.number, key=s.key, title=s.title, types=s.globs, records=tuple(by_section[s.number]))
+        Section(
+            number=s.number,
+            key=s.key,
+            title=s.title,
+            types=s.globs,
+            records=tuple(i.view for i in items[s.number]),
+            facts=s.facts(items[s.number], every) if s.facts is not None else (),
+        )
         for s in spec.sections
     )
     return sections, tuple(appendix)

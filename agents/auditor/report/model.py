@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 FORMAT: Final = "l9.evidence-report.v1"
 Status = Literal["completed", "failed", "incomplete"]
@@ -38,12 +38,31 @@ class RecordView(_Frozen):
     payload_hash: str
 
 
+class FactTable(_Frozen):
+    """A table a section shows above its records, computed from their payloads (table v2 on).
+    ``code`` names the columns shown verbatim (paths, hashes)."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    code: tuple[str, ...] = ()
+
+
 class Section(_Frozen):
     number: int
     key: str
     title: str
     types: tuple[str, ...]
     records: tuple[RecordView, ...]
+    facts: tuple[FactTable, ...] = ()
+
+    @model_serializer(mode="wrap")
+    def _without_empty_facts(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """No ``facts`` key when there are none, so reports of table v1 keep their exact bytes."""
+        data: dict[str, Any] = handler(self)
+        if not self.facts:
+            data.pop("facts", None)
+        return data
 
 
 class Failure(_Frozen):

@@ -1,11 +1,19 @@
 """The evidence report's section table, as data: which envelope types fill which section,
-and which records mark a run as failed.
+which records mark a run as failed, and (from v2) which facts a section shows.
 
 Types are matched with :func:`fnmatch.fnmatchcase` globs; a record goes to the first
 section one of whose globs matches its type, and to the appendix when none does.
 Tables are versioned: a report records the version it was built with, and
 verification rebuilds it with that same table, so refining the table (a new
 version) never invalidates reports signed earlier.
+
+* v1: the first table; its data rule compares a top-level field.
+* v2 (current): the extraction pipeline's real payloads (``agents.extraction.phases``,
+  ``governance``): enforcement in section 6, escalations and their resolutions in 9;
+  data rules follow a dotted path (``decision.outcome``) and compare booleans too; every
+  section shows tables computed from its records' payloads (:mod:`.facts`). The v1 globs
+  stay (``l9.artifact.*``, ``l9.validation.drift*``, approvals and denials), so records
+  of those types land in the same sections under both tables.
 """
 
 from __future__ import annotations
@@ -13,6 +21,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import Any
+
+from . import facts
+from .facts import Facts
+
+#: A data rule: (type glob, dotted field path, the value that marks a failure).
+DataRule = tuple[str, str, str | bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +38,8 @@ class SectionSpec:
     key: str
     title: str
     globs: tuple[str, ...]
+    #: The tables the section shows above its records (None: records only).
+    facts: Facts | None = None
 
     def matches(self, type_: str) -> bool:
         return any(fnmatchcase(type_, glob) for glob in self.globs)
@@ -36,10 +53,34 @@ class FailureRules:
     kinds: tuple[str, ...]
     #: Types whose records are failures by themselves.
     type_globs: tuple[str, ...]
-    #: Types whose records are failures when ``data[field] == value``: (glob, field, value).
-    data_rules: tuple[tuple[str, str, str], ...]
+    #: Types whose records are failures when the payload's ``field`` (a dotted path into
+    #: nested objects) holds ``value`` (same type and value): (glob, field, value).
+    data_rules: tuple[DataRule, ...]
     #: Types whose records say the run completed.
     completion_globs: tuple[str, ...]
+
+    def data_failure(self, type_: str, data: Mapping[str, Any]) -> DataRule | None:
+        """The first data rule ``data`` (a record of ``type_``) breaks, or None."""
+        for rule in self.data_rules:
+            glob, path, value = rule
+            if fnmatchcase(type_, glob):
+                found = field_at(data, path)
+                if type(found) is type(value) and found == value:
+                    return rule
+        return None
+
+
+_ABSENT = object()
+
+
+def field_at(data: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted ``path`` of nested mappings (a sentinel when it is not there)."""
+    value: Any = data
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _ABSENT
+        value = value[part]
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +147,92 @@ TABLE_V1 = SectionTable(
     ),
 )
 
+TABLE_V2 = SectionTable(
+    version=2,
+    sections=(
+        SectionSpec(
+            1,
+            "schema_input",
+            "Schema input summary",
+            ("l9.extract.request.v*", "l9.schema.*"),
+            facts.schema_input,
+        ),
+        SectionSpec(
+            2,
+            "locked_plan",
+            "Locked TODO plan",
+            ("l9.plan.locked.v*", "l9.plan.rejected.v*"),
+            facts.locked_plan,
+        ),
+        SectionSpec(
+            3,
+            "phase0_research",
+            "Phase 0: research (DAG, order, waves)",
+            ("l9.plan.research.v*",),
+            facts.research,
+        ),
+        SectionSpec(4, "phase1_baseline", "Phase 1: baseline", ("l9.plan.baseline.v*",), facts.baseline),
+        SectionSpec(
+            5,
+            "phase2_implementation",
+            "Phase 2: implementation (files, line counts, hashes)",
+            ("l9.generate.*", "l9.artifact.*"),
+            facts.implementation,
+        ),
+        SectionSpec(
+            6,
+            "phase3_enforcement",
+            "Phase 3: enforcement (decisions)",
+            ("l9.enforce.*", "l9.governance.decision.v*"),
+            facts.enforcement,
+        ),
+        SectionSpec(
+            7,
+            "phase4_validation",
+            "Phase 4: validation (tests, pass rate, coverage)",
+            ("l9.validation.tests.v*",),
+            facts.validation,
+        ),
+        SectionSpec(
+            8,
+            "phase5_verification",
+            "Phase 5: verification (drift, cycles)",
+            ("l9.validation.verify*", "l9.validation.drift*"),
+            facts.verification,
+        ),
+        SectionSpec(
+            9,
+            "governance_compliance",
+            "Governance and compliance (escalations and who decided)",
+            (
+                "l9.governance.escalation*",
+                "l9.governance.resolution*",
+                "l9.governance.approval*",
+                "l9.governance.denial*",
+            ),
+            facts.governance,
+        ),
+        SectionSpec(10, "final_declaration", "Final declaration", ("l9.run.*", "l9.report.*"), facts.final),
+    ),
+    failures=FailureRules(
+        kinds=("error",),
+        type_globs=("*.rejected.*", "*.failed.*"),
+        data_rules=(
+            ("l9.governance.decision.v*", "decision.outcome", "deny"),
+            ("l9.governance.resolution.v*", "approved", False),
+            ("l9.plan.baseline.v*", "ok", False),
+            ("l9.enforce.completed.v*", "allowed", False),
+            ("l9.validation.tests.v*", "ok", False),
+            ("l9.validation.verify.v*", "ok", False),
+            ("l9.run.completed.v*", "result", "failed"),
+        ),
+        completion_globs=("l9.run.completed.v*",),
+    ),
+)
+
 #: Every section table by version; a refined table is added here, never edited in place.
-TABLES: Mapping[int, SectionTable] = {TABLE_V1.version: TABLE_V1}
-CURRENT_VERSION = TABLE_V1.version
+TABLES: Mapping[int, SectionTable] = {t.version: t for t in (TABLE_V1, TABLE_V2)}
+CURRENT_VERSION = TABLE_V2.version
 #: The section holding the outcome and the declaration.
 FINAL_SECTION = 10
 
