@@ -29,6 +29,7 @@ BUILTIN: dict[str, str] = {
     "sympy": "agents.sympy.agent:SymPyAgent",
     "planner": "agents.extraction.planner_agent:PlannerAgent",
     "enforcer": "agents.extraction.enforcer:EnforcerAgent",
+    "validator": "agents.extraction.validator.agent:ValidatorAgent",
 }
 log = structlog.get_logger("l9.agent.runner")
 

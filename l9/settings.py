@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     #: Where extraction folders are made when a request names no ``out_dir`` (relative: to the
     #: generator's working directory).
     extractions_dir: Path = Path("extractions")
+    #: Wall-clock bound of the validator's run of the generated tests (its process group is killed past it).
+    validator_test_timeout_s: float = Field(default=300.0, gt=0, le=86_400)
 
     @field_validator("signing_keys", "audit_trusted_keys", mode="before")
     @classmethod

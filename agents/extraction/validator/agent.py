@@ -1,0 +1,153 @@
+"""The validator agent (``l9 agent run validator``): phases 4 and 5 of an extraction run.
+
+It consumes the ``enforce`` stream. For each ``l9.enforce.completed.v1`` with
+``allowed=True`` it validates the extraction folder and emits, caused by that
+envelope and in its run, in one round trip:
+
+1. ``l9.validation.tests.v1`` - phase 4: every ``.py`` compiles, the generated
+   tests' counts, pass rate, failures and the line coverage of ``code/``
+   (:mod:`.tests_run`);
+2. ``l9.validation.verify.v1`` - phase 5: drift against the plan and the
+   manifests, import cycles, links, governance links (:mod:`.verify`);
+3. ``l9.run.completed.v1`` - ``passed`` only when every file compiles, the pass
+   rate is at least 0.95, coverage at least 85 % and verification found nothing;
+   otherwise ``failed`` at phase ``validate`` with a reason naming each failure.
+
+A denied enforcement is ignored: the enforcer has already ended that run. The
+work runs off the event loop (syntax trees and hashing in a worker thread, the
+tests in a subprocess in its own process group), so heartbeats and lease
+extension go on; at most one validation per CPU runs at a time. A redelivered
+envelope is validated again: the results are a function of the folder alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import anyio
+import structlog
+
+from l9.settings import Settings, get_settings
+
+from ...base import Agent, Context, handles
+from ...runtime import Runtime
+from ..phases import EnforcementCompleted, RunCompleted, TestsValidated, Verified
+from .tests_run import MIN_COVERAGE, MIN_PASS_RATE, TestRun, phase4
+from .verify import verify
+
+#: The stream the validator consumes (``l9.enforce.*`` by the default topology).
+ENFORCE_STREAM = "enforce"
+#: Items of a finding named in a run's reason before "...".
+_NAMED = 3
+
+
+async def validate(
+    enforced: EnforcementCompleted,
+    *,
+    timeout_s: float,
+    log: structlog.typing.FilteringBoundLogger | None = None,
+) -> tuple[TestsValidated, Verified, RunCompleted]:
+    """Phases 4 and 5 on the folder of ``enforced``, and the run's end."""
+    log = log or structlog.get_logger("l9.validator")
+    folder, collection = Path(enforced.folder), enforced.collection
+    check = functools.partial(verify, folder, collection=collection, plan_hash=enforced.plan_hash)
+    log.info("validator.verifying", folder=str(folder))
+    verified = await anyio.to_thread.run_sync(check)
+    log.info("validator.verified", ok=verified.ok, outcome=verified.outcome)
+    if folder.is_absolute() and await anyio.Path(folder).is_dir():
+        log.info("validator.testing", timeout_s=timeout_s)
+        run = await phase4(folder, timeout_s)
+    else:
+        run = TestRun(problem=f"{folder} is not an absolute path of a directory")
+    tests = run.payload(collection, str(folder))
+    log.info("validator.tested", ok=tests.ok, outcome=tests.outcome, duration_s=tests.duration_s)
+    return tests, verified, verdict(tests, verified)
+
+
+def verdict(tests: TestsValidated, verified: Verified) -> RunCompleted:
+    """The run's end: passed only if phase 4 met its bounds and phase 5 found nothing."""
+    reasons = phase4_reasons(tests) + phase5_reasons(verified)
+    if reasons:
+        what = ", ".join(r.split(":")[0].split(" (")[0] for r in reasons)
+        outcome = f"failed at validate: {what}"
+    else:
+        outcome = (
+            f"passed: {tests.passed}/{tests.tests} tests, coverage {tests.coverage_percent:.1f}%, verified"
+        )
+    return RunCompleted(
+        outcome=outcome,
+        collection=tests.collection,
+        result="failed" if reasons else "passed",
+        phase="validate",
+        folder=tests.folder,
+        reason="; ".join(reasons),
+    )
+
+
+def phase4_reasons(tests: TestsValidated) -> list[str]:
+    reasons: list[str] = []
+    if tests.compile_errors:
+        reasons.append(
+            f"compile: {len(tests.compile_errors)} file(s) do not compile ({_named(tests.compile_errors)})"
+        )
+    if tests.pass_rate < MIN_PASS_RATE:
+        first = f"; {_named(tests.failures)}" if tests.failures else ""
+        reasons.append(
+            f"pass rate: {tests.pass_rate:.2f} < {MIN_PASS_RATE} ({tests.passed} of {tests.tests} passed, "
+            f"{tests.failed} failed, {tests.errors} errors, {tests.skipped} skipped{first})"
+        )
+    if tests.coverage_percent < MIN_COVERAGE:
+        reasons.append(f"coverage: {tests.coverage_percent:.1f}% < {MIN_COVERAGE:g}% of code/")
+    return reasons
+
+
+def phase5_reasons(verified: Verified) -> list[str]:
+    found = [
+        ("missing", verified.missing),
+        ("extra", verified.extra),
+        ("changed", verified.changed),
+        ("import cycle", tuple(" -> ".join(c) for c in verified.cycles)),
+        ("unresolved link", verified.unresolved_links),
+        ("governance", verified.broken_governance),
+    ]
+    reasons = [f"{name}: {_named(items)}" for name, items in found if items]
+    if not verified.ok and not reasons:
+        reasons.append(f"verify: {verified.outcome}")
+    return reasons
+
+
+def _named(items: tuple[str, ...]) -> str:
+    more = f" (+{len(items) - _NAMED} more)" if len(items) > _NAMED else ""
+    return ", ".join(items[:_NAMED]) + more
+
+
+class ValidatorAgent(Agent):
+    name = "validator"
+    consumes = (ENFORCE_STREAM,)
+
+    def __init__(self, runtime: Runtime, settings: Settings | None = None) -> None:
+        super().__init__(runtime)
+        self.settings = settings or get_settings()
+        self.limiter = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
+
+    @handles(EnforcementCompleted)
+    async def on_enforced(self, ctx: Context[EnforcementCompleted]) -> None:
+        enforced = ctx.payload
+        log = self.log.bind(
+            correlation_id=ctx.envelope.correlation_id, envelope=ctx.envelope.id, folder=enforced.folder
+        )
+        if not enforced.allowed:
+            log.info("validator.skipped", reason="enforcement did not allow the run")
+            return
+        async with self.limiter:
+            log.info("validator.started", attempt=ctx.attempt)
+            payloads = await validate(enforced, timeout_s=self.settings.validator_test_timeout_s, log=log)
+        envelopes = [self.envelope_for(p, cause=ctx.envelope) for p in payloads]
+        await self.runtime.publisher.publish_many(envelopes)
+        run = payloads[-1]
+        log.info("validator.done", result=run.result, outcome=run.outcome, reason=run.reason)
+
+
+__all__ = ["ENFORCE_STREAM", "ValidatorAgent", "phase4_reasons", "phase5_reasons", "validate", "verdict"]
