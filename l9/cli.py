@@ -98,6 +98,14 @@ def agent_run(
     from agents.runner import load_agent, run_agent
 
     settings = _settings()
+    if name == "lineage":
+        from agents.lineage.main import run_lineage
+
+        try:
+            _run(lambda: run_lineage(settings, instance=instance))
+        except StackError as exc:
+            raise _fail(str(exc)) from None
+        return
     if name == "auditor":
         from agents.auditor.main import run_auditor
 
@@ -267,4 +275,5 @@ from l9.cli_report import report_app  # noqa: E402 (it imports from here lazily)
 
 app.add_typer(report_app, name="report")
 import l9.cli_governance  # noqa: E402, F401 (adds l9 acl and l9 governance)
+from l9 import cli_graph as _cli_graph  # noqa: E402, F401 (adds l9 graph)
 from l9 import cli_sympy as _cli_sympy  # noqa: E402, F401 (adds l9 sympy)

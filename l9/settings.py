@@ -30,6 +30,25 @@ class Settings(BaseSettings):
     )
     #: The audit writer's URL (role ``l9_writer``); unset: the database URL with that user.
     database_writer_url: str | None = None
+    # The semantic graph (memory/graph): Neo4j when NEO4J_URL is set, else FalkorDB in Redis.
+    neo4j_url: str | None = Field(default=None, validation_alias=AliasChoices("NEO4J_URL", "L9_NEO4J_URL"))
+    neo4j_user: str = Field(default="neo4j", validation_alias=AliasChoices("NEO4J_USER", "L9_NEO4J_USER"))
+    neo4j_password: str | None = Field(
+        default=None, validation_alias=AliasChoices("NEO4J_PASSWORD", "L9_NEO4J_PASSWORD")
+    )
+    neo4j_database: str | None = Field(
+        default=None, validation_alias=AliasChoices("NEO4J_DATABASE", "L9_NEO4J_DATABASE")
+    )
+    #: A Redis with the FalkorDB module holding the graph; unset: the bus's own Redis.
+    graph_url: str | None = None
+    #: The FalkorDB graph (a Redis key); unset: ``<namespace>:graph``.
+    graph_name: str | None = Field(default=None, min_length=1, max_length=200)
+    #: Bound of one graph query: past it the graph store counts as unavailable.
+    graph_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    #: Bound of the planner's and the SymPy worker's own graph writes (the projector catches up).
+    graph_hook_timeout_s: float = Field(default=1.0, gt=0, le=60)
+    #: Envelopes per batch of the lineage projector (``l9 agent run lineage``).
+    lineage_batch_size: int = Field(default=500, ge=1, le=10_000)
     home: Path = Path(".l9")
     namespace: str = Field(default="l9", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     #: JSON object ``{"key id": "secret"}``; empty means the key file under ``home``.

@@ -38,6 +38,7 @@ from l9.devstack import resolve_endpoints
 from l9.settings import Settings, get_settings
 
 from ..base import Agent, Context, handles
+from ..lineage.hooks import DagHook
 from ..runtime import Runtime
 from .baseline import Probe, baseline_errors, run_baseline, stack_probes
 from .collection import SchemaError, SchemaErrors, content_hash
@@ -174,6 +175,8 @@ class PlannerAgent(Agent):
         self.settings = settings or get_settings()
         self.probes = probes
         self.anchors = anchors
+        #: Each research's DAG to the graph store at once (bounded; the lineage projector catches up).
+        self.dags = DagHook.open(self.settings, self.settings.graph_hook_timeout_s, runtime.redis)
         self.limiter: RateLimiter | None = None
 
     async def on_start(self) -> None:
@@ -184,6 +187,9 @@ class PlannerAgent(Agent):
         if self.anchors is None:
             self.anchors = frozenset(a.name for a in policy.anchors)
         self.limiter = RateLimiter(self.runtime.redis, self.runtime.keys, policy.rate_limits)
+
+    async def on_stop(self) -> None:
+        await self.dags.close()
 
     @handles(ExtractRequest)
     async def on_request(self, ctx: Context[ExtractRequest]) -> None:
@@ -204,6 +210,7 @@ class PlannerAgent(Agent):
         )
         envelopes = [self.envelope_for(p, cause=ctx.envelope) for p in payloads]
         await self.runtime.publisher.publish_many(envelopes)
+        await self.dags.record(envelopes)  # after publishing: a graph outage never holds a plan up
         outcome = getattr(payloads[-1], "outcome", "")
         log.info("planner.planned", file=ctx.payload.file, result=envelopes[-1].type, outcome=outcome)
 
