@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     sympy_kernel_dir: Path | None = None
     #: Wall-clock bound of building one compiled kernel (Cython + C compiler).
     sympy_compile_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    #: Per-operation metrics to PostgreSQL (``l9_metrics.sympy_metrics``, ``sympy_codegen_metrics``).
+    sympy_metrics: bool = True
+    #: Metric rows kept in memory while PostgreSQL is away; past it the oldest are dropped (logged).
+    sympy_metrics_buffer: int = Field(default=10_000, ge=1, le=10_000_000)
+    #: Seconds between two metric writes (sooner when 1000 rows wait).
+    sympy_metrics_flush_s: float = Field(default=1.0, gt=0, le=60)
 
     # Governance (package ``governance``): policies, strict mode, rate limits, identities.
     #: The policy file (YAML); unset: ``governance/default_policy.yaml``. Its ``identity.signers``

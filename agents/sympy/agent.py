@@ -2,12 +2,18 @@
 
 Each request is parsed and computed in the worker pool (never in this
 process) within ``min(L9_SYMPY_TIMEOUT_S, the request's remaining deadline)``;
-results are cached in Redis under the canonical form (:mod:`.cache`), and every
-operation is published on ``sympy.events`` once answered (:mod:`.telemetry`). A result is
+results are cached in Redis under the canonical form (:mod:`.cache`). A result is
 the typed reply; a failure is an ``ErrorReply`` (``sympy.<kind>``, see
-:mod:`.errors`). Forbidden constructs, limit breaches and timeouts are also
-published as :class:`Violation` events on ``sympy.violations`` for
-governance to act on (the request is already refused; escalation is theirs).
+:mod:`.errors`). Forbidden constructs, limit breaches and runaways are governance
+events besides: before the caller hears, the policy engine's decision on the
+request (``l9.governance.decision.v1``) and, when a policy escalates, the escalation
+to its anchors are published, caused by the request (:mod:`.violations`).
+
+Once the caller has its answer, every operation is published on ``sympy.events``
+(:mod:`.telemetry`), its reply copied to ``sympy.results`` (so the audit trail
+keeps it for ``l9 sympy export``, :mod:`.session`), both in one round trip, and
+its metric rows are buffered for PostgreSQL (written in batches in the background
+by :class:`memory.postgres.metrics.MetricsWriter`; PostgreSQL away never slows a reply).
 """
 
 from __future__ import annotations
@@ -20,8 +26,12 @@ from collections import OrderedDict
 from functools import partial
 
 from bus.errors import TRANSIENT
-from envelope import PacketEnvelope, utcnow
+from envelope import PacketEnvelope, encode, utcnow
+from governance import Escalations, PolicyEngine
+from l9.devstack import resolve_endpoints
 from l9.settings import Settings, get_settings
+from memory.postgres import writer_dsn
+from memory.postgres.metrics import MetricsWriter
 
 from ..base import Agent, Context, handles
 from ..runtime import Runtime
@@ -45,13 +55,10 @@ from .payloads import (
     Solve,
     SymPyRequest,
     SymPyResult,
-    Violation,
 )
 from .pool import WorkerPool
-from .telemetry import EVENTS_STREAM, OperationEvent
-
-#: Where violations are published for governance (an explicit stream: not the tool stream).
-VIOLATIONS_STREAM = "sympy.violations"
+from .telemetry import EVENTS_STREAM, RESULTS_STREAM, OperationEvent, metric_rows
+from .violations import ViolationDesk
 
 #: Where requests travel: every ``l9.sympy.*`` type goes to the stream named by its area.
 TOOL_STREAM = "sympy"
@@ -81,14 +88,35 @@ class SymPyAgent(Agent):
         )
         #: request text digest -> canonical digest: the same text is parsed once.
         self._digests: OrderedDict[bytes, str] = OrderedDict()
+        engine = PolicyEngine.load(self.settings.policy_file, strict_mode=self.settings.strict_mode)
+        desk = Escalations(
+            runtime.redis,
+            runtime.publisher,
+            spec=engine.escalation,
+            anchors=engine.anchors,
+            source=runtime.source,
+        )
+        self.violations = ViolationDesk(engine, desk)
+        self.metrics: MetricsWriter | None = None
 
     async def on_start(self) -> None:
         await self.pool.__aenter__()
+        if self.settings.sympy_metrics:
+            database_url = resolve_endpoints(self.settings).database_url
+            self.metrics = MetricsWriter(
+                writer_dsn(database_url, self.settings.database_writer_url),
+                admin_dsn=database_url,
+                capacity=self.settings.sympy_metrics_buffer,
+                interval_s=self.settings.sympy_metrics_flush_s,
+            )
+            await self.metrics.start()
 
     async def on_stop(self) -> None:
         await self.pool.__aexit__(None, None, None)
         with contextlib.suppress(*TRANSIENT):  # counters are statistics: never block a shutdown
             await self.cache.flush()
+        if self.metrics is not None:
+            await self.metrics.close()
 
     @handles(Evaluate, Simplify, Expand, Factor, Diff, Integrate, Series, Solve, Cse, GenerateCode, Compile)
     async def on_request(self, ctx: Context[SymPyRequest]) -> None:
@@ -96,22 +124,24 @@ class SymPyAgent(Agent):
         try:
             reply = await self.compute(request, ctx.envelope)
         except ToolError as exc:
-            await self._refuse(ctx, exc)
-            await self._record(ctx, started, error=exc)
+            answer = await self._refuse(ctx, exc)
+            await self._record(ctx, started, answer, error=exc)
             return
-        await ctx.reply(reply)
-        await self._record(ctx, started, reply=reply)
+        answer = await ctx.reply(reply)
+        await self._record(ctx, started, answer, reply=reply)
         await self.cache.flush()  # hits answered from memory: counted once the caller has its reply
 
     async def _record(
         self,
         ctx: Context[SymPyRequest],
         started: float,
+        answer: PacketEnvelope,
         *,
         reply: SymPyResult | None = None,
         error: ToolError | None = None,
     ) -> None:
-        """The operation's event on ``sympy.events`` (after the reply: off the caller's path)."""
+        """After the reply (off the caller's path): the operation's event on ``sympy.events`` and
+        the reply's copy on ``sympy.results`` in one round trip; its metric rows to the buffer."""
         ms = round((time.perf_counter() - started) * 1000, 3)
         request = ctx.payload
         event = OperationEvent(
@@ -124,8 +154,20 @@ class SymPyAgent(Agent):
             error=None if error is None else f"{error.kind}.{error.rule}",
             requester=ctx.envelope.auth or ctx.envelope.source,
         )
-        await ctx.emit(event, stream=EVENTS_STREAM)
+        envelope = self.envelope_for(event, cause=ctx.envelope)
+        await self._publish_after_reply(envelope, answer)
+        if self.metrics is not None:
+            for row in metric_rows(envelope, event, ctx.envelope):
+                self.metrics.add(row)
         self.log.debug("sympy.served", op=request.op, ms=ms, cached=event.cached, outcome=event.outcome)
+
+    async def _publish_after_reply(self, event: PacketEnvelope, answer: PacketEnvelope) -> None:
+        rt = self.runtime
+        pipe = rt.redis.pipeline(transaction=False)
+        pipe.xadd(rt.keys.stream(EVENTS_STREAM), encode(event, rt.signer))  # type: ignore[arg-type]
+        pipe.xadd(rt.keys.stream(RESULTS_STREAM), encode(answer, rt.signer))  # type: ignore[arg-type]
+        pipe.sadd(rt.keys.streams_index(), EVENTS_STREAM, RESULTS_STREAM)
+        await pipe.execute()
 
     async def compute(self, request: SymPyRequest, envelope: PacketEnvelope) -> SymPyResult:
         """The reply to ``request``: from the cache, or computed in the pool within its deadline."""
@@ -172,15 +214,13 @@ class SymPyAgent(Agent):
             bound = min(bound, max((envelope.expires_at - utcnow()).total_seconds(), 0.05))
         return bound
 
-    async def _refuse(self, ctx: Context[SymPyRequest], exc: ToolError) -> None:
-        """Report a violation (before the reply: when the caller hears, governance has it), then fail."""
-        log = self.log.bind(op=ctx.payload.op, kind=exc.kind, rule=exc.rule)
+    async def _refuse(self, ctx: Context[SymPyRequest], exc: ToolError) -> PacketEnvelope:
+        """Governance first for a violation (when the caller hears, the decision is out), then fail."""
         if exc.violation:
-            log.warning("sympy.violation", requester=ctx.envelope.source, detail=exc.detail)
-            await ctx.emit(Violation.of(exc, ctx.payload.op, ctx.envelope), stream=VIOLATIONS_STREAM)
+            await self.violations.report(exc, ctx.envelope)
         else:
-            log.info("sympy.refused", detail=exc.detail)
-        await ctx.fail(*exc.reply_fields())
+            self.log.info("sympy.refused", op=ctx.payload.op, kind=exc.kind, rule=exc.rule, detail=exc.detail)
+        return await ctx.fail(*exc.reply_fields())
 
 
-__all__ = ["TOOL_STREAM", "VIOLATIONS_STREAM", "SymPyAgent"]
+__all__ = ["TOOL_STREAM", "SymPyAgent"]

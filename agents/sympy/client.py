@@ -49,12 +49,30 @@ R = TypeVar("R", bound=SymPyResult)
 
 
 class SymPyTool:
-    """Typed calls to the SymPy worker over an :class:`RpcClient`."""
+    """Typed calls to the SymPy worker over an :class:`RpcClient`.
+
+    ``session`` (or ``correlation_id``: the same thing) is the correlation id every call
+    carries, so ``l9 sympy export SESSION`` finds the calls and their results in the audit
+    trail; None: each call is its own run.
+    """
 
     def __init__(
-        self, rpc: RpcClient, *, source: str, deadline_s: float = 30.0, correlation_id: str | None = None
+        self,
+        rpc: RpcClient,
+        *,
+        source: str,
+        deadline_s: float = 30.0,
+        correlation_id: str | None = None,
+        session: str | None = None,
     ) -> None:
-        self.rpc, self.source, self.deadline_s, self.correlation_id = rpc, source, deadline_s, correlation_id
+        if session is not None and correlation_id is not None and session != correlation_id:
+            raise ValueError(f"session {session!r} and correlation_id {correlation_id!r} differ: give one")
+        self.rpc, self.source, self.deadline_s = rpc, source, deadline_s
+        self.correlation_id = session if session is not None else correlation_id
+
+    @property
+    def session(self) -> str | None:
+        return self.correlation_id
 
     async def call(self, request: SymPyRequest, expect: type[R], *, deadline_s: float | None = None) -> R:
         """Send ``request``; its reply, or the worker's error raised as a ToolError."""

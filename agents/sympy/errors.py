@@ -55,8 +55,9 @@ class ToolError(Exception):
 
     @property
     def violation(self) -> bool:
-        """True for what governance escalates: forbidden constructs and limit breaches."""
-        return self.kind in ("forbidden", "limit", "timeout")
+        """True for what governance judges: forbidden constructs, limit breaches and runaways
+        (not a wait for a free worker: that is the worker's load, not the request's doing)."""
+        return self.kind in ("forbidden", "limit") or (self.kind == "timeout" and self.rule != "queue")
 
     def to_wire(self) -> dict[str, Any]:
         """Plain data that crosses a pipe or a queue (exceptions do not pickle reliably)."""

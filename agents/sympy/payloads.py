@@ -16,9 +16,9 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from envelope import PacketEnvelope, Payload, payload
+from envelope import Payload, payload
 
-from .errors import Kind, ToolError
+from .errors import Kind
 
 EXPR_MAX = 1_000_000  # a hard cap on the wire; the parser's own limit (L9_SYMPY_MAX_CHARS) is lower
 Expr = str
@@ -227,9 +227,10 @@ class GenerateCodeResult(SymPyResult):
 
 @payload("l9.sympy.violation.v1")
 class Violation(Payload):
-    """A refused request that governance may escalate: forbidden input, a limit breach, a timeout.
+    """A refused request as workers before governance wiring published it on ``sympy.violations``.
 
-    Published by the worker (as caused by the request) on ``sympy.violations``.
+    No longer published: a refusal is now a governance decision caused by the request
+    (:mod:`.violations`). Kept registered so trail records of earlier versions still decode.
     """
 
     kind: Kind
@@ -240,19 +241,6 @@ class Violation(Payload):
     op: str
     requester: str
     request_id: str
-
-    @classmethod
-    def of(cls, error: ToolError, op: str, request: PacketEnvelope) -> Violation:
-        pos = error.position
-        return cls(
-            kind=error.kind,
-            rule=error.rule,
-            detail=error.detail,
-            position=None if pos is None else f"{pos}",
-            op=op,
-            requester=request.auth or request.source,
-            request_id=request.id,
-        )
 
 
 @payload("l9.sympy.compile_result.v1")

@@ -2,10 +2,14 @@
 
 The worker publishes an :class:`OperationEvent` after every reply (success or
 refusal), so live watchers can follow the stream (``l9 tail``) and the audit
-trail keeps them. The sliding window is not state inside a worker: it is the
-last ``WINDOW_S`` seconds of that stream (stream ids are the Redis server's
-milliseconds), read with one ``XRANGE`` and summarised: rates, latency
-percentiles, cache hit ratio and errors per operation, across every worker.
+trail keeps them; the same operation becomes rows of ``l9_metrics.sympy_metrics``
+(and ``sympy_codegen_metrics``) in PostgreSQL (:func:`metric_rows`, written in
+batches by :class:`memory.postgres.metrics.MetricsWriter`).
+
+The sliding window is not state inside a worker: it is the last ``WINDOW_S``
+seconds of that stream (stream ids are the Redis server's milliseconds), read
+with one ``XRANGE`` and summarised: rates, latency percentiles, cache hit ratio
+and errors per operation, across every worker.
 """
 
 from __future__ import annotations
@@ -13,15 +17,22 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
 
 from bus import Keys
-from envelope import EnvelopeError, Payload, Verifier, decode, payload
+from envelope import EnvelopeError, PacketEnvelope, Payload, Verifier, decode, payload
+from memory.postgres.metrics import CodegenMetric, Metric, OperationMetric
 
 #: The stream live watchers follow; not the tool stream.
 EVENTS_STREAM = "sympy.events"
+#: A copy of every reply the worker sends (the same envelope): the audit trail keeps each result
+#: even when the caller's reply stream was gone before the auditor read it (``.session``).
+RESULTS_STREAM = "sympy.results"
+#: Operations that generate code (a row in ``sympy_codegen_metrics`` too; the backend is the language).
+CODEGEN_OPS = frozenset({"generate_code", "compile"})
 WINDOW_S = 60.0
 
 
@@ -38,6 +49,26 @@ class OperationEvent(Payload):
     #: ``<kind>.<rule>`` of a refusal.
     error: str | None = None
     requester: str
+
+
+def metric_rows(event: PacketEnvelope, operation: OperationEvent, request: PacketEnvelope) -> list[Metric]:
+    """The PostgreSQL rows of one operation (ids: its ``l9.sympy.operation.v1`` envelope's)."""
+    at: datetime = event.time
+    rows: list[Metric] = [
+        OperationMetric(
+            event.id, request.id, request.correlation_id, operation.op, operation.backend,
+            operation.expr_hash, operation.duration_ms, operation.cached, operation.outcome,
+            operation.error, operation.requester, at,
+        )
+    ]  # fmt: skip
+    if operation.op in CODEGEN_OPS:
+        rows.append(
+            CodegenMetric(
+                event.id, request.id, operation.op, operation.backend, operation.expr_hash,
+                operation.duration_ms, operation.outcome == "ok", operation.cached, operation.error, at,
+            )
+        )  # fmt: skip
+    return rows
 
 
 @dataclass(frozen=True)

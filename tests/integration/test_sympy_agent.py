@@ -15,11 +15,12 @@ import psutil
 import pytest
 import redis.asyncio as aioredis
 
-from agents.sympy import ParseRejected, SymPyTool, ToolError, ToolTimeout, Violation
-from agents.sympy.agent import VIOLATIONS_STREAM
+from agents.sympy import ParseRejected, SymPyTool, ToolError, ToolTimeout
+from agents.sympy.agent import TOOL_STREAM
 from agents.sympy.keys import compiled_key
 from bus import Keys, Publisher, RpcClient
-from envelope import Signer, Verifier, decode
+from envelope import PacketEnvelope, Signer, Verifier, decode
+from governance import DecisionMade, EscalationRequested, Escalations, PolicyEngine
 from tests.conftest import AgentProcess, wait_for
 
 pytestmark = pytest.mark.integration
@@ -28,11 +29,11 @@ SLOW = {"L9_SYMPY_TIMEOUT_S": "2", "L9_SYMPY_WORKERS": "2", "L9_SYMPY_MEMORY_MB"
 
 @asynccontextmanager
 async def sympy_tool(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier, session: str | None = None
 ) -> AsyncIterator[SymPyTool]:
     """A caller's SymPyTool (an RpcClient's task group must live in the test's own task)."""
     async with RpcClient(redis, Publisher(redis, keys, signer), verifier) as rpc:
-        yield SymPyTool(rpc, source="agent://test/caller", deadline_s=30)
+        yield SymPyTool(rpc, source="agent://test/caller", deadline_s=30, session=session)
 
 
 async def test_the_worker_answers_typed_requests(
@@ -55,19 +56,46 @@ async def _answers(tool: SymPyTool) -> None:
     assert code.ops_after < code.ops_before
 
 
-async def test_injections_are_refused_with_position_and_reported_to_governance(
+async def test_injections_are_typed_errors_and_governance_decisions_caused_by_the_request(
     spawn: Callable[..., AgentProcess], redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
+    """Forbidden input and limit breaches: the caller's error at once, and, already when it
+    arrives, the policy's decision (escalate to Igor by default) and the escalation, each
+    caused by the offending request. An invalid request is no governance event."""
     spawn("sympy")
-    async with sympy_tool(redis, keys, signer, verifier) as tool:
+    async with sympy_tool(redis, keys, signer, verifier, session="refusals") as tool:
         await _refusals(tool)
-    entries: Any = await redis.xrange(keys.stream(VIOLATIONS_STREAM))
-    violations = [decode(fields, verifier)[1] for _, fields in entries]
-    assert [(v.kind, v.rule, v.position, v.op) for v in violations if isinstance(v, Violation)] == [
-        ("forbidden", "forbidden_name", "1:8", "simplify"),
-        ("limit", "max_factorial", "1:1", "expand"),
-    ], "an invalid request is not a violation; forbidden input and limit breaches are"
-    assert all(v.requester == "agent://test/caller" for v in violations if isinstance(v, Violation))
+        requests = await _envelopes(redis, keys, verifier, TOOL_STREAM)
+        decisions = await _envelopes(redis, keys, verifier, "governance.compliance", "governance.decisions")
+        escalations = await _envelopes(redis, keys, verifier, "governance.escalations")
+    forbidden, limit, invalid = (r for r in requests if r.correlation_id == "refusals")
+    made = {d.causation_id: DecisionMade.model_validate(d.data).decision for d in decisions}
+    assert set(made) == {forbidden.id, limit.id}, "one decision per violation, none for the invalid request"
+    for request in (forbidden, limit):
+        decision = made[request.id]
+        assert decision.escalated and decision.anchors == ("Igor",)
+        assert decision.policy == "sympy-dangerous-functions@1" and request.id in decision.subject
+    assert "forbidden.forbidden_name at 1:8" in made[forbidden.id].reason
+    assert "limit.max_factorial at 1:1" in made[limit.id].reason
+    raised = {e.causation_id: EscalationRequested.model_validate(e.data) for e in escalations}
+    assert set(raised) == {forbidden.id, limit.id} and invalid.id not in made
+    engine = PolicyEngine.load()
+    desk = Escalations(redis, Publisher(redis, keys, signer), spec=engine.escalation, anchors=engine.anchors,
+                       source="agent://test/igor")  # fmt: skip
+    pending = {p.id: p for p in await desk.pending(expire=False)}
+    assert {e.id for e in escalations} == set(pending) and all(
+        p.anchors == ("Igor",) for p in pending.values()
+    )
+
+
+async def _envelopes(
+    redis: aioredis.Redis, keys: Keys, verifier: Verifier, *streams: str
+) -> list[PacketEnvelope]:
+    out: list[PacketEnvelope] = []
+    for stream in streams:
+        entries: Any = await redis.xrange(keys.stream(stream))
+        out.extend(decode(fields, verifier)[0] for _, fields in entries)
+    return out
 
 
 async def _refusals(tool: SymPyTool) -> None:

@@ -1,0 +1,103 @@
+"""Refused requests as governance events: a decision under the SymPy policies, and an escalation.
+
+The worker refuses a forbidden construct, a limit breach or a runaway itself
+(its parser and limits are the hard line); :class:`ViolationDesk` then asks the
+governance :class:`~governance.PolicyEngine` what the refusal means. The
+request envelope is judged as any request is (``sympy-dangerous-functions``,
+``sympy-expression-length``...); the worker's own finding is added under the
+policy that governs its kind (length limits: the ``expression_length`` rule;
+forbidden names, number and power bombs, memory and time: ``expression_functions``),
+so the outcome is that policy's (``deny``, or ``escalate`` to its anchors).
+
+The decision is published as ``l9.governance.decision.v1`` and, when escalated,
+an ``l9.governance.escalation.v1`` goes to the anchors, both caused by the
+request. The caller's typed error does not wait for any anchor: the request is
+refused either way; an escalation asks the anchor to review the requester
+(approve: a harmless mistake; deny: an attempt to act on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+
+from envelope import PacketEnvelope
+from governance import Decision, Escalations, Finding, Outcome, Policy, PolicyEngine, Request, decide
+
+from .errors import ToolError
+
+log = structlog.get_logger("l9.sympy.violations")
+#: The governance rule answering for each refusal: the length limit has its own; all else is a bomb.
+LENGTH_RULES = frozenset({"max_length"})
+LENGTH_POLICY_RULE = "expression_length"
+DEFAULT_POLICY_RULE = "expression_functions"
+
+
+@dataclass(frozen=True)
+class Reported:
+    """What governance was told: the decision envelope, and the escalation envelope if any."""
+
+    decision: PacketEnvelope
+    escalation: PacketEnvelope | None
+
+
+def worker_finding(error: ToolError) -> Finding:
+    """The worker's refusal as a finding: ``forbidden.forbidden_name at 1:8: __import__ is ...``."""
+    where = f" at {error.position}" if error.position is not None else ""
+    return Finding(what=f"refused by the SymPy worker: {error.kind}.{error.rule}{where}: {error.detail}")
+
+
+class ViolationDesk:
+    """Judges refused requests with the policy engine and publishes what it decided."""
+
+    def __init__(self, engine: PolicyEngine, escalations: Escalations) -> None:
+        self.engine, self.escalations = engine, escalations
+
+    def decide(self, error: ToolError, request: PacketEnvelope) -> Decision:
+        """The engine's decision on the request, with the worker's finding under its policy."""
+        subject = Request.from_envelope(request)
+        judged = self.engine.evaluate(subject)
+        applying = [p for p in self.engine.policies if p.applies_to_type(request.type)]
+        finding = worker_finding(error)
+        policy = _answering(applying, error)
+        if policy is None:  # no SymPy policy enabled: the worker's refusal stands as a denial
+            return Decision(
+                outcome=Outcome.DENY,
+                subject=subject.describe(),
+                reason=f"denied by the SymPy worker (no policy governs {request.type}): {finding.what}",
+                policies=judged.policies,
+                findings=(*judged.findings, finding),
+            )
+        findings = [*judged.findings, *policy.stamp([finding])]
+        anchors = {p.ref: p.anchors for p in applying}
+        return decide(subject.describe(), judged.policies, findings, anchors)
+
+    async def report(self, error: ToolError, request: PacketEnvelope) -> Reported:
+        """Publish the decision on ``request`` (and its escalation), both caused by it."""
+        decision = self.decide(error, request)
+        recorded = await self.escalations.record(decision, cause=request)
+        escalation = None
+        if decision.escalated and decision.anchors:
+            escalation = await self.escalations.escalate(decision, cause=request)
+        log.warning(
+            "sympy.violation",
+            request_id=request.id,
+            correlation_id=request.correlation_id,
+            requester=request.auth or request.source,
+            kind=error.kind,
+            rule=error.rule,
+            outcome=decision.outcome.value,
+            policy=decision.policy,
+            escalation_id=escalation.id if escalation is not None else None,
+        )
+        return Reported(recorded, escalation)
+
+
+def _answering(policies: list[Policy], error: ToolError) -> Policy | None:
+    """The policy a refusal falls under: by its rule's kind, else the first SymPy policy."""
+    wanted = LENGTH_POLICY_RULE if error.rule in LENGTH_RULES else DEFAULT_POLICY_RULE
+    for policy in policies:
+        if policy.rule_name == wanted:
+            return policy
+    return policies[0] if policies else None
