@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import anyio
+from structlog.typing import FilteringBoundLogger as BoundLogger
 
 from envelope import PacketEnvelope, Payload
 from governance import EscalationResolved, Escalations, PolicyEngine
@@ -145,6 +146,11 @@ class EnforcerAgent(Agent):
         cause, generated = ctx.envelope, ctx.payload
         log = self.log.bind(correlation_id=cause.correlation_id, envelope=cause.id, folder=generated.folder)
         ledger = Ledger(self.runtime.redis, ledger_key(self.runtime.keys, cause.id))
+        await ledger.exclusively(lambda: self._enforce(ledger, cause, generated, log), poll_s=self.poll_s)
+
+    async def _enforce(
+        self, ledger: Ledger, cause: PacketEnvelope, generated: GenerationCompleted, log: BoundLogger
+    ) -> None:
         if await ledger.published("final"):
             log.info("enforcer.already_done")
             return

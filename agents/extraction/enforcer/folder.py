@@ -102,8 +102,8 @@ def _plan(
         plan = LockedPlan.model_validate(manifest.get("plan"))
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in err["loc"]) or "plan"
-        problems.append(problem(MANIFEST, f"plan: {where}: {str(err['msg']).removeprefix('Value error, ')}"))
+        where = ".".join(["plan", *(str(p) for p in err["loc"])])
+        problems.append(problem(MANIFEST, f"{where}: {str(err['msg']).removeprefix('Value error, ')}"))
         return None
     for name, value in (("plan.hash", plan.hash), ("plan_hash", manifest.get("plan_hash"))):
         if value != generated.plan_hash:
