@@ -1,16 +1,28 @@
 """``l9 agent run auditor``: the auditor as its own OS process.
 
 Several auditor processes share the ``auditor`` group; the chain lock in
-Postgres keeps one chain. SIGTERM/SIGINT: stop reading, finish the batch in
-hand, leave the rest pending; a second signal aborts.
+Postgres keeps one chain. Each process also runs the reporter (group
+``reporter`` on stream ``run``, see :mod:`.reporter`), which renders a run's
+evidence report when the run ends. SIGTERM/SIGINT: stop reading, finish the
+batch in hand and the reports being written, leave the rest pending; a
+second signal aborts.
 """
 
 from __future__ import annotations
 
 import anyio
+import redis.asyncio as aioredis
 import structlog
 
-from bus import DEFAULT_TOPOLOGY, Keys, claim_consumer_name, connect
+from bus import (
+    DEFAULT_TOPOLOGY,
+    DeliveryPolicy,
+    Keys,
+    Publisher,
+    StreamConsumer,
+    claim_consumer_name,
+    connect,
+)
 from bus.batch import BatchConsumer
 from bus.consumer import Backoff
 from envelope import Signer, Verifier
@@ -21,6 +33,8 @@ from memory.postgres import AuditStoreUnavailable, PostgresAuditStore
 
 from ..runner import policy_from, stop_on_signal
 from .agent import GROUP, Auditor, Checkpointer, Failpoint, is_transient
+from .reporter import GROUP as REPORTER_GROUP
+from .reporter import RUN_STREAM, Reporter
 from .stream import AuditStream
 
 log = structlog.get_logger("l9.auditor")
@@ -58,7 +72,8 @@ async def run_auditor(settings: Settings, *, instance: str | None = None) -> Non
             is_transient=is_transient,
             before_ack=lambda: failpoint("before_xack"),
         )
-        await _serve(auditor, consumer)
+        reporter = await _reporter(redis, keys, store, settings, policy, instance)
+        await _serve(auditor, consumer, reporter)
     finally:
         await store.close()
         await redis.aclose()
@@ -75,13 +90,49 @@ async def _open_trail(settings: Settings, endpoints: StackEndpoints) -> Postgres
             await backoff.sleep()
 
 
-async def _serve(auditor: Auditor, consumer: BatchConsumer) -> None:
+async def _reporter(
+    redis: aioredis.Redis,
+    keys: Keys,
+    store: PostgresAuditStore,
+    settings: Settings,
+    policy: DeliveryPolicy,
+    instance: str | None,
+) -> StreamConsumer:
+    """The reporter's consumer (group ``reporter`` on stream ``run``) of this process."""
+    name = await claim_consumer_name(redis, keys, REPORTER_GROUP, policy.heartbeat_ttl_ms, instance=instance)
+    keyring = settings.keyring()
+    publisher = Publisher(redis, keys, Signer(keyring, settings.signing_key_id))
+    reporter = Reporter(
+        redis,
+        keys,
+        store,
+        publisher,
+        settings.audit_signing_key(),
+        settings.home_dir / "reports",
+        f"agent://{REPORTER_GROUP}/{name}",
+    )
+    return StreamConsumer(
+        redis,
+        keys,
+        group=REPORTER_GROUP,
+        consumer=name,
+        streams=(RUN_STREAM,),
+        handler=reporter.handle,
+        verifier=Verifier(keyring),
+        policy=policy,
+    )
+
+
+async def _serve(auditor: Auditor, consumer: BatchConsumer, reporter: StreamConsumer) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(stop_on_signal, consumer, tg.cancel_scope)
         tg.start_soon(auditor.checkpointer.run)
         tg.start_soon(auditor.catch_up_loop)
         tg.start_soon(auditor.publish_loop)
-        log.info("agent.started", batch_size=consumer.batch_size)
-        await consumer.run()
+        log.info("agent.started", batch_size=consumer.batch_size, reporter=reporter.consumer)
+        async with anyio.create_task_group() as reporting:
+            reporting.start_soon(reporter.run)
+            await consumer.run()
+            reporter.stop()  # drains the reports in hand, like the audit batch
         log.info("agent.stopped", **auditor.stats)
         tg.cancel_scope.cancel()
