@@ -58,6 +58,8 @@ class Ledger:
                 tg.start_soon(self._renew, lock, token)
                 await work()
                 tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise sole(group) from None  # the handler's error as itself, for the retry log and dead letter
         finally:
             with anyio.CancelScope(shield=True):
                 await self._own(keys=[lock], args=[token])
@@ -88,4 +90,17 @@ class Ledger:
         await self.redis.expire(self.key, self.ttl_s)
 
 
-__all__ = ["LEDGER_TTL_S", "Ledger", "ledger_key"]
+def sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception inside (nested) task-group errors, or the group when there are several."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else group
+
+
+__all__ = ["LEDGER_TTL_S", "Ledger", "ledger_key", "sole"]

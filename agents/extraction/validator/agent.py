@@ -93,10 +93,10 @@ def phase4_reasons(tests: TestsValidated) -> list[str]:
             f"compile: {len(tests.compile_errors)} file(s) do not compile ({_named(tests.compile_errors)})"
         )
     if tests.pass_rate < MIN_PASS_RATE:
-        first = f"; {_named(tests.failures)}" if tests.failures else ""
+        first = f": {_named(tests.failures)}" if tests.failures else ""
         reasons.append(
             f"pass rate: {tests.pass_rate:.2f} < {MIN_PASS_RATE} ({tests.passed} of {tests.tests} passed, "
-            f"{tests.failed} failed, {tests.errors} errors, {tests.skipped} skipped{first})"
+            f"{tests.failed} failed, {tests.errors} in error, {tests.skipped} skipped{first})"
         )
     if tests.coverage_percent < MIN_COVERAGE:
         reasons.append(f"coverage: {tests.coverage_percent:.1f}% < {MIN_COVERAGE:g}% of code/")

@@ -6,9 +6,10 @@ and every file with its size and sha256. :func:`load_manifest` reads and checks
 that manifest (the plan's own hash included); :func:`folder_files` lists what
 is really on disk, so the two can be compared.
 
-Python's byte-code caches (``__pycache__``) are not files of the extraction and
-are never listed: the validator runs the generated tests with
-``PYTHONDONTWRITEBYTECODE=1``, but a folder someone else ran may hold them.
+Caches left by running the code (``__pycache__``, ``.pytest_cache``) are not
+files of the extraction and are never listed: the validator runs the generated
+tests with ``PYTHONDONTWRITEBYTECODE=1`` and no cache provider, but a folder
+someone else ran may hold them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from ..phases import MANIFEST, GeneratedFile
 from ..plan import LockedPlan
 
 MANIFEST_FORMAT = "l9.extraction/1"
-_CACHE_DIR = "__pycache__"
+#: Left on disk by running the generated code: never files of the extraction.
+_CACHE_DIRS = frozenset({"__pycache__", ".pytest_cache"})
 
 
 class ManifestError(Exception):
@@ -71,7 +73,7 @@ def folder_files(folder: Path) -> list[str]:
     """Every file under ``folder`` (relative POSIX paths, sorted), byte-code caches left out."""
     found: list[str] = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if d != _CACHE_DIR]
+        dirs[:] = [d for d in dirs if d not in _CACHE_DIRS]
         base = Path(root).relative_to(folder)
         found.extend((base / name).as_posix() for name in files)
     return sorted(found)
