@@ -6,17 +6,27 @@
     l9 sympy solve "x**2 == 4"
     l9 sympy codegen "sin(x)*y + x**2" --lang c --name energy
     l9 sympy compile "sin(x)*y + x**2"
-    l9 sympy stats [--json] [--window 60]
+    l9 sympy stats [--json] [--window 60] [--since 1h]
+    l9 sympy export SESSION > session.json
+    l9 sympy replay session.json
 
 Each request goes to a running worker (``l9 agent run sympy``) over the bus;
 the answer is printed as JSON. A refusal prints the worker's kind, rule and
 position and exits 1; no worker answering before ``--deadline`` exits 2.
+``--session ID`` sends a request as part of session ID (its correlation id);
+``export`` writes a session's operations and results from the audit trail
+(format ``l9.sympy.session/1``, see :mod:`agents.sympy.session`) and ``replay``
+sends them to the running worker again: every result that differs is printed,
+naming the operation and both results, and the exit code is 1.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -24,44 +34,65 @@ import typer
 from agents.sympy import SymPyResult, SymPyTool, ToolError
 from agents.sympy.cache import ResultCache
 from agents.sympy.payloads import Backend, Language
+from agents.sympy.session import DEFAULT_REL_TOL, ReplayReport, SessionFileError, SessionRecord, replay
+from agents.sympy.session import export as export_session
 from agents.sympy.telemetry import WINDOW_S, read_window
 from agents.sympy.telemetry import summarise as summarise_window
 from bus import Keys, Publisher, RpcClient, RpcTimeout, connect
-from envelope import Signer, Verifier
+from envelope import EnvelopeError, PacketEnvelope, Signer, Verifier, new_id
+from l9.cli_audit import parse_duration
 from l9.devstack import resolve_endpoints
+from l9.settings import Settings
+from memory.postgres import AuditStoreError, StoredEntry, migrate, writer_dsn
+from memory.postgres.metrics import sympy_totals
 
 R = TypeVar("R", bound=SymPyResult)
+T = TypeVar("T")
 sympy_app = typer.Typer(no_args_is_help=True, help="The SymPy worker: evaluate, simplify, codegen, stats.")
 Deadline = Annotated[float, typer.Option("--deadline", min=0.1, help="seconds to wait for the worker")]
+Session = Annotated[
+    str | None,
+    typer.Option("--session", metavar="ID", help="send it as part of session ID (l9 sympy export)"),
+]
+NO_WORKER_HINT = "is `l9 agent run sympy` running?"
 
 
-def _call(ask: Callable[[SymPyTool], Awaitable[R]], deadline_s: float) -> None:
-    """Ask the worker through a SymPyTool; print the reply as JSON, or the error, and exit."""
-    from l9.cli import _run, _settings
+def _with_rpc(settings: Settings, work: Callable[[RpcClient], Awaitable[T]]) -> T:
+    """Run ``work`` with an RpcClient on the configured Redis, signing as this CLI."""
+    from l9.cli import _run
 
-    settings = _settings()
     endpoints = resolve_endpoints(settings)
     keyring = settings.keyring()
 
-    async def run() -> R:
+    async def run() -> T:
         redis = connect(endpoints.redis_url)
-        keys = Keys(settings.namespace)
-        publisher = Publisher(redis, keys, Signer(keyring, settings.signing_key_id))
+        publisher = Publisher(redis, Keys(settings.namespace), Signer(keyring, settings.signing_key_id))
         try:
             async with RpcClient(redis, publisher, Verifier(keyring)) as rpc:
-                return await ask(SymPyTool(rpc, source="agent://cli/sympy", deadline_s=deadline_s))
+                return await work(rpc)
         finally:
             await redis.aclose()
 
+    return _run(run)
+
+
+def _call(ask: Callable[[SymPyTool], Awaitable[R]], deadline_s: float, session: str | None = None) -> None:
+    """Ask the worker through a SymPyTool; print the reply as JSON, or the error, and exit."""
+    from l9.cli import _settings
+
+    settings = _settings()
+
+    async def run(rpc: RpcClient) -> R:
+        return await ask(SymPyTool(rpc, source="agent://cli/sympy", deadline_s=deadline_s, session=session))
+
     try:
-        reply = _run(run)
+        reply = _with_rpc(settings, run)
     except ToolError as exc:
         where = f" at {exc.position} (offset {exc.position.offset})" if exc.position else ""
         typer.echo(f"error: {exc.kind}: {exc.rule}{where}: {exc.detail}", err=True)
         raise typer.Exit(1) from None
     except RpcTimeout:
-        hint = "is `l9 agent run sympy` running?"
-        typer.echo(f"error: no SymPy worker answered within {deadline_s:g}s ({hint})", err=True)
+        typer.echo(f"error: no SymPy worker answered within {deadline_s:g}s ({NO_WORKER_HINT})", err=True)
         raise typer.Exit(2) from None
     typer.echo(reply.model_dump_json(indent=2))
 
@@ -87,31 +118,32 @@ def eval_(
     backend: Annotated[str, typer.Option(help="auto, evalf, numpy, symengine or compiled")] = "auto",
     precision: Annotated[int, typer.Option(min=1, max=1000, help="significant digits (evalf)")] = 15,
     deadline: Deadline = 30.0,
+    session: Session = None,
 ) -> None:
     """Numeric values of EXPR at the points given with --at."""
     if backend not in ("auto", "evalf", "numpy", "symengine", "compiled"):
         raise typer.BadParameter(f"unknown backend {backend!r}", param_hint="--backend")
     chosen: Backend = backend  # type: ignore[assignment]
     points = _points(at or [])
-    _call(lambda tool: tool.evaluate(expr, points, backend=chosen, precision=precision), deadline)
+    _call(lambda tool: tool.evaluate(expr, points, backend=chosen, precision=precision), deadline, session)
 
 
 @sympy_app.command()
-def simplify(expr: str, deadline: Deadline = 30.0) -> None:
+def simplify(expr: str, deadline: Deadline = 30.0, session: Session = None) -> None:
     """The simplified form of EXPR."""
-    _call(lambda tool: tool.simplify(expr), deadline)
+    _call(lambda tool: tool.simplify(expr), deadline, session)
 
 
 @sympy_app.command()
-def expand(expr: str, deadline: Deadline = 30.0) -> None:
+def expand(expr: str, deadline: Deadline = 30.0, session: Session = None) -> None:
     """EXPR multiplied out."""
-    _call(lambda tool: tool.expand(expr), deadline)
+    _call(lambda tool: tool.expand(expr), deadline, session)
 
 
 @sympy_app.command()
-def factor(expr: str, deadline: Deadline = 30.0) -> None:
+def factor(expr: str, deadline: Deadline = 30.0, session: Session = None) -> None:
     """EXPR factored."""
-    _call(lambda tool: tool.factor(expr), deadline)
+    _call(lambda tool: tool.factor(expr), deadline, session)
 
 
 @sympy_app.command()
@@ -120,9 +152,10 @@ def diff(
     wrt: Annotated[str | None, typer.Option(help="the variable (default: the only symbol)")] = None,
     order: Annotated[int, typer.Option(min=1, max=50)] = 1,
     deadline: Deadline = 30.0,
+    session: Session = None,
 ) -> None:
     """The derivative of EXPR."""
-    _call(lambda tool: tool.diff(expr, wrt, order), deadline)
+    _call(lambda tool: tool.diff(expr, wrt, order), deadline, session)
 
 
 @sympy_app.command()
@@ -130,9 +163,10 @@ def solve(
     equations: list[str],
     unknown: Annotated[list[str] | None, typer.Option("--unknown", help="solve for (repeat)")] = None,
     deadline: Deadline = 30.0,
+    session: Session = None,
 ) -> None:
     """Solutions of EQUATIONS (``Eq(a, b)``, ``a == b`` or an expression equal to 0)."""
-    _call(lambda tool: tool.solve(*equations, unknowns=unknown or ()), deadline)
+    _call(lambda tool: tool.solve(*equations, unknowns=unknown or ()), deadline, session)
 
 
 @sympy_app.command()
@@ -142,18 +176,19 @@ def codegen(
     name: Annotated[str, typer.Option(help="the function's name")] = "kernel",
     cse: Annotated[bool, typer.Option(help="common subexpression elimination")] = True,
     deadline: Deadline = 30.0,
+    session: Session = None,
 ) -> None:
     """Source code of a function computing EXPR."""
     if lang not in ("c", "fortran", "python", "cython"):
         raise typer.BadParameter(f"unknown language {lang!r}", param_hint="--lang")
     language: Language = lang  # type: ignore[assignment]
-    _call(lambda tool: tool.generate_code(expr, language, name=name, cse=cse), deadline)
+    _call(lambda tool: tool.generate_code(expr, language, name=name, cse=cse), deadline, session)
 
 
 @sympy_app.command("compile")
-def compile_(expr: str, deadline: Deadline = 300.0) -> None:
+def compile_(expr: str, deadline: Deadline = 300.0, session: Session = None) -> None:
     """Build (or find) the compiled kernel of EXPR on the worker."""
-    _call(lambda tool: tool.compile(expr, deadline_s=deadline), deadline)
+    _call(lambda tool: tool.compile(expr, deadline_s=deadline), deadline, session)
 
 
 @sympy_app.command()
@@ -162,10 +197,17 @@ def stats(
     window: Annotated[
         float, typer.Option(min=1, max=86_400, help="seconds of the sliding window")
     ] = WINDOW_S,
+    since: Annotated[
+        timedelta | None,
+        typer.Option(
+            parser=_duration, metavar="DURATION", help="also totals from PostgreSQL of the last DURATION (1h)"
+        ),
+    ] = None,
 ) -> None:
     """The last WINDOW seconds per operation (rate, latency percentiles, hit ratio, errors)
-    from ``sympy.events``, and the cache's hit and miss counters since they were created."""
-    from l9.cli import _run, _settings
+    from ``sympy.events``, and the cache's hit and miss counters since they were created;
+    with --since, the totals of ``l9_metrics.sympy_metrics`` (and code generation) since then."""
+    from l9.cli import _fail, _run, _settings
 
     settings = _settings()
     endpoints = resolve_endpoints(settings)
@@ -176,17 +218,53 @@ def stats(
         try:
             counters = await ResultCache(redis, keys, ttl_s=1, max_bytes=0).stats()
             now, events = await read_window(redis, keys, verifier, window)
-            return {"window": summarise_window(events, now, window), "cache": summarise(counters)}
+            report = {"window": summarise_window(events, now, window), "cache": summarise(counters)}
         finally:
             await redis.aclose()
+        if since is not None:
+            await migrate(endpoints.database_url)  # the tables exist even before any worker ran
+            dsn = writer_dsn(endpoints.database_url, settings.database_writer_url)
+            report["postgres"] = await sympy_totals(dsn, datetime.now(UTC) - since)
+        return report
 
-    report = _run(read)
+    try:
+        report = _run(read)
+    except AuditStoreError as exc:
+        raise _fail(f"cannot read the SymPy metrics from PostgreSQL: {exc}") from None
     if as_json:
         typer.echo(json.dumps(report))
         return
     _print_window(report["window"])
     typer.echo("")
     _print_cache(report["cache"])
+    if "postgres" in report:
+        typer.echo("")
+        _print_totals(report["postgres"])
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _print_totals(totals: dict[str, Any]) -> None:
+    typer.echo(f"since {totals['since']} (PostgreSQL l9_metrics)")
+    typer.echo(
+        f"{'operation':<16}{'count':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'hits':>8}{'errors':>8}"
+    )
+    for op, row in [*totals["operations"].items(), ("all", totals["total"])]:
+        cells = [_num(row[k]) for k in ("p50_ms", "p95_ms", "p99_ms")]
+        typer.echo(
+            f"{op:<16}{row['count']:>8}{cells[0]:>9}{cells[1]:>9}{cells[2]:>9}"
+            f"{_ratio(row['hit_ratio']):>8}{row['errors']:>8}"
+        )
+    for language, row in totals["codegen"].items():
+        typer.echo(
+            f"codegen {language:<8}{row['count']:>8} generated, {row['succeeded']} succeeded, "
+            f"p50 {_num(row['p50_ms'])} ms, max {_num(row['max_ms'])} ms"
+        )
 
 
 def _print_window(window: dict[str, Any]) -> None:
@@ -233,6 +311,98 @@ def _row(hits: int, misses: int) -> dict[str, Any]:
 
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
+
+
+@sympy_app.command("export")
+def export_(
+    session: Annotated[str, typer.Argument(help="the session (correlation id) to export")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write here instead of stdout")] = None,
+) -> None:
+    """SESSION's operations and results from the audit trail, as JSON (l9.sympy.session/1)."""
+    from l9.cli import _fail, _run, _settings
+    from l9.trail import open_trail
+
+    settings = _settings()
+    verifier = Verifier(settings.keyring())
+
+    async def read() -> list[StoredEntry]:
+        store = await open_trail(settings, max_size=1)
+        try:
+            return await store.entries_for_correlation(session)
+        finally:
+            await store.close()
+
+    try:
+        record = export_session(session, _envelopes(_run(read), verifier))
+    except AuditStoreError as exc:
+        raise _fail(f"cannot read the audit trail: {exc}") from None
+    if not record.operations:
+        raise _fail(f"no SymPy request of session {session!r} in the audit trail (is the auditor running?)")
+    missing = sum(1 for op in record.operations if op.result is None)
+    if missing:
+        typer.echo(f"warning: {missing} request(s) have no recorded result (yet)", err=True)
+    if out is None:
+        sys.stdout.write(record.to_json())
+    else:
+        out.write_text(record.to_json())
+        typer.echo(f"{len(record.operations)} operation(s) of session {session} written to {out}", err=True)
+
+
+def _envelopes(entries: Sequence[StoredEntry], verifier: Verifier) -> list[PacketEnvelope]:
+    """The trail entries' envelopes, signatures checked; redacted ones are left out (and said so)."""
+    from l9.cli import _fail
+
+    envelopes = []
+    for entry in entries:
+        if entry.redacted:
+            typer.echo(f"warning: seq {entry.seq} ({entry.type}) is redacted: left out", err=True)
+            continue
+        try:
+            envelopes.append(entry.envelope(verifier))
+        except EnvelopeError as exc:
+            raise _fail(f"seq {entry.seq} of the trail does not verify: {exc}") from None
+    return envelopes
+
+
+@sympy_app.command("replay")
+def replay_(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a file of l9 sympy export")],
+    session: Annotated[
+        str | None, typer.Option("--session", metavar="ID", help="the replay's own session (default: new)")
+    ] = None,
+    rel_tol: Annotated[
+        float, typer.Option("--rel-tol", min=0.0, help="numbers agree within this relative tolerance")
+    ] = DEFAULT_REL_TOL,
+    deadline: Deadline = 30.0,
+) -> None:
+    """Send FILE's requests to the running worker again; print every result that differs (exit 1)."""
+    from l9.cli import _fail, _settings
+
+    try:
+        record = SessionRecord.from_json(file.read_bytes(), str(file))
+    except SessionFileError as exc:
+        raise _fail(str(exc), 2) from None
+    settings, replay_session = _settings(), session or new_id()
+
+    async def run(rpc: RpcClient) -> ReplayReport:
+        return await replay(
+            rpc,
+            record,
+            source="agent://cli/sympy",
+            session=replay_session,
+            deadline_s=deadline,
+            rel_tol=rel_tol,
+        )
+
+    try:
+        report = _with_rpc(settings, run)
+    except RpcTimeout:
+        raise _fail(f"no SymPy worker answered within {deadline:g}s ({NO_WORKER_HINT})", 2) from None
+    for difference in report.differences:
+        typer.echo(difference.describe())
+    typer.echo(report.summary())
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 from l9.cli import app as _app  # noqa: E402 (l9.cli imports this module last; app exists by then)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import anyio
 import pytest
 
-from tests.conftest import ROOT, AgentProcess
+from tests.conftest import ROOT, AgentProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -22,9 +22,10 @@ async def l9(env: dict[str, str], *args: str) -> tuple[int, str, str]:
 
 
 async def test_the_command_line_asks_the_worker_and_reads_the_cache_counters(
-    spawn: Callable[..., AgentProcess], agent_env: dict[str, str]
+    spawn: Callable[..., AgentProcess], agent_env: dict[str, str], admin_dsn: str
 ) -> None:
-    spawn("sympy")
+    agent_env = {**agent_env, "DATABASE_URL": admin_dsn, "L9_SYMPY_METRICS_FLUSH_S": "0.2"}
+    spawn("sympy", env=agent_env)
     code, out, _ = await l9(agent_env, "simplify", "sin(x)**2 + cos(x)**2 + y + x")
     assert code == 0 and json.loads(out)["expr"] == "x + y + 1"
     code, out, _ = await l9(agent_env, "eval", "x**2*y", "--at", "x=1,2", "--at", "y=3,0.5")
@@ -46,6 +47,19 @@ async def test_the_command_line_asks_the_worker_and_reads_the_cache_counters(
     assert window["evaluate"]["count"] == window["generate_code"]["count"] == 1
     code, out, _ = await l9(agent_env, "stats")
     assert code == 0 and "last 60s (sympy.events)" in out and "cache since created" in out
+    await wait_for(lambda: _totals_count(agent_env, 5), timeout=20)
+    code, out, _ = await l9(agent_env, "stats", "--since", "1h", "--json")
+    totals = json.loads(out)["postgres"]
+    assert totals["operations"]["simplify"]["count"] == 3 and totals["operations"]["simplify"]["errors"] == 1
+    fortran = totals["codegen"]["fortran"]
+    assert (fortran["count"], fortran["succeeded"]) == (1, 1) and 0 < fortran["p50_ms"] <= fortran["max_ms"]
+    code, out, _ = await l9(agent_env, "stats", "--since", "1h")
+    assert code == 0 and "(PostgreSQL l9_metrics)" in out and "codegen fortran" in out
+
+
+async def _totals_count(env: dict[str, str], n: int) -> bool:
+    code, out, _ = await l9(env, "stats", "--since", "1h", "--json")
+    return code == 0 and json.loads(out)["postgres"]["total"]["count"] >= n
 
 
 async def test_no_worker_is_a_clear_exit_code(agent_env: dict[str, str]) -> None:
