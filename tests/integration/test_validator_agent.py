@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from agents.extraction import EnforcementCompleted, LockedPlan, RunCompleted, Verified, phases
+from agents.extraction.validator.agent import result_id
 from bus import Keys, Publisher
 from envelope import PacketEnvelope, Payload, Signer, Verifier, decode, new_id
 from tests.conftest import AgentProcess, wait_for
@@ -72,19 +73,25 @@ async def test_the_validator_passes_a_good_folder_and_fails_a_damaged_one(
         enforced(bad_folder, plan),
         enforced(good_folder, plan, allowed=False),
     )
-    await Publisher(redis, keys, signer).publish_many([good, bad, denied])
+    # `good` twice: a redelivery, which must repeat the same envelope ids.
+    await Publisher(redis, keys, signer).publish_many([good, bad, denied, good])
 
     async def ended() -> bool:
         runs = [await emitted(redis, keys, verifier, e.correlation_id) for e in (good, bad)]
-        return all(pairs and isinstance(pairs[-1][1], RunCompleted) for pairs in runs)
+        return [sum(isinstance(p, RunCompleted) for _, p in pairs) for pairs in runs] == [2, 1]
 
     await wait_for(ended, timeout=90)
+    twice = await emitted(redis, keys, verifier, good.correlation_id)
+    assert len(twice) == 6 and len({e.id for e, _ in twice}) == 3
+    assert {e.id for e, _ in twice} == {result_id(e.type, good.id) for e, _ in twice}
     for cause in (good, bad):
-        run = await emitted(redis, keys, verifier, cause.correlation_id)
+        run = list(
+            {e.id: (e, p) for e, p in await emitted(redis, keys, verifier, cause.correlation_id)}.values()
+        )
         assert [type(p) for _, p in run] == [phases.TestsValidated, Verified, RunCompleted]
         assert all(e.causation_id == cause.id and e.source.startswith("agent://validator/") for e, _ in run)
 
-    tests, verified, passed = (p for _, p in await emitted(redis, keys, verifier, good.correlation_id))
+    tests, verified, passed = (p for _, p in twice[:3])
     assert isinstance(tests, phases.TestsValidated) and tests.ok, tests
     assert (tests.tests, tests.passed, tests.coverage_percent, tests.compiled) == (3, 3, 100.0, 8)
     assert isinstance(verified, Verified) and verified.ok, verified
@@ -108,5 +115,5 @@ async def test_the_validator_passes_a_good_folder_and_fails_a_damaged_one(
     assert await emitted(redis, keys, verifier, denied.correlation_id) == []
     assert validator.terminate() == 0
     events = [e.get("event") for e in validator.log_events()]
-    assert events.count("validator.done") == 2 and events.count("validator.skipped") == 1
+    assert events.count("validator.done") == 3 and events.count("validator.skipped") == 1
     assert "validator.tested" in events

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from agents.extraction import EnforcementCompleted, Verified, phases
 from agents.extraction.validator import validate, verdict
+from agents.extraction.validator.agent import result_id
 from agents.runner import load_agent
 from l9.settings import Settings
 
@@ -101,3 +103,12 @@ def test_the_validator_is_a_builtin_agent_with_a_test_timeout_setting() -> None:
     assert cls.name == "validator" and cls.consumes == ("enforce",)
     assert Settings().validator_test_timeout_s == 300.0
     assert Settings(validator_test_timeout_s=7).validator_test_timeout_s == 7.0
+
+
+def test_result_ids_are_stable_per_cause_and_type() -> None:
+    cause = "01a1fdc6-def8-75b4-9019-92ff3162d1ef"
+    first = result_id("l9.run.completed.v1", cause)
+    assert first == result_id("l9.run.completed.v1", cause)
+    assert first != result_id("l9.validation.tests.v1", cause)
+    assert first != result_id("l9.run.completed.v1", cause.replace("a", "b"))
+    assert uuid.UUID(first).version == 8

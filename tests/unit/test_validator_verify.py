@@ -166,7 +166,7 @@ def test_an_intact_folder_verifies(tmp_path: Path) -> None:
     assert verified.ok, verified
     assert findings(folder, plan) == {}
     assert verified.outcome == (
-        "verified: 11 files as planned, no import cycle among 6 modules, 2 links resolve, "
+        "verified: 11 files as planned, no import cycle among 6 modules, 2 links resolved, "
         "2 governance bridges intact"
     )
     assert verified.folder == str(folder) and verified.collection == "demo"

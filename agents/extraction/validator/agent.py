@@ -17,13 +17,18 @@ A denied enforcement is ignored: the enforcer has already ended that run. The
 work runs off the event loop (syntax trees and hashing in a worker thread, the
 tests in a subprocess in its own process group), so heartbeats and lease
 extension go on; at most one validation per CPU runs at a time. A redelivered
-envelope is validated again: the results are a function of the folder alone.
+envelope is validated again (the results are a function of the folder alone)
+and its results carry the same envelope ids as the first time (derived from the
+handled envelope's id and the type), so the trail and every consumer drop the
+repeat.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import uuid
 from pathlib import Path
 
 import anyio
@@ -123,6 +128,14 @@ def _named(items: tuple[str, ...]) -> str:
     return ", ".join(items[:_NAMED]) + more
 
 
+def result_id(type_: str, cause_id: str) -> str:
+    """The id of the ``type_`` envelope the validator emits for ``cause_id``: stable (UUIDv8)."""
+    digest = bytearray(hashlib.sha256(f"{type_}:{cause_id}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x80
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    return str(uuid.UUID(bytes=bytes(digest)))
+
+
 class ValidatorAgent(Agent):
     name = "validator"
     consumes = (ENFORCE_STREAM,)
@@ -145,9 +158,18 @@ class ValidatorAgent(Agent):
             log.info("validator.started", attempt=ctx.attempt)
             payloads = await validate(enforced, timeout_s=self.settings.validator_test_timeout_s, log=log)
         envelopes = [self.envelope_for(p, cause=ctx.envelope) for p in payloads]
+        envelopes = [e.model_copy(update={"id": result_id(e.type, ctx.envelope.id)}) for e in envelopes]
         await self.runtime.publisher.publish_many(envelopes)
         run = payloads[-1]
         log.info("validator.done", result=run.result, outcome=run.outcome, reason=run.reason)
 
 
-__all__ = ["ENFORCE_STREAM", "ValidatorAgent", "phase4_reasons", "phase5_reasons", "validate", "verdict"]
+__all__ = [
+    "ENFORCE_STREAM",
+    "ValidatorAgent",
+    "phase4_reasons",
+    "phase5_reasons",
+    "result_id",
+    "validate",
+    "verdict",
+]

@@ -331,7 +331,10 @@ def _tail(log: Path, lines: int = 5) -> str:
 async def phase4(folder: Path, timeout_s: float, *, python: str = sys.executable) -> TestRun:
     """Compile every file (in a worker thread), then run the tests: one :class:`TestRun`."""
     compiled, errors = await anyio.to_thread.run_sync(compile_all, folder)
-    run = await run_tests(folder, timeout_s, python=python)
+    try:
+        run = await run_tests(folder, timeout_s, python=python)
+    except OSError as exc:  # the folder vanished, no interpreter, no room for the reports
+        run = TestRun(problem=f"the tests cannot be run: {exc}")
     return replace(run, compiled=compiled, compile_errors=errors)
 
 

@@ -91,10 +91,15 @@ def _passed(plan: LockedPlan, modules: int) -> str:
     counts = plan.counts()
     files = sum(counts.get(c, 0) for c in ("file", "doc", "manifest"))
     bridges = sum(1 for i in plan.items if i.kind == "governance" and i.category == "file")
+    links = counts.get("link", 0)
     return (
-        f"verified: {files} files as planned, no import cycle among {modules} modules, "
-        f"{counts.get('link', 0)} links resolve, {bridges} governance bridges intact"
+        f"verified: {_n(files, 'file')} as planned, no import cycle among {_n(modules, 'module')}, "
+        f"{_n(links, 'link')} resolved, {_n(bridges, 'governance bridge')} intact"
     )
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 _FINDING_NAMES = {
@@ -129,10 +134,18 @@ def drift(
         entry = recorded.get(path)
         if entry is None:
             changed.append(f"{MANIFEST}: {path}: not listed")
-        elif sha256_of(folder / path) != entry.sha256:
+        elif _digest(folder / path) != entry.sha256:
             changed.append(path)
     changed += [f"{MANIFEST}: {path}: listed, not planned" for path in sorted(set(recorded) - planned)]
     return tuple(sorted(planned - present)), tuple(sorted(present - planned)), changed
+
+
+def _digest(path: Path) -> str | None:
+    """The file's sha256, None if it cannot be read (so it differs from any record)."""
+    try:
+        return sha256_of(path)
+    except OSError:
+        return None
 
 
 def agent_manifest_problems(folder: Path, manifest: ExtractionManifest, present: set[str]) -> list[str]:
