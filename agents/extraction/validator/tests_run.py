@@ -35,6 +35,7 @@ import json
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -227,7 +228,13 @@ async def run_bounded(
     """Run ``command`` in its own process group (output to ``log``); its exit code, None on timeout."""
     with log.open("wb") as out:
         process = await anyio.open_process(
-            command, cwd=cwd, env=env, stdin=None, stdout=out, stderr=out, start_new_session=True
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
         )
         try:
             with anyio.move_on_after(timeout_s):
