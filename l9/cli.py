@@ -278,3 +278,6 @@ import l9.cli_governance  # noqa: E402, F401 (adds l9 acl and l9 governance)
 from l9 import cli_graph as _cli_graph  # noqa: E402, F401 (adds l9 graph)
 from l9 import cli_ops as _cli_ops  # noqa: E402, F401 (adds l9 dead and l9 deploy)
 from l9 import cli_sympy as _cli_sympy  # noqa: E402, F401 (adds l9 sympy)
+from l9.cli_extract import register as register_extract  # noqa: E402
+
+register_extract(app)
