@@ -176,7 +176,7 @@ class PlannerAgent(Agent):
         self.probes = probes
         self.anchors = anchors
         #: Each research's DAG to the graph store at once (bounded; the lineage projector catches up).
-        self.dags = DagHook.open(self.settings, self.settings.graph_hook_timeout_s, runtime.redis)
+        self.dags = DagHook.open(self.settings, runtime.redis)
         self.limiter: RateLimiter | None = None
 
     async def on_start(self) -> None:

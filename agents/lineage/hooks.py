@@ -23,8 +23,10 @@ class DagHook:
         self.writes = writes
 
     @classmethod
-    def open(cls, settings: GraphSettings, timeout_s: float, redis: aioredis.Redis) -> DagHook:
-        return cls(BestEffort(open_graph(settings, redis=redis), timeout_s=timeout_s))
+    def open(cls, settings: GraphSettings, redis: aioredis.Redis) -> DagHook:
+        """Writing where ``settings`` say, FalkorDB through the planner's own Redis client."""
+        graph = open_graph(settings, redis=redis)
+        return cls(BestEffort(graph, timeout_s=settings.graph_hook_timeout_s))
 
     async def record(self, envelopes: Sequence[PacketEnvelope]) -> None:
         """Write the DAG of the research among ``envelopes`` (if there is one)."""

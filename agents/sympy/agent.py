@@ -37,6 +37,7 @@ from ..base import Agent, Context, handles
 from ..runtime import Runtime
 from .cache import ResultCache
 from .errors import ToolError
+from .graph import ExpressionGraphHook
 from .keys import compiled_key
 from .operations import Job, ToolConfig, execute
 from .payloads import (
@@ -98,6 +99,8 @@ class SymPyAgent(Agent):
         )
         self.violations = ViolationDesk(engine, desk)
         self.metrics: MetricsWriter | None = None
+        #: cse / generate_code / compile results to the graph store (after the reply, bounded).
+        self.expressions = ExpressionGraphHook.open(self.settings, runtime.redis)
 
     async def on_start(self) -> None:
         await self.pool.__aenter__()
@@ -117,6 +120,7 @@ class SymPyAgent(Agent):
             await self.cache.flush()
         if self.metrics is not None:
             await self.metrics.close()
+        await self.expressions.close()
 
     @handles(Evaluate, Simplify, Expand, Factor, Diff, Integrate, Series, Solve, Cse, GenerateCode, Compile)
     async def on_request(self, ctx: Context[SymPyRequest]) -> None:
@@ -130,6 +134,7 @@ class SymPyAgent(Agent):
         answer = await ctx.reply(reply)
         await self._record(ctx, started, answer, reply=reply)
         await self.cache.flush()  # hits answered from memory: counted once the caller has its reply
+        await self.expressions.record(request, reply)  # expression graph: best effort, off the reply path
 
     async def _record(
         self,

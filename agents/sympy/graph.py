@@ -115,8 +115,10 @@ class ExpressionGraphHook:
         self.writes = writes
 
     @classmethod
-    def open(cls, settings: GraphSettings, timeout_s: float, redis: aioredis.Redis) -> ExpressionGraphHook:
-        return cls(BestEffort(open_graph(settings, redis=redis), timeout_s=timeout_s))
+    def open(cls, settings: GraphSettings, redis: aioredis.Redis) -> ExpressionGraphHook:
+        """Writing where ``settings`` say, FalkorDB through the worker's own Redis client."""
+        graph = open_graph(settings, redis=redis)
+        return cls(BestEffort(graph, timeout_s=settings.graph_hook_timeout_s))
 
     async def record(self, request: SymPyRequest, reply: SymPyResult) -> None:
         graph = expression_graph(reply, request)

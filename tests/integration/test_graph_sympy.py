@@ -1,0 +1,95 @@
+"""Expression graphs of the SymPy worker: expression -> CSE subexpression -> symbol, written by the
+worker after its reply, or by the lineage projector from the reply when the worker could not."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import redis.asyncio as aioredis
+
+from agents.sympy import CseResult, SymPyTool
+from bus import Keys, Publisher, RpcClient
+from envelope import Signer, Verifier
+from memory.graph import ExpressionEdge, SemanticGraph, graph_key
+from memory.graph.falkordb import FalkorBackend
+from tests.conftest import AgentProcess, wait_for
+
+pytestmark = pytest.mark.integration
+WORKER = {"L9_SYMPY_WORKERS": "1", "L9_SYMPY_METRICS": "false"}
+EXPRS = ("(x+y)**2 + sin(x+y)*z", "(x+y)*z*sin(x+y)")
+
+
+@asynccontextmanager
+async def sympy_tool(
+    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+) -> AsyncIterator[SymPyTool]:
+    async with RpcClient(redis, Publisher(redis, keys, signer), verifier) as rpc:
+        yield SymPyTool(rpc, source="agent://test/caller", deadline_s=60)
+
+
+def described(edges: list[ExpressionEdge]) -> set[tuple[str | None, str, str | None]]:
+    """(source kind, target kind or symbol, target text) of every edge."""
+    return {(e.source_kind, e.target_kind or f"symbol {e.target}", e.target_text) for e in edges}
+
+
+EXPECTED = {
+    ("expression", "subexpression", "x + y"),
+    ("expression", "subexpression", "z*sin(x0)"),
+    ("subexpression", "subexpression", "x + y"),
+    ("subexpression", "symbol x", None),
+    ("subexpression", "symbol y", None),
+    ("subexpression", "symbol z", None),
+}
+
+
+async def edges_of(graph: SemanticGraph, root: str) -> list[ExpressionEdge]:
+    return await graph.expression_edges(root)
+
+
+async def test_the_worker_writes_the_expression_graph_of_a_cse_request(
+    spawn: Callable[..., AgentProcess],
+    redis: aioredis.Redis,
+    keys: Keys,
+    signer: Signer,
+    verifier: Verifier,
+    namespace: str,
+) -> None:
+    worker = spawn("sympy", env=WORKER)
+    async with sympy_tool(redis, keys, signer, verifier) as tool:
+        result = await tool.cse(*EXPRS)
+    assert isinstance(result, CseResult) and [name for name, _ in result.replacements] == ["x0", "x1"]
+    graph = SemanticGraph(FalkorBackend(redis, graph_key(namespace), where="test"), namespace)
+    root = f"{result.expr_hash}/0"
+    await wait_for(lambda: edges_of(graph, root), timeout=10)
+    edges = await graph.expression_edges(root)
+    assert described(edges) == EXPECTED
+    assert {e.source_text for e in edges if e.source == root} == {EXPRS[0]}  # the worker knows the request
+    assert worker.terminate() == 0
+
+
+async def test_with_the_graph_away_the_reply_is_not_held_up_and_the_projector_writes_it(
+    spawn: Callable[..., AgentProcess],
+    redis: aioredis.Redis,
+    keys: Keys,
+    signer: Signer,
+    verifier: Verifier,
+    namespace: str,
+) -> None:
+    worker = spawn("sympy", env={**WORKER, "L9_GRAPH_URL": "redis://127.0.0.1:1/0"})
+    async with sympy_tool(redis, keys, signer, verifier) as tool:
+        await tool.simplify("x")  # the worker is up
+        started = time.monotonic()
+        result = await tool.cse(*EXPRS)
+        assert time.monotonic() - started < 5
+    graph = SemanticGraph(FalkorBackend(redis, graph_key(namespace), where="test"), namespace)
+    root = f"{result.expr_hash}/0"
+    assert await graph.expression_edges(root) == []
+    spawn("lineage")
+    await wait_for(lambda: edges_of(graph, root), timeout=30)
+    edges = await graph.expression_edges(root)
+    assert described(edges) == EXPECTED
+    assert worker.terminate() == 0
+    assert "graph.write_failed" in [e.get("event") for e in worker.log_events()]
