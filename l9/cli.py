@@ -211,41 +211,6 @@ def trim(
 
 
 @app.command()
-def demo(
-    count: Annotated[int, typer.Option(min=1, max=1_000_000, help="tasks to publish")] = 200,
-    squarers: Annotated[int, typer.Option(min=1, max=16, help="squarer processes")] = 2,
-    keep_stack: Annotated[
-        bool, typer.Option(help="leave the embedded stack running (a stack already up is always left)")
-    ] = False,
-) -> None:
-    """Start the stack, run the squarer and summer agents as processes, exchange envelopes."""
-    from l9.demo import run_demo
-
-    settings = _settings()
-    stack = EmbeddedStack(settings.home_dir)
-    # Stop the embedded stack afterwards only if this demo is what started it.
-    embedded = not (settings.redis_url and settings.database_url) and not stack.status()["running"]
-    endpoints = resolve_endpoints(settings)
-    try:
-        result = _run(lambda: run_demo(settings, endpoints, console, count=count, squarers=squarers))
-    finally:
-        if embedded and not keep_stack:
-            stack.down()
-            console.print("embedded stack stopped (l9 dev up starts it again; data is kept)")
-    console.print(
-        f"tasks published: {result.published}, results collected: {result.collected}\n"
-        f"sum of squares: {result.total} (expected {result.expected})\n"
-        f"handled by: {result.handled_by}\n"
-        f"audit trail: {result.audited} envelopes of the run; {result.trail}\n"
-        f"evidence report: {result.report} (check it: l9 report verify {result.report})\n"
-        f"agent exit codes: {result.exit_codes}"
-    )
-    if not result.ok:
-        raise _fail("the demo did not complete as expected")
-    console.print("[green]demo passed[/green]")
-
-
-@app.command()
 def asyncapi(
     out: Annotated[Path | None, typer.Option(help="write the document here (default: stdout)")] = None,
 ) -> None:
@@ -278,6 +243,8 @@ import l9.cli_governance  # noqa: E402, F401 (adds l9 acl and l9 governance)
 from l9 import cli_graph as _cli_graph  # noqa: E402, F401 (adds l9 graph)
 from l9 import cli_ops as _cli_ops  # noqa: E402, F401 (adds l9 dead and l9 deploy)
 from l9 import cli_sympy as _cli_sympy  # noqa: E402, F401 (adds l9 sympy)
+from l9.cli_demo import demo_app  # noqa: E402 (it imports from here lazily)
 from l9.cli_extract import register as register_extract  # noqa: E402
 
+app.add_typer(demo_app, name="demo")
 register_extract(app)

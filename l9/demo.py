@@ -1,4 +1,4 @@
-"""``l9 demo``: the stack, agents in their own processes, envelopes between them, the trail.
+"""``l9 demo bus``: the stack, agents in their own processes, envelopes between them, the trail.
 
 Publishes N tasks; ``squarer`` processes square them and emit results;
 ``summer`` stores them; the ``auditor`` appends every envelope to the Postgres
@@ -97,7 +97,7 @@ async def run_demo(
         render_status(await collect_status(redis, keys), console)
     finally:
         await redis.aclose()
-        result_codes = _stop(procs)
+        result_codes = stop_agents(procs)
     result.exit_codes = result_codes
     return result
 
@@ -158,7 +158,8 @@ async def _audit(settings: Settings, endpoints: StackEndpoints, console: Console
     result.report = path
 
 
-def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, int | None]:
+def stop_agents(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, int | None]:
+    """SIGTERM to every agent process still running, then their exit codes (None: killed after 30 s)."""
     for proc in procs.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -91,23 +91,14 @@ class RunWatcher:
 
 
 async def missing_consumers(redis: aioredis.Redis, keys: Keys) -> list[str]:
-    """``group (stream S)`` for every agent of the pipeline with no live consumer in its group."""
+    """``group (stream S)`` for every agent of the pipeline with no live process: no heartbeat
+    key of a consumer named ``<group>-<instance>`` (the names agents claim)."""
     missing = []
-    for group, stream in [*PHASES.values(), ("auditor", "run")]:
-        if not await _has_live_consumer(redis, keys, group, stream):
+    for group, stream in [*PHASES.values(), ("auditor", "every stream")]:
+        alive = [key async for key in redis.scan_iter(match=keys.heartbeat(f"{group}-*"), count=1000)]
+        if not alive:
             missing.append(f"{group} (stream {stream})")
     return missing
-
-
-async def _has_live_consumer(redis: aioredis.Redis, keys: Keys, group: str, stream: str) -> bool:
-    try:
-        consumers = await redis.xinfo_consumers(keys.stream(stream), group)
-    except aioredis.ResponseError:  # no such stream or group
-        return False
-    for consumer in consumers:
-        if await redis.exists(keys.heartbeat(as_text(consumer["name"]))):
-            return True
-    return False
 
 
 @dataclass
@@ -181,8 +172,7 @@ class RunProgress:
         self.completed, self.folder = payload, payload.folder or self.folder
         ended = self.phases[payload.phase]
         if ended.status in ("waiting", "running"):
-            detail = f"{payload.outcome}: {ended.detail}" if ended.detail else payload.outcome
-            self.end_phase(ended.name, payload.result == "passed", detail)
+            self.end_phase(ended.name, payload.result == "passed", payload.outcome)
         failed = payload.result == "failed"
         for state in self.phases.values():
             if state.name != "report" and state.status == "waiting" and failed:
@@ -252,7 +242,7 @@ def _resolution(p: RunProgress, x: EscalationResolved) -> None:
 def _enforced(p: RunProgress, x: EnforcementCompleted) -> None:
     denied = "; ".join(f"{d.path}: {d.policy}" for d in x.denied[:2])
     notes = "".join(f"; {a}" for a in p.answers)
-    detail = f"{x.outcome} ({x.decisions} decisions){': ' + denied if denied else ''}{notes}"
+    detail = f"{x.outcome}{': ' + denied if denied else ''}{notes}"
     p.end_phase("enforce", x.allowed, detail)
 
 

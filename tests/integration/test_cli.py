@@ -1,4 +1,4 @@
-"""The `l9` command against the real servers: the demo (the README's main job) and status."""
+"""The `l9` command against the real servers: the bus demo (`l9 demo bus`) and status."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ l9 = run_l9
 
 def test_demo_runs_two_agent_processes_and_checks_their_work(agent_env: dict[str, str]) -> None:
     env = {**agent_env, "COLUMNS": "400"}  # one line per message, paths unbroken
-    done = l9("demo", "--count", "120", env=env)
+    done = l9("demo", "bus", "--count", "120", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "sum of squares: 583220 (expected 583220)" in done.stdout
     assert "demo passed" in done.stdout

@@ -162,6 +162,10 @@ async def test_a_passed_run_is_completed_and_every_section_shows_its_facts() -> 
     assert (column(tests, "pass rate"), column(tests, "line coverage")) == (["100.0%"], ["91.5%"])
     assert column(facts(report, 8)["Drift, cycles and links"], "result") == ["ok"]
     assert column(facts(report, 10)["Run"], "result") == ["passed"]
+    # no escalation: section 9 still says who decided, under which policies
+    outcomes = facts(report, 9)["Decisions by outcome (section 6)"]
+    assert outcomes.rows[0] == ("allow", str(len(expected)), "agent://enforcer/enforcer-0")
+    assert column(facts(report, 9)["Policies applied"], "subjects judged") == [str(len(expected))] * 4
     waves = facts(report, 3)["Waves (agents built in parallel)"]
     assert column(waves, "agents")[0] == "tensoraios"
     assert all(r == "ok" for r in column(facts(report, 4)["Baseline checks"], "result"))

@@ -313,23 +313,35 @@ def governance(items: Sequence[Item], run: Sequence[Item]) -> tuple[FactTable, .
 
 
 def compliance(run: Sequence[Item]) -> tuple[FactTable, ...]:
-    """Under which policy versions the run's subjects were judged, from all its decisions."""
+    """Who decided what, and under which policy versions, from all the run's decisions."""
+    made = viewed(run, "l9.governance.decision.v*", DecisionMade)
+    by_outcome: dict[str, list[str]] = {}
     judged: dict[str, int] = {}
     decided: dict[tuple[str, str], int] = {}
-    for _, made in parsed(run, "l9.governance.decision.v*", DecisionMade):
-        d = made.decision
+    for view, m in made:
+        d = m.decision
+        by_outcome.setdefault(d.outcome.value, []).append(view.source)
         for policy in d.policies:
             judged[policy] = judged.get(policy, 0) + 1
         if d.policy is not None:
             decided[d.policy, d.outcome.value] = decided.get((d.policy, d.outcome.value), 0) + 1
-    rows = [
+    outcomes = [
+        (o, str(len(by_outcome.get(o, []))), names(dict.fromkeys(by_outcome.get(o, []))))
+        for o in ("allow", "escalate", "deny")
+    ]
+    policies = [
         (p, str(n), str(decided.get((p, "escalate"), 0)), str(decided.get((p, "deny"), 0)))
         for p, n in sorted(judged.items())
     ]
-    return table(
-        "Policies applied (to every decision of the run, section 6)",
-        ("policy", "subjects judged", "escalated by it", "denied by it"),
-        rows,
+    return (
+        *table(
+            "Decisions by outcome (section 6)",
+            ("outcome", "decisions", "decided by"),
+            outcomes if made else (),
+        ),
+        *table(
+            "Policies applied", ("policy", "subjects judged", "escalated by it", "denied by it"), policies
+        ),
     )
 
 

@@ -1,0 +1,154 @@
+"""``l9 demo`` (``make demo``): the extraction pipeline on the embedded stack, end to end.
+
+Starts the planner, generator, enforcer, validator, auditor and two SymPy workers as
+their own OS processes, waits until each has a live consumer, runs ``l9 extract`` on
+the sample collection (the live table), then checks the result as a user would:
+``l9 audit verify`` (the whole hash chain) and ``l9 report verify`` (the run's signed
+report against the trail). Prints the extraction folder and the report path and stops
+every agent with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from rich.console import Console
+
+from agents.runner import BUILTIN
+from bus import Keys, connect
+from l9.cli_extract import Options, Outcome, build_request, check_file, default_requester, extract, quiet
+from l9.demo import spawn_agent, stop_agents
+from l9.devstack import StackEndpoints
+from l9.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "examples" / "tensoraios_ecosystem.md"
+#: The agent processes of the pipeline: (built-in name, how many processes).
+PIPELINE: tuple[tuple[str, int], ...] = (
+    ("planner", 1),
+    ("generator", 1),
+    ("enforcer", 1),
+    ("validator", 1),
+    ("auditor", 1),
+    ("sympy", 2),
+)
+#: How long the agents may take to start (imports, migrations, the SymPy worker pool).
+START_TIMEOUT_S = 90.0
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run (an agent is not built in, or does not start)."""
+
+
+@dataclass
+class ExtractionDemo:
+    """What the demo did: the run's outcome, the checks, and the agents' exit codes."""
+
+    outcome: Outcome | None = None
+    checks: dict[str, int] = field(default_factory=dict)
+    exit_codes: dict[str, int | None] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.outcome is not None
+            and self.outcome.code == 0
+            and set(self.checks) == {"audit verify", "report verify"}
+            and all(code == 0 for code in self.checks.values())
+            and all(code == 0 for code in self.exit_codes.values())
+        )
+
+
+def agent_env(settings: Settings, endpoints: StackEndpoints) -> dict[str, str]:
+    """The agents' environment: this stack, namespace and home."""
+    return {
+        **os.environ,
+        "REDIS_URL": endpoints.redis_url,
+        "DATABASE_URL": endpoints.database_url,
+        "L9_NAMESPACE": settings.namespace,
+        "L9_HOME": str(settings.home_dir),
+    }
+
+
+def consumer_names() -> list[str]:
+    """The consumer each agent process claims first (``<group>-<n>``)."""
+    names = [f"{name}-{i}" for name, count in PIPELINE for i in range(count)]
+    return [*names, "reporter-0"]
+
+
+async def wait_started(
+    settings: Settings, endpoints: StackEndpoints, procs: dict[str, subprocess.Popen[bytes]]
+) -> None:
+    """Until every agent has a live heartbeat; DemoError naming the ones that did not start."""
+    redis = connect(endpoints.redis_url)
+    keys = Keys(settings.namespace)
+    waiting = consumer_names()
+    try:
+        with anyio.move_on_after(START_TIMEOUT_S):
+            while waiting:
+                exited = [n for n, p in procs.items() if p.poll() is not None]
+                if exited:
+                    raise DemoError(f"agent process(es) exited at start: {', '.join(exited)} (see the logs)")
+                waiting = [n for n in waiting if not await redis.exists(keys.heartbeat(n))]
+                await anyio.sleep(0.2)
+    finally:
+        await redis.aclose()
+    if waiting:
+        raise DemoError(f"no heartbeat after {START_TIMEOUT_S:g} s from: {', '.join(waiting)}")
+
+
+def start_agents(env: dict[str, str], log_dir: Path) -> dict[str, subprocess.Popen[bytes]]:
+    missing = [name for name, _ in PIPELINE if name != "auditor" and name not in BUILTIN]
+    if missing:
+        raise DemoError(f"agent(s) not built in: {', '.join(missing)} (agents/runner.py BUILTIN)")
+    return {f"{name}#{i}": spawn_agent(name, env, log_dir) for name, count in PIPELINE for i in range(count)}
+
+
+def check(command: list[str], env: dict[str, str], console: Console) -> int:
+    """Run ``l9 COMMAND`` as a user would (warnings only in its log), its output shown; its exit code."""
+    console.print(f"\n[bold]$ l9 {' '.join(command)}[/bold]")
+    quiet = {**env, "L9_LOG_LEVEL": "warning"}
+    return subprocess.run([sys.executable, "-m", "l9", *command], env=quiet, check=False).returncode
+
+
+async def run_extraction_demo(
+    settings: Settings, endpoints: StackEndpoints, console: Console, *, file: Path, timeout_s: float
+) -> ExtractionDemo:
+    result = ExtractionDemo()
+    env = agent_env(settings, endpoints)
+    log_dir = settings.home_dir / "logs"
+    text = check_file(file)
+    procs = start_agents(env, log_dir)
+    console.print(
+        f"started {len(procs)} agent processes: "
+        + ", ".join(f"{n} (pid {p.pid})" for n, p in procs.items())
+        + f"; logs in {log_dir}"
+    )
+    try:
+        started = time.monotonic()
+        await wait_started(settings, endpoints, procs)
+        console.print(f"every agent is consuming ({time.monotonic() - started:.1f} s)\n")
+        console.print(f"[bold]$ l9 extract {_shown(file)}[/bold]")
+        quiet(settings.log_level)
+        options = Options(file, None, True, False, timeout_s, default_requester(), True)
+        result.outcome = await extract(options, settings, build_request(options, settings, text), console)
+        report = result.outcome.progress.ready
+        result.checks["audit verify"] = check(["audit", "verify"], env, console)
+        if report is not None:
+            result.checks["report verify"] = check(["report", "verify", report.path], env, console)
+    finally:
+        result.exit_codes = stop_agents(procs)
+    return result
+
+
+def _shown(file: Path) -> str:
+    try:
+        return str(file.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(file)
