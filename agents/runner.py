@@ -28,6 +28,7 @@ BUILTIN: dict[str, str] = {
     "summer": "agents.demo:SummerAgent",
     "sympy": "agents.sympy.agent:SymPyAgent",
     "planner": "agents.extraction.planner_agent:PlannerAgent",
+    "generator": "agents.extraction.generator.agent:GeneratorAgent",
     "enforcer": "agents.extraction.enforcer:EnforcerAgent",
     "validator": "agents.extraction.validator.agent:ValidatorAgent",
 }

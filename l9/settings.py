@@ -123,6 +123,8 @@ class Settings(BaseSettings):
     #: Where extraction folders are made when a request names no ``out_dir`` (relative: to the
     #: generator's working directory).
     extractions_dir: Path = Path("extractions")
+    #: How long the generator waits for the SymPy tool's code of one kernel (no answer: the run fails).
+    generator_sympy_deadline_s: float = Field(default=30.0, gt=0, le=3600)
     #: Wall-clock bound of the validator's run of the generated tests (its process group is killed past it).
     validator_test_timeout_s: float = Field(default=300.0, gt=0, le=86_400)
 
