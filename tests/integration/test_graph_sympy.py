@@ -3,6 +3,7 @@ worker after its reply, or by the lineage projector from the reply when the work
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ from bus import Keys, Publisher, RpcClient
 from envelope import Signer, Verifier
 from memory.graph import ExpressionEdge, SemanticGraph, graph_key
 from memory.graph.falkordb import FalkorBackend
-from tests.conftest import AgentProcess, wait_for
+from tests.conftest import AgentProcess, run_l9, wait_for
 
 pytestmark = pytest.mark.integration
 WORKER = {"L9_SYMPY_WORKERS": "1", "L9_SYMPY_METRICS": "false"}
@@ -56,6 +57,7 @@ async def test_the_worker_writes_the_expression_graph_of_a_cse_request(
     signer: Signer,
     verifier: Verifier,
     namespace: str,
+    agent_env: dict[str, str],
 ) -> None:
     worker = spawn("sympy", env=WORKER)
     async with sympy_tool(redis, keys, signer, verifier) as tool:
@@ -67,6 +69,9 @@ async def test_the_worker_writes_the_expression_graph_of_a_cse_request(
     edges = await graph.expression_edges(root)
     assert described(edges) == EXPECTED
     assert {e.source_text for e in edges if e.source == root} == {EXPRS[0]}  # the worker knows the request
+    shown = run_l9("graph", "expr", root, "--json", env=agent_env)
+    assert shown.returncode == 0, shown.stderr
+    assert {(e["label"], e["target"]) for e in json.loads(shown.stdout)} >= {("Symbol", "x"), ("Symbol", "z")}
     assert worker.terminate() == 0
 
 

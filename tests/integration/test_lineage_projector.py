@@ -109,8 +109,6 @@ async def test_lineage_of_an_envelope_walks_back_to_its_extraction_request(
     assert [s["type"] for s in steps] == [e.type for e in reversed(chain)]
     assert [s["agent"] for s in steps] == ["enforcer", "generator", "planner", "planner", "cli"]
     assert steps[-1]["kind"] == "request" and steps[-1]["id"] == chain[0].id
-    text = run_l9("graph", "lineage", chain[-1].id, env=agent_env).stdout
-    assert "the run starts with l9.extract.request.v1 from cli" in text
 
     await wait_for(lambda: lineage_settled(redis, keys), timeout=30)
     unknown = run_l9("graph", "lineage", forged.id, env=agent_env)  # skipped: its signature fails
@@ -163,9 +161,7 @@ async def test_the_dag_in_the_graph_equals_the_planners(
     assert dag["waves"] == [list(w) for w in found.research.waves]
     assert sorted(map(tuple, dag["hard_edges"])) == sorted(found.research.hard_edges)
     assert sorted(map(tuple, dag["soft_edges"])) == sorted(found.research.soft_edges)
-    mermaid = run_l9("graph", "deps", "tensoraios_ecosystem", "--mermaid", env=agent_env).stdout
-    assert mermaid.startswith("flowchart LR") and mermaid.count(" --> ") == len(found.research.hard_edges)
-    unknown = run_l9("graph", "deps", "no_such_collection", env=agent_env)
+    unknown = run_l9("graph", "deps", "no_such_collection", "--mermaid", env=agent_env)
     assert unknown.returncode == 1 and "'no_such_collection' has no dependency graph" in unknown.stderr
 
     plan = next(e for e in envelopes if e.type == "l9.plan.locked.v1")
