@@ -1,5 +1,5 @@
 # Two commands for a fresh machine (each installs what it needs into .venv):
-#   make demo   - start the embedded stack, run two agent processes that exchange envelopes, stop
+#   make demo   - the extraction pipeline: embedded stack, every agent as a process, l9 extract, verify, stop
 #   make test   - lint, type-check and run the whole test suite against real servers
 # The first interpreter that really runs and is 3.11+ (pyenv shims may exist without a version behind them).
 PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
