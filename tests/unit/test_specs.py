@@ -4,18 +4,23 @@ docker-compose 1.29 package, and @asyncapi/specs 6.11 ``3.0.0-without-$id``)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import pytest
 import yaml
 
+import l9.cli
+from agents.runner import BUILTIN
 from envelope import registry
+from governance import load_policy_file
 from l9.asyncapi import build_document, load_payload_modules
 from tests.conftest import ROOT
 
@@ -27,34 +32,130 @@ def _errors(schema_file: str, document: Any, validator: type[jsonschema.protocol
     return [f"{list(e.path)}: {e.message}" for e in validator(schema).iter_errors(document)]
 
 
+def _compose() -> dict[str, Any]:
+    return cast(dict[str, Any], yaml.safe_load((ROOT / "docker-compose.yml").read_text()))
+
+
+def known_agents() -> set[str]:
+    """What ``l9 agent run NAME`` runs: the built-in agents and the processes it starts itself."""
+    special = re.findall(r'if name == "([a-z_]+)"', inspect.getsource(l9.cli.agent_run))
+    return set(BUILTIN) | set(special)
+
+
+def agent_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Services whose command is ``agent run NAME``, by agent name."""
+    return {
+        svc["command"][2]: svc
+        for svc in compose["services"].values()
+        if svc.get("command", [])[:2] == ["agent", "run"]
+    }
+
+
 def test_the_compose_file_is_a_valid_compose_document() -> None:
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    compose = _compose()
     assert _errors("compose-spec.schema.json", compose, jsonschema.Draft201909Validator) == []
+    assert "name" not in compose  # docker-compose 1.29 refuses a top-level name
     services = compose["services"]
-    assert {"redis", "postgres", "squarer", "summer", "auditor"} <= set(services)
-    assert "--appendonly" in services["redis"]["command"]
-    auditor = services["auditor"]
-    assert auditor["command"] == ["agent", "run", "auditor"]
-    assert auditor["environment"]["L9_AUDIT_KEY_FILE"] == "/run/secrets/audit_key"
-    assert auditor["environment"]["REDIS_URL"].startswith("redis://")  # the shared settings merged in
+    assert set(agent_services(compose)) == {
+        "planner", "generator", "enforcer", "validator", "auditor", "sympy", "lineage",
+    }  # fmt: skip
+    assert {"redis", "postgres", "neo4j"} <= set(services)
     # the schema itself catches mistakes: a misspelt key is refused
-    broken = {**compose, "services": {**services, "summer": {**services["summer"], "comand": "x"}}}
+    broken = {**compose, "services": {**services, "planner": {**services["planner"], "comand": "x"}}}
     assert any(
         "comand" in e for e in _errors("compose-spec.schema.json", broken, jsonschema.Draft201909Validator)
     )
 
 
+def test_every_agent_service_runs_a_known_agent_with_its_health_check_and_redis_user() -> None:
+    compose = _compose()
+    known = known_agents()
+    for name, svc in agent_services(compose).items():
+        assert name in known, f"service runs 'l9 agent run {name}', which is not an agent ({sorted(known)})"
+        assert svc["healthcheck"]["test"] == ["CMD", "l9", "health", name]
+        env = svc["environment"]
+        user, password = f"l9-{name}", f"${{L9_REDIS_PASSWORD_{name.upper()}:?run l9 deploy env}}"
+        assert env["REDIS_URL"] == f"redis://{user}:{password}@redis:6379/0", name
+        assert env["DATABASE_URL"].startswith("postgresql://") and env["NEO4J_URL"].startswith("bolt://")
+        assert {k for k, v in svc["depends_on"].items() if v == {"condition": "service_healthy"}} >= {
+            "redis", "postgres", "neo4j",
+        }, name  # fmt: skip
+    services = compose["services"]
+    assert services["generator"]["depends_on"]["sympy"] == {"condition": "service_healthy"}
+    assert services["sympy"]["deploy"]["replicas"] == 3 and services["auditor"]["deploy"]["replicas"] == 2
+    users = load_policy_file(ROOT / "deploy/identity.yaml").identity.redis_users
+    assert set(users) == set(agent_services(compose)), "every agent service has a Redis user, and only they"
+
+
+def test_redis_keeps_an_aof_and_loads_the_rendered_acl_file() -> None:
+    compose = _compose()
+    redis = compose["services"]["redis"]
+    assert redis["command"][:2] == ["--appendonly", "yes"]
+    assert redis["entrypoint"] == ["sh", "/etc/l9/redis-entrypoint.sh"]
+    assert "./deploy/redis-entrypoint.sh:/etc/l9/redis-entrypoint.sh:ro" in redis["volumes"]
+    assert redis["secrets"] == ["redis_users"]  # /run/secrets/redis_users, the script's default
+    assert "/run/secrets/redis_users" in (ROOT / "deploy/redis-entrypoint.sh").read_text()
+    auditor = compose["services"]["auditor"]
+    assert auditor["environment"]["L9_AUDIT_KEY_FILE"] == "/run/secrets/audit_key"
+    assert auditor["secrets"] == ["audit_key"]
+    checkpoints = next(v for v in auditor["volumes"] if v.endswith(":/checkpoints"))
+    assert checkpoints.split(":")[0] in compose["volumes"]
+    assert checkpoints.split(":")[0] != compose["services"]["postgres"]["volumes"][0].split(":")[0]
+    assert {"extractions", "audit-checkpoints", "pg-data", "redis-data"} <= set(compose["volumes"])
+
+
+def test_the_acl_secret_is_the_file_l9_acl_render_writes_by_default(tmp_path: Path) -> None:
+    done = _l9(tmp_path, "acl", "render")
+    assert done.returncode == 0, done.stderr
+    secret = _compose()["secrets"]["redis_users"]["file"]
+    rendered = (tmp_path / secret).read_text()
+    assert {line.split()[1] for line in rendered.splitlines()} == {
+        f"l9-{name}" for name in agent_services(_compose())
+    }
+
+
+def _l9(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``l9 ARGS`` in ``cwd`` as an operator runs it there: L9_HOME unset (``./.l9``)."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(ROOT),
+        "L9_POLICY_FILE": str(ROOT / "deploy/identity.yaml"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "l9", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed")
-def test_docker_compose_config_accepts_the_file() -> None:
-    env = {"L9_SIGNING_KEYS": '{"prod": "x"}', "PATH": "/usr/bin:/bin"}
+def test_docker_compose_config_accepts_the_file_with_the_env_l9_deploy_writes(tmp_path: Path) -> None:
+    assert _l9(tmp_path, "acl", "render").returncode == 0
+    deployed = _l9(tmp_path, "deploy", "env")
+    assert deployed.returncode == 0, deployed.stderr
+    shutil.copy(ROOT / "docker-compose.yml", tmp_path)
     done = subprocess.run(
-        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-        env=env,
+        ["docker-compose", "config"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
+    resolved = yaml.safe_load(done.stdout)
+    password = json.loads((tmp_path / ".l9/redis-passwords.json").read_text())["sympy"]
+    sympy = resolved["services"]["sympy"]["environment"]
+    assert sympy["REDIS_URL"] == f"redis://l9-sympy:{password}@redis:6379/0"
+    assert list(json.loads(sympy["L9_SIGNING_KEYS"])) == [sympy["L9_SIGNING_KEY_ID"]]
+    (tmp_path / ".env").unlink()
+    missing = subprocess.run(
+        ["docker-compose", "config", "-q"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode != 0 and "run l9 deploy env" in missing.stderr
 
 
 def test_the_asyncapi_document_is_valid_and_lists_every_payload_type() -> None:
