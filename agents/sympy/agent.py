@@ -133,7 +133,6 @@ class SymPyAgent(Agent):
             return
         answer = await ctx.reply(reply)
         await self._record(ctx, started, answer, reply=reply)
-        await self.cache.flush()  # hits answered from memory: counted once the caller has its reply
         await self.expressions.record(request, reply)  # expression graph: best effort, off the reply path
 
     async def _record(
@@ -145,8 +144,9 @@ class SymPyAgent(Agent):
         reply: SymPyResult | None = None,
         error: ToolError | None = None,
     ) -> None:
-        """After the reply (off the caller's path): the operation's event on ``sympy.events`` and
-        the reply's copy on ``sympy.results`` in one round trip; its metric rows to the buffer."""
+        """After the reply (off the caller's path), in one round trip: the operation's event on
+        ``sympy.events``, the reply's copy on ``sympy.results`` and the cache hits answered from
+        memory; then its metric rows to the buffer."""
         ms = round((time.perf_counter() - started) * 1000, 3)
         request = ctx.payload
         event = OperationEvent(
@@ -172,6 +172,7 @@ class SymPyAgent(Agent):
         pipe.xadd(rt.keys.stream(EVENTS_STREAM), encode(event, rt.signer))  # type: ignore[arg-type]
         pipe.xadd(rt.keys.stream(RESULTS_STREAM), encode(answer, rt.signer))  # type: ignore[arg-type]
         pipe.sadd(rt.keys.streams_index(), EVENTS_STREAM, RESULTS_STREAM)
+        self.cache.count_into(pipe)
         await pipe.execute()
 
     async def compute(self, request: SymPyRequest, envelope: PacketEnvelope) -> SymPyResult:

@@ -8,7 +8,8 @@ A hit skips the worker pool entirely. Two levels:
   hit/miss count are one Lua round trip.
 * this process's memory (small results, LRU, same TTL): a repeated request is
   answered without any round trip before the reply. Its hit is counted in
-  Redis afterwards (:meth:`ResultCache.flush`, called once the reply is sent),
+  Redis afterwards (:meth:`ResultCache.count_into`, in the worker's round trip
+  after the reply),
   so the counters are exact but may trail a reply by a moment.
 
 Results are deterministic functions of their key, so a local copy is never stale.
@@ -22,6 +23,7 @@ from collections import Counter, OrderedDict
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from bus import Keys
 
@@ -80,11 +82,15 @@ class ResultCache:
         """Write the hits answered from memory to the Redis counters."""
         if not self._uncounted:
             return
-        counts, self._uncounted = self._uncounted, Counter()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for field, n in counts.items():
-                pipe.hincrby(cache_stats_key(self.keys), field, n)
+            self.count_into(pipe)
             await pipe.execute()
+
+    def count_into(self, pipe: Pipeline) -> None:
+        """Queue the hits answered from memory on ``pipe`` (the caller's round trip writes them)."""
+        counts, self._uncounted = self._uncounted, Counter()
+        for field, n in counts.items():
+            pipe.hincrby(cache_stats_key(self.keys), field, n)
 
     async def stats(self) -> dict[str, int]:
         """Every counter, e.g. ``{"hits": 3, "misses": 1, "hits:simplify": 3, ...}``."""

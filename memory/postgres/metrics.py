@@ -159,10 +159,11 @@ class MetricsWriter:
         await self._disconnect()
 
     async def flush(self) -> int:
-        """Write every buffered row, in batches; the rows newly stored. Raises (rows kept) on failure."""
-        stored = 0
-        while self._buffer:
-            batch = list(itertools.islice(self._buffer, self.batch_rows))
+        """Write the rows buffered now (not those arriving meanwhile: they wait for the next
+        flush), in batches; the rows newly stored. Raises (rows kept) on failure."""
+        stored, until = 0, self._buffer[-1][0] if self._buffer else -1
+        while self._buffer and self._buffer[0][0] <= until:
+            batch = [item for item in itertools.islice(self._buffer, self.batch_rows) if item[0] <= until]
             written = await self._write([row for _, row in batch])
             stored, self.written = stored + written, self.written + written
             last = batch[-1][0]
@@ -172,22 +173,25 @@ class MetricsWriter:
 
     # -- the background task ---------------------------------------------------------------------
     async def _run(self) -> None:
-        delay = self.interval_s
+        backoff = 0.0
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+            if backoff:
+                await asyncio.sleep(backoff)  # PostgreSQL away: a full batch does not wake us early
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.interval_s)
             self._wake.clear()
             self._report_drops()
             try:
                 stored = await self.flush()
             except _RETRY as exc:
                 await self._disconnect()
-                delay = min(self.retry_cap_s, max(delay * 2, self.interval_s))
-                log.warning("metrics.write_failed", error=str(exc), buffered=self.pending, retry_in_s=delay)
+                backoff = min(self.retry_cap_s, max(backoff * 2, self.interval_s))
+                log.warning("metrics.write_failed", error=str(exc), buffered=self.pending, retry_in_s=backoff)
                 continue
+            backoff = 0.0
             if stored:
                 log.debug("metrics.written", rows=stored, total=self.written)
-            delay = self.interval_s
 
     def _report_drops(self) -> None:
         new = self.dropped - self._reported_drops

@@ -4,7 +4,7 @@ batches beside the replies; PostgreSQL away slows no reply and the rows arrive o
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,7 +19,7 @@ from agents.sympy.telemetry import EVENTS_STREAM
 from bus import Keys, Publisher, RpcClient
 from envelope import Signer, Verifier, decode, new_id
 from memory.postgres import writer_dsn
-from memory.postgres.metrics import MetricsWriter, OperationMetric, sympy_totals
+from memory.postgres.metrics import Metric, MetricsWriter, OperationMetric, sympy_totals
 from tests.conftest import AgentProcess, wait_for
 from tests.integration.test_auditor import PgProxy, _proxied
 
@@ -159,3 +159,20 @@ async def test_a_full_buffer_drops_the_oldest_and_a_batch_is_written_once(admin_
     stored = await rows(admin_dsn, "sympy_metrics")
     assert [r["expr_hash"] for r in stored] == ["h2", "h3", "h4", "h9"], "the two oldest were dropped"
     await proxy.cut()
+
+
+class Busy(MetricsWriter):
+    """A writer whose every write sees a new row arrive meanwhile."""
+
+    async def _write(self, batch: Sequence[Metric]) -> int:
+        self.add(metric(100 + self.pending))
+        return await super()._write(batch)
+
+
+async def test_a_flush_writes_what_was_buffered_and_leaves_later_rows_to_the_next(admin_dsn: str) -> None:
+    writer = Busy(writer_dsn(admin_dsn), admin_dsn=admin_dsn, batch_rows=2)
+    for i in range(3):
+        writer.add(metric(i))
+    assert await writer.flush() == 3 and writer.pending == 2, "a busy worker's flush must end"
+    assert await writer.flush() == 2 and writer.pending == 1
+    await writer.close()
