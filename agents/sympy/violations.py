@@ -11,7 +11,8 @@ so the outcome is that policy's (``deny``, or ``escalate`` to its anchors).
 
 The decision is published as ``l9.governance.decision.v1`` and, when escalated,
 an ``l9.governance.escalation.v1`` goes to the anchors, both caused by the
-request. The caller's typed error does not wait for any anchor: the request is
+request; the escalation is keyed by the request id, so a redelivered request
+raises none anew. The caller's typed error does not wait for any anchor: the request is
 refused either way; an escalation asks the anchor to review the requester
 (approve: a harmless mistake; deny: an attempt to act on).
 """
@@ -79,7 +80,7 @@ class ViolationDesk:
         recorded = await self.escalations.record(decision, cause=request)
         escalation = None
         if decision.escalated and decision.anchors:
-            escalation = await self.escalations.escalate(decision, cause=request)
+            escalation = await self.escalations.escalate(decision, cause=request, key=f"sympy:{request.id}")
         log.warning(
             "sympy.violation",
             request_id=request.id,

@@ -95,5 +95,8 @@ async def test_report_publishes_the_decision_and_the_escalation_caused_by_the_re
         assert (envelope.causation_id, envelope.correlation_id) == (offending.id, "s1")
     pending = await violations.escalations.pending(expire=False)
     assert [p.id for p in pending] == [reported.escalation.id]
+    redelivered = await violations.report(error, offending)
+    assert redelivered.escalation is not None and redelivered.escalation.id == reported.escalation.id
+    assert len(await violations.escalations.pending(expire=False)) == 1, "a redelivery raises nothing anew"
     denied = await desk(DENYING).report(error, offending)
     assert denied.escalation is None and denied.decision.data["decision"]["outcome"] == "deny"
