@@ -133,12 +133,12 @@ class GeneratorAgent(Agent):
         """Every planned file, wave by wave; GenerationError with every failure of the first failing wave."""
         files: dict[str, bytes] = {}
         for wave, names in enumerate(plan.waves):
-            errors: dict[str, str] = {}
+            errors: dict[str, tuple[str, ...]] = {}
             async with anyio.create_task_group() as tg:
                 for name in names:
                     tg.start_soon(self._one_agent, ctx, plan, tool, wave, name, files, errors)
             if errors:
-                raise GenerationError([errors[name] for name in names if name in errors])
+                raise GenerationError([e for name in names for e in errors.get(name, ())])
         return dict(sorted(files.items()))
 
     async def _one_agent(
@@ -149,7 +149,7 @@ class GeneratorAgent(Agent):
         wave: int,
         name: str,
         files: dict[str, bytes],
-        errors: dict[str, str],
+        errors: dict[str, tuple[str, ...]],
     ) -> None:
         schema = next(a for a in plan.agents if a.name == name)
         try:
@@ -160,8 +160,11 @@ class GeneratorAgent(Agent):
                 deadline = self.settings.generator_sympy_deadline_s
                 kernels = await fetch_kernels(tool, schema, deadline_s=deadline)
             rendered = await anyio.to_thread.run_sync(render_agent, plan, name, kernels)
-        except (KernelError, RenderError) as exc:
-            errors[name] = str(exc)
+        except KernelError as exc:
+            errors[name] = exc.messages
+            return
+        except RenderError as exc:
+            errors[name] = (str(exc),)
             return
         files.update(rendered)
         entries = generated_files(plan, rendered)

@@ -46,7 +46,11 @@ class CodeTool(Protocol):
 
 
 class KernelError(Exception):
-    """Kernels whose code could not be had from the SymPy tool (the message says which and why)."""
+    """Kernels whose code could not be had from the SymPy tool: one message per kernel, which and why."""
+
+    def __init__(self, *messages: str) -> None:
+        super().__init__("; ".join(messages))
+        self.messages = messages
 
 
 async def fetch_kernels(tool: CodeTool, agent: AgentSchema, *, deadline_s: float) -> dict[str, KernelSource]:
@@ -57,7 +61,7 @@ async def fetch_kernels(tool: CodeTool, agent: AgentSchema, *, deadline_s: float
         for name in sorted(agent.expressions):
             tg.start_soon(_fetch_one, tool, agent, name, deadline_s, found, failed)
     if failed:
-        raise KernelError("; ".join(failed[name] for name in sorted(failed)))
+        raise KernelError(*(failed[name] for name in sorted(failed)))
     return dict(sorted(found.items()))
 
 
