@@ -32,7 +32,7 @@ SAMPLE = ROOT / "examples" / "tensoraios_ecosystem.md"
 EDGES = """
 system: Lonely Listener
 module: edge
-name: lonely
+name: agent
 role: Listens to one type and emits nothing
 rootpath: edge/lonely
 governance: {anchors: [Igor]}
@@ -46,7 +46,7 @@ module: edge.numeric
 name: numeric_agent
 role: Relays signals with a normal CDF, a long polynomial and a constant
 rootpath: other/numeric
-depends_on: {hard: [lonely]}
+depends_on: {hard: [agent]}
 governance:
   anchors: [Igor, Compliance]
   escalationpolicy: >-
@@ -321,6 +321,7 @@ def test_the_edge_agents_render_and_their_tests_pass(
     assert "def tau() -> FloatArray:" in kernels
     lonely = files["code/edge/lonely/agent.py"].decode()
     assert "class StreamPayload(Payload):" in lonely and "class GovernanceBridge:" in lonely
+    assert "class AgentAgent(Agent):" in lonely, "an agent named 'agent' does not shadow the base class"
     folder = write(tmp_path, files)
     counts, percent = run_generated_tests(folder, tmp_path)
     assert counts["failures"] == counts["errors"] == counts["skipped"] == 0, counts
@@ -334,10 +335,18 @@ def test_kernel_tests_without_a_kernels_module_are_refused() -> None:
         render_agent(plan, "numeric_agent", local_kernels(plan)["numeric_agent"])
 
 
-def test_a_kernel_named_like_a_python_keyword_is_refused() -> None:
-    text = EDGES.replace("  tau: ", "  lambda: ")
+@pytest.mark.parametrize("name", ["lambda", "float", "evaluate_all"])
+def test_a_kernel_named_like_a_keyword_a_builtin_or_a_helper_is_refused(name: str) -> None:
+    text = EDGES.replace("  tau: ", f"  {name}: ")
     plan = lock(load_collection(text, "edges.yaml"))
-    with pytest.raises(RenderError, match=r"expression 'lambda' cannot name a Python function"):
+    with pytest.raises(RenderError, match=rf"expression '{name}' cannot name a Python function"):
+        render_agent(plan, "numeric_agent", local_kernels(plan)["numeric_agent"])
+
+
+def test_a_memory_setting_named_storage_is_refused() -> None:
+    text = EDGES.replace("settings: {prefix:", "settings: {storage: x, prefix:")
+    plan = lock(load_collection(text, "edges.yaml"))
+    with pytest.raises(RenderError, match=r"memorytopology.workingmemory.settings.storage would be"):
         render_agent(plan, "numeric_agent", local_kernels(plan)["numeric_agent"])
 
 

@@ -9,6 +9,7 @@ fixed order (the schema's, or sorted), never a set.
 
 from __future__ import annotations
 
+import builtins
 import keyword
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,8 +23,9 @@ from .pysource import camel
 
 #: The relay bound of a generated agent (its ``max_hops`` setting) unless the environment says otherwise.
 DEFAULT_MAX_HOPS = 4
-#: Names a kernel may not take: the kernels module defines or imports them.
+#: Names a kernel may not take: the kernels module defines, imports or calls them.
 RESERVED_KERNEL_NAMES = frozenset({"numpy", "npt", "math", "functools", "evaluate_all", "annotations"})
+_BUILTINS = frozenset(name for name in dir(builtins) if not name.startswith("_"))
 
 
 class PlanContextError(ValueError):
@@ -98,7 +100,7 @@ class AgentView:
     @property
     def class_name(self) -> str:
         base = camel(self.name)
-        return base if base.endswith("Agent") else base + "Agent"
+        return base if base.endswith("Agent") and base != "Agent" else base + "Agent"
 
     @property
     def settings_class(self) -> str:
@@ -239,6 +241,11 @@ def _type_views(
 def _layers(schema: AgentSchema) -> tuple[LayerView, ...]:
     layers = []
     for name, layer in schema.memorytopology.layers():
+        if "storage" in layer.settings:
+            raise PlanContextError(
+                f"agent '{schema.name}': memorytopology.{name}.settings.storage would be the setting"
+                f" {name}_storage, which holds the layer's storagetype: rename it"
+            )
         fields = [SettingView(f"{name}_storage", "str", layer.storagetype, f"{name}: its store")]
         for key in sorted(layer.settings):
             value = layer.settings[key]
@@ -271,10 +278,11 @@ def _deployment_fields(deployment: Deployment) -> tuple[SettingView, ...]:
 
 def _check_kernel_names(schema: AgentSchema, kernels: Mapping[str, KernelCode]) -> None:
     for name in sorted(kernels):
-        if keyword.iskeyword(name) or keyword.issoftkeyword(name) or name in RESERVED_KERNEL_NAMES:
+        taken = keyword.iskeyword(name) or keyword.issoftkeyword(name) or name in _BUILTINS
+        if taken or name in RESERVED_KERNEL_NAMES:
             raise PlanContextError(
                 f"agent '{schema.name}': expression '{name}' cannot name a Python function"
-                f" (a keyword, or one of {', '.join(sorted(RESERVED_KERNEL_NAMES))})"
+                f" (a keyword, a builtin, or one of {', '.join(sorted(RESERVED_KERNEL_NAMES))})"
             )
 
 
