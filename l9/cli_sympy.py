@@ -318,7 +318,12 @@ def export_(
     session: Annotated[str, typer.Argument(help="the session (correlation id) to export")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="write here instead of stdout")] = None,
 ) -> None:
-    """SESSION's operations and results from the audit trail, as JSON (l9.sympy.session/1)."""
+    """SESSION's operations and results from the audit trail, as JSON (l9.sympy.session/1).
+
+    The file: {format, session, exported_at, operations: [{request_id, time, requester, type,
+    op, request, result: {type, data} or null}]}, in trail order; a refusal's result is
+    l9.bus.error.v1 {error, detail}. SESSION is the correlation id the calls carried
+    (--session, SymPyTool(session=...)). Described in agents/sympy/session.py."""
     from l9.cli import _fail, _run, _settings
     from l9.trail import open_trail
 

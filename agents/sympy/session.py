@@ -107,15 +107,22 @@ class SessionRecord(_Strict):
         try:
             record = cls.model_validate_json(text)
         except ValidationError as exc:
-            err = exc.errors(include_url=False)[0]
-            loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-            raise SessionFileError(f"{where}: {loc}: {err['msg']} ({exc.error_count()} error(s))") from None
+            raise SessionFileError(f"{where}: {_first_error(exc)}") from None
         for i, operation in enumerate(record.operations):
             try:
                 operation.payload()
-            except (SessionFileError, ValidationError) as exc:
+            except ValidationError as exc:
+                raise SessionFileError(f"{where}: operations.{i}.request.{_first_error(exc)}") from None
+            except SessionFileError as exc:
                 raise SessionFileError(f"{where}: operations.{i}: {exc}") from None
         return record
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+    more = exc.error_count() - 1
+    return f"{loc}: {err['msg']}" + (f" (and {more} more)" if more else "")
 
 
 def export(session: str, envelopes: Iterable[PacketEnvelope]) -> SessionRecord:

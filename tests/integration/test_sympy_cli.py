@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 
 import anyio
+import asyncpg
 import pytest
 
 from tests.conftest import ROOT, AgentProcess, wait_for
@@ -47,7 +48,7 @@ async def test_the_command_line_asks_the_worker_and_reads_the_cache_counters(
     assert window["evaluate"]["count"] == window["generate_code"]["count"] == 1
     code, out, _ = await l9(agent_env, "stats")
     assert code == 0 and "last 60s (sympy.events)" in out and "cache since created" in out
-    await wait_for(lambda: _totals_count(agent_env, 5), timeout=20)
+    await wait_for(lambda: _metric_rows(admin_dsn, 5), timeout=20)
     code, out, _ = await l9(agent_env, "stats", "--since", "1h", "--json")
     totals = json.loads(out)["postgres"]
     assert totals["operations"]["simplify"]["count"] == 3 and totals["operations"]["simplify"]["errors"] == 1
@@ -57,9 +58,14 @@ async def test_the_command_line_asks_the_worker_and_reads_the_cache_counters(
     assert code == 0 and "(PostgreSQL l9_metrics)" in out and "codegen fortran" in out
 
 
-async def _totals_count(env: dict[str, str], n: int) -> bool:
-    code, out, _ = await l9(env, "stats", "--since", "1h", "--json")
-    return code == 0 and json.loads(out)["postgres"]["total"]["count"] >= n
+async def _metric_rows(dsn: str, n: int) -> bool:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return bool(await conn.fetchval("SELECT count(*) >= $1 FROM l9_metrics.sympy_metrics", n))
+    except asyncpg.UndefinedTableError:  # not migrated yet
+        return False
+    finally:
+        await conn.close()
 
 
 async def test_no_worker_is_a_clear_exit_code(agent_env: dict[str, str]) -> None:

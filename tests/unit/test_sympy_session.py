@@ -110,7 +110,10 @@ def test_an_error_differs_from_a_result_and_from_another_error() -> None:
         (lambda d: d.update(format="l9.sympy.session/2"), "format: Input should be 'l9.sympy.session/1'"),
         (lambda d: d["operations"][0].pop("request"), "operations.0.request: Field required"),
         (lambda d: d["operations"][0].update(type="l9.demo.task.v1"), "operations.0: request r"),
-        (lambda d: d["operations"][0]["request"].update(expr=7), "operations.0: 1 validation error"),
+        (
+            lambda d: d["operations"][0]["request"].update(expr=7),
+            "operations.0.request.expr: Input should be a valid",
+        ),
     ],
 )
 def test_a_bad_session_file_is_refused_naming_the_field(mangle: Any, message: str) -> None:
