@@ -118,11 +118,17 @@ async def test_two_generated_agents_exchange_envelopes_and_their_relay_ends(
     )
     await Publisher(redis, keys, signer).publish(root)
 
+    async def counts() -> tuple[int, ...]:
+        streams = ("tensoraios", "scores", "decisions")
+        return tuple([len(await entries(redis, keys, verifier, s, root.id)) for s in streams])
+
     async def relay_ended() -> bool:
         bound = any(e.get("event") == "agent.relay_bound" for e in core.log_events())
-        return bound and len(await entries(redis, keys, verifier, "decisions", root.id)) == 2
+        return bound and await counts() == (3, 4, 2)
 
     await wait_for(relay_ended, timeout=60)
+    await anyio.sleep(0.5)
+    assert await counts() == (3, 4, 2), "nothing more after the hop bound"
     decisions = await entries(redis, keys, verifier, "decisions", root.id)
     scores = await entries(redis, keys, verifier, "scores", root.id)
     asks = await entries(redis, keys, verifier, "tensoraios", root.id)
