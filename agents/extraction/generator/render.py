@@ -84,7 +84,7 @@ def render_agent(plan: LockedPlan, agent: str, kernels: Mapping[str, KernelSourc
 
 
 def _check_kernels(agent: AgentView, code: Mapping[str, KernelCode]) -> None:
-    if needs_kernels_view(agent) and sorted(code) != sorted(agent.schema.expressions):
+    if any(agent.has(kind) for kind in KERNEL_KINDS) and sorted(code) != sorted(agent.schema.expressions):
         missing = sorted(set(agent.schema.expressions) - set(code))
         raise RenderError(f"agent '{agent.name}': no code for kernel(s) {', '.join(missing)}")
     if agent.has("kernel_tests") and not agent.has("kernels"):
@@ -92,10 +92,6 @@ def _check_kernels(agent: AgentView, code: Mapping[str, KernelCode]) -> None:
             f"agent '{agent.name}': {agent.paths['kernel_tests']} tests kernels, but the agent plans no"
             " kernels module (kernels.py) for it to test"
         )
-
-
-def needs_kernels_view(agent: AgentView) -> bool:
-    return any(agent.has(kind) for kind in KERNEL_KINDS)
 
 
 def _render(view: PlanView, agent: str, item: PlanItem, files: Mapping[str, bytes]) -> bytes:
