@@ -48,7 +48,16 @@ from l9.trail import open_trail
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "tensoraios_ecosystem.md"
-PIPELINE = ("planner", "generator", "enforcer", "validator", "auditor", "sympy", "sympy")
+#: (agent, instance) of every process.
+PIPELINE = (
+    ("planner", 0),
+    ("generator", 0),
+    ("enforcer", 0),
+    ("validator", 0),
+    ("auditor", 0),
+    ("sympy", 0),
+    ("sympy", 1),
+)
 #: Which envelope closes each phase (the request opens the first; each closes the next one's start).
 PHASE_ENDS = (
     ("plan", "l9.plan.locked.v1"),
@@ -111,11 +120,11 @@ def fifty_agents(path: Path, waves: int = 10, per_wave: int = 5) -> Path:
     return path
 
 
-def spawn(name: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
-    out = (logs / f"{name}-{uuid.uuid4().hex[:6]}.log").open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "l9", "agent", "run", name], env=env, stdout=out, stderr=out
-    )
+def spawn(name: str, env: dict[str, str], logs: Path, instance: int = 0) -> subprocess.Popen[bytes]:
+    """``l9 agent run NAME --instance N`` (its consumer name fixed: ``NAME-N``), logging to ``logs``."""
+    out = (logs / f"{name}-{instance}-{uuid.uuid4().hex[:6]}.log").open("wb")
+    command = [sys.executable, "-m", "l9", "agent", "run", name, "--instance", str(instance)]
+    return subprocess.Popen(command, env=env, stdout=out, stderr=out)
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -222,7 +231,7 @@ async def planner_alone(
 async def pipeline(
     settings: Settings, endpoints: StackEndpoints, env: dict[str, str], logs: Path
 ) -> dict[str, Any]:
-    procs = [spawn(name, env, logs) for name in PIPELINE]
+    procs = [spawn(name, env, logs, instance) for name, instance in PIPELINE]
     try:
         names = ["planner-0", "generator-0", "enforcer-0", "validator-0", "auditor-0", "reporter-0"]
         start_s = await wait_up(settings, endpoints, [*names, "sympy-0", "sympy-1"])

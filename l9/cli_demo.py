@@ -33,7 +33,12 @@ def _with_stack(settings: Settings, keep_stack: bool, work: Callable[[StackEndpo
     stack = EmbeddedStack(settings.home_dir)
     embedded = not (settings.redis_url and settings.database_url) and not stack.status()["running"]
     try:
-        return work(resolve_endpoints(settings))
+        endpoints = resolve_endpoints(settings)
+        where = (
+            f"the embedded stack in {stack.home}" if embedded else "the servers of REDIS_URL / DATABASE_URL"
+        )
+        console.print(f"using {where}")
+        return work(endpoints)
     except StackError as exc:
         raise _fail(str(exc)) from None
     finally:
@@ -58,9 +63,11 @@ def extraction(
         return
     from agents.extraction import SchemaErrors
     from l9.cli import _fail, _run, _settings
+    from l9.cli_extract import quiet
     from l9.demo_extraction import DemoError, run_extraction_demo
 
     settings = _settings()
+    quiet(settings.log_level)  # before anything logs: structlog caches a logger's level on first use
     try:
         result = _with_stack(
             settings,

@@ -59,12 +59,12 @@ class DemoResult:
         )
 
 
-def spawn_agent(name: str, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
+def spawn_agent(name: str, env: dict[str, str], log_dir: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``l9 agent run NAME ARGS`` as its own process, its output in a log file under ``log_dir``."""
     log_dir.mkdir(parents=True, exist_ok=True)
     out = (log_dir / f"{name}-{time.time_ns()}.log").open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "l9", "agent", "run", name], env=env, stdout=out, stderr=subprocess.STDOUT
-    )
+    command = [sys.executable, "-m", "l9", "agent", "run", name, *args]
+    return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 async def run_demo(

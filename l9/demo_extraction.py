@@ -22,7 +22,7 @@ from rich.console import Console
 
 from agents.runner import BUILTIN
 from bus import Keys, connect
-from l9.cli_extract import Options, Outcome, build_request, check_file, default_requester, extract, quiet
+from l9.cli_extract import Options, Outcome, build_request, check_file, default_requester, extract
 from l9.demo import spawn_agent, stop_agents
 from l9.devstack import StackEndpoints
 from l9.settings import Settings
@@ -107,7 +107,13 @@ def start_agents(env: dict[str, str], log_dir: Path) -> dict[str, subprocess.Pop
     missing = [name for name, _ in PIPELINE if name != "auditor" and name not in BUILTIN]
     if missing:
         raise DemoError(f"agent(s) not built in: {', '.join(missing)} (agents/runner.py BUILTIN)")
-    return {f"{name}#{i}": spawn_agent(name, env, log_dir) for name, count in PIPELINE for i in range(count)}
+    # Each process is given its consumer name (--instance): two processes of one agent starting
+    # at once never end up with the same name, however slowly either one starts.
+    return {
+        f"{name}#{i}": spawn_agent(name, env, log_dir, "--instance", str(i))
+        for name, count in PIPELINE
+        for i in range(count)
+    }
 
 
 def check(command: list[str], env: dict[str, str], console: Console) -> int:
@@ -135,7 +141,6 @@ async def run_extraction_demo(
         await wait_started(settings, endpoints, procs)
         console.print(f"every agent is consuming ({time.monotonic() - started:.1f} s)\n")
         console.print(f"[bold]$ l9 extract {_shown(file)}[/bold]")
-        quiet(settings.log_level)
         options = Options(file, None, True, False, timeout_s, default_requester(), True)
         result.outcome = await extract(options, settings, build_request(options, settings, text), console)
         report = result.outcome.progress.ready
