@@ -11,8 +11,7 @@ version) never invalidates reports signed earlier.
 * v2 (current): the extraction pipeline's real payloads (``agents.extraction.phases``,
   ``governance``): enforcement in section 6, escalations and their resolutions in 9;
   data rules follow a dotted path (``decision.outcome``) and compare booleans too; every
-  section shows tables computed from its records' payloads (:mod:`.facts`); the run's
-  SymPy tool traffic (the numeric kernels of phase 2) is in section 5. The v1 globs
+  section shows tables computed from its records' payloads (:mod:`.facts`). The v1 globs
   stay (``l9.artifact.*``, ``l9.validation.drift*``, approvals and denials), so records
   of those types land in the same sections under both tables.
 """
@@ -177,7 +176,7 @@ TABLE_V2 = SectionTable(
             5,
             "phase2_implementation",
             "Phase 2: implementation (files, line counts, hashes)",
-            ("l9.generate.*", "l9.artifact.*", "l9.sympy.*"),
+            ("l9.generate.*", "l9.artifact.*"),
             facts.implementation,
         ),
         SectionSpec(
