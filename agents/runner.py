@@ -13,7 +13,7 @@ from typing import Protocol
 import anyio
 import structlog
 
-from bus import DeliveryPolicy, Keys, StreamConsumer, claim_consumer_name, connect
+from bus import DeliveryPolicy, Keys, StreamConsumer, claim_consumer_name, connect, hold_consumer_name
 from envelope import Signer, Verifier
 from governance import load_signer_acl
 from l9.devstack import resolve_endpoints
@@ -109,7 +109,16 @@ async def run_agent(
 async def _serve(agent: Agent, consumer: StreamConsumer) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(stop_on_signal, consumer, tg.cancel_scope)
-        await agent.on_start()
+        async with anyio.create_task_group() as holding:  # the name stays ours while starting
+            holding.start_soon(
+                hold_consumer_name,
+                consumer.redis,
+                consumer.keys,
+                consumer.consumer,
+                consumer.policy.heartbeat_ttl_ms,
+            )
+            await agent.on_start()
+            holding.cancel_scope.cancel()
         log.info("agent.started", concurrency=consumer.policy.concurrency, streams=consumer.streams)
         await consumer.run()
         with anyio.CancelScope(shield=True):

@@ -5,7 +5,7 @@ from .consumer import Delivery, Handler, StreamConsumer
 from .deadletter import DeadLetters
 from .errors import BusError, RemoteError, RpcTimeout
 from .keys import Keys, check_stream_name
-from .maintenance import ConsumerNameTaken, claim_consumer_name
+from .maintenance import ConsumerNameTaken, claim_consumer_name, hold_consumer_name
 from .policy import DeliveryPolicy
 from .publisher import Publisher
 from .retention import drop_finished_reply_streams, fully_consumed, safe_trim_boundary, trim_acknowledged
@@ -35,6 +35,7 @@ __all__ = [
     "connect",
     "drop_finished_reply_streams",
     "fully_consumed",
+    "hold_consumer_name",
     "safe_trim_boundary",
     "send_reply",
     "trim_acknowledged",

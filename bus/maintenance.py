@@ -56,6 +56,17 @@ async def claim_consumer_name(
     raise ConsumerNameTaken(f"no free consumer name {base}-<n> for n < 10000")
 
 
+async def hold_consumer_name(redis: aioredis.Redis, keys: Keys, name: str, ttl_ms: int) -> None:
+    """Keep the claim on ``name`` alive (until cancelled) while its consumer is not beating yet,
+    e.g. during a slow ``on_start``: otherwise the key expires and another process takes the name."""
+    while True:
+        await anyio.sleep(ttl_ms / 3000)
+        try:
+            await redis.pexpire(keys.heartbeat(name), ttl_ms)
+        except TRANSIENT as exc:
+            log.warning("consumer.name_hold_failed", consumer=name, error=str(exc))
+
+
 class LeaseHolder(Protocol):
     """What maintenance needs of a consumer (the per-entry and the batch delivery loops)."""
 
