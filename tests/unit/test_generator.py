@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 
 from agents.extraction import LockedPlan, load_collection, load_file, lock
 from agents.extraction.generator import KernelSource, RenderError, render_agent, render_plan, write_folder
+from agents.extraction.validator.tests_run import TestRun, run_tests
 from agents.sympy.codegen import generate
 from agents.sympy.parser import canonical_hash, parse
 from governance import Artifact, ArtifactSet, PolicyEngine
@@ -262,56 +262,22 @@ def test_ruff_accepts_the_generated_code(
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def run_generated_tests(folder: Path, tmp: Path) -> tuple[dict[str, int], float]:
-    """The extraction contract's command: the junit counts and the line coverage of code/."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder / "code"), str(ROOT)])}
-    env.pop("PYTEST_ADDOPTS", None)
-    coverage = [sys.executable, "-m", "coverage"]
-    data = f"--data-file={tmp / '.coverage'}"
-    run = subprocess.run(
-        [
-            *coverage,
-            "run",
-            "--branch",
-            f"--source={folder / 'code'}",
-            data,
-            "-m",
-            "pytest",
-            "tests",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--import-mode=importlib",
-            f"--junitxml={tmp / 'junit.xml'}",
-        ],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    report = subprocess.run(
-        [*coverage, "json", data, "-o", str(tmp / "coverage.json")], cwd=folder, env=env, capture_output=True
-    )
-    assert report.returncode == 0, report.stderr
-    suite = ET.parse(tmp / "junit.xml").getroot().find("testsuite")
-    assert suite is not None
-    counts = {k: int(suite.get(k, "0")) for k in ("tests", "failures", "errors", "skipped")}
-    percent = json.loads((tmp / "coverage.json").read_text())["totals"]["percent_covered"]
-    return counts, float(percent)
+async def run_generated_tests(folder: Path) -> TestRun:
+    """The generated tests run exactly as the validator runs them (its own function)."""
+    run = await run_tests(folder, timeout_s=300)
+    assert run.problem is None and run.exit_code == 0, run
+    return run
 
 
-def test_the_generated_tests_pass_with_coverage_as_the_validator_runs_them(
+async def test_the_generated_tests_pass_with_coverage_as_the_validator_runs_them(
     tmp_path: Path, sample: tuple[LockedPlan, dict[str, bytes]]
 ) -> None:
-    folder = write(tmp_path, sample[1])
-    counts, percent = run_generated_tests(folder, tmp_path)
-    assert counts["tests"] >= 60 and counts["failures"] == counts["errors"] == counts["skipped"] == 0, counts
-    assert percent >= 85.0
+    run = await run_generated_tests(write(tmp_path, sample[1]))
+    assert run.tests >= 60 and run.passed == run.tests, run
+    assert run.coverage_percent >= 85.0
 
 
-def test_the_edge_agents_render_and_their_tests_pass(
+async def test_the_edge_agents_render_and_their_tests_pass(
     tmp_path: Path, edges: tuple[LockedPlan, dict[str, bytes]]
 ) -> None:
     plan, files = edges
@@ -322,10 +288,9 @@ def test_the_edge_agents_render_and_their_tests_pass(
     lonely = files["code/edge/lonely/agent.py"].decode()
     assert "class StreamPayload(Payload):" in lonely and "class GovernanceBridge:" in lonely
     assert "class AgentAgent(Agent):" in lonely, "an agent named 'agent' does not shadow the base class"
-    folder = write(tmp_path, files)
-    counts, percent = run_generated_tests(folder, tmp_path)
-    assert counts["failures"] == counts["errors"] == counts["skipped"] == 0, counts
-    assert percent >= 85.0
+    run = await run_generated_tests(write(tmp_path, files))
+    assert run.tests > 0 and run.passed == run.tests, run
+    assert run.coverage_percent >= 85.0
 
 
 def test_kernel_tests_without_a_kernels_module_are_refused() -> None:
