@@ -34,7 +34,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -42,14 +41,15 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import asyncpg
 
-from agents.auditor.agent import GROUP, Auditor, Checkpointer, is_transient
+from agents.auditor.agent import GROUP, Auditor, Checkpointer, is_transient, tune_gc
 from agents.auditor.stream import AuditStream
 from benchmarks.bus_throughput import code_version, percentile, progress
 from bus import DEFAULT_TOPOLOGY, DeliveryPolicy, Keys, Publisher, connect
 from bus.batch import BatchConsumer
 from envelope import PacketEnvelope, Signer, Verifier
 from l9.logs import configure_logging
-from memory.postgres import AuditRecord, Committed, PostgresAuditStore, SigningKey, migrate, writer_dsn
+from memory.postgres import Committed, PostgresAuditStore, SigningKey, migrate, writer_dsn
+from memory.postgres.appending import PreparedAppend
 
 KEYRING = {"bench": b"benchmark-signing-key-0123456789abcdef"}
 TARGET_RATE = 50_000
@@ -85,9 +85,9 @@ class TimedStore(PostgresAuditStore):
     commit_ms: list[float]
     last_commit: float
 
-    async def append(self, records: Sequence[AuditRecord]) -> list[Committed]:
+    async def append_prepared(self, prepared: PreparedAppend) -> list[Committed]:
         started = time.perf_counter()
-        out = await super().append(records)
+        out = await super().append_prepared(prepared)
         self.last_commit = time.perf_counter()
         self.commit_ms.append((self.last_commit - started) * 1000)
         return out
@@ -112,6 +112,7 @@ async def run_auditor(redis: Any, keys: Keys, writer: str, n: int, batch: int) -
         batch_size=batch,
         is_transient=is_transient,
     )
+    tune_gc()  # as the auditor process does
     started = time.perf_counter()
     async with anyio.create_task_group() as tg:
         tg.start_soon(consumer.run)

@@ -77,5 +77,48 @@ def leaf_hash(header: bytes, payload_digest: bytes) -> bytes:
     return _sha256(LEAF_PREFIX + header + payload_digest).digest()
 
 
+# msgpack is concatenative: an array packs as its head (the count) followed by each
+# value packed alone. So a record's canonical header is packed before the append
+# but for the two values the chain head decides (seq, recorded_at), which the
+# append fills in: ``leaf_hash_of(header_parts(...), seq, recorded_at_us, digest)``
+# equals ``leaf_hash(canonical_header([...]), digest)`` byte for byte.
+_NONE_SIZE = len(_pack(None))
+_LEAF_HEAD = (
+    LEAF_PREFIX
+    + _pack((None,) * len(HEADER_FIELDS))[: -len(HEADER_FIELDS) * _NONE_SIZE]
+    + _pack(HASH_VERSION)
+)
+_BEFORE_HEAD = len(_pack((None,) * 6)) - 6 * _NONE_SIZE  # head of a 6-array
+_AFTER_HEAD = len(_pack((None,) * 2)) - 2 * _NONE_SIZE  # head of a 2-array
+
+HeaderParts = tuple[bytes, bytes]
+"""A canonical header packed but for ``seq`` and ``recorded_at_us``: the values between
+them and the values after them."""
+
+
+def header_parts(
+    envelope_id: str,
+    type: str,
+    source: str,
+    correlation_id: str,
+    causation_id: str | None,
+    envelope_time_us: int,
+    stream: str,
+    entry_id: str,
+) -> HeaderParts:
+    """The header of a record before its place in the chain is known (see above)."""
+    between: bytes = _pack((envelope_id, type, source, correlation_id, causation_id, envelope_time_us))
+    after: bytes = _pack((stream, entry_id))
+    return between[_BEFORE_HEAD:], after[_AFTER_HEAD:]
+
+
+def leaf_hash_of(parts: HeaderParts, seq: int, recorded_at_us: int, payload_digest: bytes) -> bytes:
+    """:func:`leaf_hash` of the completed header (version :data:`HASH_VERSION`)."""
+    between, after = parts
+    return _sha256(
+        b"".join((_LEAF_HEAD, _pack(seq), between, _pack(recorded_at_us), after, payload_digest))
+    ).digest()
+
+
 def chain_hash(previous: bytes, leaf: bytes) -> bytes:
     return _sha256(NODE_PREFIX + previous + leaf).digest()

@@ -13,23 +13,30 @@ _DATA, _KIND = SIGNED_FIELDS.index("data"), SIGNED_FIELDS.index("kind")
 #: Longest summary; longer ones end in an ellipsis.
 MAX_SUMMARY = 160
 _VALUE = 40
+_SCALARS = frozenset((int, float, bool, type(None)))
 
 
 def _short(value: Any) -> str:
-    if isinstance(value, Mapping):
+    kind = type(value)
+    if kind is str:  # the usual kinds first, by exact type (isinstance on an ABC is slow)
+        text: str = value
+    elif kind in _SCALARS:
+        text = str(value)
+    elif isinstance(value, Mapping):
         return f"{{{len(value)} keys}}"
-    if isinstance(value, list | tuple):
+    elif isinstance(value, list | tuple):
         return f"[{len(value)} items]"
-    if isinstance(value, bytes | bytearray):
+    elif isinstance(value, bytes | bytearray):
         return f"<{len(value)} bytes>"
-    text = str(value)
+    else:
+        text = str(value)
     return text if len(text) <= _VALUE else text[: _VALUE - 1] + "…"
 
 
 def summarize(data: Any, kind: str | None = None) -> str:
     """``key=value`` pairs of a payload, nested values as counts, at most :data:`MAX_SUMMARY` chars."""
-    if isinstance(data, Mapping):
-        text = " ".join(f"{k}={_short(v)}" for k, v in data.items())
+    if type(data) is dict or isinstance(data, Mapping):
+        text = " ".join([f"{k}={_short(v)}" for k, v in data.items()])
     else:
         text = _short(data)
     if kind and kind != "event":

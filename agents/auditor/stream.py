@@ -76,7 +76,7 @@ class AuditCommitted(Payload):
 Record = dict[str, Any]
 
 
-def _from_committed(c: Committed) -> Record:
+def _from_committed(c: Committed, summary: str) -> Record:
     r = c.record
     return {
         "seq": c.seq,
@@ -85,7 +85,7 @@ def _from_committed(c: Committed) -> Record:
         "type": r.type,
         "source": r.source,
         "correlation_id": r.correlation_id,
-        "summary": summarize_env(r.env),
+        "summary": summary,
     }
 
 
@@ -132,18 +132,23 @@ class AuditStream:
         last = last.decode() if isinstance(last, bytes) else str(last)
         return last, (seq_of(last) if last != "0-0" else 0)
 
-    async def publish_committed(self, committed: Sequence[Committed]) -> int:
+    async def publish_committed(
+        self, committed: Sequence[Committed], summaries: Sequence[str] | None = None
+    ) -> int:
         """Publish a batch just committed (only its newly stored records); catches up first
-        when the stream lags. Returns how many records were published."""
-        fresh = [c for c in committed if c.new]
+        when the stream lags. ``summaries``: one per record when the caller has them
+        already (else they are made from the payloads). Returns how many records were published."""
+        if summaries is None:
+            summaries = [summarize_env(c.record.env) for c in committed]
+        fresh = [_from_committed(c, s) for c, s in zip(committed, summaries, strict=True) if c.new]
         if not fresh:
             return 0
         # The usual case costs one round trip: the CAS expects the stream to end just before
         # this batch ("0-0" when it is the first). Otherwise the catch-up reads where it ends.
-        first = fresh[0].seq
-        if await self._append(f"0-{first - 1}", [_from_committed(c) for c in fresh]):
+        first = fresh[0]["seq"]
+        if await self._append(f"0-{first - 1}", fresh):
             return len(fresh)
-        return await self.catch_up(until=fresh[-1].seq)
+        return await self.catch_up(until=fresh[-1]["seq"])
 
     async def catch_up(self, until: int | None = None, page: int = 1000) -> int:
         """Publish what the trail holds past the stream's last record (up to ``until``)."""

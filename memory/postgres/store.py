@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,10 +20,9 @@ from typing import Any
 import asyncpg
 import structlog
 
-from memory.chain import HASH_VERSION, canonical_header, chain_hash, leaf_hash, payload_hash, to_micros
-
 from . import sql
 from .admin import migrate, redact
+from .appending import ChainedBatch, PreparedAppend, chain_batch, outcomes, prepare_append
 from .checkpoints import Checkpoint, SigningKey, read_checkpoint, read_checkpoint_dir
 from .errors import AuditStoreError, AuditStoreUnavailable, unavailable_as
 from .records import AppendStatus, AuditRecord, Committed, EntryFilter, EntryPage, Head, StoredEntry
@@ -47,71 +44,6 @@ log = structlog.get_logger(__name__)
 
 #: ``pg_advisory_xact_lock`` key serialising every writer of the chain ("L9AUDIT").
 CHAIN_LOCK_KEY = 0x4C39_4155_4449_54
-
-
-# -- appending --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Batch:
-    """A batch hashed onto the chain: the rows to COPY and where each record landed."""
-
-    entries: list[tuple[Any, ...]]
-    payloads: list[tuple[Any, ...]]
-    placed: dict[str, tuple[int, bytes]]
-    last_seq: int
-    last_chain: bytes
-
-
-def _chain_batch(records: Sequence[AuditRecord], digests: Mapping[str, bytes], head: Any) -> _Batch:
-    """Assign seq head+1.. and hash each record onto the chain (pure)."""
-    seq, previous, now = head["seq"], head["chain_hash"], head["now"]
-    recorded_us = to_micros(now)
-    entries, payloads, placed = [], [], {}
-    for rec in records:
-        seq += 1
-        eid, digest = rec.envelope_id, digests[rec.envelope_id]
-        header = canonical_header([
-            HASH_VERSION, seq, eid, rec.type, rec.source, rec.correlation_id, rec.causation_id,
-            to_micros(rec.time), recorded_us, rec.stream, rec.entry_id,
-        ])  # fmt: skip
-        leaf = leaf_hash(header, digest)
-        previous = chain_hash(previous, leaf)
-        entries.append((
-            seq, eid, rec.type, rec.source, rec.correlation_id, rec.causation_id, rec.time, now,
-            rec.stream, rec.entry_id, digest, leaf, previous, HASH_VERSION,
-        ))  # fmt: skip
-        payloads.append((seq, rec.env, rec.sig, rec.key_id))
-        placed[eid] = (seq, previous)
-    return _Batch(entries, payloads, placed, seq, previous)
-
-
-def _outcomes(
-    records: Sequence[AuditRecord],
-    digests: Sequence[bytes],
-    stored: Mapping[str, Any],
-    batch: _Batch | None,
-    now: datetime,
-) -> list[Committed]:
-    """One :class:`Committed` per input record, in input order (``digests`` likewise)."""
-    out: list[Committed] = []
-    first_digest: dict[str, bytes] = {}
-    for rec, digest in zip(records, digests, strict=True):
-        eid = rec.envelope_id
-        if eid in stored:
-            row = stored[eid]
-            status = AppendStatus.DUPLICATE if row["payload_hash"] == digest else AppendStatus.CONFLICT
-            out.append(Committed(rec, row["seq"], row["chain_hash"], row["recorded_at"], status))
-            continue
-        assert batch is not None
-        seq, chained = batch.placed[eid]
-        if eid not in first_digest:
-            first_digest[eid] = digest
-            status = AppendStatus.STORED
-        else:
-            status = AppendStatus.DUPLICATE if first_digest[eid] == digest else AppendStatus.CONFLICT
-        out.append(Committed(rec, seq, chained, now, status))
-    return out
 
 
 def _entry(row: Mapping[str, Any]) -> StoredEntry:
@@ -174,31 +106,30 @@ class PostgresAuditStore:
     async def append(self, records: Sequence[AuditRecord]) -> list[Committed]:
         """Append the records not stored yet, in one transaction; one :class:`Committed`
         per input record, in order (``status`` says stored / duplicate / conflict)."""
-        if not records:
+        return await self.append_prepared(prepare_append(records)) if records else []
+
+    async def append_prepared(self, prepared: PreparedAppend) -> list[Committed]:
+        """:meth:`append` of records already run through :func:`prepare_append` (which a
+        caller may do for its next batch while this one is written)."""
+        if not prepared.records:
             return []
-        digests = [payload_hash(rec.env, rec.sig, rec.key_id) for rec in records]
-        firsts: dict[str, AuditRecord] = {}
-        first_digests: dict[str, bytes] = {}
-        for rec, digest in zip(records, digests, strict=True):  # the first occurrence wins
-            if firsts.setdefault(rec.envelope_id, rec) is rec:
-                first_digests[rec.envelope_id] = digest
         started = time.perf_counter()
         with unavailable_as("append"):
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(sql.LOCK, CHAIN_LOCK_KEY)
                 head = await conn.fetchrow(sql.HEAD)
-                stored = {r["envelope_id"]: r for r in await conn.fetch(sql.STORED, list(firsts))}
-                fresh = [rec for eid, rec in firsts.items() if eid not in stored]
-                batch = _chain_batch(fresh, first_digests, head) if fresh else None
+                stored = {r["envelope_id"]: r for r in await conn.fetch(sql.STORED, list(prepared.firsts))}
+                fresh = [i for eid, i in prepared.firsts.items() if eid not in stored]
+                batch = chain_batch(prepared, fresh, head) if fresh else None
                 if batch is not None:
                     await self._write(conn, batch, head, self.stage_hook)
-        outcomes = _outcomes(records, digests, stored, batch, head["now"])
-        self._log_append(outcomes, started)
-        return outcomes
+        committed = outcomes(prepared, stored, batch, head["now"])
+        self._log_append(committed, started)
+        return committed
 
     @staticmethod
     async def _write(
-        conn: asyncpg.Connection, batch: _Batch, head: Any, hook: Callable[[str], None] | None
+        conn: asyncpg.Connection, batch: ChainedBatch, head: Any, hook: Callable[[str], None] | None
     ) -> None:
         if hook is not None:
             hook("before_copy")

@@ -205,7 +205,7 @@ async def test_append_assigns_gapless_seqs_and_drops_duplicates(
         (6, "stored"),
     ]
     assert again[0].chain_hash == first[1].chain_hash and again[0].recorded_at == first[1].recorded_at
-    forged = replace(records[3], env=records[3].env + b"\x00")  # same id, other bytes
+    forged = records[3]._replace(env=records[3].env + b"\x00")  # same id, other bytes
     (conflict,) = await store.append([forged])
     assert conflict.status is AppendStatus.CONFLICT and conflict.seq == 4 and not conflict.new
     head = await store.head()
