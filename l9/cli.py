@@ -70,7 +70,7 @@ def dev_up() -> None:
         endpoints = EmbeddedStack(settings.home_dir).up()
     except StackError as exc:
         raise _fail(str(exc)) from None
-    console.print(f"REDIS_URL={endpoints.redis_url}\nDATABASE_URL={endpoints.database_url}")
+    console.print(f"REDIS_URL={endpoints.redis_url}\nDATABASE_URL={endpoints.database_url}", soft_wrap=True)
 
 
 @dev_app.command("down")
