@@ -86,3 +86,10 @@ def test_expected_output_lines_in_order_with_wildcards() -> None:
 
 def test_the_block_type_is_exported() -> None:
     assert Block.__name__ == "Block"
+
+
+def test_the_readme_starts_production_exactly_as_operations_md_does() -> None:
+    readme = (ROOT / "README.md").read_text().split("## Production (docker compose)", 1)[1]
+    readme_block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
+    starting = (DOCS / "OPERATIONS.md").read_text().split("## Starting", 1)[1]
+    assert readme_block == starting.split("```sh\n", 1)[1].split("```", 1)[0]
