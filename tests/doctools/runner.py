@@ -125,10 +125,10 @@ def check_outputs(doc: Path, run: DocRun) -> list[str]:
 
 def base_env(home: Path, path: str) -> dict[str, str]:
     """A reader's environment: a fresh HOME, the checkout's virtualenv first on PATH, a terminal
-    200 columns wide (rich wraps at COLUMNS when output is not a terminal), nothing else."""
+    400 columns wide (rich wraps at COLUMNS when output is not a terminal), nothing else."""
     return {
         "HOME": str(home),
         "PATH": path + os.pathsep + "/usr/bin:/bin",
         "LANG": "C.UTF-8",
-        "COLUMNS": "200",
+        "COLUMNS": "400",
     }

@@ -155,8 +155,8 @@ def test_the_entrypoint_refuses_to_start_without_its_inputs(
 #: Agents that cannot yet run as the Redis user ``l9 acl render`` gives them: what they send
 #: that governance/_identity.py does not grant.
 ACL_GAPS = {
-    "auditor": "NOPERM at start: SCRIPT LOAD (the audit stream's CAS script) and a key outside its patterns",
-    "sympy": "NOPERM on each request: SCRIPT LOAD of the result cache's script is not granted",
+    "auditor": "NOPERM at start: its reporter's heartbeat keys (hb:reporter-*) are outside its user's patterns",
+    "sympy": "NOPERM on each request: SCRIPT LOAD (the result cache's script) is not granted",
 }
 
 

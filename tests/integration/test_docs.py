@@ -131,7 +131,12 @@ def _lookup(data: Any, dotted: str) -> Any:
 
 
 # -- OPERATIONS.md ------------------------------------------------------------------------------
-DEPLOYMENT_FILES = ("docker-compose.yml", "deploy/identity.yaml", "deploy/redis-entrypoint.sh")
+DEPLOYMENT_FILES = (
+    "docker-compose.yml",
+    "deploy/identity.yaml",
+    "deploy/redis-entrypoint.sh",
+    "examples/tensoraios_ecosystem.md",
+)
 
 
 def deployment(tmp_path: Path) -> Path:
@@ -215,7 +220,7 @@ async def test_operations_md(
         "L9_DOC_REDIS_URL": stack.redis_url,
         "L9_DOC_DATABASE_URL": admin_dsn,
         "L9_DOC_NAMESPACE": keys.namespace,
-        "L9_DOC_EMULATE": "sympy,auditor",
+        "L9_DOC_EMULATE": "sympy,auditor,planner,generator,enforcer,validator",
         "L9_DOC_ENV": json.dumps({"L9_SYMPY_WORKERS": "1", "L9_AUDIT_CHECKPOINT_INTERVAL_S": "1"}),
     }
     (tmp_path / "state").mkdir()
@@ -240,10 +245,12 @@ async def _check_operations(
     resolution = json.loads(raw)
     assert resolution["data"]["approved"] is True and resolution["data"]["by"] == "Igor", resolution
     assert await redis.xlen(keys.dead("sympy")) == 0
-    # the replayed request was answered (the reply stream itself is trimmed later on the page)
-    trail = run_l9("tail", "--json", "--type", "l9.sympy.*", env={**agent_env, "DATABASE_URL": admin_dsn})
+    # the replayed request was answered: its result is in the trail (the reply stream is trimmed later)
+    trail = run_l9(
+        "tail", "--json", "--correlation", given["request"], env={**agent_env, "DATABASE_URL": admin_dsn}
+    )
     entries = [json.loads(line) for line in trail.stdout.splitlines()]
-    replies = [e for e in entries if e["causation_id"] == given["request"] and e["stream"] == "rpc.doc-test"]
+    replies = [e for e in entries if e["causation_id"] == given["request"] and "result" in e["type"]]
     assert [e["type"] for e in replies] == ["l9.sympy.expression_result.v1"], trail.stdout + trail.stderr
     assert "expr=2*x" in replies[0]["summary"]
     env = read_env(project / ".env")
