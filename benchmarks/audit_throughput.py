@@ -115,15 +115,16 @@ async def run_auditor(redis: Any, keys: Keys, writer: str, n: int, batch: int) -
     tune_gc()  # as the auditor process does
     started = time.perf_counter()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(consumer.run)
         tg.start_soon(checkpointer.run)
         tg.start_soon(auditor.publish_loop)
-        while auditor.stats["stored"] < n:
-            await anyio.sleep(0.05)
-            if auditor.stats["batches"] % 50 == 0:
-                progress(f"audited {auditor.stats['stored']:,}/{n:,}")
-        consumer.stop()
-        tg.cancel_scope.deadline = anyio.current_time() + 10
+        async with anyio.create_task_group() as consuming:
+            consuming.start_soon(consumer.run)
+            while auditor.stats["stored"] < n:
+                await anyio.sleep(0.05)
+                if auditor.stats["batches"] % 50 == 0:
+                    progress(f"audited {auditor.stats['stored']:,}/{n:,}")
+            consumer.stop()
+        tg.cancel_scope.cancel()
     elapsed = store.last_commit - started
     ms = sorted(store.commit_ms)
     verify = await store.verify()

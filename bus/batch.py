@@ -75,17 +75,19 @@ P = TypeVar("P")
 class Staged(Generic[P]):
     """A batch handler in two steps, so the consumer can overlap them across batches.
 
-    ``prepare`` is synchronous and depends on nothing but the batch (decode, verify,
-    hash): it runs on batch N+1 while ``commit`` of batch N waits on its store, and
-    again on a retry if it raised. ``commit`` does the effect and returns the refused
-    entries, as a plain :data:`BatchHandler` does. Called directly, it does both.
+    ``prepare`` depends on nothing but the batch (decode, verify, hash): it runs on
+    batch N+1 while ``commit`` of batch N waits on its store, and again on a retry if
+    it raised. It is mostly CPU; awaiting ``anyio.lowlevel.checkpoint()`` between
+    slices of the batch lets the commit before it go on as soon as its store answers.
+    ``commit`` does the effect and returns the refused entries, as a plain
+    :data:`BatchHandler` does. Called directly, a ``Staged`` does both.
     """
 
-    prepare: Callable[[Sequence[Entry]], P]
+    prepare: Callable[[Sequence[Entry]], Awaitable[P]]
     commit: Callable[[Sequence[Entry], P], Awaitable[Sequence[Rejected]]]
 
     async def __call__(self, batch: Sequence[Entry]) -> Sequence[Rejected]:
-        return await self.commit(batch, self.prepare(batch))
+        return await self.commit(batch, await self.prepare(batch))
 
 
 class _Unprepared:
@@ -223,11 +225,11 @@ class BatchConsumer:
                     continue
                 batch, self._buffer = self._buffer[: self.batch_size], self._buffer[self.batch_size :]
                 self._room.set()
-                await send.send((batch, self._try_prepare(batch)))
+                await send.send((batch, await self._try_prepare(batch)))
 
-    def _try_prepare(self, batch: list[Entry]) -> Any:
+    async def _try_prepare(self, batch: list[Entry]) -> Any:
         try:
-            return self._prepare(batch)
+            return await self._prepare(batch)
         except Exception as exc:  # the committer's retry loop runs it again, with backoff
             self.log.warning("batch_consumer.prepare_failed", error=f"{type(exc).__name__}: {exc}")
             return _UNPREPARED
@@ -284,13 +286,13 @@ class BatchConsumer:
                     block=max(1, self.policy.block_ms),
                 )
         self._read_scope = None
-        now = time.monotonic()
+        now, in_flight, buffer = time.monotonic(), self.in_flight, self._buffer
         for key, entries in reply or ():
             stream = self.keys.name_of(_text(key))
-            for raw_id, fields in entries:
-                entry = Entry(stream, _text(raw_id), fields or {}, 1)
-                self.in_flight[(stream, entry.entry_id)] = now
-                self._buffer.append(entry)
+            for raw_id, fields in entries:  # thousands a second: no call that can be spared
+                entry_id = raw_id.decode() if type(raw_id) is bytes else str(raw_id)
+                in_flight[(stream, entry_id)] = now
+                buffer.append(Entry(stream, entry_id, fields or {}, 1))
 
     async def _fill_from_pending(self) -> None:
         """Own pending entries not in hand: left by a previous life of this consumer name,
@@ -333,7 +335,7 @@ class BatchConsumer:
         while True:
             try:
                 if prepared is _UNPREPARED:
-                    prepared = self._prepare(batch)
+                    prepared = await self._prepare(batch)
                 rejected = await self._commit(batch, prepared)
                 break
             except Exception as exc:
@@ -405,13 +407,16 @@ class BatchConsumer:
             self.in_flight.pop((entry.stream, entry.entry_id), None)
 
 
-def _no_preparation(batch: Sequence[Entry]) -> None:
+async def _no_preparation(batch: Sequence[Entry]) -> None:
     return None
 
 
 def _stages(
     handler: BatchHandler | Staged[Any],
-) -> tuple[Callable[[Sequence[Entry]], Any], Callable[[Sequence[Entry], Any], Awaitable[Sequence[Rejected]]]]:
+) -> tuple[
+    Callable[[Sequence[Entry]], Awaitable[Any]],
+    Callable[[Sequence[Entry], Any], Awaitable[Sequence[Rejected]]],
+]:
     """``prepare`` and ``commit`` of a handler; a plain handler has nothing to prepare."""
     if isinstance(handler, Staged):
         return handler.prepare, handler.commit

@@ -36,7 +36,10 @@ def _short(value: Any) -> str:
 def summarize(data: Any, kind: str | None = None) -> str:
     """``key=value`` pairs of a payload, nested values as counts, at most :data:`MAX_SUMMARY` chars."""
     if type(data) is dict or isinstance(data, Mapping):
-        text = " ".join([f"{k}={_short(v)}" for k, v in data.items()])
+        # a short string is its own summary: no call for the most common value
+        text = " ".join(
+            [f"{k}={v if type(v) is str and len(v) <= _VALUE else _short(v)}" for k, v in data.items()]
+        )
     else:
         text = _short(data)
     if kind and kind != "event":

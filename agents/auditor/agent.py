@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import anyio
+import anyio.lowlevel
 import redis.asyncio as aioredis
 import structlog
 
@@ -49,6 +50,8 @@ GROUP = "auditor"
 log = structlog.get_logger("l9.auditor")
 _SIG_KEY = SIGNATURE_FIELD.encode()
 _DATA, _KIND = SIGNED_FIELDS.index("data"), SIGNED_FIELDS.index("kind")
+#: Entries prepared between two checkpoints (see :meth:`Auditor.prepare`).
+PREPARE_SLICE = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,15 @@ class AuditBatch:
     append: PreparedAppend  # the records whose envelope decodes and whose signature holds
     rejected: list[Rejected]  # the others, each with its reason
     summaries: list[str]  # one line per record, for the audit stream
+
+    @classmethod
+    def join(cls, parts: Sequence[AuditBatch]) -> AuditBatch:
+        """One batch of parts prepared one after the other."""
+        return cls(
+            PreparedAppend.join([p.append for p in parts]),
+            [r for p in parts for r in p.rejected],
+            [s for p in parts for s in p.summaries],
+        )
 
 
 def prepare_batch(entries: Sequence[Entry], verifier: Verifier) -> AuditBatch:
@@ -185,8 +197,16 @@ class Auditor:
         names.discard(AUDIT_STREAM)
         return sorted(names)
 
-    def prepare(self, batch: Sequence[Entry]) -> AuditBatch:
-        return prepare_batch(batch, self.verifier)
+    async def prepare(self, batch: Sequence[Entry]) -> AuditBatch:
+        """:func:`prepare_batch`, a slice at a time: between slices the commit of the batch
+        before goes on as soon as Postgres answers (its wait for a slice is ~1 ms, not the
+        whole batch's ~10 ms, and that wait is on the critical path of every batch)."""
+        parts = []
+        for at in range(0, len(batch), PREPARE_SLICE):
+            if at:
+                await anyio.lowlevel.checkpoint()
+            parts.append(prepare_batch(batch[at : at + PREPARE_SLICE], self.verifier))
+        return parts[0] if len(parts) == 1 else AuditBatch.join(parts)
 
     async def commit(self, batch: Sequence[Entry], prepared: AuditBatch) -> Sequence[Rejected]:
         """Append the batch's records (the one step under the chain lock) and queue them

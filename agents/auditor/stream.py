@@ -26,7 +26,7 @@ import structlog
 
 from bus import Keys
 from envelope import PacketEnvelope, Payload, Signer, encode, payload
-from memory.postgres import Committed, PostgresAuditStore, StoredEntry
+from memory.postgres import AppendStatus, Committed, PostgresAuditStore, StoredEntry
 from memory.summary import summarize_env
 
 #: The stream's name (``l9.audit.*`` types route there by the area default too).
@@ -36,6 +36,7 @@ MAX_ENTRIES = 10_000
 #: When the stream is missing (new, or Redis lost it), at most this many records are republished.
 BACKLOG = 10_000
 log = structlog.get_logger("l9.auditor.stream")
+STORED = AppendStatus.STORED
 
 # KEYS[1] stream; ARGV[1] expected last id, ARGV[2] new id, ARGV[3] max len, ARGV[4..] fields.
 _CAS_XADD = """
@@ -140,7 +141,9 @@ class AuditStream:
         already (else they are made from the payloads). Returns how many records were published."""
         if summaries is None:
             summaries = [summarize_env(c.record.env) for c in committed]
-        fresh = [_from_committed(c, s) for c, s in zip(committed, summaries, strict=True) if c.new]
+        fresh = [
+            _from_committed(c, s) for c, s in zip(committed, summaries, strict=True) if c.status is STORED
+        ]
         if not fresh:
             return 0
         # The usual case costs one round trip: the CAS expects the stream to end just before

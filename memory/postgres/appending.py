@@ -27,6 +27,7 @@ from memory.chain import (
 )
 
 from .records import AppendStatus, AuditRecord, Committed
+from .timestamps import PgTime, pg_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,24 @@ class PreparedAppend:
     digests: list[bytes]  # payload hash of each record
     parts: list[HeaderParts]  # canonical header of each record, but for seq and recorded_at
     firsts: dict[str, int]  # envelope id -> index of its first record in the batch (it wins)
+    times: list[PgTime]  # envelope time of each record, as the store's connections send it
+
+    @classmethod
+    def join(cls, parts: Sequence[PreparedAppend]) -> PreparedAppend:
+        """One batch of parts prepared one after the other (a long batch prepared in slices)."""
+        records: list[AuditRecord] = []
+        digests: list[bytes] = []
+        headers: list[HeaderParts] = []
+        firsts: dict[str, int] = {}
+        times: list[PgTime] = []
+        for part in parts:
+            for eid, i in part.firsts.items():
+                firsts.setdefault(eid, len(records) + i)
+            records.extend(part.records)
+            digests.extend(part.digests)
+            headers.extend(part.parts)
+            times.extend(part.times)
+        return cls(records, digests, headers, firsts, times)
 
 
 def prepare_append(records: Sequence[AuditRecord]) -> PreparedAppend:
@@ -44,21 +63,25 @@ def prepare_append(records: Sequence[AuditRecord]) -> PreparedAppend:
     digests: list[bytes] = []
     parts: list[HeaderParts] = []
     firsts: dict[str, int] = {}
+    times: list[PgTime] = []
     for i, rec in enumerate(records):
+        time_us = to_micros(rec.time)
         digests.append(payload_hash(rec.env, rec.sig, rec.key_id))
         parts.append(
             header_parts(
-                rec.envelope_id, rec.type, rec.source, rec.correlation_id, rec.causation_id,
-                to_micros(rec.time), rec.stream, rec.entry_id,
+                rec.envelope_id, rec.type, rec.source, rec.correlation_id, rec.causation_id, time_us,
+                rec.stream, rec.entry_id,
             )
         )  # fmt: skip
         firsts.setdefault(rec.envelope_id, i)
-    return PreparedAppend(records, digests, parts, firsts)
+        times.append(pg_time(time_us))
+    return PreparedAppend(records, digests, parts, firsts, times)
 
 
 @dataclass(frozen=True, slots=True)
 class ChainedBatch:
-    """A batch hashed onto the chain: the rows to COPY and where each record landed."""
+    """A batch hashed onto the chain: the rows to COPY (timestamps as :func:`pg_time`) and
+    where each record landed."""
 
     entries: list[tuple[Any, ...]]
     payloads: list[tuple[Any, ...]]
@@ -69,9 +92,10 @@ class ChainedBatch:
 
 def chain_batch(prepared: PreparedAppend, fresh: Sequence[int], head: Mapping[str, Any]) -> ChainedBatch:
     """Assign seq head+1.. to the records at indexes ``fresh`` and hash each onto the chain (pure)."""
-    seq, previous, now = head["seq"], head["chain_hash"], head["now"]
-    recorded_us = to_micros(now)
-    records, digests, parts = prepared.records, prepared.digests, prepared.parts
+    seq, previous = head["seq"], head["chain_hash"]
+    recorded_us = to_micros(head["now"])
+    now = pg_time(recorded_us)
+    records, digests, parts, times = prepared.records, prepared.digests, prepared.parts, prepared.times
     entries, payloads, placed = [], [], {}
     for i in fresh:
         rec, digest = records[i], digests[i]
@@ -79,7 +103,7 @@ def chain_batch(prepared: PreparedAppend, fresh: Sequence[int], head: Mapping[st
         leaf = leaf_hash_of(parts[i], seq, recorded_us, digest)
         previous = chain_hash(previous, leaf)
         entries.append((
-            seq, rec.envelope_id, rec.type, rec.source, rec.correlation_id, rec.causation_id, rec.time,
+            seq, rec.envelope_id, rec.type, rec.source, rec.correlation_id, rec.causation_id, times[i],
             now, rec.stream, rec.entry_id, digest, leaf, previous, HASH_VERSION,
         ))  # fmt: skip
         payloads.append((seq, rec.env, rec.sig, rec.key_id))

@@ -27,6 +27,7 @@ from .checkpoints import Checkpoint, SigningKey, read_checkpoint, read_checkpoin
 from .errors import AuditStoreError, AuditStoreUnavailable, unavailable_as
 from .records import AppendStatus, AuditRecord, Committed, EntryFilter, EntryPage, Head, StoredEntry
 from .sql import NOTIFY_CHANNEL
+from .timestamps import timestamps_as_micros
 from .verify import VerifyReport
 from .walk import WALK_PLAN, Walk, checkpoint_of
 
@@ -68,7 +69,9 @@ class PostgresAuditStore:
         """Connect (``dsn`` is the writer URL, see :func:`memory.postgres.writer_dsn`)."""
         try:
             with unavailable_as("open the audit store"):
-                pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+                pool = await asyncpg.create_pool(
+                    dsn, min_size=min_size, max_size=max_size, init=timestamps_as_micros
+                )
         except asyncpg.InvalidAuthorizationSpecificationError as exc:
             raise AuditStoreError(f"cannot log in to the audit trail ({exc}): was migrate() run?") from exc
         store = cls(pool, dsn, checkpoint_dir)

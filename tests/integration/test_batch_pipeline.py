@@ -73,7 +73,7 @@ async def test_the_next_batch_is_prepared_while_one_commits_and_commits_keep_the
     committed: list[str] = []
     unacked_at_commit: list[bool] = []
 
-    def prepare(batch: Sequence[Entry]) -> list[str]:
+    async def prepare(batch: Sequence[Entry]) -> list[str]:
         events.append(("prepared", batch[0].entry_id))
         return [e.entry_id for e in batch]
 
@@ -109,7 +109,7 @@ async def test_a_prepare_failing_transiently_is_retried_and_nothing_is_lost_or_a
     committed: list[str] = []
     unacked_at_commit: list[bool] = []
 
-    def prepare(batch: Sequence[Entry]) -> list[str]:
+    async def prepare(batch: Sequence[Entry]) -> list[str]:
         if batch[0].entry_id == ids[10] and failures["left"]:
             failures["left"] -= 1
             raise StoreAway("the store is away")
@@ -139,7 +139,7 @@ async def test_a_prepare_that_keeps_failing_on_one_entry_dead_letters_only_that_
     poisoned = ids[13]
     committed: list[str] = []
 
-    def prepare(batch: Sequence[Entry]) -> list[str]:
+    async def prepare(batch: Sequence[Entry]) -> list[str]:
         if any(e.entry_id == poisoned for e in batch):
             raise ValueError("cannot decode this one")
         return [e.entry_id for e in batch]

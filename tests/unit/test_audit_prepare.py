@@ -12,7 +12,7 @@ import msgpack
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.auditor.agent import prepare_batch
+from agents.auditor.agent import AuditBatch, prepare_batch
 from bus.batch import Entry
 from envelope import PacketEnvelope, Signer, Verifier, encode
 from memory.chain import (
@@ -27,7 +27,8 @@ from memory.chain import (
     to_micros,
 )
 from memory.postgres import AppendStatus, AuditRecord
-from memory.postgres.appending import chain_batch, outcomes, prepare_append
+from memory.postgres.appending import PreparedAppend, chain_batch, outcomes, prepare_append
+from memory.postgres.timestamps import pg_time
 from memory.summary import summarize, summarize_env
 
 KEYRING = {"k1": b"unit-audit-secret"}
@@ -80,8 +81,9 @@ def reference_rows(records: list[AuditRecord], seq: int, previous: bytes) -> lis
         leaf = leaf_hash(header, digest)
         previous = chain_hash(previous, leaf)
         rows.append((
-            seq, rec.envelope_id, rec.type, rec.source, rec.correlation_id, rec.causation_id, rec.time,
-            NOW, rec.stream, rec.entry_id, digest, leaf, previous, HASH_VERSION,
+            seq, rec.envelope_id, rec.type, rec.source, rec.correlation_id, rec.causation_id,
+            pg_time(to_micros(rec.time)), pg_time(to_micros(NOW)), rec.stream, rec.entry_id, digest, leaf,
+            previous, HASH_VERSION,
         ))  # fmt: skip
     return rows
 
@@ -187,3 +189,19 @@ def test_summaries_by_kind_of_value() -> None:
     assert summarize(OrderedDict(a="b")) == "a=b"
     assert summarize("text", "event") == "text"
     assert summarize_env(msgpack.packb([1])) == "(undecodable payload)"
+
+
+def test_a_batch_prepared_in_slices_is_the_batch_prepared_whole() -> None:
+    a, b, c = record(1), record(2), record(3)
+    whole = prepare_append([a, b, a, c, b])
+    joined = PreparedAppend.join([prepare_append([a, b]), prepare_append([a, c]), prepare_append([b])])
+    assert joined == whole
+    assert joined.firsts == {a.envelope_id: 0, b.envelope_id: 1, c.envelope_id: 3}
+    batch = [
+        entry(i, wire(PacketEnvelope.new(type="l9.t.v1", source="agent://t/0", data={"i": i})))
+        for i in range(5)
+    ]
+    batch.insert(2, entry(9, {b"env": b"\xc1"}))
+    verifier = Verifier(KEYRING)
+    slices = AuditBatch.join([prepare_batch(batch[:3], verifier), prepare_batch(batch[3:], verifier)])
+    assert slices == prepare_batch(batch, verifier)
