@@ -155,7 +155,7 @@ def test_the_entrypoint_refuses_to_start_without_its_inputs(
 #: Agents that cannot yet run as the Redis user ``l9 acl render`` gives them: what they send
 #: that governance/_identity.py does not grant.
 ACL_GAPS = {
-    "auditor": "NOPERM at start: its reporter's heartbeat keys (hb:reporter-*) are outside its user's patterns",
+    "auditor": "NOPERM at start: its reporter's heartbeat keys (hb:reporter-*) are outside its patterns",
     "sympy": "NOPERM on each request: SCRIPT LOAD (the result cache's script) is not granted",
 }
 
