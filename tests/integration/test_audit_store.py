@@ -154,7 +154,9 @@ async def test_migrate_is_idempotent_and_refuses_an_edited_migration(admin_dsn: 
         login = await conn.fetchval("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'l9_owner'")
     finally:
         await conn.close()
-    assert [(r["version"], r["name"]) for r in rows] == [(1, "0001_audit_trail.sql")]
+    shipped = sorted(p.name for p in MIGRATIONS_DIR.glob("*.sql"))
+    assert shipped[:2] == ["0001_audit_trail.sql", "0002_sympy_metrics.sql"]
+    assert [(r["version"], r["name"]) for r in rows] == [(int(n[:4]), n) for n in shipped]
     assert owner == "l9_owner" and login is False
     edited = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, edited)
