@@ -90,6 +90,9 @@ class Staged(Generic[P]):
         return await self.commit(batch, await self.prepare(batch))
 
 
+_Settlement = tuple[list[Entry], Sequence[Rejected]]  # a committed batch and the entries it refused
+
+
 class _Unprepared:
     """Marks a batch whose ``prepare`` failed in the pipeline: it runs again in the retry loop."""
 
@@ -135,6 +138,7 @@ class BatchConsumer:
         self._filled = anyio.Event()  # the buffer got entries
         self._room = anyio.Event()  # the buffer has room again
         self._read_scope: anyio.CancelScope | None = None
+        self._to_settle: MemoryObjectSendStream[_Settlement]  # set by _loop
         self._started = anyio.Event()
         self._next_discovery = 0.0
         self.log = log.bind(group=group, consumer=consumer)
@@ -205,16 +209,22 @@ class BatchConsumer:
 
     # -- the loop ----------------------------------------------------------------------------
     async def _loop(self) -> None:
-        """Three tasks: the reader keeps up to two batches read ahead; the preparer takes
+        """Four tasks: the reader keeps up to two batches read ahead; the preparer takes
         them one at a time and prepares each while the committer works on the one before;
-        the committer commits and settles them in order. Redis round trips and the
-        preparing overlap the commit's own waiting (a COPY, a COMMIT)."""
-        send, receive = anyio.create_memory_object_stream[tuple[list[Entry], Any]](0)
+        the committer commits them one at a time, in order; the settler acks (and
+        dead-letters) each batch after its commit, while the next one commits. Redis round
+        trips and the preparing overlap the commit's own waiting (a COPY, a COMMIT)."""
+        to_commit, committing = anyio.create_memory_object_stream[tuple[list[Entry], Any]](0)
+        to_settle, settling = anyio.create_memory_object_stream[_Settlement](2)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._reader)
-            tg.start_soon(self._prepare_batches, send)
-            await self._commit_batches(receive)
-            tg.cancel_scope.cancel()
+            tg.start_soon(self._prepare_batches, to_commit)
+            async with anyio.create_task_group() as settler:
+                settler.start_soon(self._settle_batches, settling)
+                async with to_settle:
+                    self._to_settle = to_settle
+                    await self._commit_batches(committing)
+            tg.cancel_scope.cancel()  # the settler is done: every committed batch is settled
 
     async def _prepare_batches(self, send: MemoryObjectSendStream[tuple[list[Entry], Any]]) -> None:
         async with send:
@@ -239,6 +249,14 @@ class BatchConsumer:
             if self._stopping:
                 return  # left pending for the next owner
             await self._handle(batch, prepared)
+
+    async def _settle_batches(self, settling: MemoryObjectReceiveStream[_Settlement]) -> None:
+        async with settling:
+            async for batch, rejected in settling:  # ends when the committer stops
+                if self.before_ack is not None:
+                    self.before_ack()
+                with anyio.CancelScope(shield=True):
+                    await self._settle(batch, rejected)
 
     async def _reader(self) -> None:
         """Own pending entries first, then new ones; Redis trouble means backoff, never a crash."""
@@ -356,10 +374,7 @@ class BatchConsumer:
                     await self._give_up(batch, exc)
                     return
                 await backoff.sleep(self._stopped)
-        if self.before_ack is not None:
-            self.before_ack()
-        with anyio.CancelScope(shield=True):
-            await self._settle(batch, rejected)
+        await self._to_settle.send((batch, rejected))
 
     async def _give_up(self, batch: list[Entry], exc: Exception) -> None:
         """The batch keeps failing: alone, each entry either passes or is dead-lettered."""

@@ -45,6 +45,24 @@ log = structlog.get_logger(__name__)
 
 #: ``pg_advisory_xact_lock`` key serialising every writer of the chain ("L9AUDIT").
 CHAIN_LOCK_KEY = 0x4C39_4155_4449_54
+#: The head (the row without an envelope id; ``recorded_at`` is the append's clock) and the
+#: entries already stored under the ids ``$1``: one round trip under the chain lock.
+HEAD_AND_STORED = (
+    "SELECT NULL::text AS envelope_id, seq, chain_hash, NULL::bytea AS payload_hash, "
+    "clock_timestamp() AS recorded_at FROM l9_audit.chain_head UNION ALL " + sql.STORED
+)
+
+
+def _head_and_stored(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The head (``seq``, ``chain_hash``, ``now``) and the stored rows by envelope id."""
+    head: dict[str, Any] = {}
+    stored = {}
+    for row in rows:
+        if row["envelope_id"] is None:
+            head = {"seq": row["seq"], "chain_hash": row["chain_hash"], "now": row["recorded_at"]}
+        else:
+            stored[row["envelope_id"]] = row
+    return head, stored
 
 
 def _entry(row: Mapping[str, Any]) -> StoredEntry:
@@ -120,8 +138,7 @@ class PostgresAuditStore:
         with unavailable_as("append"):
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(sql.LOCK, CHAIN_LOCK_KEY)
-                head = await conn.fetchrow(sql.HEAD)
-                stored = {r["envelope_id"]: r for r in await conn.fetch(sql.STORED, list(prepared.firsts))}
+                head, stored = _head_and_stored(await conn.fetch(HEAD_AND_STORED, list(prepared.firsts)))
                 fresh = [i for eid, i in prepared.firsts.items() if eid not in stored]
                 batch = chain_batch(prepared, fresh, head) if fresh else None
                 if batch is not None:
