@@ -90,6 +90,7 @@ BUS_COMMANDS = (
     "xgroup|create", "xgroup|delconsumer", "xreadgroup", "xack", "xclaim", "xpending", "xrange",
     "xinfo|consumers", "xinfo|stream", "xinfo|groups", "xadd",
     "hset", "hget", "hdel", "pexpire", "set", "del", "exists", "sadd", "multi", "exec", "discard",
+    "script|load",  # redis-py's registered scripts reload themselves after NOSCRIPT
 )  # fmt: skip
 RPC_CALL_COMMANDS = ("xread",)
 #: An agent's own data keys (``keys:``): data commands on those keys only, nothing dangerous.

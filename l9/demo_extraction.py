@@ -79,7 +79,7 @@ def agent_env(settings: Settings, endpoints: StackEndpoints) -> dict[str, str]:
 def consumer_names() -> list[str]:
     """The consumer each agent process claims first (``<group>-<n>``)."""
     names = [f"{name}-{i}" for name, count in PIPELINE for i in range(count)]
-    return [*names, "reporter-0"]
+    return [*names, "auditor-reporter-0"]
 
 
 async def wait_started(

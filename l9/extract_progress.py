@@ -95,7 +95,9 @@ async def missing_consumers(redis: aioredis.Redis, keys: Keys) -> list[str]:
     key of a consumer named ``<group>-<instance>`` (the names agents claim)."""
     missing = []
     for group, stream in [*PHASES.values(), ("auditor", "every stream")]:
-        alive = [key async for key in redis.scan_iter(match=keys.heartbeat(f"{group}-*"), count=1000)]
+        # the reporter runs in the auditor's processes, as consumer auditor-reporter-<n>
+        base = "auditor-reporter" if group == "reporter" else group
+        alive = [key async for key in redis.scan_iter(match=keys.heartbeat(f"{base}-*"), count=1000)]
         if not alive:
             missing.append(f"{group} (stream {stream})")
     return missing

@@ -99,7 +99,10 @@ async def _reporter(
     instance: str | None,
 ) -> StreamConsumer:
     """The reporter's consumer (group ``reporter`` on stream ``run``) of this process."""
-    name = await claim_consumer_name(redis, keys, REPORTER_GROUP, policy.heartbeat_ttl_ms, instance=instance)
+    # Named auditor-reporter-<n>: its heartbeat keys fall under the auditor's (hb:auditor-*),
+    # so the auditor's Redis user (``l9 acl render``) covers both consumers of the process.
+    base = f"{GROUP}-{REPORTER_GROUP}"
+    name = await claim_consumer_name(redis, keys, base, policy.heartbeat_ttl_ms, instance=instance)
     keyring = settings.keyring()
     publisher = Publisher(redis, keys, Signer(keyring, settings.signing_key_id))
     reporter = Reporter(

@@ -152,14 +152,6 @@ def test_the_entrypoint_refuses_to_start_without_its_inputs(
     assert proc.returncode == 1 and message in out.decode()
 
 
-#: Agents that cannot yet run as the Redis user ``l9 acl render`` gives them: what they send
-#: that governance/_identity.py does not grant.
-ACL_GAPS = {
-    "auditor": "NOPERM at start: its reporter's heartbeat keys (hb:reporter-*) are outside its patterns",
-    "sympy": "NOPERM on each request: SCRIPT LOAD (the result cache's script) is not granted",
-}
-
-
 def _healthy_as_user(
     acl_redis: AclRedis,
     agents: list[str],
@@ -198,14 +190,12 @@ def test_every_compose_agent_starts_and_beats_as_its_redis_user(
     assert _healthy_as_user(acl_redis, ready, spawn, agent_env, stack.redis_url) == {}
 
 
-@pytest.mark.xfail(strict=True, reason=ACL_GAPS["auditor"])
 def test_the_auditor_runs_as_its_redis_user(
     acl_redis: AclRedis, spawn: Callable[..., AgentProcess], agent_env: dict[str, str], stack: StackEndpoints
 ) -> None:
     assert _healthy_as_user(acl_redis, ["auditor"], spawn, agent_env, stack.redis_url) == {}
 
 
-@pytest.mark.xfail(strict=True, raises=RpcTimeout, reason=ACL_GAPS["sympy"])
 async def test_the_sympy_worker_answers_as_its_redis_user(
     acl_redis: AclRedis,
     spawn: Callable[..., AgentProcess],

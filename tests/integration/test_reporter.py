@@ -109,7 +109,7 @@ async def test_a_run_ends_with_its_signed_report_on_disk_and_a_notice(
     run, completion = envelopes[0].correlation_id, completion_of(envelopes)
     notice = await first_notice(redis, keys, run)
     assert notice.id == notice_id(completion.id) and notice.causation_id == completion.id
-    assert notice.source.startswith("agent://reporter/reporter-")
+    assert notice.source.startswith("agent://reporter/auditor-reporter-")
     data = notice.data
     md_path = Path(env["L9_HOME"]) / "reports" / f"{run}.md"
     assert (data["run"], data["result"], data["path"]) == (run, "passed", str(md_path.resolve()))
