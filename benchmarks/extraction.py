@@ -236,7 +236,7 @@ async def pipeline(
 ) -> dict[str, Any]:
     procs = [spawn(name, env, logs, instance) for name, instance in PIPELINE]
     try:
-        names = ["planner-0", "generator-0", "enforcer-0", "validator-0", "auditor-0", "reporter-0"]
+        names = ["planner-0", "generator-0", "enforcer-0", "validator-0", "auditor-0", "auditor-reporter-0"]
         start_s = await wait_up(settings, endpoints, [*names, "sympy-0", "sympy-1"])
         five, five_s = await one_run(settings, endpoints, SAMPLE, "l9.report.ready.v1")
         five_facts = await trail_phases(settings, endpoints, five)
