@@ -32,7 +32,7 @@ from l9.trail import open_trail
 from memory.postgres import AuditStoreUnavailable, PostgresAuditStore
 
 from ..runner import policy_from, stop_on_signal
-from .agent import GROUP, Auditor, Checkpointer, Failpoint, is_transient
+from .agent import GROUP, Auditor, Checkpointer, Failpoint, is_transient, tune_gc
 from .reporter import GROUP as REPORTER_GROUP
 from .reporter import RUN_STREAM, Reporter
 from .stream import AuditStream
@@ -73,6 +73,7 @@ async def run_auditor(settings: Settings, *, instance: str | None = None) -> Non
             before_ack=lambda: failpoint("before_xack"),
         )
         reporter = await _reporter(redis, keys, store, settings, policy, instance)
+        tune_gc()
         await _serve(auditor, consumer, reporter)
     finally:
         await store.close()

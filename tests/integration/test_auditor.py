@@ -150,6 +150,11 @@ async def test_two_auditors_share_the_work_and_keep_one_chain(
 ) -> None:
     env = {**auditor_env, "L9_AUDIT_BATCH_SIZE": "50"}
     first, second = spawn("auditor", env=env), spawn("auditor", env=env)
+    # both reading before anything is published, or the first one up may take all the work
+    started = [
+        lambda p=p: any(e.get("event") == "agent.started" for e in p.log_events()) for p in (first, second)
+    ]
+    await wait_for(lambda: all(ready() for ready in started), timeout=60)
     publisher = Publisher(redis, keys, signer)
     published: list[PacketEnvelope] = []
     for round_ in range(20):
