@@ -62,6 +62,11 @@ class Context(Generic[P]):
         await send_reply(self.agent.runtime.publisher, self.envelope, envelope)
         return envelope
 
+    def with_ack(self, *commands: tuple[Any, ...]) -> None:
+        """Redis commands to send with this delivery's acknowledgement, after the handler
+        returned, in the same round trip (:meth:`bus.Delivery.with_ack`)."""
+        self.delivery.with_ack(*commands)
+
     async def fail(self, error: str, detail: str = "") -> PacketEnvelope:
         """Answer a request with an error; the caller's ``call`` raises RemoteError."""
         return await self.reply(ErrorReply(error=error, detail=detail), kind="error")

@@ -33,6 +33,7 @@ from redis.exceptions import ResponseError
 from envelope import EnvelopeError, PacketEnvelope, Payload, PayloadRegistry, Verifier, decode
 from envelope import registry as default_registry
 
+from .connection import execute_many
 from .deadletter import DeadLetters
 from .errors import TRANSIENT
 from .keys import Keys
@@ -69,6 +70,21 @@ class Delivery:
     payload: Payload
     attempt: int
     raw: Fields = field(repr=False)
+    #: Redis commands the consumer sends in the round trip that acknowledges this
+    #: delivery, just before its XACK (see :meth:`with_ack`).
+    after: list[tuple[Any, ...]] = field(default_factory=list, repr=False, compare=False)
+
+    def with_ack(self, *commands: tuple[Any, ...]) -> None:
+        """Send ``commands`` (e.g. ``("XADD", key, "*", ...)``) with this delivery's
+        acknowledgement, once the handler has returned: one round trip for both.
+
+        For effects that follow the handler's answer (telemetry, copies): they are
+        written before the XACK, so a crash in between leaves the entry pending and the
+        handler runs again (at least once, never lost); an error *reply* to one of them
+        is logged (``consumer.after_ack_failed``) and does not hold the ack back.
+        A handler that fails drops them.
+        """
+        self.after.extend(commands)
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
@@ -152,6 +168,7 @@ class StreamConsumer:
         self._free = self.policy.max_in_flight
         self._freed = anyio.Event()
         self._acks: dict[str, list[tuple[str, int]]] = {}
+        self._with_acks: list[tuple[Any, ...]] = []  # Delivery.with_ack commands, sent before the XACKs
         self._ack_wanted = anyio.Event()
         self._read_scope = anyio.CancelScope()
         self._stopping = False
@@ -260,12 +277,17 @@ class StreamConsumer:
         await backoff.sleep()
 
     async def _accept_reply(self, send: _WorkQueue, reply: Any, attempt: int | dict[str, int]) -> None:
-        for key, entries in reply or ():
+        if not reply:
+            return
+        for key, entries in reply:
             stream = self.keys.name_of(key.decode() if isinstance(key, bytes) else key)
             for raw_id, fields in entries:
                 entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
                 n = attempt if isinstance(attempt, int) else attempt[entry_id]
                 await self._accept(send, stream, entry_id, fields, n)
+        # Let the woken workers start on what was just queued before this loop spends
+        # its turn issuing the next read: a handler's first step is on the latency path.
+        await anyio.lowlevel.checkpoint()
 
     async def _accept(
         self,
@@ -378,6 +400,8 @@ class StreamConsumer:
                     await self._failed(d, exc)
                     return
             self._acks.setdefault(d.stream, []).append((d.entry_id, d.attempt))
+            if d.after:
+                self._with_acks += d.after
             self._ack_wanted.set()
         finally:
             for var, token in zip(_LOG_VARS, tokens, strict=True):
@@ -418,23 +442,29 @@ class StreamConsumer:
                 await backoff.sleep()
 
     async def _flush_acks(self) -> bool:
-        """XACK everything handled so far in one round trip; False if Redis failed."""
+        """XACK everything handled so far, after its ``with_ack`` commands, in one round
+        trip; False if Redis failed (everything stays queued for the next try)."""
         if not self._acks:
             return True
         batch, self._acks = self._acks, {}
-        pipe = self.redis.pipeline(transaction=False)
+        riders, self._with_acks = self._with_acks, []
+        commands = list(riders)
         for stream, items in batch.items():
-            pipe.xack(self._key[stream], self.group, *(i for i, _ in items))
+            commands.append(("XACK", self._key[stream], self.group, *(i for i, _ in items)))
             retried = [i for i, attempt in items if attempt > 1]
             if retried:
-                pipe.hdel(self.keys.errors(stream), *retried)
+                commands.append(("HDEL", self.keys.errors(stream), *retried))
         try:
-            await pipe.execute(raise_on_error=False)
+            replies = await execute_many(self.redis, commands)
         except TRANSIENT as exc:
             self.log.warning("consumer.ack_failed", error=str(exc))
             for stream, items in batch.items():
                 self._acks.setdefault(stream, []).extend(items)
+            self._with_acks[:0] = riders
             return False
+        for command, reply in zip(riders, replies, strict=False):
+            if isinstance(reply, ResponseError):
+                self.log.error("consumer.after_ack_failed", command=str(command[0]), error=str(reply))
         done = 0
         for stream, items in batch.items():
             for entry_id, _ in items:

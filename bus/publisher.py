@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from envelope import PacketEnvelope, Signer, encode
 
+from .connection import execute_many, first_error
 from .keys import Keys
 from .topology import DEFAULT_TOPOLOGY, Topology
 
@@ -37,12 +39,21 @@ class Publisher:
         """Append a batch in one pipelined round trip; entry ids in input order."""
         if not envelopes:
             return []
-        pipe = self.redis.pipeline(transaction=False)
+        replies = await execute_many(self.redis, self.commands(envelopes, stream))
+        first_error(replies)
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in replies[:-1]]
+
+    def commands(
+        self, envelopes: Sequence[PacketEnvelope], stream: str | None = None
+    ) -> list[tuple[Any, ...]]:
+        """The Redis commands that publish ``envelopes``: one XADD each (signed), then the
+        SADD that lists their streams in the streams index (how the auditor finds them)."""
+        commands: list[tuple[Any, ...]] = []
         names: set[str] = set()
         for envelope in envelopes:
             name = stream or self.stream_of(envelope)
             names.add(name)
-            pipe.xadd(self.keys.stream(name), encode(envelope, self.signer))  # type: ignore[arg-type]
-        pipe.sadd(self.keys.streams_index(), *names)
-        replies = await pipe.execute()
-        return [r.decode() if isinstance(r, bytes) else str(r) for r in replies[:-1]]
+            entry = encode(envelope, self.signer)
+            commands.append(("XADD", self.keys.stream(name), "*", *(x for kv in entry.items() for x in kv)))
+        commands.append(("SADD", self.keys.streams_index(), *sorted(names)))
+        return commands

@@ -130,10 +130,14 @@ class RpcClient:
                 log.warning("rpc.redis_unavailable", error=str(exc))
                 await anyio.sleep(0.2)
                 continue
-            for _key, entries in reply or ():
+            if not reply:
+                continue
+            for _key, entries in reply:
                 for entry_id, fields in entries:
                     last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                     self._deliver(fields)
+            # The callers just woken go first; the next XREAD can wait one turn of the loop.
+            await anyio.lowlevel.checkpoint()
 
     def _deliver(self, fields: Any) -> None:
         try:

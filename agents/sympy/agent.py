@@ -11,7 +11,8 @@ to its anchors are published, caused by the request (:mod:`.violations`).
 
 Once the caller has its answer, every operation is published on ``sympy.events``
 (:mod:`.telemetry`), its reply copied to ``sympy.results`` (so the audit trail
-keeps it for ``l9 sympy export``, :mod:`.session`), both in one round trip, and
+keeps it for ``l9 sympy export``, :mod:`.session`), both in the round trip that
+acknowledges the request (written before its XACK: a crash re-runs it), and
 its metric rows are buffered for PostgreSQL (written in batches in the background
 by :class:`memory.postgres.metrics.MetricsWriter`; PostgreSQL away never slows a reply).
 """
@@ -26,7 +27,7 @@ from collections import OrderedDict
 from functools import partial
 
 from bus.errors import TRANSIENT
-from envelope import PacketEnvelope, encode, utcnow
+from envelope import PacketEnvelope, utcnow
 from governance import Escalations, PolicyEngine
 from l9.devstack import resolve_endpoints
 from l9.settings import Settings, get_settings
@@ -144,9 +145,10 @@ class SymPyAgent(Agent):
         reply: SymPyResult | None = None,
         error: ToolError | None = None,
     ) -> None:
-        """After the reply (off the caller's path), in one round trip: the operation's event on
-        ``sympy.events``, the reply's copy on ``sympy.results`` and the cache hits answered from
-        memory; then its metric rows to the buffer."""
+        """After the reply (off the caller's path): the operation's event on ``sympy.events``,
+        the reply's copy on ``sympy.results`` and the cache hits answered from memory go out
+        with the request's XACK, in one round trip (``ctx.with_ack``); its metric rows go to
+        the buffer."""
         ms = round((time.perf_counter() - started) * 1000, 3)
         request = ctx.payload
         event = OperationEvent(
@@ -160,20 +162,16 @@ class SymPyAgent(Agent):
             requester=ctx.envelope.auth or ctx.envelope.source,
         )
         envelope = self.envelope_for(event, cause=ctx.envelope)
-        await self._publish_after_reply(envelope, answer)
+        publisher = self.runtime.publisher
+        ctx.with_ack(
+            *publisher.commands([envelope], EVENTS_STREAM),
+            *publisher.commands([answer], RESULTS_STREAM),
+            *self.cache.counted(),
+        )
         if self.metrics is not None:
             for row in metric_rows(envelope, event, ctx.envelope):
                 self.metrics.add(row)
         self.log.debug("sympy.served", op=request.op, ms=ms, cached=event.cached, outcome=event.outcome)
-
-    async def _publish_after_reply(self, event: PacketEnvelope, answer: PacketEnvelope) -> None:
-        rt = self.runtime
-        pipe = rt.redis.pipeline(transaction=False)
-        pipe.xadd(rt.keys.stream(EVENTS_STREAM), encode(event, rt.signer))  # type: ignore[arg-type]
-        pipe.xadd(rt.keys.stream(RESULTS_STREAM), encode(answer, rt.signer))  # type: ignore[arg-type]
-        pipe.sadd(rt.keys.streams_index(), EVENTS_STREAM, RESULTS_STREAM)
-        self.cache.count_into(pipe)
-        await pipe.execute()
 
     async def compute(self, request: SymPyRequest, envelope: PacketEnvelope) -> SymPyResult:
         """The reply to ``request``: from the cache, or computed in the pool within its deadline."""

@@ -8,8 +8,8 @@ A hit skips the worker pool entirely. Two levels:
   hit/miss count are one Lua round trip.
 * this process's memory (small results, LRU, same TTL): a repeated request is
   answered without any round trip before the reply. Its hit is counted in
-  Redis afterwards (:meth:`ResultCache.count_into`, in the worker's round trip
-  after the reply),
+  Redis afterwards (:meth:`ResultCache.counted`, in the round trip that
+  acknowledges the request),
   so the counters are exact but may trail a reply by a moment.
 
 Results are deterministic functions of their key, so a local copy is never stale.
@@ -23,9 +23,9 @@ from collections import Counter, OrderedDict
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
 from bus import Keys
+from bus.connection import execute_many, first_error
 
 from .keys import cache_stats_key, result_key
 
@@ -80,17 +80,15 @@ class ResultCache:
 
     async def flush(self) -> None:
         """Write the hits answered from memory to the Redis counters."""
-        if not self._uncounted:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            self.count_into(pipe)
-            await pipe.execute()
+        commands = self.counted()
+        if commands:
+            first_error(await execute_many(self.redis, commands))
 
-    def count_into(self, pipe: Pipeline) -> None:
-        """Queue the hits answered from memory on ``pipe`` (the caller's round trip writes them)."""
+    def counted(self) -> list[tuple[str, str, str, int]]:
+        """The HINCRBYs that write the hits answered from memory since the last call (the
+        worker sends them in the round trip that acknowledges the request)."""
         counts, self._uncounted = self._uncounted, Counter()
-        for field, n in counts.items():
-            pipe.hincrby(cache_stats_key(self.keys), field, n)
+        return [("HINCRBY", cache_stats_key(self.keys), name, n) for name, n in counts.items()]
 
     async def stats(self) -> dict[str, int]:
         """Every counter, e.g. ``{"hits": 3, "misses": 1, "hits:simplify": 3, ...}``."""

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from agents import Agent, Context, Runtime, handles
 from bus import (
@@ -27,6 +28,7 @@ from bus import (
     trim_acknowledged,
 )
 from bus.batch import BatchConsumer, Entry, Rejected
+from bus.connection import execute_many, first_error
 from envelope import PacketEnvelope, Signer, Verifier
 from tests.conftest import wait_for
 from tests.integration.ledger import LedgerAgent, Ping, Pong, Work
@@ -99,6 +101,46 @@ async def test_failed_handler_is_retried_with_backoff_then_acked(
 
 async def _pending_zero(redis: aioredis.Redis, keys: Keys, group: str) -> bool:
     return int((await redis.xpending(keys.stream("test"), group))["pending"]) == 0
+
+
+async def test_with_ack_commands_go_out_with_the_ack_only_for_a_handler_that_returned(
+    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+) -> None:
+    """``Delivery.with_ack``: sent after the handler, with its XACK; a failed attempt's are
+    dropped (the retry queues its own); an error reply to one is logged, the entry acked."""
+    counter, wrong = f"{keys.namespace}:after:count", f"{keys.namespace}:after:hash"
+    await redis.hset(wrong, "f", "v")
+    sent_before_return: list[object] = []
+
+    async def handler(d: Delivery) -> None:
+        n = Work.model_validate(d.envelope.data).n
+        d.with_ack(("INCRBY", counter, 10**n))
+        if n == 1:
+            d.with_ack(("INCR", wrong))  # WRONGTYPE: logged, the entry still acked
+        sent_before_return.append(await redis.get(counter))
+        if n == 0 and d.attempt == 1:
+            raise ValueError("first attempt fails")
+
+    consumer = on_test_stream(redis, keys, verifier, "g", "c1", handler)
+    async with consuming(consumer):
+        await Publisher(redis, keys, signer).publish_many([work(0), work(1)])
+        await wait_for(lambda: len(sent_before_return) == 3 and not consumer.in_flight, timeout=10)
+        await wait_for(lambda: _pending_zero(redis, keys, "g"))
+    assert int(await redis.get(counter)) == 11, "the failed attempt's command was sent"
+    assert sent_before_return[0] is None, "a with_ack command went out before its handler returned"
+    assert await redis.hget(wrong, "f") == b"v"
+
+
+async def test_execute_many_reads_every_reply_and_keeps_the_connection_in_step(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    key = f"{keys.namespace}:many"
+    replies = await execute_many(redis, [("SET", key, "1"), ("HSET", key, "f", "v"), ("INCR", key)])
+    assert replies[0] == b"OK" and replies[2] == 2, "replies come unconverted, in order"
+    assert isinstance(replies[1], ResponseError) and "WRONGTYPE" in str(replies[1])
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        first_error(replies)
+    assert await execute_many(redis, [("GET", key), ("PING",)]) == [b"2", b"PONG"]
 
 
 async def test_long_handler_keeps_its_lease(
