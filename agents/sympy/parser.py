@@ -115,7 +115,9 @@ class _Builder:
     def _syntax_tree(self) -> ast.Expression:
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", SyntaxWarning)  # "invalid decimal literal" and friends
+                # "invalid decimal literal", "invalid escape sequence" (a DeprecationWarning on 3.11)
+                warnings.simplefilter("ignore", SyntaxWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
                 return ast.parse(self.text, mode="eval")
         except SyntaxError as exc:
             if not exc.offset:  # Python reports an unexpected end of input at offset 0
