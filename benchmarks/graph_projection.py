@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -32,6 +33,7 @@ from typing import Any
 
 import anyio
 
+from l9.logs import configure_logging
 from memory.graph import EnvelopeNode, SemanticGraph
 from memory.graph.falkordb import FalkorBackend
 
@@ -120,18 +122,22 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--lineages", type=int, default=300)
     args = parser.parse_args()
-    redis_url, stack = os.environ.get("REDIS_URL"), None
+    configure_logging("warning")  # structlog to stderr: stdout carries only the JSON
+    redis_url, stack, home = os.environ.get("REDIS_URL"), None, None
     if not redis_url:
         from l9.devstack import EmbeddedStack
 
         progress("starting the embedded stack (REDIS_URL not set)")
-        stack = EmbeddedStack(Path(tempfile.mkdtemp(prefix="l9bench-")))
+        home = Path(tempfile.mkdtemp(prefix="l9bench-"))
+        stack = EmbeddedStack(home)
         redis_url = stack.up().redis_url
     try:
         result = anyio.run(measure, redis_url, args)
     finally:
         if stack is not None:
             stack.down()
+        if home is not None:
+            shutil.rmtree(home, ignore_errors=True)
     print(json.dumps(result, indent=2))
 
 
