@@ -65,17 +65,18 @@ async def trim_acknowledged(redis: aioredis.Redis, key: str, *, max_age_s: float
     return removed
 
 
-async def fully_consumed(redis: aioredis.Redis, key: str) -> bool:
-    """Whether every group of ``key`` has read and acked its last entry (True without groups)."""
+async def fully_consumed(redis: aioredis.Redis, key: str, *, without_groups: bool = True) -> bool:
+    """Whether every group of ``key`` has read and acked its last entry; a missing stream is
+    consumed, one without any group is ``without_groups``."""
     try:
         info = await redis.xinfo_stream(key)
     except ResponseError:  # no such key
         return True
+    groups = await redis.xinfo_groups(key)
+    if not groups:
+        return without_groups
     last = as_text(info["last-generated-id"])
-    return all(
-        int(g["pending"]) == 0 and as_text(g["last-delivered-id"]) == last
-        for g in await redis.xinfo_groups(key)
-    )
+    return all(int(g["pending"]) == 0 and as_text(g["last-delivered-id"]) == last for g in groups)
 
 
 async def drop_finished_reply_streams(redis: aioredis.Redis, keys: Keys, *, idle_s: float) -> list[str]:

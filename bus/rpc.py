@@ -4,9 +4,10 @@ Each client owns a reply stream (``rpc.<client>``); a request carries its name
 in ``reply_to`` and its deadline in ``expires_at``. The responder appends the
 reply there; the client matches ``in_reply_to``. Replies survive a slow reader
 because they sit on a stream, not a channel. Other groups (the auditor) read
-reply streams too, so a closing client deletes its stream only once every
-group has consumed it; ``l9 trim`` drops the others when they are finished
-and idle (``bus.retention.drop_finished_reply_streams``).
+reply streams too, so a closing client deletes its stream only once some
+group exists there and every group has consumed it; ``l9 trim`` drops the
+others when they are finished and idle
+(``bus.retention.drop_finished_reply_streams``).
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ class RpcClient:
         self._tg.cancel_scope.cancel()
         await self._tg.__aexit__(None, None, None)
         with contextlib.suppress(*TRANSIENT):
-            if await fully_consumed(self.redis, self._key):
+            # Without any group yet, the auditor has not found the stream (it looks every
+            # second): it stays for it, and ``l9 trim`` drops it once finished and idle.
+            if await fully_consumed(self.redis, self._key, without_groups=False):
                 await self.redis.delete(self._key)
 
     async def call(

@@ -11,17 +11,20 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import asyncpg
 import msgpack
 import pytest
 import redis.asyncio as aioredis
 
+from agents import Runtime
 from agents.auditor.agent import GROUP
 from agents.auditor.stream import AUDIT_STREAM, seq_of
-from bus import Keys, Publisher
-from envelope import SIGNED_FIELDS, PacketEnvelope, Signer, encode
+from bus import DeliveryPolicy, Keys, Publisher, RpcClient, StreamConsumer
+from envelope import SIGNED_FIELDS, PacketEnvelope, Signer, Verifier, encode
 from memory.postgres import PostgresAuditStore, SigningKey, writer_dsn
 from tests.conftest import AgentProcess, wait_for
+from tests.integration.ledger import LedgerAgent, Ping
 
 pytestmark = pytest.mark.integration
 
@@ -125,6 +128,40 @@ async def test_every_stream_is_audited_once_new_streams_too_and_fed_to_the_audit
     assert report.ok and report.entries_checked == 350
     assert auditor.terminate() == 0
     assert await auditor_pending(redis, keys, (*STREAMS, "brandnew")) == 0
+
+
+async def test_the_reply_to_a_one_shot_rpc_client_is_audited(
+    redis: aioredis.Redis,
+    keys: Keys,
+    signer: Signer,
+    verifier: Verifier,
+    spawn: Callable[..., AgentProcess],
+    auditor_env: dict[str, str],
+    admin_dsn: str,
+) -> None:
+    """A client that lives less than the auditor's look for new streams (every second), as
+    ``l9 sympy eval`` does: its reply stream stays for the auditor after the client closed."""
+    auditor = spawn("auditor", env=auditor_env)
+    publisher = Publisher(redis, keys, signer)
+    await publisher.publish(envelope(0))
+    await wait_for(lambda: stored_count(admin_dsn, 1))  # the auditor is at work
+    runtime = Runtime(redis=redis, keys=keys, signer=signer, verifier=verifier, agent="ledger", instance="r1")
+    consumer = StreamConsumer(
+        redis, keys, group="ledger", consumer="r1", streams=["test"], handler=LedgerAgent(runtime).handle,
+        verifier=verifier, policy=DeliveryPolicy(block_ms=100),
+    )  # fmt: skip
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consumer.run)
+        await consumer.wait_started()
+        async with RpcClient(redis, publisher, verifier, name="oneshot") as rpc:
+            reply, _ = await rpc.call(Ping(text="hi"), source="agent://test/caller", deadline_s=5.0)
+        consumer.stop()
+    await wait_for(lambda: _stored(admin_dsn, reply.id), timeout=15)
+    assert auditor.terminate() == 0
+
+
+async def _stored(admin_dsn: str, envelope_id: str) -> bool:
+    return envelope_id in {eid for _, eid in await stored_ids(admin_dsn)}
 
 
 async def stored_count(admin_dsn: str, n: int) -> bool:

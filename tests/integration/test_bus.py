@@ -192,7 +192,9 @@ async def test_rpc_replies_within_deadline_and_times_out_past_it(
 async def test_a_reply_stream_outlives_its_client_until_every_group_read_it(
     redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
-    """The auditor reads reply streams too: closing the client must not delete unread replies."""
+    """The auditor reads reply streams too: closing the client must not delete unread replies,
+    nor replies on a stream no group has found yet (the auditor looks for new streams every
+    second; a one-shot CLI call is over sooner)."""
     runtime = Runtime(redis=redis, keys=keys, signer=signer, verifier=verifier, agent="ledger", instance="r1")
     consumer = on_test_stream(redis, keys, verifier, "ledger", "r1", LedgerAgent(runtime).handle)
     async with consuming(consumer):
@@ -200,19 +202,26 @@ async def test_a_reply_stream_outlives_its_client_until_every_group_read_it(
             await redis.xgroup_create(keys.stream(rpc.reply_stream), "auditor", id="0", mkstream=True)
             await rpc.call(Ping(text="hi"), source="agent://test/caller", deadline_s=2.0)
         async with RpcClient(redis, Publisher(redis, keys, signer), verifier, name="gone") as rpc:
+            key = keys.stream(rpc.reply_stream)
+            await redis.xgroup_create(key, "auditor", id="0", mkstream=True)
             await rpc.call(Ping(text="hi"), source="agent://test/caller", deadline_s=2.0)
-    kept, gone = keys.stream("rpc.kept"), keys.stream("rpc.gone")
+            ((_, ((entry_id, _),)),) = await redis.xreadgroup("auditor", "a-0", {key: ">"})
+            await redis.xack(key, "auditor", entry_id)
+        async with RpcClient(redis, Publisher(redis, keys, signer), verifier, name="unseen") as rpc:
+            await rpc.call(Ping(text="hi"), source="agent://test/caller", deadline_s=2.0)
+    kept, gone, unseen = keys.stream("rpc.kept"), keys.stream("rpc.gone"), keys.stream("rpc.unseen")
     assert await redis.xlen(kept) == 1 and not await redis.exists(gone)
-    assert await drop_finished_reply_streams(redis, keys, idle_s=0) == []  # the auditor has not read it
+    assert await redis.xlen(unseen) == 1, "a reply no group has seen was deleted with its client"
+    assert await drop_finished_reply_streams(redis, keys, idle_s=3600) == []  # unread or recent
     await redis.xreadgroup("auditor", "a-0", {kept: ">"})
     assert await drop_finished_reply_streams(redis, keys, idle_s=3600) == []  # read, not acked, recent
     ((entry_id, _),) = await redis.xrange(kept)
     await redis.xack(kept, "auditor", entry_id)
     assert await drop_finished_reply_streams(redis, keys, idle_s=3600) == []  # finished but recent
-    assert await drop_finished_reply_streams(redis, keys, idle_s=0) == ["rpc.kept"]
-    assert not await redis.exists(kept)
+    assert sorted(await drop_finished_reply_streams(redis, keys, idle_s=0)) == ["rpc.kept", "rpc.unseen"]
+    assert not await redis.exists(kept) and not await redis.exists(unseen)
     assert {n.decode() for n in await redis.smembers(keys.streams_index())}.isdisjoint(
-        {"rpc.kept", "rpc.gone"}
+        {"rpc.kept", "rpc.gone", "rpc.unseen"}
     )
 
 
