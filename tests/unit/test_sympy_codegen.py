@@ -93,6 +93,20 @@ def test_generated_python_runs_on_arrays_and_matches_evalf(name: str) -> None:
     assert_agrees(list(values), reference(EXPRS[name]))
 
 
+@pytest.mark.parametrize(
+    "expr", ["erf(x) + gamma(y + 3)", "Max(x, y)*Min(x, y**2) + 7", "erfc(x)*gamma(y + 2)"]
+)
+def test_generated_python_imports_what_it_calls_and_takes_arrays(expr: str) -> None:
+    """Functions numpy lacks come from ``math`` (and ``functools`` for Max/Min): imported, and
+    applied element by element, in a fresh namespace with nothing else in it."""
+    generated = code(expr, "python", name="kernel")
+    namespace: dict[str, Any] = {}
+    exec(compile(generated["source"], "<generated>", "exec"), namespace)  # our own generated code
+    assert_agrees(list(namespace["kernel"](np.array(XS), np.array(YS))), reference(expr))
+    scalar = namespace["kernel"](XS[0], YS[0])
+    assert_agrees([float(scalar)], reference(expr, XS[:1], YS[:1]))
+
+
 def test_generated_cython_builds_and_matches_evalf(tmp_path: Path) -> None:
     cython, gcc = shutil.which("cython", path=os.path.dirname(sys.executable)), shutil.which("gcc")
     include = sysconfig.get_paths()["include"]
