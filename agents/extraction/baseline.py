@@ -26,6 +26,8 @@ import redis.asyncio as aioredis
 import structlog
 from pydantic import BaseModel, ConfigDict
 
+from memory.graph import GraphSettings, open_graph
+
 from .collection import Collection, SchemaError
 
 log = structlog.get_logger("l9.extraction.baseline")
@@ -183,10 +185,12 @@ def _each(
     ]
 
 
-def stack_probes(redis_url: str, database_url: str) -> dict[str, Probe]:
-    """Probes of the real stack: Redis PING, a PostgreSQL ``SELECT 1``, the graph module on Redis.
+def stack_probes(redis_url: str, database_url: str, graph: GraphSettings | None = None) -> dict[str, Probe]:
+    """Probes of the real stack: Redis PING, a PostgreSQL ``SELECT 1``, the graph store.
 
-    The graph store is FalkorDB, a module of the same Redis (the embedded default).
+    The graph store is the one ``graph`` settings choose when they name one (``NEO4J_URL``,
+    ``L9_GRAPH_URL``: a query must answer there); else FalkorDB, a module of the bus's Redis
+    (the embedded default), which must be loaded.
     """
 
     async def redis_probe() -> None:
@@ -197,6 +201,13 @@ def stack_probes(redis_url: str, database_url: str) -> dict[str, Probe]:
             await client.aclose()
 
     async def graph_probe() -> None:
+        if graph is not None and (graph.neo4j_url or graph.graph_url):
+            store = open_graph(graph, redis_url)
+            try:
+                await store.ping()
+            finally:
+                await store.close()
+            return
         client = aioredis.Redis.from_url(redis_url)
         try:
             modules = await client.module_list()

@@ -182,7 +182,7 @@ class PlannerAgent(Agent):
     async def on_start(self) -> None:
         if self.probes is None:
             endpoints = resolve_endpoints(self.settings)
-            self.probes = stack_probes(endpoints.redis_url, endpoints.database_url)
+            self.probes = stack_probes(endpoints.redis_url, endpoints.database_url, self.settings)
         policy = load_policy_file(self.settings.policy_file)
         if self.anchors is None:
             self.anchors = frozenset(a.name for a in policy.anchors)

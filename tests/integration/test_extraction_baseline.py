@@ -11,6 +11,8 @@ from agents.extraction import load_file
 from agents.extraction.baseline import baseline_errors, run_baseline, stack_probes
 from governance import load_policy_file
 from l9.devstack import StackEndpoints
+from l9.settings import Settings
+from memory.graph import GraphUnavailable
 
 pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -46,3 +48,17 @@ async def test_a_backend_that_is_not_there_fails_with_the_drivers_reason(stack: 
         "tensoraios_ecosystem.md:34 agent 'tensoraios': memorytopology.workingmemory.storagetype"
         " needs the redis backend, which failed its baseline check: ConnectionError"
     )
+
+
+@pytest.mark.parametrize("where", ["L9_GRAPH_URL", "NEO4J_URL"])
+async def test_the_graph_probe_asks_the_configured_graph_store(stack: StackEndpoints, where: str) -> None:
+    """With a graph store of its own configured, the bus Redis having FalkorDB proves nothing:
+    the probe queries the configured store (here, on a port nobody listens on)."""
+    port = closed_port()
+    url = f"redis://127.0.0.1:{port}/0" if where == "L9_GRAPH_URL" else f"bolt://127.0.0.1:{port}"
+    settings = Settings.model_validate({"graph_url" if where == "L9_GRAPH_URL" else "neo4j_url": url})
+    probes = stack_probes(stack.redis_url, stack.database_url, settings)
+    await probes["redis"]()
+    with pytest.raises(GraphUnavailable):
+        await probes["graph"]()
+    await stack_probes(stack.redis_url, stack.database_url, Settings.model_validate({}))["graph"]()
