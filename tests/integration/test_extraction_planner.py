@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,3 +80,32 @@ async def test_the_planner_locks_a_valid_collection_and_rejects_a_cycle(
     ]
     assert planner.terminate() == 0
     assert any(e.get("event") == "planner.planned" for e in planner.log_events())
+
+
+async def test_a_configured_graph_store_that_is_away_fails_the_baseline(
+    spawn: Callable[..., AgentProcess], redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+) -> None:
+    """The agents need a graph store; the one configured (``L9_GRAPH_URL``) does not answer, though
+    the bus's Redis has FalkorDB: the baseline asks the configured one and the run is rejected."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    planner = spawn("planner", env={"L9_GRAPH_URL": f"redis://127.0.0.1:{port}/0", "L9_GRAPH_TIMEOUT_S": "1"})
+    request = request_envelope(EXAMPLES / "tensoraios_ecosystem.md")
+    await Publisher(redis, keys, signer).publish(request)
+
+    async def finished() -> bool:
+        pairs = await run_of(redis, keys, verifier, request.id)
+        return bool(pairs) and isinstance(pairs[-1][1], PlanLocked | PlanRejected)
+
+    await wait_for(finished, timeout=60)
+    run = await run_of(redis, keys, verifier, request.id)
+    assert [type(p) for _, p in run] == [SchemaParsed, PlanResearch, PlanBaseline, PlanRejected]
+    baseline = run[2][1]
+    assert isinstance(baseline, PlanBaseline) and not baseline.ok
+    failed = {c.target: c.detail for c in baseline.checks if not c.ok}
+    assert set(failed) == {"graph"}, baseline.checks
+    assert planner.terminate() == 0
+    assert any(e.get("event") == "graph.write_failed" for e in planner.log_events()), (
+        "the research DAG's write to the graph store that is away failed without holding the planner up"
+    )

@@ -10,8 +10,10 @@ parameters and temporaries, arithmetic, comparisons, calls of ``numpy.*``,
 string, a complex constant, a statement that is not an assignment) is a
 :class:`KernelCodeError` naming the kernel.
 
-``math.f(...)`` works on one number only; it is rewritten as
-``numpy.vectorize(math.f, otypes=[float])(...)`` so every kernel takes arrays.
+``math.f(...)`` works on one number only: the worker writes it as
+``numpy.vectorize(math.f, otypes=[float])(...)`` so the kernel takes arrays; that
+form is checked as ``math.f(...)`` and written the same way (a bare ``math.f(...)``
+is wrapped too).
 """
 
 from __future__ import annotations
@@ -97,10 +99,11 @@ def kernel_code(source: KernelSource) -> KernelCode:
     used: set[str] = set()
     for statement in body[:-1]:
         target, value = _assignment(source, statement)
+        value = _Unvectorise().visit(value)
         used |= _check(source, value, names)
         temporaries.append((target, _text(value)))
         names.add(target)
-    result = body[-1].value
+    result = _Unvectorise().visit(body[-1].value)
     used |= _check(source, result, names)
     return KernelCode(
         name=source.name,
@@ -180,6 +183,26 @@ def _check_attribute(source: KernelSource, node: ast.Attribute) -> None:
         raise _error(source, f"attribute {ast.unparse(node)!r} is not a numpy/math function or constant")
     if owner.id == "functools" and node.attr != "reduce":
         raise _error(source, f"functools.{node.attr} is not allowed")
+
+
+class _Unvectorise(ast.NodeTransformer):
+    """``numpy.vectorize(math.f, otypes=[float])(args)`` (how the worker writes a ``math``
+    function for arrays) -> ``math.f(args)``: checked as such, wrapped again by :class:`_Vectorise`."""
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        wrapper = node.func
+        if (
+            isinstance(wrapper, ast.Call)
+            and ast.unparse(wrapper.func) == "numpy.vectorize"
+            and len(wrapper.args) == 1
+            and isinstance(wrapper.args[0], ast.Attribute)
+            and isinstance(wrapper.args[0].value, ast.Name)
+            and wrapper.args[0].value.id == "math"
+            and [ast.unparse(k) for k in wrapper.keywords] == ["otypes=[float]"]
+        ):
+            node.func = wrapper.args[0]
+        return node
 
 
 class _Vectorise(ast.NodeTransformer):
