@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -153,6 +154,13 @@ def run_l9(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.
         text=True,
         timeout=timeout,
     )
+
+
+def free_port() -> int:
+    """A local TCP port nobody listens on (just released by the OS)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05) -> None:

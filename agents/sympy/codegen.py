@@ -215,6 +215,10 @@ def _fortran(kernel: Kernel) -> str:
     )
 
 
+#: How Python code applies a ``math`` function (one number at a time) to arrays.
+ARRAY_CALL = "numpy.vectorize({}, otypes=[float])"
+
+
 class _ArrayPrinter(NumPyPrinter):  # type: ignore[misc]
     """NumPy code; a function numpy lacks (``erf``, ``gamma``, ...) is Python's ``math`` one
     applied element by element, so the kernel takes arrays as well as numbers."""
@@ -222,7 +226,7 @@ class _ArrayPrinter(NumPyPrinter):  # type: ignore[misc]
     def _module_format(self, fqn: str, register: bool = True) -> str:
         name: str = super()._module_format(fqn, register)
         if fqn.startswith("math."):
-            return f"numpy.vectorize({name}, otypes=[float])"
+            return ARRAY_CALL.format(name)
         return name
 
 

@@ -8,7 +8,6 @@ the embedded stack's redis-server instead of the image's ``docker-entrypoint.sh`
 from __future__ import annotations
 
 import json
-import socket
 import stat
 import subprocess
 import time
@@ -26,7 +25,7 @@ from agents.sympy import SymPyTool
 from bus import Keys, Publisher, RpcClient, RpcTimeout, connect
 from envelope import Signer, Verifier
 from l9.devstack import StackEndpoints
-from tests.conftest import ROOT, AgentProcess, run_l9, wait_for
+from tests.conftest import ROOT, AgentProcess, free_port, run_l9, wait_for
 from tests.unit.test_specs import agent_services, known_agents
 
 pytestmark = pytest.mark.integration
@@ -49,12 +48,6 @@ class AclRedis:
         return f"redis://{self.namespace}-{agent}:{self.passwords[agent]}@127.0.0.1:{self.port}/0"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_entrypoint(env: dict[str, str], port: int, data: Path) -> subprocess.Popen[bytes]:
     """``sh deploy/redis-entrypoint.sh`` with the compose command's arguments (AOF on)."""
     args = ["--appendonly", "yes", "--appendfsync", "everysec", "--port", str(port), "--dir", str(data)]
@@ -72,7 +65,7 @@ def acl_redis(tmp_path: Path, namespace: str, agent_env: dict[str, str]) -> Iter
     env = {**agent_env, "L9_POLICY_FILE": str(ROOT / "deploy/identity.yaml")}
     done = run_l9("acl", "render", "--out", str(users), "--passwords", str(passwords), env=env)
     assert done.returncode == 0, done.stderr
-    port, effective = _free_port(), tmp_path / "users.acl"
+    port, effective = free_port(), tmp_path / "users.acl"
     proc = start_entrypoint(
         {
             "L9_ACL_SOURCE": str(users),
@@ -147,7 +140,7 @@ def test_the_entrypoint_refuses_to_start_without_its_inputs(
         "REDIS_ADMIN_PASSWORD": "x",
     }
     env[missing] = "" if missing == "REDIS_ADMIN_PASSWORD" else str(tmp_path / "absent.acl")
-    proc = start_entrypoint(env, _free_port(), tmp_path)
+    proc = start_entrypoint(env, free_port(), tmp_path)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 1 and message in out.decode()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,10 @@ from governance import load_policy_file
 from l9.devstack import StackEndpoints
 from l9.settings import Settings
 from memory.graph import GraphUnavailable
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_the_seed_ecosystem_passes_its_baseline_on_the_real_stack(stack: StackEndpoints) -> None:
@@ -38,7 +32,7 @@ async def test_the_seed_ecosystem_passes_its_baseline_on_the_real_stack(stack: S
 
 async def test_a_backend_that_is_not_there_fails_with_the_drivers_reason(stack: StackEndpoints) -> None:
     collection = load_file(EXAMPLES / "tensoraios_ecosystem.md")
-    probes = stack_probes(f"redis://127.0.0.1:{closed_port()}/0", stack.database_url)
+    probes = stack_probes(f"redis://127.0.0.1:{free_port()}/0", stack.database_url)
     baseline = await run_baseline(collection, probes=probes, anchors={"Igor", "Compliance"})
     failed = {c.target: c.detail for c in baseline.failures()}
     assert set(failed) == {"redis", "graph"}, "PostgreSQL is up; both Redis probes fail"
@@ -54,7 +48,7 @@ async def test_a_backend_that_is_not_there_fails_with_the_drivers_reason(stack: 
 async def test_the_graph_probe_asks_the_configured_graph_store(stack: StackEndpoints, where: str) -> None:
     """With a graph store of its own configured, the bus Redis having FalkorDB proves nothing:
     the probe queries the configured store (here, on a port nobody listens on)."""
-    port = closed_port()
+    port = free_port()
     url = f"redis://127.0.0.1:{port}/0" if where == "L9_GRAPH_URL" else f"bolt://127.0.0.1:{port}"
     settings = Settings.model_validate({"graph_url" if where == "L9_GRAPH_URL" else "neo4j_url": url})
     probes = stack_probes(stack.redis_url, stack.database_url, settings)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from agents.extraction import (
 )
 from bus import Keys, Publisher
 from envelope import PacketEnvelope, Payload, Signer, Verifier, decode
-from tests.conftest import AgentProcess, wait_for
+from tests.conftest import AgentProcess, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -87,10 +86,8 @@ async def test_a_configured_graph_store_that_is_away_fails_the_baseline(
 ) -> None:
     """The agents need a graph store; the one configured (``L9_GRAPH_URL``) does not answer, though
     the bus's Redis has FalkorDB: the baseline asks the configured one and the run is rejected."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    planner = spawn("planner", env={"L9_GRAPH_URL": f"redis://127.0.0.1:{port}/0", "L9_GRAPH_TIMEOUT_S": "1"})
+    graph_url = f"redis://127.0.0.1:{free_port()}/0"
+    planner = spawn("planner", env={"L9_GRAPH_URL": graph_url, "L9_GRAPH_TIMEOUT_S": "1"})
     request = request_envelope(EXAMPLES / "tensoraios_ecosystem.md")
     await Publisher(redis, keys, signer).publish(request)
 

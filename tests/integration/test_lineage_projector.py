@@ -4,7 +4,6 @@ the planner's DAG, and a graph outage that leaves entries pending until the stor
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from envelope import PacketEnvelope, Signer, Verifier, decode
 from l9.devstack import StackEndpoints
 from memory.graph import GraphError, SemanticGraph, graph_key
 from memory.graph.falkordb import FalkorBackend
-from tests.conftest import AgentProcess, run_l9, wait_for
+from tests.conftest import AgentProcess, free_port, run_l9, wait_for
 
 pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -171,17 +170,10 @@ async def test_the_dag_in_the_graph_equals_the_planners(
     assert [s["type"] for s in steps] == ["l9.plan.locked.v1", "l9.extract.request.v1"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def graph_server(tmp_path: Path) -> Iterator[tuple[str, Callable[[], None]]]:
     """A second Redis + FalkorDB for the graph alone: its URL, and how to start it (not yet running)."""
-    port, procs = _free_port(), []
+    port, procs = free_port(), []
 
     def start() -> None:
         command = [

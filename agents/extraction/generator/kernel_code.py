@@ -21,6 +21,8 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
+from ...sympy.codegen import ARRAY_CALL
+
 #: Modules the worker's code may use, and the names a kernel module imports for them.
 MODULES = ("functools", "math", "numpy")
 _BUILTINS = frozenset({"abs"})
@@ -185,36 +187,35 @@ def _check_attribute(source: KernelSource, node: ast.Attribute) -> None:
         raise _error(source, f"functools.{node.attr} is not allowed")
 
 
+def _math_function(node: ast.expr) -> bool:
+    return isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "math"
+
+
 class _Unvectorise(ast.NodeTransformer):
     """``numpy.vectorize(math.f, otypes=[float])(args)`` (how the worker writes a ``math``
-    function for arrays) -> ``math.f(args)``: checked as such, wrapped again by :class:`_Vectorise`."""
+    function for arrays, ``ARRAY_CALL``) -> ``math.f(args)``: checked as such, then wrapped
+    again by :class:`_Vectorise`."""
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         self.generic_visit(node)
         wrapper = node.func
         if (
             isinstance(wrapper, ast.Call)
-            and ast.unparse(wrapper.func) == "numpy.vectorize"
             and len(wrapper.args) == 1
-            and isinstance(wrapper.args[0], ast.Attribute)
-            and isinstance(wrapper.args[0].value, ast.Name)
-            and wrapper.args[0].value.id == "math"
-            and [ast.unparse(k) for k in wrapper.keywords] == ["otypes=[float]"]
+            and _math_function(wrapper.args[0])
+            and ast.unparse(wrapper) == ARRAY_CALL.format(ast.unparse(wrapper.args[0]))
         ):
             node.func = wrapper.args[0]
         return node
 
 
 class _Vectorise(ast.NodeTransformer):
-    """``math.f(args)`` -> ``numpy.vectorize(math.f, otypes=[float])(args)``."""
+    """``math.f(args)`` -> ``numpy.vectorize(math.f, otypes=[float])(args)`` (``ARRAY_CALL``)."""
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         self.generic_visit(node)
-        func = node.func
-        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "math":
-            vectorize = ast.Attribute(value=ast.Name("numpy", ast.Load()), attr="vectorize", ctx=ast.Load())
-            otypes = ast.keyword("otypes", ast.List([ast.Name("float", ast.Load())], ast.Load()))
-            node.func = ast.Call(func=vectorize, args=[func], keywords=[otypes])
+        if _math_function(node.func):
+            node.func = ast.parse(ARRAY_CALL.format(ast.unparse(node.func)), mode="eval").body
         return node
 
 
