@@ -1,16 +1,56 @@
-"""The bus's small exception vocabulary."""
+"""The bus's small exception vocabulary, and the one place Redis error replies are told apart."""
 
 from __future__ import annotations
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: Redis is unreachable or slow: back off and try again, never crash.
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
+def error_code(exc: ResponseError) -> str:
+    """The code a Redis error reply starts with: ``NOGROUP``, ``BUSYGROUP``, ``ERR``...
+
+    redis-py has exception classes for some replies (``NoScriptError``, ``ReadOnlyError``...)
+    but none for the consumer-group ones, so they are recognised here, by their code: redis-py
+    8 keeps it in ``status_code``; older versions leave it as the message's first word.
+    """
+    code = getattr(exc, "status_code", None)
+    return code if isinstance(code, str) else str(exc).partition(" ")[0]
+
+
+def is_nogroup(exc: ResponseError) -> bool:
+    """The consumer group (or its stream) is gone: Redis restarted or was flushed, or the
+    stream was deleted."""
+    return error_code(exc) == "NOGROUP"
+
+
+def is_busygroup(exc: ResponseError) -> bool:
+    """XGROUP CREATE of a group that exists already."""
+    return error_code(exc) == "BUSYGROUP"
+
+
+def is_missing_stream(exc: ResponseError) -> bool:
+    """XGROUP CREATE (without MKSTREAM) on a stream that does not exist: a plain ``ERR``
+    reply, so only its text tells."""
+    return "requires the key to exist" in str(exc)
+
+
 class BusError(Exception):
     """Base of every bus error."""
+
+
+class DeadLetter(BusError):
+    """Refuses an entry for good: raised by a middleware step (``bus.middleware``) or a
+    handler, it sends the entry to the dead-letter stream at once with ``reason`` and
+    ``detail``, never retried. Any other exception is a failed attempt, retried."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
 
 
 class RpcTimeout(BusError, TimeoutError):

@@ -23,7 +23,16 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 #: The packages documented, in this order (a missing optional one is left out).
-MODULES = ("envelope", "bus", "agents", "agents.sympy", "governance", "memory.postgres", "memory.graph")
+MODULES = (
+    "envelope",
+    "bus",
+    "agents",
+    "agents.sympy",
+    "governance",
+    "memory.audit",
+    "memory.postgres",
+    "memory.graph",
+)
 HEADER = """# L9 API reference
 
 Generated from the code by `python scripts/gen_api_docs.py` (``l9/apidoc.py``): each

@@ -22,9 +22,9 @@ from rich.console import Console
 
 from agents.runner import BUILTIN
 from bus import Keys, connect
-from l9.cli_extract import Options, Outcome, build_request, check_file, default_requester, extract
 from l9.demo import spawn_agent, stop_agents
 from l9.devstack import StackEndpoints
+from l9.extract_run import Options, Outcome, build_request, check_file, default_requester, extract
 from l9.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

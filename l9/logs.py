@@ -18,7 +18,7 @@ def configure_logging(level: str = "info", **context: str) -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    # Libraries logging through the standard library (asyncpg, ...) get JSON lines too.
+    # Libraries logging through the standard library (the database driver, ...) get JSON lines too.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(

@@ -11,12 +11,16 @@ The canonical header is the msgpack array of :data:`HEADER_FIELDS` in that order
 envelope_time_us, recorded_at_us, stream, entry_id]``, times as integer
 microseconds since the Unix epoch (UTC). The 0x00 / 0x01 prefixes keep a leaf
 from ever being taken for a chain link (as in RFC 6962).
+
+:func:`payload_hash`, :func:`leaf_hash` and :func:`chain_hash` are the only places the
+formulas are written: the append path (:func:`leaf_hash_of`), the in-memory recorder and
+verification all call them (hot loops through local aliases, never a copy of the formula).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -44,7 +48,9 @@ NODE_PREFIX = b"\x01"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _sha256 = hashlib.sha256
-_pack = msgpack.Packer(use_bin_type=True).pack  # one C call, holding the GIL: safe to share
+#: msgpack as the chain packs it (bin type for bytes). One C call, holding the GIL: safe to share.
+pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
+_pack = pack
 
 
 def to_micros(moment: datetime) -> int:
@@ -74,7 +80,13 @@ def canonical_header(values: Sequence[Any]) -> bytes:
 
 
 def leaf_hash(header: bytes, payload_digest: bytes) -> bytes:
+    """``H(0x00 || canonical header || payload hash)``: the leaf of one entry."""
     return _sha256(LEAF_PREFIX + header + payload_digest).digest()
+
+
+def chain_hash(previous: bytes, leaf: bytes) -> bytes:
+    """``H(0x01 || previous chain hash || leaf)``: the chain hash of one entry."""
+    return _sha256(NODE_PREFIX + previous + leaf).digest()
 
 
 # msgpack is concatenative: an array packs as its head (the count) followed by each
@@ -83,11 +95,7 @@ def leaf_hash(header: bytes, payload_digest: bytes) -> bytes:
 # append fills in: ``leaf_hash_of(header_parts(...), seq, recorded_at_us, digest)``
 # equals ``leaf_hash(canonical_header([...]), digest)`` byte for byte.
 _NONE_SIZE = len(_pack(None))
-_LEAF_HEAD = (
-    LEAF_PREFIX
-    + _pack((None,) * len(HEADER_FIELDS))[: -len(HEADER_FIELDS) * _NONE_SIZE]
-    + _pack(HASH_VERSION)
-)
+_HEADER_HEAD = _pack((None,) * len(HEADER_FIELDS))[: -len(HEADER_FIELDS) * _NONE_SIZE] + _pack(HASH_VERSION)
 _BEFORE_HEAD = len(_pack((None,) * 6)) - 6 * _NONE_SIZE  # head of a 6-array
 _AFTER_HEAD = len(_pack((None,) * 2)) - 2 * _NONE_SIZE  # head of a 2-array
 
@@ -115,10 +123,6 @@ def header_parts(
 def leaf_hash_of(parts: HeaderParts, seq: int, recorded_at_us: int, payload_digest: bytes) -> bytes:
     """:func:`leaf_hash` of the completed header (version :data:`HASH_VERSION`)."""
     between, after = parts
-    return _sha256(
-        b"".join((_LEAF_HEAD, _pack(seq), between, _pack(recorded_at_us), after, payload_digest))
-    ).digest()
-
-
-def chain_hash(previous: bytes, leaf: bytes) -> bytes:
-    return _sha256(NODE_PREFIX + previous + leaf).digest()
+    return leaf_hash(
+        b"".join((_HEADER_HEAD, _pack(seq), between, _pack(recorded_at_us), after)), payload_digest
+    )

@@ -1,4 +1,4 @@
-"""The auditor: every envelope of every stream, exactly once, into the Postgres trail.
+"""The auditor: every envelope of every stream, exactly once, into the audit trail.
 
 Its consumer group ``auditor`` sits on every stream of the namespace (the
 streams index plus the topology), found again every second, so new streams
@@ -6,7 +6,7 @@ are audited without a restart. Each batch of up to ``L9_AUDIT_BATCH_SIZE``
 entries, in two stages that the batch consumer overlaps across batches:
 prepare (decode, verify signatures, hash payloads, pack headers) -> commit
 (under the chain lock: dedupe, chain hashes, ``COPY``, move the head, one
-NOTIFY, COMMIT, see ``PostgresAuditStore.append_prepared``) -> XACK. An
+NOTIFY, COMMIT, see ``AuditRecorder.append_prepared``) -> XACK. An
 entry is acked only after its batch committed; a crash anywhere before that
 leaves it pending, and the redelivery is a no-op (the envelope id dedupes).
 After the commit the batch goes out on the ``audit`` stream, and a signed
@@ -28,20 +28,19 @@ import anyio.lowlevel
 import redis.asyncio as aioredis
 import structlog
 
-from bus import Keys, Topology, as_text
-from bus.batch import Entry, Rejected, Staged
-from bus.errors import TRANSIENT
+from bus import TRANSIENT, Entry, Keys, Rejected, Staged, Topology, as_text
 from envelope import SIGNATURE_FIELD, SIGNED_FIELDS, EnvelopeError, Verifier
-from memory.postgres import (
+from memory.audit import (
     AuditRecord,
+    AuditRecorder,
     AuditRecordError,
     AuditStoreUnavailable,
     Committed,
-    PostgresAuditStore,
+    PreparedAppend,
+    SigningKey,
+    decode_entry,
+    prepare_append,
 )
-from memory.postgres.appending import PreparedAppend, prepare_append
-from memory.postgres.checkpoints import SigningKey
-from memory.postgres.records import decode_entry
 from memory.summary import summarize
 
 from .stream import AUDIT_STREAM, AuditStream
@@ -132,7 +131,7 @@ class Failpoint:
 class Checkpointer:
     """A signed checkpoint every ``every`` entries or ``interval_s`` seconds of a moving head."""
 
-    def __init__(self, store: PostgresAuditStore, key: SigningKey, every: int, interval_s: float) -> None:
+    def __init__(self, store: AuditRecorder, key: SigningKey, every: int, interval_s: float) -> None:
         self.store, self.key, self.every, self.interval_s = store, key, every, interval_s
         self.last_seq = 0
         self._due = anyio.Event()
@@ -173,7 +172,7 @@ class Auditor:
         self,
         redis: aioredis.Redis,
         keys: Keys,
-        store: PostgresAuditStore,
+        store: AuditRecorder,
         verifier: Verifier,
         stream: AuditStream,
         checkpointer: Checkpointer,

@@ -1,7 +1,7 @@
 """``l9 agent run auditor``: the auditor as its own OS process.
 
-Several auditor processes share the ``auditor`` group; the chain lock in
-Postgres keeps one chain. Each process also runs the reporter (group
+Several auditor processes share the ``auditor`` group; the chain lock of the
+trail (in PostgreSQL) keeps one chain. Each process also runs the reporter (group
 ``reporter`` on stream ``run``, see :mod:`.reporter`), which renders a run's
 evidence report when the run ends. SIGTERM/SIGINT: stop reading, finish the
 batch in hand and the reports being written, leave the rest pending; a
@@ -16,6 +16,8 @@ import structlog
 
 from bus import (
     DEFAULT_TOPOLOGY,
+    Backoff,
+    BatchConsumer,
     DeliveryPolicy,
     Keys,
     Publisher,
@@ -23,13 +25,11 @@ from bus import (
     claim_consumer_name,
     connect,
 )
-from bus.batch import BatchConsumer
-from bus.consumer import Backoff
 from envelope import Signer, Verifier
 from l9.devstack import StackEndpoints, resolve_endpoints
 from l9.settings import Settings
 from l9.trail import open_trail
-from memory.postgres import AuditStoreUnavailable, PostgresAuditStore
+from memory.audit import AuditRecorder, AuditStoreUnavailable
 
 from ..runner import policy_from, stop_on_signal
 from .agent import GROUP, Auditor, Checkpointer, Failpoint, is_transient, tune_gc
@@ -46,8 +46,7 @@ async def run_auditor(settings: Settings, *, instance: str | None = None) -> Non
     keys, policy = Keys(settings.namespace), policy_from(settings)
     keyring = settings.keyring()
     failpoint = Failpoint(settings.audit_failpoint)
-    store = await _open_trail(settings, endpoints)
-    store.stage_hook = failpoint
+    store = await _open_trail(settings, endpoints, failpoint)
     try:
         name = await claim_consumer_name(redis, keys, GROUP, policy.heartbeat_ttl_ms, instance=instance)
         structlog.contextvars.bind_contextvars(agent=GROUP, consumer=name)
@@ -80,12 +79,12 @@ async def run_auditor(settings: Settings, *, instance: str | None = None) -> Non
         await redis.aclose()
 
 
-async def _open_trail(settings: Settings, endpoints: StackEndpoints) -> PostgresAuditStore:
-    """The trail, waiting (with backoff) for Postgres to come up."""
+async def _open_trail(settings: Settings, endpoints: StackEndpoints, failpoint: Failpoint) -> AuditRecorder:
+    """The trail, waiting (with backoff) for its store to come up."""
     backoff = Backoff(cap=10.0)
     while True:
         try:
-            return await open_trail(settings, endpoints)
+            return await open_trail(settings, endpoints, stage_hook=failpoint)
         except AuditStoreUnavailable as exc:
             log.warning("auditor.postgres_unavailable", error=str(exc), retry_in_s=backoff.next)
             await backoff.sleep()
@@ -94,7 +93,7 @@ async def _open_trail(settings: Settings, endpoints: StackEndpoints) -> Postgres
 async def _reporter(
     redis: aioredis.Redis,
     keys: Keys,
-    store: PostgresAuditStore,
+    store: AuditRecorder,
     settings: Settings,
     policy: DeliveryPolicy,
     instance: str | None,

@@ -38,7 +38,7 @@ import structlog
 from agents.extraction.phases import ReportReady, RunCompleted
 from bus import Delivery, Keys, Publisher, as_text
 from envelope import PacketEnvelope, registry
-from memory.postgres import Checkpoint, EntryFilter, PostgresAuditStore, SigningKey, StoredEntry
+from memory.audit import AuditRecorder, Checkpoint, EntryFilter, SigningKey, StoredEntry
 
 from .agent import GROUP as AUDITOR_GROUP
 from .report import ChainPoint, Report, build_report, render, sign_report
@@ -105,7 +105,7 @@ def evidence_head(entries: Sequence[StoredEntry]) -> StoredEntry:
     return (evidence or list(entries))[-1]
 
 
-async def oldest_covering(store: PostgresAuditStore, seq: int, key: SigningKey) -> Checkpoint:
+async def oldest_covering(store: AuditRecorder, seq: int, key: SigningKey) -> Checkpoint:
     """The first checkpoint covering ``seq`` (the same one every time), made if there is none."""
     for checkpoint in await store.checkpoints():
         if checkpoint.seq >= seq:
@@ -140,7 +140,7 @@ class Reporter:
         self,
         redis: aioredis.Redis,
         keys: Keys,
-        store: PostgresAuditStore,
+        store: AuditRecorder,
         publisher: Publisher,
         key: SigningKey,
         reports_dir: Path,

@@ -10,10 +10,10 @@ between commit and publish, the stream stays gapless and free of repeats:
 * fast path: the auditor that committed a batch publishes it from memory;
 * catch-up: when the stream lags the trail's head (another auditor died
   between its commit and its publish, or Redis lost the stream), the missing
-  records are read from Postgres by seq cursor and published.
+  records are read from the trail by seq cursor and published.
 
 The stream is a live feed, capped at about ``MAX_ENTRIES`` batches; the trail
-in Postgres is the complete history (``l9 tail`` reads it).
+is the complete history (``l9 tail`` reads it).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import structlog
 
 from bus import Keys
 from envelope import PacketEnvelope, Payload, Signer, encode, payload
-from memory.postgres import AppendStatus, Committed, PostgresAuditStore, StoredEntry
+from memory.audit import AppendStatus, AuditRecorder, Committed, StoredEntry
 from memory.summary import summarize_env
 
 #: The stream's name (``l9.audit.*`` types route there by the area default too).
@@ -114,7 +114,7 @@ class AuditStream:
     """Publishes committed records on the ``audit`` stream (see the module doc)."""
 
     def __init__(
-        self, redis: aioredis.Redis, keys: Keys, store: PostgresAuditStore, signer: Signer, source: str
+        self, redis: aioredis.Redis, keys: Keys, store: AuditRecorder, signer: Signer, source: str
     ) -> None:
         self.redis, self.keys, self.store, self.signer, self.source = redis, keys, store, signer, source
         self.key = keys.stream(AUDIT_STREAM)

@@ -217,13 +217,9 @@ def stack_probes(redis_url: str, database_url: str, graph: GraphSettings | None 
             raise LookupError("the graph module (FalkorDB) is not loaded in Redis")
 
     async def postgres_probe() -> None:
-        import asyncpg  # the probe's only use of the driver; memory/postgres has no ping
+        from memory.postgres import probe  # the driver is imported only when the probe runs
 
-        conn = await asyncpg.connect(database_url, timeout=5)
-        try:
-            await conn.fetchval("SELECT 1")
-        finally:
-            await conn.close()
+        await probe(database_url, timeout_s=5)
 
     return {"redis": redis_probe, "postgres": postgres_probe, "graph": graph_probe}
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import anyio
 import structlog
 
-from bus import DEFAULT_TOPOLOGY, Keys, claim_consumer_name, connect
-from bus.batch import BatchConsumer
+from bus import DEFAULT_TOPOLOGY, BatchConsumer, Keys, claim_consumer_name, connect
 from envelope import Verifier
 from l9.devstack import resolve_endpoints
 from l9.settings import Settings

@@ -22,9 +22,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from agents.auditor.stream import AUDIT_STREAM
-from bus import Keys, Topology, as_text
-from bus.batch import Entry, Rejected
-from bus.errors import TRANSIENT
+from bus import TRANSIENT, Entry, Keys, Rejected, Topology, as_text
 from envelope import EnvelopeError, Verifier, decode_envelope
 from memory.graph import GraphUnavailable, SemanticGraph
 

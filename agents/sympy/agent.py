@@ -26,7 +26,7 @@ import time
 from collections import OrderedDict
 from functools import partial
 
-from bus.errors import TRANSIENT
+from bus import TRANSIENT
 from envelope import PacketEnvelope, utcnow
 from governance import Escalations, PolicyEngine
 from l9.devstack import resolve_endpoints

@@ -7,7 +7,9 @@ from pathlib import Path
 import asyncpg
 import structlog
 
-from .errors import AuditStoreError, unavailable_as
+from memory.audit.port import AuditStoreError
+
+from .errors import unavailable_as
 from .schema import BOOKKEEPING_SQL, MIGRATION_LOCK_KEY, load_migrations, pending
 
 log = structlog.get_logger("memory.postgres.store")

@@ -1,4 +1,4 @@
-"""The audit store's errors; connection trouble is translated in one place."""
+"""The driver's errors as the port's (:mod:`memory.audit.port`), translated in one place."""
 
 from __future__ import annotations
 
@@ -7,15 +7,7 @@ from collections.abc import Iterator
 
 import asyncpg
 
-
-class AuditStoreError(RuntimeError):
-    """The trail refused an operation, or is not in the state the operation needs."""
-
-
-class AuditStoreUnavailable(AuditStoreError):
-    """PostgreSQL could not be reached, or the connection broke: retry later. An append
-    cut off at its commit may have landed; retrying it is safe (envelope ids dedupe)."""
-
+from memory.audit.port import AuditStoreError, AuditStoreUnavailable
 
 _UNAVAILABLE = (
     OSError,
@@ -34,3 +26,15 @@ def unavailable_as(action: str) -> Iterator[None]:
         yield
     except _UNAVAILABLE as exc:
         raise AuditStoreUnavailable(f"{action}: PostgreSQL unavailable: {type(exc).__name__}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def translated(action: str) -> Iterator[None]:
+    """:func:`unavailable_as`, and any other refusal by PostgreSQL as :class:`AuditStoreError`:
+    what the recorder raises, so that its callers never see the driver's errors."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise AuditStoreUnavailable(f"{action}: PostgreSQL unavailable: {type(exc).__name__}: {exc}") from exc
+    except asyncpg.PostgresError as exc:
+        raise AuditStoreError(f"{action}: PostgreSQL refused: {type(exc).__name__}: {exc}") from exc

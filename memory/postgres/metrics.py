@@ -32,8 +32,10 @@ from typing import Any, ClassVar
 import asyncpg
 import structlog
 
+from memory.audit.port import AuditStoreError
+
 from .admin import migrate
-from .errors import AuditStoreError, unavailable_as
+from .errors import unavailable_as
 from .schema import MigrationError
 
 log = structlog.get_logger("memory.postgres.metrics")

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from memory.audit.port import AuditStoreError
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -29,7 +31,7 @@ CREATE TABLE IF NOT EXISTS public.schema_migrations (
 MIGRATION_LOCK_KEY = 0x4C39_4D49_4752  # "L9MIGR"
 
 
-class MigrationError(RuntimeError):
+class MigrationError(AuditStoreError):
     """The migrations on disk and the ones applied to the database disagree."""
 
 

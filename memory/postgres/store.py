@@ -1,45 +1,42 @@
-"""The audit trail in PostgreSQL: the only module that talks to the database (asyncpg)
-besides the owner's ``admin`` and the verification ``walk``.
+"""The audit trail in PostgreSQL: :class:`PostgresAuditStore`, the
+:class:`~memory.audit.AuditRecorder` adapter (besides it, only the owner's ``admin``, the
+``probe``, the verification ``walk`` and the SymPy ``metrics`` talk to the database).
 
-One writer at a time per chain: :meth:`PostgresAuditStore.append` takes a
+One writer at a time per chain: :meth:`PostgresAuditStore.append_prepared` takes a
 transaction-level advisory lock, reads the head, drops envelope ids already
 stored, hashes, ``COPY``s entries and payloads, moves the head with
 compare-and-set, sends one ``NOTIFY l9_audit`` and commits. Insert order is
 commit order, so readers may follow ``seq > cursor`` without missing a row.
+The driver's errors leave as the port's (:func:`.errors.translated`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import asyncpg
 import structlog
 
+from memory.audit.appending import PreparedAppend, log_outcomes, outcomes
+from memory.audit.checkpoints import Checkpoint, SigningKey
+from memory.audit.port import AuditRecorder, AuditStoreError
+from memory.audit.records import Committed, EntryFilter, EntryPage, Head, StoredEntry
+from memory.audit.verify import VerifyReport
+from memory.audit.walk import checkpoint_files, verify_snapshot
+
 from . import sql
-from .admin import migrate, redact
-from .appending import ChainedBatch, PreparedAppend, chain_batch, outcomes, prepare_append
-from .checkpoints import Checkpoint, SigningKey, read_checkpoint, read_checkpoint_dir
-from .errors import AuditStoreError, AuditStoreUnavailable, unavailable_as
-from .records import AppendStatus, AuditRecord, Committed, EntryFilter, EntryPage, Head, StoredEntry
+from .appending import ChainedBatch, chain_batch
+from .errors import translated
 from .sql import NOTIFY_CHANNEL
 from .timestamps import timestamps_as_micros
-from .verify import VerifyReport
-from .walk import WALK_PLAN, Walk, checkpoint_of
+from .walk import WALK_PLAN, PostgresSnapshot, checkpoint_of
 
-__all__ = [
-    "CHAIN_LOCK_KEY",
-    "NOTIFY_CHANNEL",
-    "AuditStoreError",
-    "AuditStoreUnavailable",
-    "PostgresAuditStore",
-    "migrate",
-    "redact",
-]
+__all__ = ["CHAIN_LOCK_KEY", "NOTIFY_CHANNEL", "PostgresAuditStore", "quiet_pool_warnings"]
 
 log = structlog.get_logger(__name__)
 
@@ -69,7 +66,13 @@ def _entry(row: Mapping[str, Any]) -> StoredEntry:
     return StoredEntry(**{name: row[name] for name in StoredEntry.__slots__})
 
 
-class PostgresAuditStore:
+def quiet_pool_warnings() -> None:
+    """Silence the connection pool's own reconnect warnings (they carry tracebacks), for a
+    caller that reports an outage itself."""
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
+
+
+class PostgresAuditStore(AuditRecorder):
     """The audit trail, reached as the writer role through an asyncpg pool."""
 
     def __init__(self, pool: asyncpg.Pool, dsn: str, checkpoint_dir: Path | None = None) -> None:
@@ -85,13 +88,15 @@ class PostgresAuditStore:
         cls, dsn: str, *, checkpoint_dir: Path | None = None, min_size: int = 1, max_size: int = 4
     ) -> PostgresAuditStore:
         """Connect (``dsn`` is the writer URL, see :func:`memory.postgres.writer_dsn`)."""
-        try:
-            with unavailable_as("open the audit store"):
+        with translated("open the audit store"):
+            try:
                 pool = await asyncpg.create_pool(
                     dsn, min_size=min_size, max_size=max_size, init=timestamps_as_micros
                 )
-        except asyncpg.InvalidAuthorizationSpecificationError as exc:
-            raise AuditStoreError(f"cannot log in to the audit trail ({exc}): was migrate() run?") from exc
+            except asyncpg.InvalidAuthorizationSpecificationError as exc:
+                raise AuditStoreError(
+                    f"cannot log in to the audit trail ({exc}): was migrate() run?"
+                ) from exc
         store = cls(pool, dsn, checkpoint_dir)
         try:
             await store._check_schema()
@@ -101,7 +106,7 @@ class PostgresAuditStore:
         return store
 
     async def _check_schema(self) -> None:
-        with unavailable_as("open the audit store"):
+        with translated("open the audit store"):
             found = await self._pool.fetchval("SELECT to_regclass('l9_audit.chain_head') IS NOT NULL")
         if not found:
             raise AuditStoreError("the audit trail's tables are missing: run memory.postgres.migrate() first")
@@ -114,28 +119,13 @@ class PostgresAuditStore:
             log.warning("audit.store.close_timeout", timeout_s=timeout_s)
             self._pool.terminate()
 
-    async def __aenter__(self) -> PostgresAuditStore:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
     # -- writing ------------------------------------------------------------------------------------
 
-    async def append(self, records: Sequence[AuditRecord]) -> list[Committed]:
-        """Append the records not stored yet, in one transaction; one :class:`Committed`
-        per input record, in order (``status`` says stored / duplicate / conflict)."""
-        return await self.append_prepared(prepare_append(records)) if records else []
-
     async def append_prepared(self, prepared: PreparedAppend) -> list[Committed]:
-        """:meth:`append` of records already run through :func:`prepare_append` (which a
-        caller may do for its next batch while this one is written)."""
         if not prepared.records:
             return []
         started = time.perf_counter()
-        with unavailable_as("append"):
+        with translated("append"):
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(sql.LOCK, CHAIN_LOCK_KEY)
                 head, stored = _head_and_stored(await conn.fetch(HEAD_AND_STORED, list(prepared.firsts)))
@@ -143,8 +133,8 @@ class PostgresAuditStore:
                 batch = chain_batch(prepared, fresh, head) if fresh else None
                 if batch is not None:
                     await self._write(conn, batch, head, self.stage_hook)
-        committed = outcomes(prepared, stored, batch, head["now"])
-        self._log_append(committed, started)
+        committed = outcomes(prepared, stored, batch.placed if batch else {}, head["now"])
+        log_outcomes(committed, started)
         return committed
 
     @staticmethod
@@ -175,32 +165,11 @@ class PostgresAuditStore:
         if hook is not None:
             hook("before_commit")
 
-    @staticmethod
-    def _log_append(outcomes: Sequence[Committed], started: float) -> None:
-        stored = sum(1 for c in outcomes if c.new)
-        conflicts = [c for c in outcomes if c.status is AppendStatus.CONFLICT]
-        for c in conflicts:
-            log.warning(
-                "audit.append.conflict",
-                envelope_id=c.record.envelope_id,
-                seq=c.seq,
-                stream=c.record.stream,
-                entry_id=c.record.entry_id,
-            )
-        log.debug(
-            "audit.append",
-            records=len(outcomes),
-            stored=stored,
-            conflicts=len(conflicts),
-            head=max((c.seq for c in outcomes), default=0),
-            ms=round((time.perf_counter() - started) * 1000, 2),
-        )
-
     async def make_checkpoint(self, signing_key: SigningKey) -> Checkpoint:
         """Sign the current head, linking the previous checkpoint; stored in the trail, then
         written to ``checkpoint_dir`` when set. The head not having moved since the last
         checkpoint, that one is returned (and its file rewritten if missing)."""
-        with unavailable_as("make a checkpoint"):
+        with translated("make a checkpoint"):
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(sql.LOCK, CHAIN_LOCK_KEY)
                 head = await conn.fetchrow(sql.HEAD)
@@ -235,7 +204,7 @@ class PostgresAuditStore:
     # -- reading ------------------------------------------------------------------------------------
 
     async def head(self) -> Head:
-        with unavailable_as("read the head"):
+        with translated("read the head"):
             row = await self._pool.fetchrow(sql.HEAD)
         return Head(row["seq"], row["chain_hash"], row["updated_at"])
 
@@ -247,14 +216,8 @@ class PostgresAuditStore:
         filters: EntryFilter | None = None,
         until_seq: int | None = None,
     ) -> EntryPage:
-        """Committed entries with ``seq > after_seq`` matching ``filters``, by seq, at most ``limit``;
-        with ``until_seq``, none beyond it (a window, for reading backwards from the head).
-
-        ``cursor`` of the page is the last seq examined (the head, or ``until_seq``, when
-        fewer than ``limit`` matched): rows up to it never change, so a tail resumes from it.
-        """
         f = filters or EntryFilter()
-        with unavailable_as("read entries"):
+        with translated("read entries"):
             async with self._pool.acquire() as conn:
                 head = await conn.fetchval("SELECT seq FROM l9_audit.chain_head")
                 end = head if until_seq is None else min(head, until_seq)
@@ -273,18 +236,17 @@ class PostgresAuditStore:
         return EntryPage(entries, cursor)
 
     async def entries_for_correlation(self, correlation_id: str) -> list[StoredEntry]:
-        """Every entry of one run (correlation id), by seq, with its payload."""
-        with unavailable_as("read a run's entries"):
+        with translated("read a run's entries"):
             rows = await self._pool.fetch(sql.FOR_CORRELATION, correlation_id)
         return [_entry(r) for r in rows]
 
     async def last_checkpoint(self) -> Checkpoint | None:
-        with unavailable_as("read the last checkpoint"):
+        with translated("read the last checkpoint"):
             row = await self._pool.fetchrow(sql.LAST_CHECKPOINT)
         return checkpoint_of(row) if row else None
 
     async def checkpoints(self) -> list[Checkpoint]:
-        with unavailable_as("read checkpoints"):
+        with translated("read checkpoints"):
             rows = await self._pool.fetch(sql.CHECKPOINTS)
         return [checkpoint_of(r) for r in rows]
 
@@ -302,10 +264,11 @@ class PostgresAuditStore:
             latest = max(latest, int(payload))
             arrived.set()
 
-        with unavailable_as("listen for appends"):
+        with translated("listen for appends"):
             conn = await asyncpg.connect(self._dsn)
         try:
-            await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+            with translated("listen for appends"):
+                await conn.add_listener(NOTIFY_CHANNEL, on_notify)
             while True:
                 await arrived.wait()
                 arrived.clear()
@@ -323,38 +286,21 @@ class PostgresAuditStore:
         trusted_keys: Mapping[str, bytes] | None = None,
         chunk_size: int = 10_000,
     ) -> VerifyReport:
-        """Recompute the chain and check the checkpoints; the report names the first bad seq.
-
-        ``from_checkpoint``: a checkpoint file to start from; the trail must hold its
-        chain hash at its seq. ``checkpoint_dir`` (default: the store's): files whose
-        checkpoints must be in the trail and match the chain. ``trusted_keys``
-        (``{key_id: Ed25519 public key}``): without them signatures are not checked.
-        The whole walk reads one snapshot: appends meanwhile do not disturb it.
-        """
+        """See :meth:`AuditRecorder.verify`; the snapshot is one repeatable-read transaction."""
         started = time.perf_counter()
-        directory = checkpoint_dir or self.checkpoint_dir
-        files = (
-            [(str(directory / c.file_name()), c) for c in read_checkpoint_dir(directory)] if directory else []
-        )
-        presented = (
-            (str(from_checkpoint), read_checkpoint(Path(from_checkpoint))) if from_checkpoint else None
-        )
-        with unavailable_as("verify"):
+        files, presented = checkpoint_files(checkpoint_dir or self.checkpoint_dir, from_checkpoint)
+        with translated("verify"):
             conn = await asyncpg.connect(self._dsn)
-        try:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                await conn.execute(WALK_PLAN)
-                walk = Walk(conn, chunk_size)
-                report = await walk.run(files, presented, trusted_keys, started)
-        finally:
-            await conn.close()
-        log.info(
-            "audit.verify",
-            ok=report.ok,
-            first=str(report.first) if report.first else None,
-            entries=report.entries_checked,
-            last_seq=report.last_seq,
-            entries_per_s=round(report.entries_per_s),
-            seconds=round(report.seconds, 3),
-        )
-        return report
+            try:
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    await conn.execute(WALK_PLAN)
+                    return await verify_snapshot(
+                        PostgresSnapshot(conn),
+                        files=files,
+                        presented=presented,
+                        trusted_keys=trusted_keys,
+                        chunk_size=chunk_size,
+                        started=started,
+                    )
+            finally:
+                await conn.close()

@@ -3,7 +3,7 @@ rendered as Markdown or JSON, signed (Ed25519) and verifiable against the trail.
 
 :func:`build_report` (pure) turns a run's entries into a :class:`Report`;
 :func:`sign_report` signs it; :func:`render` writes it; :func:`report_from_trail`
-and :func:`verify_report_text` do the same against a :class:`PostgresAuditStore`.
+and :func:`verify_report_text` do the same against an :class:`~memory.audit.AuditRecorder`.
 """
 
 from .build import ChainPoint, NoRecordsError, ReportError, build_report, derive_outcome, entries_digest

@@ -16,7 +16,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from envelope import EnvelopeError
-from memory.postgres import AuditRecordError, Checkpoint, StoredEntry
+from memory.audit import AuditRecordError, Checkpoint, StoredEntry
 from memory.summary import summarize
 
 from .facts import Item

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from memory.postgres import SigningKey
+from memory.audit import SigningKey
 
 from .model import FORMAT, Report, Stamp, canonical_json, unsigned_dump
 

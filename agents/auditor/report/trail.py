@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from memory.postgres import Checkpoint, PostgresAuditStore, SigningKey, StoredEntry
+from memory.audit import AuditRecorder, Checkpoint, SigningKey, StoredEntry
 
 from .build import ChainPoint, NoRecordsError, ReportError, build_report
 from .model import Report, Stamp
@@ -18,7 +18,7 @@ from .verify import ParsedReport, ReportCheck, first_difference, parse_report
 log = structlog.get_logger(__name__)
 
 
-async def covering_checkpoint(store: PostgresAuditStore, seq: int, key: SigningKey) -> Checkpoint:
+async def covering_checkpoint(store: AuditRecorder, seq: int, key: SigningKey) -> Checkpoint:
     """The newest checkpoint if it covers ``seq``, else a new one of the current head."""
     checkpoints = await store.checkpoints()
     if checkpoints and checkpoints[-1].seq >= seq:
@@ -27,7 +27,7 @@ async def covering_checkpoint(store: PostgresAuditStore, seq: int, key: SigningK
 
 
 async def report_from_trail(
-    store: PostgresAuditStore, run_id: str, key: SigningKey, *, generated_at: datetime | None = None
+    store: AuditRecorder, run_id: str, key: SigningKey, *, generated_at: datetime | None = None
 ) -> Report:
     """The signed report of ``run_id`` built on the current chain head.
 
@@ -59,14 +59,14 @@ async def report_from_trail(
     return signed
 
 
-async def _entry_at(store: PostgresAuditStore, seq: int) -> StoredEntry | None:
+async def _entry_at(store: AuditRecorder, seq: int) -> StoredEntry | None:
     page = await store.entries_after(seq - 1, limit=1)
     if page.entries and page.entries[0].seq == seq:
         return page.entries[0]
     return None
 
 
-async def _head_point(store: PostgresAuditStore, stamp: Stamp) -> tuple[ChainPoint | None, str | None]:
+async def _head_point(store: AuditRecorder, stamp: Stamp) -> tuple[ChainPoint | None, str | None]:
     """The chain position the report names, if the trail holds it."""
     seq = stamp.head_seq
     entry = await _entry_at(store, seq)
@@ -87,7 +87,7 @@ async def _head_point(store: PostgresAuditStore, stamp: Stamp) -> tuple[ChainPoi
 
 
 async def _checkpoint(
-    store: PostgresAuditStore, stamp: Stamp, trusted_keys: Mapping[str, bytes]
+    store: AuditRecorder, stamp: Stamp, trusted_keys: Mapping[str, bytes]
 ) -> tuple[Checkpoint | None, list[str]]:
     """The checkpoint the report names, if the trail holds it unchanged and it covers the head."""
     found = {c.id: c for c in await store.checkpoints()}.get(stamp.checkpoint_id)
@@ -113,7 +113,7 @@ async def _checkpoint(
 
 
 async def _content_problems(
-    store: PostgresAuditStore, parsed: ParsedReport, head: ChainPoint, checkpoint: Checkpoint
+    store: AuditRecorder, parsed: ParsedReport, head: ChainPoint, checkpoint: Checkpoint
 ) -> list[str]:
     stamp = parsed.stamp
     entries = await store.entries_for_correlation(stamp.run_id)
@@ -140,14 +140,14 @@ async def _content_problems(
 
 
 async def verify_report_text(
-    store: PostgresAuditStore, text: str, trusted_keys: Mapping[str, bytes]
+    store: AuditRecorder, text: str, trusted_keys: Mapping[str, bytes]
 ) -> ReportCheck:
     """:func:`verify_parsed` of a report file's text; ReportFormatError when it is not a report."""
     return await verify_parsed(store, parse_report(text), trusted_keys)
 
 
 async def verify_parsed(
-    store: PostgresAuditStore, parsed: ParsedReport, trusted_keys: Mapping[str, bytes]
+    store: AuditRecorder, parsed: ParsedReport, trusted_keys: Mapping[str, bytes]
 ) -> ReportCheck:
     """Check a report against the trail: its signature, the chain head and checkpoint it
     names, and its content rebuilt from the trail (one line per problem)."""

@@ -1,7 +1,10 @@
-"""What goes into the audit trail and what comes out of it (plain data, no I/O)."""
+"""What goes into the audit trail and what comes out of it (plain data, no I/O): the values
+every :class:`~memory.audit.AuditRecorder` takes and returns."""
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -182,6 +185,23 @@ def _like_literal(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+@functools.lru_cache(maxsize=256)
+def _like_regex(pattern: str) -> re.Pattern[str]:
+    """A LIKE pattern (``%`` any run, ``_`` any one character, ``\\`` escapes) as a regex."""
+    parts, chars = [], iter(pattern)
+    for char in chars:
+        if char == "\\":
+            parts.append(re.escape(next(chars, "\\")))
+        else:
+            parts.append(".*" if char == "%" else "." if char == "_" else re.escape(char))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def like(text: str, pattern: str) -> bool:
+    """``text LIKE pattern``, as PostgreSQL has it (case-sensitive, the whole text)."""
+    return _like_regex(pattern).fullmatch(text) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class EntryFilter:
     """Which entries a tail wants: ``type_glob`` as in ``l9 tail --type 'l9.plan.*'``;
@@ -205,6 +225,16 @@ class EntryFilter:
             return None
         literal = _like_literal(self.source)
         return literal if "://" in self.source else f"agent://{literal}/%"
+
+    def matches(self, entry: StoredEntry) -> bool:
+        """Whether ``entry`` passes the filter: the same test a store runs in its query."""
+        type_like, source_like = self.type_like(), self.source_like()
+        return (
+            (type_like is None or like(entry.type, type_like))
+            and (source_like is None or like(entry.source, source_like))
+            and (self.correlation_id is None or entry.correlation_id == self.correlation_id)
+            and (self.since is None or entry.recorded_at >= self.since)
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """Verification of the trail, as pure code over rows: the chain walk, the diagnosis
-of the first bad row, and the checks of signed checkpoints.
+of the first bad row, and the checks of signed checkpoints (:mod:`.walk` runs them
+over a recorder's snapshot).
 
-The store feeds :class:`ChainWalker` rows in ``seq`` order, laid out as
+A recorder feeds :class:`ChainWalker` rows in ``seq`` order, laid out as
 :data:`VERIFY_COLUMNS` (times as integer microseconds). The walker recomputes
 every payload hash, leaf and chain hash, compares each with the stored one and
 the chain with the checkpoints, and stops at the first row that does not verify;
@@ -12,15 +13,12 @@ written at).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import msgpack
-
-from memory.chain import HASH_VERSION, HEADER_FIELDS, LEAF_PREFIX, NODE_PREFIX
+from memory.chain import HASH_VERSION, HEADER_FIELDS, chain_hash, leaf_hash, pack, payload_hash
 
 from .checkpoints import Checkpoint
 
@@ -119,14 +117,11 @@ class VerifyReport:
         return f"trail damaged: first bad {self.first} ({len(self.problems)} problem(s))"
 
 
-# -- hashing, as memory.chain defines it (inlined here: this loop runs per entry) -----------
-
-_sha256 = hashlib.sha256
-_pack = msgpack.Packer(use_bin_type=True).pack
+# -- hashing: memory.chain's formulas over a row --------------------------------------------
 
 
 def _payload_digest(row: Row) -> bytes:
-    return _sha256(_pack([row[_ENV], row[_SIG], row[_KEY_ID]])).digest()
+    return payload_hash(row[_ENV], row[_SIG], row[_KEY_ID])
 
 
 def _leaf(row: Row, seq: int | None = None) -> bytes:
@@ -134,11 +129,7 @@ def _leaf(row: Row, seq: int | None = None) -> bytes:
     values = list(row[:_N_HEADER])
     if seq is not None:
         values[_SEQ] = seq
-    return _sha256(LEAF_PREFIX + _pack(values) + row[_PAYLOAD_HASH]).digest()
-
-
-def _link(previous: bytes, leaf: bytes) -> bytes:
-    return _sha256(NODE_PREFIX + previous + leaf).digest()
+    return leaf_hash(pack(values), row[_PAYLOAD_HASH])
 
 
 # -- the walk ---------------------------------------------------------------------------------
@@ -172,7 +163,8 @@ class ChainWalker:
         """
         expected, previous = self.last_seq + 1, self.chain_hash
         anchors, redactions, version = self._anchors, self.redactions, HASH_VERSION
-        sha, pack, leaf_prefix, node_prefix = _sha256, _pack, LEAF_PREFIX, NODE_PREFIX
+        # memory.chain's functions as locals: one definition, no global lookups per row
+        payload_of, leaf_of, link, pack_header = payload_hash, leaf_hash, chain_hash, pack
         i_seq, i_version, n_header = _SEQ, _VERSION, _N_HEADER
         i_digest, i_leaf, i_chain, i_env, i_sig, i_key_id = _PAYLOAD_HASH, _LEAF, _CHAIN, _ENV, _SIG, _KEY_ID
         for i, row in enumerate(rows):
@@ -184,10 +176,10 @@ class ChainWalker:
                 if redactions.get(expected) != digest:
                     return self._stop(i, expected, previous)
                 self.redacted += 1
-            elif sha(pack((env, row[i_sig], row[i_key_id]))).digest() != digest:
+            elif payload_of(env, row[i_sig], row[i_key_id]) != digest:
                 return self._stop(i, expected, previous)
-            leaf = sha(leaf_prefix + pack(row[:n_header]) + digest).digest()
-            chained = sha(node_prefix + previous + leaf).digest()
+            leaf = leaf_of(pack_header(row[:n_header]), digest)
+            chained = link(previous, leaf)
             if leaf != row[i_leaf] or chained != row[i_chain]:
                 return self._stop(i, expected, previous)
             previous = chained

@@ -1,8 +1,8 @@
-"""Signed checkpoints of the chain head (Ed25519), kept in the database and as files.
+"""Signed checkpoints of the chain head (Ed25519), kept in the trail and as files.
 
 A checkpoint says "the trail's chain hash at ``seq`` is ``chain_hash``", is signed
-with an Ed25519 key that the database never sees, and links the previous
-checkpoint by id and digest. Files written outside the database let verification
+with an Ed25519 key that the trail's store never sees, and links the previous
+checkpoint by id and digest. Files written outside the store let verification
 catch a superuser who rewrote the trail and its checkpoint table alike.
 
 Signed message (version 1): msgpack ``["l9.audit.checkpoint", 1, id, seq,

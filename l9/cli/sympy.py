@@ -40,15 +40,18 @@ from agents.sympy.telemetry import WINDOW_S, read_window
 from agents.sympy.telemetry import summarise as summarise_window
 from bus import Keys, Publisher, RpcClient, RpcTimeout, connect
 from envelope import EnvelopeError, PacketEnvelope, Signer, Verifier, new_id
-from l9.cli_audit import parse_duration
+from l9.cli.common import duration_option, fail, load_settings, run
 from l9.devstack import resolve_endpoints
 from l9.settings import Settings
+from l9.trail import open_trail
 from memory.postgres import AuditStoreError, StoredEntry, migrate, writer_dsn
 from memory.postgres.metrics import sympy_totals
 
 R = TypeVar("R", bound=SymPyResult)
 T = TypeVar("T")
-sympy_app = typer.Typer(no_args_is_help=True, help="The SymPy worker: evaluate, simplify, codegen, stats.")
+sympy_app = typer.Typer(
+    name="sympy", no_args_is_help=True, help="The SymPy worker: evaluate, simplify, codegen, stats."
+)
 Deadline = Annotated[float, typer.Option("--deadline", min=0.1, help="seconds to wait for the worker")]
 Session = Annotated[
     str | None,
@@ -59,12 +62,10 @@ NO_WORKER_HINT = "is `l9 agent run sympy` running?"
 
 def _with_rpc(settings: Settings, work: Callable[[RpcClient], Awaitable[T]]) -> T:
     """Run ``work`` with an RpcClient on the configured Redis, signing as this CLI."""
-    from l9.cli import _run
-
     endpoints = resolve_endpoints(settings)
     keyring = settings.keyring()
 
-    async def run() -> T:
+    async def main() -> T:
         redis = connect(endpoints.redis_url)
         publisher = Publisher(redis, Keys(settings.namespace), Signer(keyring, settings.signing_key_id))
         try:
@@ -73,20 +74,18 @@ def _with_rpc(settings: Settings, work: Callable[[RpcClient], Awaitable[T]]) -> 
         finally:
             await redis.aclose()
 
-    return _run(run)
+    return run(main)
 
 
 def _call(ask: Callable[[SymPyTool], Awaitable[R]], deadline_s: float, session: str | None = None) -> None:
     """Ask the worker through a SymPyTool; print the reply as JSON, or the error, and exit."""
-    from l9.cli import _settings
+    settings = load_settings()
 
-    settings = _settings()
-
-    async def run(rpc: RpcClient) -> R:
+    async def ask_tool(rpc: RpcClient) -> R:
         return await ask(SymPyTool(rpc, source="agent://cli/sympy", deadline_s=deadline_s, session=session))
 
     try:
-        reply = _with_rpc(settings, run)
+        reply = _with_rpc(settings, ask_tool)
     except ToolError as exc:
         where = f" at {exc.position} (offset {exc.position.offset})" if exc.position else ""
         typer.echo(f"error: {exc.kind}: {exc.rule}{where}: {exc.detail}", err=True)
@@ -200,16 +199,16 @@ def stats(
     since: Annotated[
         timedelta | None,
         typer.Option(
-            parser=_duration, metavar="DURATION", help="also totals from PostgreSQL of the last DURATION (1h)"
+            parser=duration_option,
+            metavar="DURATION",
+            help="also totals from PostgreSQL of the last DURATION (1h)",
         ),
     ] = None,
 ) -> None:
     """The last WINDOW seconds per operation (rate, latency percentiles, hit ratio, errors)
     from ``sympy.events``, and the cache's hit and miss counters since they were created;
     with --since, the totals of ``l9_metrics.sympy_metrics`` (and code generation) since then."""
-    from l9.cli import _fail, _run, _settings
-
-    settings = _settings()
+    settings = load_settings()
     endpoints = resolve_endpoints(settings)
     keys, verifier = Keys(settings.namespace), Verifier(settings.keyring())
 
@@ -228,9 +227,9 @@ def stats(
         return report
 
     try:
-        report = _run(read)
+        report = run(read)
     except AuditStoreError as exc:
-        raise _fail(f"cannot read the SymPy metrics from PostgreSQL: {exc}") from None
+        raise fail(f"cannot read the SymPy metrics from PostgreSQL: {exc}") from None
     if as_json:
         typer.echo(json.dumps(report))
         return
@@ -240,13 +239,6 @@ def stats(
     if "postgres" in report:
         typer.echo("")
         _print_totals(report["postgres"])
-
-
-def _duration(text: str) -> timedelta:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
 
 
 def _print_totals(totals: dict[str, Any]) -> None:
@@ -324,10 +316,7 @@ def export_(
     op, request, result: {type, data} or null}]}, in trail order; a refusal's result is
     l9.bus.error.v1 {error, detail}. SESSION is the correlation id the calls carried
     (--session, SymPyTool(session=...)). Described in agents/sympy/session.py."""
-    from l9.cli import _fail, _run, _settings
-    from l9.trail import open_trail
-
-    settings = _settings()
+    settings = load_settings()
     verifier = Verifier(settings.keyring())
 
     async def read() -> list[StoredEntry]:
@@ -338,11 +327,11 @@ def export_(
             await store.close()
 
     try:
-        record = export_session(session, _envelopes(_run(read), verifier))
+        record = export_session(session, _envelopes(run(read), verifier))
     except AuditStoreError as exc:
-        raise _fail(f"cannot read the audit trail: {exc}") from None
+        raise fail(f"cannot read the audit trail: {exc}") from None
     if not record.operations:
-        raise _fail(f"no SymPy request of session {session!r} in the audit trail (is the auditor running?)")
+        raise fail(f"no SymPy request of session {session!r} in the audit trail (is the auditor running?)")
     missing = sum(1 for op in record.operations if op.result is None)
     if missing:
         typer.echo(f"warning: {missing} request(s) have no recorded result (yet)", err=True)
@@ -355,8 +344,6 @@ def export_(
 
 def _envelopes(entries: Sequence[StoredEntry], verifier: Verifier) -> list[PacketEnvelope]:
     """The trail entries' envelopes, signatures checked; redacted ones are left out (and said so)."""
-    from l9.cli import _fail
-
     envelopes = []
     for entry in entries:
         if entry.redacted:
@@ -365,7 +352,7 @@ def _envelopes(entries: Sequence[StoredEntry], verifier: Verifier) -> list[Packe
         try:
             envelopes.append(entry.envelope(verifier))
         except EnvelopeError as exc:
-            raise _fail(f"seq {entry.seq} of the trail does not verify: {exc}") from None
+            raise fail(f"seq {entry.seq} of the trail does not verify: {exc}") from None
     return envelopes
 
 
@@ -381,15 +368,13 @@ def replay_(
     deadline: Deadline = 30.0,
 ) -> None:
     """Send FILE's requests to the running worker again; print every result that differs (exit 1)."""
-    from l9.cli import _fail, _settings
-
     try:
         record = SessionRecord.from_json(file.read_bytes(), str(file))
     except SessionFileError as exc:
-        raise _fail(str(exc), 2) from None
-    settings, replay_session = _settings(), session or new_id()
+        raise fail(str(exc), 2) from None
+    settings, replay_session = load_settings(), session or new_id()
 
-    async def run(rpc: RpcClient) -> ReplayReport:
+    async def send_again(rpc: RpcClient) -> ReplayReport:
         return await replay(
             rpc,
             record,
@@ -400,16 +385,11 @@ def replay_(
         )
 
     try:
-        report = _with_rpc(settings, run)
+        report = _with_rpc(settings, send_again)
     except RpcTimeout:
-        raise _fail(f"no SymPy worker answered within {deadline:g}s ({NO_WORKER_HINT})", 2) from None
+        raise fail(f"no SymPy worker answered within {deadline:g}s ({NO_WORKER_HINT})", 2) from None
     for difference in report.differences:
         typer.echo(difference.describe())
     typer.echo(report.summary())
     if not report.ok:
         raise typer.Exit(1)
-
-
-from l9.cli import app as _app  # noqa: E402 (l9.cli imports this module last; app exists by then)
-
-_app.add_typer(sympy_app, name="sympy")

@@ -7,25 +7,16 @@ is the run id of the default command: the group routes it there.
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-if TYPE_CHECKING:
-    from memory.postgres import PostgresAuditStore
+from l9.cli.common import fail, load_settings, with_trail
 
-T = TypeVar("T")
 #: The hidden command ``l9 report RUN_ID`` runs.
 DEFAULT_COMMAND = "build"
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    """One unwrapped line on stderr (paths and digests stay whole), then exit ``code``."""
-    print(f"error: {message}", file=sys.stderr)
-    return typer.Exit(code)
 
 
 class _RunIdGroup(TyperGroup):
@@ -50,32 +41,11 @@ class _BuildCommand(TyperCommand):
 
 
 report_app = typer.Typer(
+    name="report",
     cls=_RunIdGroup,
     no_args_is_help=True,
     help="Evidence reports: render the signed report of a run from the audit trail, or verify one.",
 )
-
-
-def _with_trail(work: Callable[[PostgresAuditStore], Awaitable[T]]) -> T:
-    """Open the trail of the settings, run ``work(store)``, close it; trail errors exit 1."""
-    from l9.cli import _run, _settings
-    from l9.devstack import StackError
-    from l9.trail import open_trail
-    from memory.postgres import AuditStoreError
-
-    settings = _settings()
-
-    async def main() -> T:
-        store = await open_trail(settings, max_size=2)
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-
-    try:
-        return _run(main)
-    except (AuditStoreError, StackError) as exc:
-        raise _fail(str(exc)) from None
 
 
 @report_app.command(DEFAULT_COMMAND, hidden=True, cls=_BuildCommand)
@@ -85,20 +55,20 @@ def build(
     out: Annotated[Path | None, typer.Option("--out", help="write the report here (default: stdout)")] = None,
 ) -> None:
     """Render the signed evidence report of RUN_ID from the audit trail."""
+    # late: start-up speed (~60 ms: jinja2 and the report templates)
     from agents.auditor.report import FORMATS, NoRecordsError, render, report_from_trail
-    from l9.cli import _settings
 
     if fmt not in FORMATS:
-        raise _fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}", 2)
-    settings = _settings()
+        raise fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}", 2)
+    settings = load_settings()
     try:
         key = settings.audit_signing_key()
     except ValueError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     try:
-        report = _with_trail(lambda store: report_from_trail(store, run_id, key))
+        report = with_trail(settings, lambda store: report_from_trail(store, run_id, key))
     except NoRecordsError:
-        raise _fail(f"no audit records for run {run_id}") from None
+        raise fail(f"no audit records for run {run_id}") from None
     text = render(report, "md" if fmt == "md" else "json")
     if out is None:
         sys.stdout.write(text)
@@ -106,7 +76,7 @@ def build(
     try:
         out.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise _fail(f"cannot write {out}: {exc}") from None
+        raise fail(f"cannot write {out}: {exc}") from None
     d = report.declaration
     print(
         f"report of run {run_id} written to {out}: outcome {report.outcome.status}, "
@@ -117,23 +87,23 @@ def build(
 @report_app.command("verify")
 def verify(file: Annotated[Path, typer.Argument(help="a report written by l9 report (md or json)")]) -> None:
     """Check a report against the trail: signature, chain head, checkpoint and content."""
+    # late: start-up speed (~60 ms: jinja2 and the report templates)
     from agents.auditor.report import ReportFormatError, parse_report, verify_parsed
-    from l9.cli import _settings
 
     try:
         text = file.read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise _fail(f"{file}: cannot read the report: {exc}", 2) from None
+        raise fail(f"{file}: cannot read the report: {exc}", 2) from None
     try:
         parsed = parse_report(text)
     except ReportFormatError as exc:
-        raise _fail(f"{file}: not an evidence report: {exc}", 2) from None
-    settings = _settings()
+        raise fail(f"{file}: not an evidence report: {exc}", 2) from None
+    settings = load_settings()
     try:
         trusted = settings.audit_trusted()
     except ValueError as exc:
-        raise _fail(str(exc), 2) from None
-    check = _with_trail(lambda store: verify_parsed(store, parsed, trusted))
+        raise fail(str(exc), 2) from None
+    check = with_trail(settings, lambda store: verify_parsed(store, parsed, trusted))
     stamp = check.stamp
     if check.ok:
         print(
@@ -143,4 +113,4 @@ def verify(file: Annotated[Path, typer.Argument(help="a report written by l9 rep
         return
     for problem in check.problems:
         print(f"FAILED: {problem}")
-    raise _fail(f"{file} does not verify against the trail ({len(check.problems)} problem(s))")
+    raise fail(f"{file} does not verify against the trail ({len(check.problems)} problem(s))")

@@ -1,7 +1,4 @@
-"""``l9 acl render`` and ``l9 governance check|pending|approve|deny``: the command line of ``governance``.
-
-Registered on the ``l9`` app when this module is imported (the last line of ``l9.cli``).
-"""
+"""``l9 acl render`` and ``l9 governance check|pending|approve|deny``: the command line of ``governance``."""
 
 from __future__ import annotations
 
@@ -28,17 +25,13 @@ from governance import (
     redis_user_name,
     render_acl,
 )
+from l9.cli.common import fail, load_settings, run
+from l9.devstack import resolve_endpoints
 
-acl_app = typer.Typer(no_args_is_help=True, help="Redis ACLs: one Redis user per agent.")
-governance_app = typer.Typer(no_args_is_help=True, help="Governance policies.")
+acl_app = typer.Typer(name="acl", no_args_is_help=True, help="Redis ACLs: one Redis user per agent.")
+governance_app = typer.Typer(name="governance", no_args_is_help=True, help="Governance policies.")
 console = Console()
 T = TypeVar("T")
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    from l9.cli import _fail as fail
-
-    return fail(message, code)
 
 
 def _read_passwords(path: Path) -> dict[str, str]:
@@ -47,9 +40,9 @@ def _read_passwords(path: Path) -> dict[str, str]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise _fail(f"{path}: not a JSON object of agent -> password ({exc})") from None
+        raise fail(f"{path}: not a JSON object of agent -> password ({exc})") from None
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise _fail(f"{path}: expected a JSON object of agent -> password")
+        raise fail(f"{path}: expected a JSON object of agent -> password")
     return {str(k): v for k, v in data.items()}
 
 
@@ -75,15 +68,13 @@ def acl_render(
     streams and keys. Passwords live in the passwords file (mode 0600); the ACL file holds
     their SHA-256 only. Load it with ``aclfile`` in redis.conf or ``ACL LOAD``.
     """
-    from l9.cli import _settings
-
-    settings = _settings()
+    settings = load_settings()
     try:
         users = load_policy_file(settings.policy_file).identity.redis_users
     except PolicyFileError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     if not users:
-        raise _fail("the policy file declares no identity.redis_users", 2)
+        raise fail("the policy file declares no identity.redis_users", 2)
     out = out or settings.home_dir / "redis-users.acl"
     pw_path = passwords or settings.home_dir / "redis-passwords.json"
     secrets = fill_passwords(users, _read_passwords(pw_path))
@@ -105,13 +96,11 @@ def governance_check(
     ] = None,
 ) -> None:
     """Validate a policy file and list what it declares; exit 2 (with file:line) if it is unusable."""
-    from l9.cli import _settings
-
-    settings = _settings()
+    settings = load_settings()
     try:
         engine = PolicyEngine.load(file or settings.policy_file, strict_mode=settings.strict_mode)
     except PolicyFileError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     for policy in engine.policies:
         anchors = f" -> {', '.join(policy.anchors)}" if policy.outcome.value == "escalate" else ""
         console.print(f"policy {policy.ref}: {policy.rule_name}, {policy.outcome.value}{anchors}")
@@ -129,14 +118,11 @@ def governance_check(
 
 def _with_escalations(who: str, work: Callable[[Escalations], Awaitable[T]]) -> T:
     """Run ``work`` with an Escalations desk on the configured Redis, signing as this CLI."""
-    from l9.cli import _run, _settings
-    from l9.devstack import resolve_endpoints
-
-    settings = _settings()
+    settings = load_settings()
     try:
         engine = PolicyEngine.load(settings.policy_file, strict_mode=settings.strict_mode)
     except PolicyFileError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     endpoints = resolve_endpoints(settings)
     signer = Signer(settings.keyring(), settings.signing_key_id)
 
@@ -151,7 +137,7 @@ def _with_escalations(who: str, work: Callable[[Escalations], Awaitable[T]]) -> 
         finally:
             await redis.aclose()
 
-    return _run(main)
+    return run(main)
 
 
 @governance_app.command("pending")
@@ -180,9 +166,9 @@ def _answer(escalation_id: str, name: str, reason: str, *, approved: bool) -> No
     try:
         _with_escalations(name, work)
     except NotAnAnchor as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     except EscalationError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     console.print(f"escalation {escalation_id} {'approved' if approved else 'denied'} by {name}: {reason}")
 
 
@@ -208,14 +194,3 @@ def governance_deny(
 ) -> None:
     """Deny an escalation as one of its anchors."""
     _answer(escalation_id, name, reason, approved=False)
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``l9 acl`` and ``l9 governance`` to the ``l9`` command."""
-    app.add_typer(acl_app, name="acl")
-    app.add_typer(governance_app, name="governance")
-
-
-from l9.cli import app as _app  # noqa: E402 (l9.cli imports this module last; app exists by then)
-
-register(_app)

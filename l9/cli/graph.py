@@ -22,6 +22,7 @@ from typing import Annotated, Any, TypeVar
 import anyio
 import typer
 
+from l9.cli.common import fail, load_settings
 from l9.devstack import StackError, resolve_endpoints
 from l9.settings import Settings
 from memory.graph import (
@@ -38,7 +39,9 @@ from memory.graph import (
 
 T = TypeVar("T")
 graph_app = typer.Typer(
-    no_args_is_help=True, help="The semantic graph: envelope lineage, agent DAGs, expression graphs."
+    name="graph",
+    no_args_is_help=True,
+    help="The semantic graph: envelope lineage, agent DAGs, expression graphs.",
 )
 NOT_PROJECTED = "is the lineage projector (l9 agent run lineage) running?"
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
@@ -46,13 +49,11 @@ AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 def _with_graph(work: Callable[[SemanticGraph], Awaitable[T]]) -> T:
     """Run ``work`` on the configured graph store; its errors as one line and exit 1."""
-    from l9.cli import _fail, _settings
-
-    settings = _settings()
+    settings = load_settings()
     try:
         redis_url = _redis_url(settings)
     except StackError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
     async def run() -> T:
         graph = open_graph(settings, redis_url)
@@ -64,11 +65,11 @@ def _with_graph(work: Callable[[SemanticGraph], Awaitable[T]]) -> T:
     try:
         return anyio.run(run)
     except GraphNotFound as exc:
-        raise _fail(f"{exc} ({NOT_PROJECTED})") from None
+        raise fail(f"{exc} ({NOT_PROJECTED})") from None
     except GraphUnavailable as exc:
-        raise _fail(f"the graph store is unreachable: {exc}") from None
+        raise fail(f"the graph store is unreachable: {exc}") from None
     except GraphError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def _redis_url(settings: Settings) -> str | None:
@@ -188,9 +189,7 @@ def deps(
 ) -> None:
     """The newest agent dependency DAG of a collection, as the planner's research found it."""
     if mermaid and as_json:
-        from l9.cli import _fail
-
-        raise _fail("choose --mermaid or --json, not both", 2)
+        raise fail("choose --mermaid or --json, not both", 2)
     view = _with_graph(lambda graph: graph.dag(collection))
     if as_json:
         typer.echo(json.dumps(dag_json(view)))
@@ -223,8 +222,3 @@ def stats(as_json: AsJson = False) -> None:
     """Nodes per label and edges per type in this namespace's graph."""
     counts = _with_graph(lambda graph: graph.counts())
     typer.echo(json.dumps(counts.as_dict()) if as_json else render_counts(counts))
-
-
-from l9.cli import app as _app  # noqa: E402 (l9.cli imports this module last; app exists by then)
-
-_app.add_typer(graph_app, name="graph")

@@ -2,7 +2,7 @@
 
 ``l9 tail`` prints the newest entries (or every one since a time), then with
 ``--follow`` each new one as it commits. It always reads by ``seq`` cursor
-(:meth:`~memory.postgres.PostgresAuditStore.entries_after`), so nothing is
+(:meth:`~memory.audit.AuditRecorder.entries_after`), so nothing is
 skipped or printed twice; NOTIFYs only wake it up, and a poll every second
 covers the ones a dropped listener missed.
 """
@@ -12,41 +12,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
-import re
 import signal
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-import anyio
 import structlog
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from l9.devstack import StackError
-from l9.settings import Settings
-from memory.postgres import (
-    AuditStoreError,
+from l9.cli.common import duration_option, fail, load_settings, with_trail
+from l9.trail import quiet_reconnect_warnings
+from memory.audit import (
+    AuditRecorder,
     AuditStoreUnavailable,
     CheckpointError,
     EntryFilter,
-    MigrationError,
-    PostgresAuditStore,
     StoredEntry,
     VerifyReport,
     read_checkpoint,
 )
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
-audit_app = typer.Typer(no_args_is_help=True, help="The audit trail in PostgreSQL.")
+commands = typer.Typer()
+audit_app = typer.Typer(name="audit", no_args_is_help=True, help="The audit trail in PostgreSQL.")
 
 #: Entries read per query.
 PAGE = 1000
@@ -54,24 +49,6 @@ PAGE = 1000
 POLL_S = 1.0
 #: Reconnect delays while PostgreSQL is unreachable during ``--follow``.
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 5.0
-
-_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
-_UNIT_S = (86_400, 3_600, 60, 1)
-
-
-def parse_duration(text: str) -> timedelta:
-    """``30s``, ``10m``, ``2h``, ``1d`` or combinations in that order (``1h30m``, ``1d12h``)."""
-    match = _DURATION.fullmatch(text.strip())
-    if not text.strip() or match is None:
-        raise ValueError(f"{text!r} is not a duration (e.g. 30s, 10m, 2h, 1d, 1h30m)")
-    return timedelta(seconds=sum(int(n) * unit for n, unit in zip(match.groups(), _UNIT_S, strict=True) if n))
-
-
-def _since_option(text: str) -> timedelta:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
 
 
 # -- printing entries ----------------------------------------------------------------------------
@@ -156,9 +133,7 @@ class EntryPrinter:
 # -- reading the trail -----------------------------------------------------------------------------
 
 
-async def last_entries(
-    store: PostgresAuditStore, n: int, filters: EntryFilter, head: int
-) -> list[StoredEntry]:
+async def last_entries(store: AuditRecorder, n: int, filters: EntryFilter, head: int) -> list[StoredEntry]:
     """The last ``n`` entries matching ``filters`` up to seq ``head``, oldest first.
 
     Reads backwards in windows of seqs, each four times the last: a rare match
@@ -181,7 +156,7 @@ async def last_entries(
 
 
 async def entries_between(
-    store: PostgresAuditStore,
+    store: AuditRecorder,
     after: int,
     until: int,
     filters: EntryFilter,
@@ -200,7 +175,7 @@ class _Waker:
     """Wakes the follow loop when a batch commits: LISTEN (via ``watch_head``) in a task
     of its own that reconnects on errors, and is restarted when it looks deaf."""
 
-    def __init__(self, store: PostgresAuditStore) -> None:
+    def __init__(self, store: AuditRecorder) -> None:
         self.store = store
         self.woken = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -242,7 +217,7 @@ class _Waker:
 
 
 async def follow(
-    store: PostgresAuditStore,
+    store: AuditRecorder,
     cursor: int,
     filters: EntryFilter,
     emit: Callable[[StoredEntry], None],
@@ -307,39 +282,8 @@ async def _until_signalled(main: Awaitable[None]) -> None:
 # -- the commands ------------------------------------------------------------------------------------
 
 
-def _settings() -> Settings:
-    from l9.cli import _settings  # late: l9.cli imports this module to register the commands
-
-    return _settings()
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    """One unwrapped line on stderr (no markup: paths and errors print as they are), exit ``code``."""
-    line = Text("error: ", style="red")
-    line.append(message)
-    Console(stderr=True, soft_wrap=True, highlight=False).print(line)
-    return typer.Exit(code)
-
-
-def _with_trail(settings: Settings, work: Callable[[PostgresAuditStore], Awaitable[T]]) -> T:
-    """Open the trail, run ``work`` on it; PostgreSQL trouble is a one-line error (exit 1)."""
-    from l9.trail import open_trail
-
-    async def main() -> T:
-        store = await open_trail(settings, max_size=2)
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-
-    try:
-        return anyio.run(main)
-    except (AuditStoreError, MigrationError, StackError) as exc:
-        raise _fail(str(exc)) from None
-
-
 async def run_tail(
-    store: PostgresAuditStore, *, lines: int, filters: EntryFilter, follow_: bool, as_json: bool
+    store: AuditRecorder, *, lines: int, filters: EntryFilter, follow_: bool, as_json: bool
 ) -> None:
     """History up to the head (the last ``lines``, or all since ``filters.since``), then new entries."""
     head = (await store.head()).seq
@@ -353,6 +297,7 @@ async def run_tail(
         await follow(store, head, filters, emit)
 
 
+@commands.command("tail")
 def tail(
     lines: Annotated[
         int, typer.Option("-n", "--lines", min=0, help="how many of the newest matching entries to show")
@@ -371,7 +316,7 @@ def tail(
     since: Annotated[
         timedelta | None,
         typer.Option(
-            parser=_since_option,
+            parser=duration_option,
             metavar="DURATION",
             help="every matching entry recorded in the last DURATION (30s, 10m, 2h, 1d, 1h30m) instead of -n",
         ),
@@ -379,7 +324,7 @@ def tail(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
     """The audit trail: the newest entries, then with --follow each new one as it commits."""
-    settings = _settings()
+    settings = load_settings()
     filters = EntryFilter(
         type_glob=type_glob,
         source=source,
@@ -387,14 +332,14 @@ def tail(
         since=datetime.now(UTC) - since if since is not None else None,
     )
     # The pool's own reconnect warnings carry tracebacks; follow() reports an outage itself.
-    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
+    quiet_reconnect_warnings()
 
-    async def work(store: PostgresAuditStore) -> None:
+    async def work(store: AuditRecorder) -> None:
         tailing = run_tail(store, lines=lines, filters=filters, follow_=follow_, as_json=as_json)
         with contextlib.suppress(_ReaderGone):
             await _until_signalled(tailing)
 
-    _with_trail(settings, work)
+    with_trail(settings, work)
 
 
 def report_json(report: VerifyReport) -> dict[str, Any]:
@@ -443,18 +388,18 @@ def audit_verify(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Recompute the hash chain and check the signed checkpoints; exit 1 naming the first bad seq."""
-    settings = _settings()
+    settings = load_settings()
     if from_checkpoint is not None:
         try:
             read_checkpoint(from_checkpoint)
         except CheckpointError as exc:
-            raise _fail(str(exc), 2) from None
+            raise fail(str(exc), 2) from None
     try:
         trusted = settings.audit_trusted()
     except ValueError as exc:
-        raise _fail(f"cannot load the trusted checkpoint keys: {exc}", 2) from None
+        raise fail(f"cannot load the trusted checkpoint keys: {exc}", 2) from None
 
-    async def work(store: PostgresAuditStore) -> VerifyReport | CheckpointError:
+    async def work(store: AuditRecorder) -> VerifyReport | CheckpointError:
         try:
             return await store.verify(
                 from_checkpoint=from_checkpoint,
@@ -464,9 +409,9 @@ def audit_verify(
         except CheckpointError as exc:  # a file in the checkpoint directory
             return exc
 
-    report = _with_trail(settings, work)
+    report = with_trail(settings, work)
     if isinstance(report, CheckpointError):
-        raise _fail(str(report), 2)
+        raise fail(str(report), 2)
     if not trusted:
         print(
             "warning: no audit key (L9_AUDIT_KEY_FILE, L9_AUDIT_TRUSTED_KEYS): checkpoint signatures "
@@ -482,9 +427,3 @@ def audit_verify(
             out.print(Text(line, style=style or ""))
     if not report.ok:
         raise typer.Exit(1)
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``l9 tail`` and ``l9 audit ...`` to the ``l9`` command."""
-    app.command("tail")(tail)
-    app.add_typer(audit_app, name="audit")

@@ -1,0 +1,364 @@
+"""What both delivery loops share: one consumer in one group, reading, reclaiming, acking.
+
+:class:`~bus.StreamConsumer` (``bus.consumer``: entry by entry, to concurrent handlers)
+and :class:`~bus.BatchConsumer` (``bus.batch``: a batch at a time, to one transaction)
+are both a :class:`GroupConsumer`, which owns everything that talks to the group:
+
+* the group on each stream, from its first entry (``XGROUP CREATE``, with ``MKSTREAM``
+  or, for streams that must exist already, without);
+* the read loop: own pending entries first (a previous life of this consumer name), then
+  new ones (``XREADGROUP >``) and, every ``scan_interval_s``, the own pending list again
+  (failed and reclaimed entries); Redis trouble means backoff, never a crash, and a lost
+  group (``NOGROUP``: Redis restarted or flushed) is recreated, logged loudly, without a
+  hot loop;
+* taking own pending entries into hand (``XCLAIM``): one already delivered
+  ``max_deliveries`` times goes to the dead-letter stream unhandled, for the pending
+  list's delivery count is the try count (``attempt``) in both loops;
+* acks, queued by the loops and flushed in one round trip (``execute_many``);
+* heartbeat, leases and the entries of dead consumers (``bus.maintenance``);
+* ``run`` / ``stop``: ``stop()`` stops reading; each loop finishes or abandons what it
+  holds (see its module) and the rest stays pending for the next owner.
+
+A loop supplies its pipeline (``_deliver``, which runs ``_read_loop``), how entries come
+into hand (``_read_new``, ``_take``, ``_pending_room``, ``_wait_for_room``), which groups
+it wants (``ensure_groups``) and what a lost group takes with it (``_lost``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from .connection import as_text, execute_many
+from .deadletter import DeadLetters
+from .errors import TRANSIENT, is_busygroup, is_missing_stream, is_nogroup
+from .keys import Keys
+from .maintenance import Maintenance
+from .policy import DeliveryPolicy
+
+Fields = Mapping[bytes, bytes]
+#: An own pending entry taken into hand: its id, its fields and the number of its next try.
+Claimed = tuple[str, Fields, int]
+
+
+class Backoff:
+    """Exponential sleep for a failing loop: 0.1 s doubling to ``cap``."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self.first, self.cap, self.next = first, cap, first
+
+    async def sleep(self, until: anyio.Event | None = None) -> None:
+        """Sleep the current delay (less if ``until`` is set first), then double it."""
+        with anyio.move_on_after(self.next):
+            await (until.wait() if until is not None else anyio.sleep_forever())
+        self.next = min(self.cap, self.next * 2)
+
+    def reset(self) -> None:
+        self.next = self.first
+
+
+class GroupConsumer:
+    """One consumer in one group: the group, the read loop, own pending entries, acks."""
+
+    #: The prefix of this loop's log events (``consumer.group_missing``, ...).
+    event = "consumer"
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        *,
+        group: str,
+        consumer: str,
+        streams: Iterable[str],
+        policy: DeliveryPolicy | None,
+        scan_interval_s: float | None,
+        log: Any,
+    ) -> None:
+        self.redis, self.keys, self.group, self.consumer = redis, keys, group, consumer
+        self.policy = policy or DeliveryPolicy()
+        self.streams: list[str] = []  # read by Maintenance
+        self._key: dict[str, str] = {}  # stream name -> key
+        self._names: dict[str | bytes, str] = {}  # key, as str and as Redis returns it -> name
+        self._read_ids: dict[Any, Any] = {}  # XREADGROUP's streams argument: key -> ">"
+        self._add_streams(streams)
+        self.in_flight: dict[tuple[str, str], float] = {}  # (stream, id) -> last lease time
+        self._acks: dict[str, list[str]] = {}  # stream -> ids to XACK
+        self._retried: dict[str, list[str]] = {}  # ... whose error note goes with the ack
+        self._with_acks: list[tuple[Any, ...]] = []  # commands sent just before the XACKs
+        self._ack_wanted = anyio.Event()
+        self._scan_interval_s = self.policy.scan_interval_s if scan_interval_s is None else scan_interval_s
+        self._read_scope = anyio.CancelScope()
+        self._stopping = False
+        self._stopped = anyio.Event()
+        self._started = anyio.Event()
+        self.dead = DeadLetters(redis, keys, group, consumer)
+        self.maintenance = Maintenance(self)
+        self.log = log.bind(group=group, consumer=consumer)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Consume until ``stop()``; then drain and return."""
+        await self.ensure_groups()
+        async with anyio.create_task_group() as side:
+            side.start_soon(self._ack_loop)
+            side.start_soon(self.maintenance.run)
+            self._started.set()
+            self.log.info(f"{self.event}.started", streams=self.streams)
+            await self._deliver()
+            with anyio.CancelScope(shield=True):
+                await self._flush_acks()
+                await self.maintenance.release()
+            side.cancel_scope.cancel()
+        self.log.info(f"{self.event}.stopped", left_pending=len(self.in_flight))
+
+    def stop(self) -> None:
+        """Stop reading; what is in hand drains (see the loop's module)."""
+        self._stopping = True
+        self._stopped.set()
+        self._read_scope.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    async def ensure_groups(self) -> None:
+        """Create the groups this consumer reads (at start, and after a group was lost)."""
+        raise NotImplementedError
+
+    async def _deliver(self) -> None:
+        """The loop's pipeline, until ``stop()``; it runs :meth:`_read_loop`."""
+        raise NotImplementedError
+
+    # -- streams and groups -----------------------------------------------------------------
+    def _add_streams(self, names: Iterable[str]) -> None:
+        for name in names:
+            if name not in self._key:
+                key = self.keys.stream(name)
+                self.streams.append(name)
+                self._key[name], self._read_ids[key] = key, ">"
+                self._names[key] = self._names[key.encode()] = name
+
+    def _drop_streams(self) -> None:
+        self.streams.clear()
+        self._key.clear()
+        self._names.clear()
+        self._read_ids.clear()
+
+    async def _create_group(self, stream: str, *, mkstream: bool) -> bool:
+        """The group on ``stream``, from its first entry. With ``mkstream`` a missing stream is
+        created; without, False while the stream does not exist (a deleted reply stream is
+        not brought back)."""
+        try:
+            await self.redis.xgroup_create(self.keys.stream(stream), self.group, id="0", mkstream=mkstream)
+        except ResponseError as exc:
+            if is_busygroup(exc):
+                return True
+            if not mkstream and is_missing_stream(exc):
+                return False
+            raise
+        return True
+
+    # -- the read loop --------------------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        """Own pending entries first, then new ones; Redis trouble means backoff, never a crash.
+        ``stop()`` cancels it wherever it is: what it was taking stays pending."""
+        backoff, drained = Backoff(), False
+        next_scan = time.monotonic() + self._scan_interval_s
+        with self._read_scope:
+            while not self._stopping:
+                await self._wait_for_room()
+                try:
+                    if not drained or time.monotonic() >= next_scan:
+                        await (self._scan_pending() if drained else self._drain_own_pending())
+                        drained, next_scan = True, time.monotonic() + self._scan_interval_s
+                    await self._read_new()
+                    backoff.reset()
+                except ResponseError as exc:
+                    if not is_nogroup(exc):
+                        raise
+                    await self._recover_group(exc, backoff)
+                except TRANSIENT as exc:
+                    retry_in_s = backoff.next
+                    self.log.warning(f"{self.event}.redis_unavailable", error=str(exc), retry_in_s=retry_in_s)
+                    await backoff.sleep(self._stopped)
+
+    async def _wait_for_room(self) -> None:
+        """Until the loop can take more entries into hand."""
+        raise NotImplementedError
+
+    async def _read_new(self) -> None:
+        """Read new entries (:meth:`_xreadgroup`) and take them into hand."""
+        raise NotImplementedError
+
+    async def _xreadgroup(self, count: int) -> Any:
+        """``XREADGROUP >`` on every stream, blocking at most until the next pending scan."""
+        block = max(1, min(self.policy.block_ms, int(self._scan_interval_s * 1000)))
+        return await self.redis.xreadgroup(
+            self.group, self.consumer, self._read_ids, count=max(1, count), block=block
+        )
+
+    async def _recover_group(self, exc: ResponseError, backoff: Backoff) -> None:
+        """A group or stream vanished: what was in hand vanished with it; recreate, with backoff."""
+        self.log.error(
+            f"{self.event}.group_missing",
+            error=str(exc),
+            hint="Redis restarted or was flushed, or a stream was deleted; recreating the consumer group",
+            retry_in_s=backoff.next,
+        )
+        self.in_flight.clear()  # those entries no longer exist
+        self._lost()
+        try:
+            await self.ensure_groups()
+        except TRANSIENT as err:
+            self.log.warning(f"{self.event}.redis_unavailable", error=str(err))
+        await backoff.sleep(self._stopped)
+
+    def _lost(self) -> None:
+        """Forget what was in hand: the group it was read from is gone."""
+
+    # -- own pending entries ------------------------------------------------------------------------
+    async def _drain_own_pending(self) -> None:
+        """Own pending entries not in hand, oldest first: left by a previous life of this
+        consumer name, reclaimed from a dead consumer, or failed and due again."""
+        for stream in list(self.streams):
+            cursor = "-"
+            while not self._stopping:
+                room = await self._pending_room()
+                if room <= 0:
+                    break
+                rows = await self._own_pending(stream, cursor, room)
+                if not rows:
+                    break
+                cursor = "(" + as_text(rows[-1]["message_id"])
+                await self._take(stream, rows)
+                if len(rows) < room:
+                    break
+
+    async def _scan_pending(self) -> None:
+        """The periodic look at the own pending list (by default: the drain again)."""
+        await self._drain_own_pending()
+
+    async def _pending_room(self) -> int:
+        """How many own pending entries the loop can take into hand now."""
+        raise NotImplementedError
+
+    async def _take(self, stream: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Take own pending ``rows`` of ``stream`` into hand (see :meth:`_claim`)."""
+        raise NotImplementedError
+
+    async def _own_pending(self, stream: str, start: str, count: int, idle: int | None = None) -> Any:
+        return await self.redis.xpending_range(
+            self._key[stream],
+            self.group,
+            min=start,
+            max="+",
+            count=max(1, count),
+            consumername=self.consumer,
+            idle=idle,
+        )
+
+    async def _claim(
+        self, stream: str, rows: Sequence[Mapping[str, Any]], *, count_now: bool
+    ) -> list[Claimed]:
+        """XCLAIM own pending ``rows`` not in hand; each comes with the number of its next try
+        (times delivered + 1). An entry delivered ``max_deliveries`` times already is
+        dead-lettered instead, unhandled; one deleted while pending is acked.
+
+        ``count_now``: the claim counts the delivery (the per-entry loop hands the entry to a
+        worker at once). Else the count is left as it is (XCLAIM RETRYCOUNT) and the loop
+        counts the try when it starts it (``bus.batch``): an entry that waits in hand while
+        another one takes the process down is not charged a delivery.
+        """
+        key, cap = self._key[stream], self.policy.max_deliveries
+        todo: dict[str, int] = {}
+        for row in rows:
+            entry_id = as_text(row["message_id"])
+            if (stream, entry_id) in self.in_flight:
+                continue
+            delivered = int(row["times_delivered"])
+            if delivered >= cap:
+                await self.dead.over_cap(stream, key, entry_id, delivered)
+            else:
+                todo[entry_id] = delivered + 1
+        if not todo:
+            return []
+        replies: list[Any]
+        if count_now:
+            replies = [await self.redis.xclaim(key, self.group, self.consumer, 0, list(todo))]
+        else:
+            by_count: dict[int, list[Any]] = {}
+            for entry_id, attempt in todo.items():
+                by_count.setdefault(attempt - 1, []).append(entry_id)
+            replies = [
+                await self.redis.xclaim(key, self.group, self.consumer, 0, ids, retrycount=delivered)
+                for delivered, ids in by_count.items()
+            ]
+        claimed: list[Claimed] = []
+        for reply in replies:
+            for raw_id, fields in reply:
+                if raw_id is not None and fields is not None:
+                    entry_id = as_text(raw_id)
+                    claimed.append((entry_id, fields, todo.pop(entry_id)))
+        if todo:  # deleted (trimmed) while pending: nothing is left to handle
+            await self.redis.xack(key, self.group, *todo)
+        return claimed
+
+    # -- acks -------------------------------------------------------------------------------------------
+    async def _ack_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            await self._ack_wanted.wait()
+            self._ack_wanted = anyio.Event()
+            with anyio.CancelScope(shield=True):
+                ok = await self._flush_acks()
+            if ok:
+                backoff.reset()
+            else:
+                self._ack_wanted.set()
+                await backoff.sleep()
+
+    async def _flush_acks(self) -> bool:
+        """XACK everything queued, after the commands riding with it (``Delivery.with_ack``),
+        in one round trip; False if Redis failed (everything stays queued for the next try)."""
+        if not self._acks:
+            return True
+        acks, self._acks = self._acks, {}
+        retried, self._retried = self._retried, {}
+        riders, self._with_acks = self._with_acks, []
+        commands = list(riders)
+        for stream, ids in acks.items():
+            commands.append(("XACK", self.keys.stream(stream), self.group, *ids))
+        for stream, ids in retried.items():
+            commands.append(("HDEL", self.keys.errors(stream), *ids))
+        try:
+            replies = await execute_many(self.redis, commands)
+        except TRANSIENT as exc:
+            self.log.warning(f"{self.event}.ack_failed", error=str(exc))
+            for stream, ids in acks.items():
+                self._acks.setdefault(stream, []).extend(ids)
+            for stream, ids in retried.items():
+                self._retried.setdefault(stream, []).extend(ids)
+            self._with_acks[:0] = riders
+            return False
+        for command, reply in zip(riders, replies, strict=False):
+            if isinstance(reply, ResponseError):
+                self.log.error(f"{self.event}.after_ack_failed", command=str(command[0]), error=str(reply))
+        done, in_flight = 0, self.in_flight
+        for stream, ids in acks.items():
+            for entry_id in ids:
+                if in_flight.pop((stream, entry_id), None) is not None:
+                    done += 1
+        self._released(done)
+        return True
+
+    def _released(self, n: int) -> None:
+        """``n`` entries in hand were acked."""

@@ -1,0 +1,192 @@
+"""The per-entry loop's middleware chain: one contract, composed by a loop.
+
+structlog's processor chain is the model. A middleware is one callable::
+
+    async def step(d: Delivery, call_next: Handler) -> None
+
+It may read the delivery or fill it in, then ``await call_next(d)`` (the rest of the
+chain and, at its end, the handler) once, or return without calling it: the entry is
+then acked unhandled. ``raise DeadLetter(reason, detail)`` refuses the entry for good
+(dead-lettered at once); any other exception is a failed attempt, retried with backoff
+up to the delivery cap.
+
+:class:`~bus.StreamConsumer` runs, in this order: :func:`decode` -> :func:`verify` ->
+:func:`load_payload` -> :func:`authorize` -> :func:`log_context` (every log line of the
+delivery carries its envelope; an expired envelope is acked unhandled) -> the consumer's
+own ``middlewares=`` (tracing, metrics, idempotence...) -> the handler. A step the
+consumer has no use for (no verifier, no authorizer) is left out. The chain is composed
+once, when the consumer is built: a delivery costs one coroutine per step (~0.2 us) and
+allocates nothing else.
+
+The signature is checked over the ``env`` bytes as they travelled, after :func:`decode`
+has read the envelope's own fields from them (the key id is one of them) and before
+any payload model sees the data.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from envelope import (
+    ENVELOPE_FIELD,
+    SIGNATURE_FIELD,
+    EnvelopeError,
+    PacketEnvelope,
+    PayloadRegistry,
+    Verifier,
+    decode_envelope,
+)
+
+from .errors import DeadLetter
+
+if TYPE_CHECKING:
+    from .consumer import Delivery, Handler
+
+Middleware = Callable[["Delivery", "Handler"], Awaitable[None]]
+#: Called on every verified envelope before any handler sees it; raises EnvelopeError
+#: (e.g. ``unauthorized_signer``) to dead-letter it. See ``governance.SignerACL.authorize``.
+Authorizer = Callable[[PacketEnvelope], None]
+
+_ENV_KEY, _SIG_KEY = ENVELOPE_FIELD.encode(), SIGNATURE_FIELD.encode()
+
+
+def compose(middlewares: Sequence[Middleware], handler: Handler) -> Handler:
+    """One handler that runs ``middlewares`` in order, then ``handler``."""
+    chain = handler
+    for step in reversed(middlewares):
+        chain = _link(step, chain)
+    return chain
+
+
+def _link(step: Middleware, call_next: Handler) -> Handler:
+    def link(d: Delivery) -> Awaitable[None]:
+        return step(d, call_next)  # the step's own coroutine: no second one per step
+
+    return link
+
+
+def refused(exc: EnvelopeError) -> DeadLetter:
+    """The dead letter an envelope error means."""
+    return DeadLetter(exc.reason.value, exc.detail)
+
+
+async def decode(d: Delivery, call_next: Handler) -> None:
+    """Stream entry -> envelope: msgpack, the envelope's fields, the plain headers."""
+    try:
+        d.envelope = decode_envelope(d.raw)
+    except EnvelopeError as exc:
+        raise refused(exc) from None
+    await call_next(d)
+
+
+def verify(verifier: Verifier) -> Middleware:
+    """The signature over the ``env`` bytes (refused: missing when required, unknown key
+    id, mismatch)."""
+
+    async def verify_signature(d: Delivery, call_next: Handler) -> None:
+        raw, envelope = d.raw, d.envelope
+        blob, signature = raw.get(_ENV_KEY), raw.get(_SIG_KEY)
+        if blob is None:  # a client with decode_responses: str field names
+            blob, signature = raw.get(ENVELOPE_FIELD), raw.get(SIGNATURE_FIELD)  # type: ignore[call-overload]
+        try:
+            verifier.verify_bytes(blob, envelope.key_id, signature, envelope.id)
+        except EnvelopeError as exc:
+            raise refused(exc) from None
+        await call_next(d)
+
+    return verify_signature
+
+
+def load_payload(types: PayloadRegistry) -> Middleware:
+    """The typed payload: the model registered for the envelope's ``type`` validates ``data``."""
+
+    async def load(d: Delivery, call_next: Handler) -> None:
+        try:
+            d.payload = types.load(d.envelope)
+        except EnvelopeError as exc:
+            raise refused(exc) from None
+        await call_next(d)
+
+    return load
+
+
+def authorize(authorizer: Authorizer) -> Middleware:
+    """The ``authorize`` hook (e.g. a signer that may not emit the type is refused)."""
+
+    async def authorize_signer(d: Delivery, call_next: Handler) -> None:
+        try:
+            authorizer(d.envelope)
+        except EnvelopeError as exc:
+            raise refused(exc) from None
+        await call_next(d)
+
+    return authorize_signer
+
+
+# -- the log context ------------------------------------------------------------------------------
+
+
+def _log_vars() -> tuple[contextvars.ContextVar[Any], ...]:
+    """structlog's context variables for the per-delivery log context.
+
+    Setting and resetting them directly costs ~1.2 us per delivery;
+    ``bound_contextvars`` copies and scans the whole context twice (~6 us).
+    """
+    tokens = structlog.contextvars.bind_contextvars(
+        envelope_id=None, correlation_id=None, type=None, stream=None, attempt=None
+    )
+    structlog.contextvars.reset_contextvars(**tokens)
+    return tuple(t.var for t in tokens.values())
+
+
+_LOG_VARS = _log_vars()
+
+
+def _bind(d: Delivery) -> tuple[contextvars.Token[Any], ...]:
+    env = d.envelope
+    v_id, v_corr, v_type, v_stream, v_attempt = _LOG_VARS
+    return (
+        v_id.set(env.id),
+        v_corr.set(env.correlation_id),
+        v_type.set(env.type),
+        v_stream.set(d.stream),
+        v_attempt.set(d.attempt),
+    )
+
+
+def _unbind(tokens: tuple[contextvars.Token[Any], ...]) -> None:
+    for var, token in zip(_LOG_VARS, tokens, strict=True):
+        var.reset(token)
+
+
+def log_context(log: Any) -> Middleware:
+    """Every log line of the delivery carries its envelope id, correlation id, type, stream
+    and attempt; an expired envelope is logged on ``log`` and acked unhandled."""
+
+    async def in_log_context(d: Delivery, call_next: Handler) -> None:
+        tokens = _bind(d)
+        try:
+            if d.envelope.expired():
+                expires_at = d.envelope.expires_at
+                log.warning("consumer.expired", expires_at=expires_at.isoformat() if expires_at else None)
+            else:
+                await call_next(d)
+        finally:
+            _unbind(tokens)
+
+    return in_log_context
+
+
+@contextmanager
+def delivery_log_context(d: Delivery) -> Iterator[None]:
+    """The same log context, outside the chain (a failed attempt's log lines)."""
+    tokens = _bind(d)
+    try:
+        yield
+    finally:
+        _unbind(tokens)

@@ -1,0 +1,50 @@
+"""``l9 agent run NAME``: one agent in this process until SIGTERM."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from agents.runner import load_agent, run_agent
+from governance import PolicyFileError
+from l9.cli.common import fail, load_settings, run
+from l9.devstack import StackError
+
+agent_app = typer.Typer(name="agent", no_args_is_help=True, help="Agent processes.")
+
+
+@agent_app.command("run")
+def agent_run(
+    name: Annotated[str, typer.Argument(help="a built-in agent name or module:Class")],
+    concurrency: Annotated[int | None, typer.Option(min=1, help="handlers running at once")] = None,
+    instance: Annotated[str | None, typer.Option(help="stable instance id (default: lowest free)")] = None,
+) -> None:
+    """Run one agent in this process until SIGTERM."""
+    settings = load_settings()
+    if name == "lineage":
+        from agents.lineage.main import run_lineage  # late: start-up speed (~25 ms)
+
+        try:
+            run(lambda: run_lineage(settings, instance=instance))
+        except StackError as exc:
+            raise fail(str(exc)) from None
+        return
+    if name == "auditor":
+        from agents.auditor.main import run_auditor  # late: start-up speed (~70 ms)
+
+        try:
+            run(lambda: run_auditor(settings, instance=instance))
+        except StackError as exc:
+            raise fail(str(exc)) from None
+        return
+    try:
+        agent_cls = load_agent(name)
+    except (ValueError, ImportError) as exc:
+        raise fail(str(exc), 2) from None
+    try:
+        run(lambda: run_agent(agent_cls, settings, concurrency=concurrency, instance=instance))
+    except PolicyFileError as exc:  # L9_POLICY_FILE unusable: at start, before any envelope is read
+        raise fail(str(exc), 2) from None
+    except StackError as exc:
+        raise fail(str(exc)) from None

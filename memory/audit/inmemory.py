@@ -1,0 +1,265 @@
+"""An audit trail in a Python list: the :class:`AuditRecorder` for fast tests.
+
+The same contract as the PostgreSQL store: the same chain bytes (the hashes of
+:mod:`memory.chain`, over times kept in microseconds), dedupe by envelope id with
+the same outcomes, the same head and cursor semantics, checkpoints, and the same
+verification walk. What it does not have: durability, other processes, a
+superuser. Tests may edit :attr:`InMemoryAuditRecorder.entries` to tamper with the
+trail and see verification catch it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from memory.chain import GENESIS, HASH_VERSION, chain_hash, from_micros, leaf_hash_of, to_micros
+
+from .appending import PreparedAppend, log_outcomes, outcomes
+from .checkpoints import Checkpoint, SigningKey
+from .port import AuditRecorder, AuditStoreError
+from .records import Committed, EntryFilter, EntryPage, Head, StoredEntry
+from .verify import VERIFY_COLUMNS, Row, VerifyReport
+from .walk import checkpoint_files, verify_snapshot
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class InMemoryAuditRecorder(AuditRecorder):
+    """The trail in memory. ``clock`` gives each append's ``recorded_at`` (aware datetimes)."""
+
+    def __init__(self, *, clock: Callable[[], datetime] = _now, checkpoint_dir: Path | None = None) -> None:
+        self.clock, self.checkpoint_dir = clock, checkpoint_dir
+        #: The entries, by seq (the ``entries`` and ``payloads`` tables in one).
+        self.entries: list[StoredEntry] = []
+        #: seq -> payload hash of each redacted entry (the ``redactions`` table).
+        self.redactions: dict[int, bytes] = {}
+        self._head = Head(0, GENESIS, self._tick())
+        self._seq_of: dict[str, int] = {}  # envelope id -> seq
+        self._checkpoints: list[Checkpoint] = []
+        self._moved: asyncio.Event | None = None
+        self.closed = False
+
+    def _tick(self) -> datetime:
+        """The clock, at the store's precision (UTC, microseconds)."""
+        return from_micros(to_micros(self.clock()))
+
+    def _open(self) -> None:
+        if self.closed:
+            raise AuditStoreError("the in-memory recorder is closed")
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    async def append_prepared(self, prepared: PreparedAppend) -> list[Committed]:
+        self._open()
+        if not prepared.records:
+            return []
+        started, now = time.perf_counter(), self._tick()
+        stored = {eid: self._stored_row(eid) for eid in prepared.firsts if eid in self._seq_of}
+        fresh = [i for eid, i in prepared.firsts.items() if eid not in stored]
+        placed = self._chain(prepared, fresh, now) if fresh else {}
+        committed = outcomes(prepared, stored, placed, now)
+        log_outcomes(committed, started)
+        return committed
+
+    def _stored_row(self, envelope_id: str) -> dict[str, Any]:
+        """What an append reads of an entry stored before it (as the store's query does)."""
+        at = self._index(self._seq_of[envelope_id])
+        if at is None:
+            raise AuditStoreError(f"envelope {envelope_id} is indexed but its entry is gone")
+        e = self.entries[at]
+        return {
+            "seq": e.seq,
+            "chain_hash": e.chain_hash,
+            "payload_hash": e.payload_hash,
+            "recorded_at": e.recorded_at,
+        }
+
+    def _chain(
+        self, prepared: PreparedAppend, fresh: Sequence[int], now: datetime
+    ) -> dict[str, tuple[int, bytes]]:
+        """Hash the records at ``fresh`` onto the chain, store them and move the head (no await:
+        nothing else runs meanwhile, the one writer of the chain)."""
+        seq, previous = self._head.seq, self._head.chain_hash
+        recorded_us = to_micros(now)
+        placed = {}
+        for i in fresh:
+            rec, digest = prepared.records[i], prepared.digests[i]
+            seq += 1
+            leaf = leaf_hash_of(prepared.parts[i], seq, recorded_us, digest)
+            previous = chain_hash(previous, leaf)
+            entry = StoredEntry(
+                seq, rec.envelope_id, rec.type, rec.source, rec.correlation_id, rec.causation_id,
+                from_micros(prepared.times_us[i]), now, rec.stream, rec.entry_id, digest, leaf, previous,
+                HASH_VERSION, rec.env, rec.sig, rec.key_id,
+            )  # fmt: skip
+            self.entries.append(entry)
+            self._seq_of[rec.envelope_id] = seq
+            placed[rec.envelope_id] = (seq, previous)
+        self._head = Head(seq, previous, now)
+        if self._moved is not None:
+            self._moved.set()
+            self._moved = None
+        return placed
+
+    async def make_checkpoint(self, signing_key: SigningKey) -> Checkpoint:
+        self._open()
+        last = self._checkpoints[-1] if self._checkpoints else None
+        if last is not None and last.seq == self._head.seq:
+            checkpoint = last
+        else:
+            checkpoint = Checkpoint.sign(
+                signing_key,
+                id=last.id + 1 if last else 1,
+                seq=self._head.seq,
+                chain_hash=self._head.chain_hash,
+                created_at=self._tick(),
+                previous=last,
+            )
+            self._checkpoints.append(checkpoint)
+        if self.checkpoint_dir is not None:
+            checkpoint.write(self.checkpoint_dir)
+        return checkpoint
+
+    def redact(self, seq: int) -> None:
+        """Drop the payload of ``seq``, keeping a redaction record (as ``memory.postgres.redact``)."""
+        at = self._index(seq)
+        if at is None or self.entries[at].env is None:
+            raise AuditStoreError(f"redaction of seq {seq} refused: no such payload")
+        entry = self.entries[at]
+        self.redactions[seq] = entry.payload_hash
+        self.entries[at] = replace(entry, env=None, sig=None, key_id=None)
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def _index(self, seq: int) -> int | None:
+        """Where entry ``seq`` is in :attr:`entries` (kept in seq order), None when it is not."""
+        at = bisect.bisect_left(self.entries, seq, key=_seq)
+        return at if at < len(self.entries) and self.entries[at].seq == seq else None
+
+    async def head(self) -> Head:
+        self._open()
+        return self._head
+
+    async def entries_after(
+        self,
+        after_seq: int,
+        *,
+        limit: int = 1000,
+        filters: EntryFilter | None = None,
+        until_seq: int | None = None,
+    ) -> EntryPage:
+        self._open()
+        f = filters or EntryFilter()
+        end = self._head.seq if until_seq is None else min(self._head.seq, until_seq)
+        start = bisect.bisect_right(self.entries, after_seq, key=_seq)
+        found: list[StoredEntry] = []
+        for entry in self.entries[start:]:
+            if entry.seq > end or len(found) == limit:
+                break
+            if f.matches(entry):
+                found.append(entry)
+        cursor = found[-1].seq if len(found) == limit else max(end, after_seq)
+        return EntryPage(found, cursor)
+
+    async def entries_for_correlation(self, correlation_id: str) -> list[StoredEntry]:
+        self._open()
+        return [e for e in self.entries if e.correlation_id == correlation_id]
+
+    async def last_checkpoint(self) -> Checkpoint | None:
+        self._open()
+        return self._checkpoints[-1] if self._checkpoints else None
+
+    async def checkpoints(self) -> list[Checkpoint]:
+        self._open()
+        return list(self._checkpoints)
+
+    async def watch_head(self) -> AsyncIterator[int]:
+        seen = self._head.seq
+        while True:
+            if self._head.seq == seen:
+                if self._moved is None:
+                    self._moved = asyncio.Event()
+                await self._moved.wait()
+            seen = self._head.seq
+            yield seen
+
+    # -- verifying ----------------------------------------------------------------------------------
+
+    async def verify(
+        self,
+        *,
+        from_checkpoint: Path | str | None = None,
+        checkpoint_dir: Path | None = None,
+        trusted_keys: Mapping[str, bytes] | None = None,
+        chunk_size: int = 10_000,
+    ) -> VerifyReport:
+        self._open()
+        started = time.perf_counter()
+        files, presented = checkpoint_files(checkpoint_dir or self.checkpoint_dir, from_checkpoint)
+        return await verify_snapshot(
+            _Snapshot(self),
+            files=files,
+            presented=presented,
+            trusted_keys=trusted_keys,
+            chunk_size=chunk_size,
+            started=started,
+        )
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def _seq(entry: StoredEntry) -> int:
+    return entry.seq
+
+
+_ROW_SEQ, _ROW_CHAIN = VERIFY_COLUMNS.index("seq"), VERIFY_COLUMNS.index("chain_hash")
+
+
+def _row(e: StoredEntry) -> Row:
+    """``e`` laid out as :data:`~memory.audit.verify.VERIFY_COLUMNS`."""
+    return (
+        e.hash_version, e.seq, e.envelope_id, e.type, e.source, e.correlation_id, e.causation_id,
+        to_micros(e.envelope_time), to_micros(e.recorded_at), e.stream, e.entry_id,
+        e.payload_hash, e.leaf_hash, e.chain_hash, e.env, e.sig, e.key_id,
+    )  # fmt: skip
+
+
+class _Snapshot:
+    """The recorder's trail as it is when the walk starts (a copy: appends do not disturb it)."""
+
+    def __init__(self, recorder: InMemoryAuditRecorder) -> None:
+        self._head = (recorder._head.seq, recorder._head.chain_hash)
+        self._rows = sorted((_row(e) for e in recorder.entries), key=lambda r: r[_ROW_SEQ])
+        self._checkpoints = list(recorder._checkpoints)
+        self._redactions = dict(recorder.redactions)
+
+    async def head(self) -> tuple[int, bytes]:
+        return self._head
+
+    async def max_seq(self) -> int:
+        return self._rows[-1][_ROW_SEQ] if self._rows else 0
+
+    async def checkpoints(self) -> list[Checkpoint]:
+        return self._checkpoints
+
+    async def redactions(self) -> dict[int, bytes]:
+        return self._redactions
+
+    async def chain_hash_at(self, seq: int) -> bytes | None:
+        return next((r[_ROW_CHAIN] for r in self._rows if r[_ROW_SEQ] == seq), None)
+
+    async def rows_after(self, seq: int, limit: int) -> Sequence[Row]:
+        return [r for r in self._rows if r[_ROW_SEQ] > seq][:limit]
+
+    async def rows_from(self, seq: int, limit: int) -> Sequence[Row]:
+        return [r for r in self._rows if r[_ROW_SEQ] >= seq][:limit]

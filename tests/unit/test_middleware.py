@@ -1,0 +1,139 @@
+"""The per-entry loop's middleware chain, without Redis: order, refusals, the consumer's own steps,
+and how Redis error replies are recognised."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import fakeredis
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from bus import DeadLetter, Delivery, Handler, Keys, StreamConsumer
+from bus.consumer import UNDECODED, UNTYPED
+from bus.errors import error_code, is_busygroup, is_missing_stream, is_nogroup
+from bus.middleware import compose
+from envelope import EnvelopeError, ErrorReason, PacketEnvelope, Payload, Signer, Verifier, encode, payload
+
+KEYRING = {"k": b"unit-secret"}
+SIGNER = Signer(KEYRING, "k")
+
+
+@payload("l9.unit.parcel.v1")
+class Parcel(Payload):
+    weight: int
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[aioredis.Redis]:
+    client = fakeredis.FakeAsyncRedis()
+    yield client
+    await client.aclose()
+
+
+def parcel(**fields: Any) -> PacketEnvelope:
+    return PacketEnvelope.new(type="l9.unit.parcel.v1", source="agent://unit/0", data={"weight": 3}, **fields)
+
+
+def raw(envelope: PacketEnvelope, signer: Signer | None = SIGNER) -> dict[bytes, bytes]:
+    return {k.encode(): v.encode() if isinstance(v, str) else v for k, v in encode(envelope, signer).items()}
+
+
+def undecoded(fields: dict[bytes, bytes]) -> Delivery:
+    return Delivery("unit", "1-0", UNDECODED, UNTYPED, 1, fields)
+
+
+async def test_compose_runs_the_steps_in_order_around_the_handler_and_a_step_may_stop() -> None:
+    seen: list[str] = []
+
+    def step(name: str, go_on: bool = True) -> Any:
+        async def run(d: Delivery, call_next: Handler) -> None:
+            seen.append(f"{name}>")
+            if go_on:
+                await call_next(d)
+            seen.append(f"<{name}")
+
+        return run
+
+    async def handler(d: Delivery) -> None:
+        seen.append("handler")
+
+    await compose([step("a"), step("b")], handler)(undecoded({}))
+    assert seen == ["a>", "b>", "handler", "<b", "<a"]
+    seen.clear()
+    await compose([step("a", go_on=False), step("b")], handler)(undecoded({}))
+    assert seen == ["a>", "<a"]
+
+
+def consumer_with(fake: aioredis.Redis, handler: Handler, **options: Any) -> StreamConsumer:
+    return StreamConsumer(
+        fake, Keys("u"), group="g", consumer="c", streams=["unit"], handler=handler, **options
+    )
+
+
+async def test_the_consumers_own_steps_fill_in_the_delivery_and_refuse_with_a_reason(
+    fake: aioredis.Redis,
+) -> None:
+    handled: list[Delivery] = []
+
+    async def handler(d: Delivery) -> None:
+        handled.append(d)
+
+    def only_k(envelope: PacketEnvelope) -> None:
+        if envelope.data.get("weight") == 9:
+            raise EnvelopeError(ErrorReason.UNAUTHORIZED_SIGNER, "k may not ship 9")
+
+    consumer = consumer_with(fake, handler, verifier=Verifier(KEYRING), authorize=only_k)
+    chain = compose(consumer.middlewares, handler)
+    good = parcel()
+    await chain(undecoded(raw(good)))
+    (d,) = handled
+    assert d.envelope == good.model_copy(update={"key_id": "k", "signature": d.envelope.signature})
+    assert d.payload == Parcel(weight=3)
+
+    unknown = PacketEnvelope.new(type="l9.unit.nobody.v1", source="agent://unit/0", data={})
+    cases = {
+        "undecodable": {b"env": b"\xc1 not msgpack"},
+        "bad_signature": raw(parcel(), Signer({"k": b"wrong"}, "k")),
+        "unknown_type": raw(unknown),
+        "unauthorized_signer": raw(parcel().model_copy(update={"data": {"weight": 9}})),
+    }
+    for reason, fields in cases.items():
+        with pytest.raises(DeadLetter) as refused:
+            await chain(undecoded(fields))
+        assert refused.value.reason == reason
+    unsigned = raw(parcel(), None)
+    with pytest.raises(DeadLetter, match="bad_signature: envelope is not signed"):
+        await chain(undecoded(unsigned))
+    assert len(handled) == 1
+
+
+async def test_without_verifier_nor_authorizer_those_steps_are_left_out_and_expired_is_not_handled(
+    fake: aioredis.Redis,
+) -> None:
+    handled: list[Delivery] = []
+
+    async def handler(d: Delivery) -> None:
+        handled.append(d)
+
+    async def traced(d: Delivery, call_next: Handler) -> None:
+        await call_next(d)
+
+    consumer = consumer_with(fake, handler, verifier=None, middlewares=[traced])
+    assert len(consumer.middlewares) == 4 and consumer.middlewares[-1] is traced
+    chain = compose(consumer.middlewares, handler)
+    await chain(undecoded(raw(parcel(), None)))
+    await chain(undecoded(raw(parcel(ttl=timedelta(seconds=-1)))))
+    assert len(handled) == 1
+
+
+def test_redis_error_replies_are_told_apart_by_their_code() -> None:
+    nogroup = ResponseError("NOGROUP No such key 'k' or consumer group 'g'", status_code="NOGROUP")
+    legacy = ResponseError("BUSYGROUP Consumer Group name already exists")  # redis-py < 8: no status_code
+    missing = ResponseError("The XGROUP subcommand requires the key to exist.", status_code="ERR")
+    assert (error_code(nogroup), error_code(legacy), error_code(missing)) == ("NOGROUP", "BUSYGROUP", "ERR")
+    assert is_nogroup(nogroup) and not is_nogroup(legacy) and not is_nogroup(missing)
+    assert is_busygroup(legacy) and is_missing_stream(missing) and not is_missing_stream(nogroup)
