@@ -7,6 +7,10 @@ PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# docker-compose 1.29 for the doc test of OPERATIONS.md, apart: its pins are old.
+TOOLS := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
+TOOLS_REQS := tests/doctools/compose-tools.txt
 
 .PHONY: demo test lint bench clean-stack
 
@@ -16,6 +20,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+$(TOOLS_STAMP): $(TOOLS_REQS) tests/doctools/compose-tools-build.txt
+	@test -n "$(PYTHON)" || { echo "L9 needs Python 3.11+ (python3, python3.11, ...): none found" >&2; exit 1; }
+	$(PYTHON) -m venv $(TOOLS)
+	PIP_CONSTRAINT=$(CURDIR)/tests/doctools/compose-tools-build.txt \
+		$(TOOLS)/bin/pip install --quiet --disable-pip-version-check -r $(TOOLS_REQS)
+	touch $(TOOLS_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/l9 demo
 
@@ -24,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint $(TOOLS_STAMP)
 	bash scripts/run-tests.sh $(BIN)/pytest
 
 bench: $(STAMP)

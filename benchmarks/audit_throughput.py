@@ -48,12 +48,11 @@ import asyncpg
 from agents.auditor.agent import GROUP, Auditor, Checkpointer, is_transient, tune_gc
 from agents.auditor.stream import AuditStream
 from benchmarks.bus_throughput import code_version, percentile, progress
-from bus import DEFAULT_TOPOLOGY, DeliveryPolicy, Keys, Publisher, connect
-from bus.batch import BatchConsumer
+from bus import DEFAULT_TOPOLOGY, BatchConsumer, DeliveryPolicy, Keys, Publisher, connect
 from envelope import PacketEnvelope, Signer, Verifier
 from l9.logs import configure_logging
-from memory.postgres import Committed, PostgresAuditStore, SigningKey, migrate, writer_dsn
-from memory.postgres.appending import PreparedAppend
+from memory.audit import Committed, PreparedAppend, SigningKey
+from memory.postgres import PostgresAuditStore, migrate, writer_dsn
 
 KEYRING = {"bench": b"benchmark-signing-key-0123456789abcdef"}
 TARGET_RATE = 50_000

@@ -42,8 +42,7 @@ import anyio
 import redis.asyncio as aioredis
 import redis.utils
 
-from bus import DeliveryPolicy, Keys, Publisher, StreamConsumer, connect
-from bus.consumer import Delivery
+from bus import Delivery, DeliveryPolicy, Keys, Publisher, StreamConsumer, connect
 from envelope import PacketEnvelope, Payload, Signer, Verifier, encode, registry
 
 ROOT = Path(__file__).resolve().parents[1]

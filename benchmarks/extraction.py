@@ -1,6 +1,6 @@
 """How long an extraction run takes end to end, per phase, on 5 and on 50 agents.
 
-    .venv/bin/python -m benchmarks.extraction
+    .venv/bin/python -m benchmarks.extraction [--waves 10] [--per-wave 5]
 
 Prints one JSON object on stdout (logs go to stderr and to the agents' log files):
 
@@ -14,7 +14,8 @@ Prints one JSON object on stdout (logs go to stderr and to the agents' log files
   report -> report ready);
 * ``fifty_agent_s`` / ``fifty_agent_phases_s``: the same for a generated collection of
   50 agents in 10 waves (:func:`fifty_agents`: chains of hard dependencies like the
-  sample's, soft ones across waves, expressions on every fifth agent);
+  sample's, soft ones across waves, expressions on every fifth agent; ``--waves`` and
+  ``--per-wave`` size it, for tests: the keys keep their names);
 * baseline, in the same run on the same machine: ``planner_alone_s``, the planner
   process alone answering the 5-agent request (publish -> plan locked), in a namespace
   of its own; ``agents_start_s``: how long the seven agent processes took to be up.
@@ -25,6 +26,7 @@ the embedded stack (or ``REDIS_URL`` / ``DATABASE_URL``) in a fresh namespace.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -232,7 +234,7 @@ async def planner_alone(
 
 
 async def pipeline(
-    settings: Settings, endpoints: StackEndpoints, env: dict[str, str], logs: Path
+    settings: Settings, endpoints: StackEndpoints, env: dict[str, str], logs: Path, fleet: tuple[int, int]
 ) -> dict[str, Any]:
     procs = [spawn(name, env, logs, instance) for name, instance in PIPELINE]
     try:
@@ -242,7 +244,7 @@ async def pipeline(
         five_facts = await trail_phases(settings, endpoints, five)
         again, again_s = await one_run(settings, endpoints, SAMPLE, "l9.report.ready.v1")
         again_facts = await trail_phases(settings, endpoints, again)
-        collection = fifty_agents(Path(tempfile.mkdtemp()) / "fleet50.yaml")
+        collection = fifty_agents(Path(tempfile.mkdtemp()) / "fleet50.yaml", *fleet)
         fifty, fifty_s = await one_run(settings, endpoints, collection, "l9.report.ready.v1")
         fifty_facts = await trail_phases(settings, endpoints, fifty)
     finally:
@@ -274,7 +276,8 @@ def settings_for(home: Path, endpoints: StackEndpoints, namespace: str) -> tuple
     return Settings.model_validate({**fields, "home": home, "namespace": namespace}), env
 
 
-async def main() -> dict[str, Any]:
+async def main(waves: int = 10, per_wave: int = 5) -> dict[str, Any]:
+    """The figures; the generated collection has ``waves * per_wave`` agents."""
     configure_logging("warning")  # stderr; stdout is the JSON figures only
     home = Path(tempfile.mkdtemp(prefix="l9-bench-extraction-"))
     external = os.environ.get("REDIS_URL") and os.environ.get("DATABASE_URL")
@@ -289,7 +292,7 @@ async def main() -> dict[str, Any]:
         base_settings, base_env = settings_for(home / "baseline", endpoints, f"benchbase{run_id}")
         alone_s = await planner_alone(base_settings, endpoints, base_env, logs)
         settings, env = settings_for(home / "pipeline", endpoints, f"bench{run_id}")
-        figures = await pipeline(settings, endpoints, env, logs)
+        figures = await pipeline(settings, endpoints, env, logs, (waves, per_wave))
     finally:
         if stack is not None:
             stack.down()
@@ -305,5 +308,13 @@ async def main() -> dict[str, Any]:
     }
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--waves", type=int, default=10, help="waves of the generated collection")
+    parser.add_argument("--per-wave", type=int, default=5, help="agents per wave of it")
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
-    print(json.dumps(anyio.run(main), indent=2, sort_keys=True))
+    cli = parse_args()
+    print(json.dumps(anyio.run(main, cli.waves, cli.per_wave), indent=2, sort_keys=True))

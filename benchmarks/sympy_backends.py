@@ -1,6 +1,7 @@
 """Evaluation backends of the SymPy worker against an evalf loop, and the bus round trip of a cached request.
 
     .venv/bin/python -m benchmarks.sympy_backends [--points 100000] [--reps 5] [--roundtrips 300]
+        [--load-runs 5] [--expressions polynomial,trig_exp,determinant_6x6,rational] [--evalf-max-ops N]
 
 Prints one JSON object on stdout; progress goes to stderr.
 
@@ -14,10 +15,13 @@ backend the worker's ``auto`` picks for 100k points once the kernel has been
 compiled (the compiled kernel, else symengine); its raw time is compared with
 symengine ``Lambdify``. ``compiled_cache_load_ms`` loads a built kernel from
 the disk cache in a fresh process that has imported numpy (as a worker has),
-median of 5 processes. The round trip starts the embedded stack (or uses
-REDIS_URL/DATABASE_URL), runs ``l9 agent run sympy`` as its own process and
-times ``SymPyTool.evaluate`` of a cached request from this process; the
-baseline is a Redis PING round trip measured on the same connection pool. The
+median of 5 processes (``--load-runs``). For tests, ``--expressions`` measures
+some of the four only (the polynomial always) and ``--evalf-max-ops`` skips the
+evalf loop of bigger expressions (one point of the 6x6 determinant costs some
+20 s of CPU): they get no ``evalf`` figures. The round trip starts the embedded
+stack (or uses REDIS_URL/DATABASE_URL), runs ``l9 agent run sympy`` as its own
+process and times ``SymPyTool.evaluate`` of a cached request from this process;
+the baseline is a Redis PING round trip measured on the same connection pool. The
 worker runs as in production: it publishes each operation's event and result
 copy after the reply and writes its metrics to PostgreSQL in the background.
 The CPU time the worker process and this process spend per request (both
@@ -111,8 +115,11 @@ def measure_expression(name: str, text: str, store: KernelStore, args: argparse.
     symbols = [sympy.Symbol("x"), sympy.Symbol("y")]
     scale = 100_000 / args.points
     out: dict[str, Any] = {"ops": int(sympy.count_ops(expr))}
-    per_point, sampled = evalf_ms_per_point(expr, xs, ys, args.evalf_s)
-    times: dict[str, float] = {"evalf": per_point * 100_000}
+    times: dict[str, float] = {}
+    sampled = 0
+    if args.evalf_max_ops is None or out["ops"] <= args.evalf_max_ops:
+        per_point, sampled = evalf_ms_per_point(expr, xs, ys, args.evalf_s)
+        times["evalf"] = per_point * 100_000
     build: dict[str, float] = {}
     for backend in ("numpy", "symengine"):
         started = time.perf_counter()
@@ -120,11 +127,12 @@ def measure_expression(name: str, text: str, store: KernelStore, args: argparse.
         build[backend] = (time.perf_counter() - started) * 1000
         times[backend] = best_ms(partial(function, [xs, ys]), args.reps) * scale
     started = time.perf_counter()
-    built = store.ensure(expr, ["x", "y"], canonical_hash(expr))
+    expr_hash = canonical_hash(expr)  # timed with the build, computed once (seconds for the determinant)
+    built = store.ensure(expr, ["x", "y"], expr_hash)
     build["compiled"] = (time.perf_counter() - started) * 1000
-    kernel = store.load(expr, ["x", "y"], canonical_hash(expr))
+    kernel = store.load(expr, ["x", "y"], expr_hash)
     times["compiled"] = best_ms(partial(kernel, xs, ys), args.reps) * scale
-    points, expr_hash = {"x": xs.tolist(), "y": ys.tolist()}, canonical_hash(expr)
+    points = {"x": xs.tolist(), "y": ys.tolist()}
     end_to_end = []
     for _ in range(2):  # the first call of a worker also races the kernel against symengine
         started = time.perf_counter()
@@ -139,7 +147,9 @@ def measure_expression(name: str, text: str, store: KernelStore, args: argparse.
         default_backend=chosen,
         default_end_to_end_ms_per_100k={"first": round(end_to_end[0], 3), "then": round(end_to_end[1], 3)},
         ms_per_100k={k: round(v, 4) for k, v in times.items()},
-        speedup_vs_evalf={k: round(times["evalf"] / v, 1) for k, v in times.items() if k != "evalf"},
+        speedup_vs_evalf={
+            k: round(times["evalf"] / v, 1) for k, v in times.items() if k != "evalf" and sampled
+        },
         build_ms={k: round(v, 1) for k, v in build.items()},
         compiled_kernel={"hash": built.kernel_hash, "build_ms": built.build_ms, "path": built.path},
         cse_ops={"before": out["ops"], "after": int(after)},
@@ -236,6 +246,16 @@ def roundtrip(redis_url: str, database_url: str, home: Path, n: int) -> dict[str
         agent.wait(30)
 
 
+def expression_names(value: str) -> list[str]:
+    """``--expressions``: names of :data:`EXPRESSIONS`, with ``polynomial`` (the kernel whose
+    load from the disk cache is timed) always among them."""
+    names = [n for n in value.split(",") if n]
+    unknown = [n for n in names if n not in EXPRESSIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown expressions {unknown}, known: {list(EXPRESSIONS)}")
+    return ["polynomial", *names]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -244,6 +264,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=5, help="calls per backend; the best is reported")
     parser.add_argument("--evalf-s", type=float, default=2.0, help="seconds of evalf loop per expression")
     parser.add_argument("--roundtrips", type=int, default=300)
+    parser.add_argument("--load-runs", type=int, default=5, help="fresh processes loading a kernel")
+    parser.add_argument(
+        "--evalf-max-ops", type=int, default=None, help="no evalf loop for bigger expressions (default: none)"
+    )
+    parser.add_argument(
+        "--expressions",
+        type=expression_names,
+        default=list(EXPRESSIONS),
+        help=f"comma-separated, of {','.join(EXPRESSIONS)} (the default: all; polynomial is always measured)",
+    )
     args = parser.parse_args(argv)
 
     from l9.logs import configure_logging
@@ -254,10 +284,11 @@ def main(argv: list[str] | None = None) -> None:
     stack = None
     try:
         store = KernelStore(home / "kernels", timeout_s=600)
-        results = {name: measure_expression(name, text, store, args) for name, text in EXPRESSIONS.items()}
+        chosen = {name: text for name, text in EXPRESSIONS.items() if name in args.expressions}
+        results = {name: measure_expression(name, text, store, args) for name, text in chosen.items()}
         poly = canonical_hash(parse(EXPRESSIONS["polynomial"]))
         load = load_ms_in_fresh_process(
-            str(store.path_of(kernel_hash(poly, ["x", "y"]))), kernel_hash(poly, ["x", "y"])
+            str(store.path_of(kernel_hash(poly, ["x", "y"]))), kernel_hash(poly, ["x", "y"]), args.load_runs
         )
         redis_url, database_url = os.environ.get("REDIS_URL"), os.environ.get("DATABASE_URL")
         if not (redis_url and database_url):

@@ -12,9 +12,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
+from redis.typing import StreamRangeResponse, XReadGroupResponse
 
 from bus import Keys, connect
 from envelope import Signer, Verifier
@@ -22,6 +24,24 @@ from l9.devstack import EmbeddedStack, StackEndpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYRING = {"test": b"integration-test-secret"}
+
+StreamEntry = tuple[bytes, dict[bytes, bytes]]
+"""A stream entry as the tests' clients (no ``decode_responses``) return it: its id and its fields."""
+
+
+def stream_entries(reply: StreamRangeResponse | None) -> list[StreamEntry]:
+    """An XRANGE/XREVRANGE reply, typed as what it is here: redis-py's type also covers
+    ``decode_responses`` clients (str) and the ``(None, None)`` of deleted entries, which
+    only XREADGROUP/XCLAIM replies for an already pending id can hold."""
+    assert reply is not None
+    return cast(list[StreamEntry], reply)
+
+
+def read_reply(reply: XReadGroupResponse) -> list[tuple[bytes, list[StreamEntry]]]:
+    """An XREADGROUP/XREAD reply in redis-py's legacy (RESP2) shape, the tests' clients' default:
+    ``[[stream, entries], ...]``, ``[]`` when nothing was read."""
+    assert isinstance(reply, list)
+    return cast(list[tuple[bytes, list[StreamEntry]]], reply)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """``docker`` for the doc tests: ``docker compose ...`` with no Docker engine.
 
 Every command is first parsed by docker-compose 1.29's own grammar (its docopt
-usage strings, Debian's ``docker-compose`` package), so a misspelt command,
-option or service fails the test. Then:
+usage strings, the ``docker-compose`` 1.29 distribution), so a misspelt command,
+option or service fails the test. docker-compose 1.29 lives in its own virtualenv,
+``.venv-tools`` (``make test`` installs it from tests/doctools/compose-tools.txt). Then:
 
 * ``config`` runs the real ``docker-compose config``;
 * ``run SERVICE ARGS`` runs ``l9 ARGS`` (the image's entrypoint) and ``exec SERVICE
@@ -23,6 +24,7 @@ container paths (volumes, secrets, ``/var/lib/l9``) map to folders under
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -35,8 +37,9 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+#: docker-compose 1.29 and the interpreter it is installed in (``make test`` installs both).
+COMPOSE_TOOLS = ROOT / ".venv-tools" / "bin"
 IMAGE_HOME = "/var/lib/l9"
-SYSTEM_ENV = {"PATH": "/usr/bin:/bin"}
 PARSE = """
 import json, sys
 from compose.cli.docopt_command import DocoptDispatcher, NoSuchCommand
@@ -58,7 +61,7 @@ def fail(message: str, code: int = 2) -> None:
 
 def parse(args: list[str]) -> tuple[str, dict[str, Any]]:
     done = subprocess.run(
-        ["/usr/bin/python3", "-c", PARSE, *args],
+        [str(COMPOSE_TOOLS / "python"), "-c", PARSE, *args],
         capture_output=True,
         text=True,
         env={"PATH": "/usr/bin:/bin"},
@@ -70,7 +73,7 @@ def parse(args: list[str]) -> tuple[str, dict[str, Any]]:
 
 
 def resolved_config() -> dict[str, Any]:
-    done = subprocess.run(["docker-compose", "config"], capture_output=True, text=True)
+    done = subprocess.run([str(COMPOSE_TOOLS / "docker-compose"), "config"], capture_output=True, text=True)
     if done.returncode != 0:
         fail(f"docker-compose config failed: {done.stderr.strip()}", 1)
     return dict(yaml.safe_load(done.stdout))
@@ -78,10 +81,14 @@ def resolved_config() -> dict[str, Any]:
 
 class Project:
     def __init__(self) -> None:
-        self.config = resolved_config()
         self.state = Path(os.environ["L9_DOC_STATE"])
         self.emulated = [s for s in os.environ.get("L9_DOC_EMULATE", "").split(",") if s]
         self.procs_file = self.state / "procs.json"
+
+    @functools.cached_property
+    def config(self) -> dict[str, Any]:
+        """The resolved compose file; ``stop`` and ``down`` need only the processes, not it."""
+        return resolved_config()
 
     def service(self, name: str) -> dict[str, Any]:
         services = self.config["services"]
@@ -219,7 +226,7 @@ def main(argv: list[str]) -> int:
         fail(f"only `docker compose` is available in the doc tests, not `docker {' '.join(argv)}`")
     command, opts = parse(argv[1:])
     if command == "config":
-        return subprocess.run(["docker-compose", *argv[1:]]).returncode
+        return subprocess.run([str(COMPOSE_TOOLS / "docker-compose"), *argv[1:]]).returncode
     project = Project()
     if command == "run":
         project.service(opts["SERVICE"])

@@ -20,6 +20,8 @@ from pathlib import Path
 from .markdown import Block, blocks, commands, shell_line
 
 MARK = "@@l9-doc-block@@"
+#: What the script prints on stderr when one of the document's commands fails (``set -e``).
+FAILED = "@@l9-doc-failed@@"
 PREAMBLE = f"""set -euo pipefail
 set -m  # job control: background commands get SIGINT like a foreground one would (Ctrl-C)
 L9_DOC_BACKGROUND=()
@@ -35,6 +37,7 @@ l9_doc_stop() {{
   echo "{MARK} end rc=$rc"
 }}
 trap l9_doc_stop EXIT
+trap 'echo "{FAILED} (exit $?): $BASH_COMMAND" >&2' ERR
 """
 
 
@@ -48,6 +51,12 @@ class DocRun:
 
     def output_of(self, block: Block) -> str:
         return self.outputs.get(block.line, "")
+
+    @property
+    def failed_command(self) -> str | None:
+        """The document's command that failed and ended the run, with its exit status."""
+        failures = [line for line in self.stderr.splitlines() if line.startswith(FAILED)]
+        return failures[-1].removeprefix(FAILED).strip() if failures else None
 
 
 def script(doc: Path) -> str:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
+from typing import cast
 
-import psutil
 import pytest
 import redis.asyncio as aioredis
 
 from agents.demo import Task, results_key
 from bus import Keys, Publisher
 from envelope import PacketEnvelope, Signer, encode
-from tests.conftest import AgentProcess, wait_for
+from tests.conftest import AgentProcess, stream_entries, wait_for
 from tests.integration.ledger import Work, attempts_key, effects_count_key, effects_key
 
 pytestmark = pytest.mark.integration
@@ -52,7 +51,7 @@ async def test_two_agent_processes_exchange_envelopes(
     squares = [int(v) for v in await redis.hvals(results_key(keys, run))]
     assert sum(squares) == sum(i * i for i in range(1, 201))
     # every result names its cause, and results travelled on their own stream
-    entries = await redis.xrange(keys.stream("demo.results"))
+    entries = stream_entries(await redis.xrange(keys.stream("demo.results")))
     assert len(entries) == 200
     assert {e[1][b"correlation_id"] for e in entries} == {run.encode()}
     assert squarer.terminate() == 0 and summer.terminate() == 0
@@ -79,7 +78,7 @@ async def test_kill9_mid_batch_pending_reclaimed_effects_once(
 
     await wait_for(a_holds_work)
     held = [
-        r["message_id"]
+        cast(bytes, r["message_id"])
         for r in await redis.xpending_range(keys.stream("test"), "ledger", "-", "+", 100, "ledger-a")
     ]
     a.kill9()
@@ -111,7 +110,7 @@ async def _no_pending(redis: aioredis.Redis, keys: Keys) -> bool:
 async def _entries(redis: aioredis.Redis, keys: Keys, ids: list[bytes]) -> list[dict[bytes, bytes]]:
     out = []
     for entry_id in ids:
-        rows = await redis.xrange(keys.stream("test"), entry_id, entry_id)
+        rows = stream_entries(await redis.xrange(keys.stream("test"), entry_id, entry_id))
         out.append(rows[0][1])
     return out
 
@@ -139,7 +138,7 @@ async def test_poison_and_garbage_are_dead_lettered_and_the_group_moves_on(
     await wait_for(lambda: _effects_at_least(redis, keys, 10))
     await wait_for(lambda: _dead_count(redis, keys, 4))
     await wait_for(lambda: _no_pending(redis, keys))
-    dead = {f[b"dl_reason"].decode(): f for _, f in await redis.xrange(keys.dead("test"))}
+    dead = {f[b"dl_reason"].decode(): f for _, f in stream_entries(await redis.xrange(keys.dead("test")))}
     assert set(dead) == {"delivery_cap", "undecodable", "unknown_type", "bad_signature"}
     assert b"poison envelope n=100" in dead["delivery_cap"][b"dl_detail"]
     assert dead["delivery_cap"][b"dl_deliveries"] == b"3"
@@ -147,7 +146,7 @@ async def test_poison_and_garbage_are_dead_lettered_and_the_group_moves_on(
     assert b"not msgpack" in dead["undecodable"][b"dl_detail"]
     assert b"l9.test.nobody_knows.v1" in dead["unknown_type"][b"dl_detail"]
     assert b"signature does not match" in dead["bad_signature"][b"dl_detail"]
-    assert int(await redis.hget(attempts_key(keys), poison.id)) == 3
+    assert int(cast(bytes, await redis.hget(attempts_key(keys), poison.id))) == 3
     assert await effects(redis, keys) == 10
     # every log line about the poison envelope carries the bound context
     failures = [e for e in proc.log_events() if e.get("event") == "consumer.handler_failed"]
@@ -170,19 +169,25 @@ async def test_flushall_during_consumption_is_survived_without_a_hot_loop(
     publisher = Publisher(redis, keys, signer)
     await publisher.publish_many([work(i, sleep_ms=5) for i in range(200)])
     await wait_for(lambda: _effects_at_least(redis, keys, 20))
+    errors_before = await _error_replies(redis)
     await redis.flushall()
-    cpu_before = sum(psutil.Process(proc.pid).cpu_times()[:2])
-    wall = time.monotonic()
-    await wait_for(lambda: alive(redis, keys, "ledger-0"), timeout=10)  # heartbeat restored
-    await wait_for(lambda: _group_exists(redis, keys), timeout=10)
+    await wait_for(lambda: alive(redis, keys, "ledger-0"))  # heartbeat restored
+    await wait_for(lambda: _group_exists(redis, keys))
     await publisher.publish_many([work(i) for i in range(1000, 1050)])
     await wait_for(lambda: _effects_at_least(redis, keys, 50))
-    cpu = sum(psutil.Process(proc.pid).cpu_times()[:2]) - cpu_before
-    elapsed = time.monotonic() - wall
-    assert cpu < 0.5 * elapsed + 0.5, f"{cpu:.2f}s CPU in {elapsed:.2f}s after FLUSHALL"
+    # no hot loop, counted rather than timed: a consumer spinning on the lost group would have
+    # drawn an error reply (NOGROUP) and a log line per turn, thousands while the test waited
+    nogroup = (await _error_replies(redis)).get("NOGROUP", 0) - errors_before.get("NOGROUP", 0)
+    assert nogroup <= 10, nogroup
     missing = [e for e in proc.log_events() if e.get("event") == "consumer.group_missing"]
     assert 1 <= len(missing) <= 10
     assert proc.terminate() == 0
+
+
+async def _error_replies(redis: aioredis.Redis) -> dict[str, int]:
+    """The server's error replies so far, by error prefix (``INFO errorstats``; FLUSHALL keeps them)."""
+    stats = await redis.info("errorstats")
+    return {name.removeprefix("errorstat_"): int(value["count"]) for name, value in stats.items()}
 
 
 async def _group_exists(redis: aioredis.Redis, keys: Keys) -> bool:
@@ -205,7 +210,7 @@ async def test_sigterm_drains_in_flight_work(
     await Publisher(redis, keys, signer).publish_many([work(i, sleep_ms=800) for i in range(4)])
     await wait_for(lambda: _attempts_at_least(redis, keys, 4))
     assert await effects(redis, keys) == 0  # all four are mid-handler
-    assert proc.terminate(timeout=20) == 0
+    assert proc.terminate(timeout=60) == 0
     assert await effects(redis, keys) == 4
     assert await pending(redis, keys, "test", "ledger") == 0
     assert not await alive(redis, keys, "ledger-d")  # released at once for others
@@ -221,10 +226,8 @@ async def test_sigterm_past_drain_timeout_leaves_work_pending_for_next_owner(
     await wait_for(lambda: alive(redis, keys, "ledger-x"))
     await Publisher(redis, keys, signer).publish_many([work(i, sleep_ms=4000) for i in range(2)])
     await wait_for(lambda: _attempts_at_least(redis, keys, 2))
-    started = time.monotonic()
-    assert first.terminate(timeout=20) == 0
-    assert time.monotonic() - started < 4, "drain did not respect its timeout"
-    assert await effects(redis, keys) == 0
+    assert first.terminate(timeout=60) == 0  # a clean exit, before the 4 s handlers could finish:
+    assert await effects(redis, keys) == 0  # the drain gave up at its timeout rather than wait
     assert await pending(redis, keys, "test", "ledger") == 2
     successor = spawn("tests.integration.ledger:LedgerAgent", "--instance", "x", env=env)
     await wait_for(lambda: _effects_at_least(redis, keys, 2), timeout=30)

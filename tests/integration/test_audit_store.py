@@ -12,7 +12,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -247,6 +247,7 @@ async def test_stored_entries_come_back_by_run_and_by_cursor(store: PostgresAudi
 
 async def test_one_notification_per_committed_batch(store: PostgresAuditStore) -> None:
     heads = store.watch_head()
+    assert isinstance(heads, AsyncGenerator)  # so aclose() runs its finally: the LISTEN connection closes
     waiter = asyncio.ensure_future(anext(heads))
     await asyncio.sleep(0.2)  # LISTEN is in place
     await store.append(make_records(3))
@@ -522,7 +523,7 @@ async def _tamper(admin: str, *statements: str) -> None:
         await conn.close()
 
 
-async def _tamper_rows(admin: str, sql: str, rows: list[tuple[object, ...]]) -> None:
+async def _tamper_rows(admin: str, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
     """:func:`_tamper` with one parameterised statement run for each of ``rows``."""
     conn = await asyncpg.connect(admin)
     try:

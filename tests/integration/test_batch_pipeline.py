@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import cast
 
 import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from bus import DeliveryPolicy, Keys, Publisher
-from bus.batch import BatchConsumer, Entry, Rejected, Staged
+from bus import BatchConsumer, DeliveryPolicy, Entry, Keys, Publisher, Rejected, Staged
 from envelope import PacketEnvelope, Signer
-from tests.conftest import wait_for
+from tests.conftest import stream_entries, wait_for
 
 pytestmark = pytest.mark.integration
 FAST = DeliveryPolicy(
@@ -42,7 +42,7 @@ def work(i: int) -> PacketEnvelope:
 
 async def pending_ids(redis: aioredis.Redis, keys: Keys, group: str) -> set[str]:
     rows = await redis.xpending_range(keys.stream("test"), group, min="-", max="+", count=1000)
-    return {r["message_id"].decode() for r in rows}
+    return {cast(bytes, r["message_id"]).decode() for r in rows}
 
 
 def consumer_of(
@@ -89,7 +89,7 @@ async def test_the_next_batch_is_prepared_while_one_commits_and_commits_keep_the
     consumer = consumer_of(redis, keys, "staged", Staged(prepare, commit))
     async with anyio.create_task_group() as tg:
         tg.start_soon(consumer.run)
-        await wait_for(lambda: len(committed) == 40, timeout=20)
+        await wait_for(lambda: len(committed) == 40, timeout=60)
         consumer.stop()
     assert committed == ids  # each batch once, in read order
     assert all(unacked_at_commit)  # nothing acked before its batch committed
@@ -123,7 +123,7 @@ async def test_a_prepare_failing_transiently_is_retried_and_nothing_is_lost_or_a
     consumer = consumer_of(redis, keys, "retry", Staged(prepare, commit))
     async with anyio.create_task_group() as tg:
         tg.start_soon(consumer.run)
-        await wait_for(lambda: len(committed) == 30, timeout=20)
+        await wait_for(lambda: len(committed) == 30, timeout=60)
         consumer.stop()
     assert failures["left"] == 0
     assert committed == ids  # the failing batch was retried in its place, before the next one
@@ -152,10 +152,10 @@ async def test_a_prepare_that_keeps_failing_on_one_entry_dead_letters_only_that_
     async with anyio.create_task_group() as tg:
         tg.start_soon(consumer.run)
         await wait_for(lambda: len(committed) == 19, timeout=30)
-        await wait_for(lambda: redis.xlen(keys.dead("test")), timeout=10)
+        await wait_for(lambda: redis.xlen(keys.dead("test")), timeout=60)
         consumer.stop()
     assert committed == [i for i in ids if i != poisoned]
-    dead = await redis.xrange(keys.dead("test"))
+    dead = stream_entries(await redis.xrange(keys.dead("test")))
     assert [(f[b"dl_entry_id"].decode(), f[b"dl_reason"]) for _, f in dead] == [(poisoned, b"delivery_cap")]
     assert b"cannot decode this one" in dead[0][1][b"dl_detail"]
     assert await pending_ids(redis, keys, "poison") == set()

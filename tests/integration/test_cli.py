@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from bus import Keys, Publisher
 from envelope import Signer
-from tests.conftest import run_l9
+from tests.conftest import read_reply, run_l9, stream_entries
 from tests.integration.test_agents import work
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,7 @@ async def test_status_reports_groups_pending_lag_and_dead_letters(
     ids = await publisher.publish_many([work(i) for i in range(10)])
     key = keys.stream("test")
     await redis.xgroup_create(key, "ledger", id="0")
-    got = await redis.xreadgroup("ledger", "ledger-0", {key: ">"}, count=4)
+    got = read_reply(await redis.xreadgroup("ledger", "ledger-0", {key: ">"}, count=4))
     await redis.xack(key, "ledger", got[0][1][0][0])
     await redis.xadd(keys.dead("test"), {"dl_reason": "undecodable"})
     assert len(ids) == 10
@@ -72,12 +72,12 @@ async def test_trim_command_removes_only_acknowledged_entries(
     ids = await Publisher(redis, keys, signer).publish_many([work(i) for i in range(6)])
     key = keys.stream("test")
     await redis.xgroup_create(key, "g", id="0")
-    got = await redis.xreadgroup("g", "c", {key: ">"}, count=4)
+    got = read_reply(await redis.xreadgroup("g", "c", {key: ">"}, count=4))
     await redis.xack(key, "g", *[i for i, _ in got[0][1][:3]])
     done = l9("trim", env=agent_env)
     assert done.returncode == 0, done.stderr
     assert "test: 3 acknowledged entries removed" in done.stdout
-    assert [i.decode() for i, _ in await redis.xrange(key)] == ids[3:]
+    assert [i.decode() for i, _ in stream_entries(await redis.xrange(key))] == ids[3:]
 
 
 def test_unreachable_redis_is_a_one_line_error(agent_env: dict[str, str]) -> None:

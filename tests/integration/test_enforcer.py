@@ -18,7 +18,7 @@ from bus import Keys, Publisher
 from envelope import PacketEnvelope, Payload, Signer, Verifier, decode
 from governance import DEFAULT_POLICY_FILE, Escalations, PolicyEngine
 from memory.postgres import PostgresAuditStore, SigningKey
-from tests.conftest import AgentProcess, run_l9, wait_for
+from tests.conftest import AgentProcess, run_l9, stream_entries, wait_for
 from tests.unit.test_enforcer import AGENT, NETWORK, PLAN, clean_contents, write_folder
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ async def results(redis: aioredis.Redis, keys: Keys, verifier: Verifier) -> dict
     """The enforce and run stream payloads, by run name."""
     out: dict[str, list[Payload]] = {run: [] for run in RUNS}
     for stream in ("enforce", "run"):
-        for _, fields in await redis.xrange(keys.stream(stream)):
+        for _, fields in stream_entries(await redis.xrange(keys.stream(stream))):
             envelope, payload = decode(fields, verifier)
             out[envelope.correlation_id.removeprefix("run-")].append(payload)
     return out

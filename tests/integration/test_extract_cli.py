@@ -21,7 +21,7 @@ from agents.extraction import ExtractRequest, PlanLocked
 from bus import Keys, Publisher
 from envelope import Signer, Verifier, decode
 from memory.postgres import SigningKey
-from tests.conftest import KEYRING, ROOT, AgentProcess, run_l9
+from tests.conftest import KEYRING, ROOT, AgentProcess, run_l9, stream_entries
 from tests.fake_pipeline import SAMPLE, downstream, locked_of, planner_steps, publish_steps
 
 pytestmark = pytest.mark.integration
@@ -163,7 +163,7 @@ async def test_no_wait_prints_the_run_and_the_request_carries_folder_and_request
     done = run_l9("extract", str(SAMPLE), "--no-wait", env={**env, "L9_REQUESTER": "alice@lab"})
     assert done.returncode == 0, done.stderr
     run = done.stdout.strip()
-    ((_, fields),) = await redis.xrange(keys.stream("extract"))
+    ((_, fields),) = stream_entries(await redis.xrange(keys.stream("extract")))
     envelope, request = decode(fields, Verifier(KEYRING))
     assert isinstance(request, ExtractRequest)
     assert envelope.correlation_id == run == envelope.id and envelope.kind == "request"

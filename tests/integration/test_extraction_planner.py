@@ -20,7 +20,7 @@ from agents.extraction import (
 )
 from bus import Keys, Publisher
 from envelope import PacketEnvelope, Payload, Signer, Verifier, decode
-from tests.conftest import AgentProcess, free_port, wait_for
+from tests.conftest import AgentProcess, free_port, stream_entries, wait_for
 
 pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -39,7 +39,7 @@ async def run_of(
     """Every envelope of ``run`` on the schema and plan streams, in the order published."""
     found = []
     for stream in ("schema", "plan"):
-        for _, fields in await redis.xrange(keys.stream(stream)):
+        for _, fields in stream_entries(await redis.xrange(keys.stream(stream))):
             envelope, payload = decode(fields, verifier)
             if envelope.correlation_id == run:
                 found.append((envelope, payload))
@@ -65,7 +65,8 @@ async def test_the_planner_locks_a_valid_collection_and_rejects_a_cycle(
     assert [type(p) for _, p in locked_run] == [SchemaParsed, PlanResearch, PlanBaseline, PlanLocked]
     assert all(e.causation_id == good.id and e.source.startswith("agent://planner/") for e, _ in locked_run)
     baseline, locked = locked_run[2][1], locked_run[3][1]
-    assert isinstance(baseline, PlanBaseline) and baseline.ok, baseline.checks
+    assert isinstance(baseline, PlanBaseline)
+    assert baseline.ok, baseline.checks
     assert isinstance(locked, PlanLocked)
     assert locked.hash == lock(load_file(EXAMPLES / "tensoraios_ecosystem.md")).hash
 

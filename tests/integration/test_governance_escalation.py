@@ -19,7 +19,7 @@ from bus import Keys, Publisher
 from envelope import SIGNED_FIELDS, PacketEnvelope, Signer
 from governance import DEADLINE, Escalations, PolicyEngine, Request
 from memory.postgres import SigningKey
-from tests.conftest import ROOT, AgentProcess, wait_for
+from tests.conftest import ROOT, AgentProcess, stream_entries, wait_for
 
 pytestmark = pytest.mark.integration
 ENGINE = PolicyEngine.load()
@@ -34,13 +34,17 @@ def sympy_request(expr: str, run: str) -> PacketEnvelope:
     )
 
 
-async def gate(desk: Escalations, envelope: PacketEnvelope, deadline_s: float) -> bool:
-    """What the enforcer does with a request: decide, record, escalate and wait; True = proceed."""
+async def gate(
+    desk: Escalations, envelope: PacketEnvelope, deadline_s: float, escalated: dict[str, str]
+) -> bool:
+    """What the enforcer does with a request: decide, record, escalate and wait; True = proceed.
+    The escalation's id goes into ``escalated`` under the request's correlation id."""
     decision = ENGINE.evaluate(Request.from_envelope(envelope))
     await desk.record(decision, cause=envelope)
     if not decision.escalated:
         return decision.allowed
     escalation = await desk.escalate(decision, cause=envelope, deadline_s=deadline_s)
+    escalated[str(envelope.correlation_id)] = escalation.id
     return (await desk.wait(escalation.id, poll_s=0.05)).approved
 
 
@@ -107,15 +111,15 @@ async def test_escalations_approved_denied_and_timed_out_are_on_the_record(
         for name in ("approved", "denied", "silent")
     }
     proceed: dict[str, bool] = {}
+    escalated: dict[str, str] = {}
 
     async def run(name: str, deadline_s: float) -> None:
-        proceed[name] = await gate(desk, requests[name], deadline_s)
+        proceed[name] = await gate(desk, requests[name], deadline_s, escalated)
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(run, "approved", 120)
-        tg.start_soon(run, "denied", 120)
-        tg.start_soon(run, "silent", 4)
-        await wait_for(lambda: _pending_count(desk, 3))
+        tg.start_soon(run, "approved", 600)
+        tg.start_soon(run, "denied", 600)
+        await wait_for(lambda: _pending_count(desk, 2))
         ids = {row.correlation_id.removeprefix("run-"): row.id for row in await desk.pending(expire=False)}
         assert sorted(await pending_ids(agent_env)) == sorted(ids.values())
 
@@ -142,6 +146,8 @@ async def test_escalations_approved_denied_and_timed_out_are_on_the_record(
             agent_env, "governance", "approve", ids["denied"], "--as", "Igor", "--reason", "oops"
         )
         assert code == 1 and "already denied by Igor" in out
+        tg.start_soon(run, "silent", 1)  # nobody answers it: denied at its deadline
+    ids["silent"] = escalated["run-silent"]
 
     assert proceed == {"approved": True, "denied": False, "silent": False}
     assert await desk.pending() == []
@@ -154,7 +160,9 @@ async def test_escalations_approved_denied_and_timed_out_are_on_the_record(
 
     # the trail: per request, decision -> escalation -> resolution, linked by causation, with the approver
     async def all_recorded() -> bool:
-        return sum(r["type"] == "l9.governance.resolution.v1" for r in await trail_rows(admin_dsn)) == 3
+        rows = await trail_rows(admin_dsn)
+        resolutions: int = sum(r["type"] == "l9.governance.resolution.v1" for r in rows)
+        return resolutions == 3
 
     await wait_for(all_recorded, timeout=60)
     rows = await trail_rows(admin_dsn)
@@ -194,9 +202,9 @@ async def test_an_allowed_request_is_recorded_and_not_escalated(
         anchors=ENGINE.anchors,
         source="agent://e/e-0",
     )
-    assert await gate(desk, sympy_request("sin(x)**2 + cos(x)**2", "run-ok"), 60)
+    assert await gate(desk, sympy_request("sin(x)**2 + cos(x)**2", "run-ok"), 60, {})
     assert await desk.pending() == []
-    (entry,) = await redis.xrange(keys.stream("governance.compliance"))
+    (entry,) = stream_entries(await redis.xrange(keys.stream("governance.compliance")))
     assert entry[1][b"type"] == b"l9.governance.decision.v1"
     assert await redis.xlen(keys.stream("governance.escalations")) == 0
 

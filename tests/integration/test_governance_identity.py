@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import cast
 
 import anyio
 import pytest
@@ -17,7 +18,7 @@ from bus import Delivery, DeliveryPolicy, Keys, Publisher, StreamConsumer, conne
 from envelope import PacketEnvelope, Signer, Verifier
 from governance import SignerACL
 from l9.devstack import StackEndpoints
-from tests.conftest import ROOT, AgentProcess, wait_for
+from tests.conftest import ROOT, AgentProcess, stream_entries, wait_for
 from tests.integration.ledger import Work, attempts_key, effects_count_key
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,8 @@ async def publish(redis: aioredis.Redis, keys: Keys, signer: Signer | None, enve
 
 
 async def dead_reasons(redis: aioredis.Redis, keys: Keys) -> dict[str, str]:
-    return {f[b"id"].decode(): f[b"dl_reason"].decode() for _, f in await redis.xrange(keys.dead("test"))}
+    dead = stream_entries(await redis.xrange(keys.dead("test")))
+    return {f[b"id"].decode(): f[b"dl_reason"].decode() for _, f in dead}
 
 
 async def test_forged_envelopes_are_dead_lettered_before_any_handler(
@@ -73,7 +75,8 @@ async def test_forged_envelopes_are_dead_lettered_before_any_handler(
     await wait_for(settled)
     assert await dead_reasons(redis, keys) == forged
     # the handler counts every attempt first thing: it saw the five legitimate envelopes only
-    assert sorted(k.decode() for k in await redis.hkeys(attempts_key(keys))) == sorted(legit)
+    attempted = cast(list[bytes], await redis.hkeys(attempts_key(keys)))
+    assert sorted(k.decode() for k in attempted) == sorted(legit)
     assert (await redis.xpending(keys.stream("test"), "ledger"))["pending"] == 0
     dead = [e for e in ledger.log_events() if e.get("event") == "consumer.dead_lettered"]
     unauthorized = [e for e in dead if e["reason"] == "unauthorized_signer"]
@@ -148,17 +151,24 @@ async def acl_users(
     for line in lines:
         _, name, *rules = line.split(" ")
         rules = " ".join(rules).replace("( ", "(").split(" ")
-        await redis.execute_command("ACL", "SETUSER", name, *_selectors(rules))
+        await _command(redis, "ACL", "SETUSER", name, *_selectors(rules))
         users.append(name)
     host = stack.redis_url.removeprefix("redis://")
     namespace = agent_env["L9_NAMESPACE"]
     yield {agent: f"redis://{namespace}-{agent}:{secret}@{host}" for agent, secret in passwords.items()}
-    await redis.execute_command("ACL", "DELUSER", *users)
+    await _command(redis, "ACL", "DELUSER", *users)
+
+
+async def _command(redis: aioredis.Redis, *args: str) -> object:
+    """``redis.execute_command``, typed."""
+    # redis-py leaves execute_command unannotated
+    return await redis.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 def _selectors(rules: list[str]) -> list[str]:
     """ACL SETUSER takes a selector ``(a b c)`` as one argument."""
-    out, current = [], []
+    out: list[str] = []
+    current: list[str] = []
     for rule in rules:
         if current or rule.startswith("("):
             current.append(rule)
@@ -217,7 +227,7 @@ async def test_an_agent_runs_as_its_own_redis_user(
         return int(await redis.xlen(keys.stream("demo.results"))) >= 20
 
     await wait_for(all_results)
-    clients = (await redis.execute_command("CLIENT", "LIST")).decode()
+    clients = cast(bytes, await _command(redis, "CLIENT", "LIST")).decode()
     assert f" user={keys.namespace}-squarer " in clients  # it really is connected as its own user
     assert (await redis.xpending(keys.stream("demo.tasks"), "squarer"))["pending"] == 0
     assert not await redis.exists(results_key(keys, run))  # the summer's effect: not the squarer's to make

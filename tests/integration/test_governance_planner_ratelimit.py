@@ -18,6 +18,7 @@ from bus import Delivery, Keys
 from envelope import PacketEnvelope, Payload, Signer, Verifier, decode
 from governance import DEFAULT_POLICY_FILE
 from l9.settings import Settings
+from tests.conftest import stream_entries
 
 pytestmark = pytest.mark.integration
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "symbolic_computation_service.yaml"
@@ -49,7 +50,7 @@ def request(requester: str) -> PacketEnvelope:
 async def emitted(redis: aioredis.Redis, keys: Keys, verifier: Verifier, run: str) -> list[Payload]:
     out = []
     for stream in ("schema", "plan", "run"):
-        for _, fields in await redis.xrange(keys.stream(stream)):
+        for _, fields in stream_entries(await redis.xrange(keys.stream(stream))):
             envelope, payload = decode(fields, verifier)
             if envelope.correlation_id == run:
                 out.append((envelope.sequence, payload))

@@ -26,7 +26,7 @@ from agents.extraction import RunCompleted
 from bus import Delivery, Keys, Publisher, as_text
 from envelope import PacketEnvelope, Signer, Verifier, decode
 from memory.postgres import EntryFilter, PostgresAuditStore, SigningKey, writer_dsn
-from tests.conftest import KEYRING, AgentProcess, run_l9, wait_for
+from tests.conftest import KEYRING, AgentProcess, run_l9, stream_entries, wait_for
 from tests.fake_pipeline import SAMPLE, downstream, locked_of, planner_steps, publish_steps, request_for
 
 pytestmark = pytest.mark.integration
@@ -70,7 +70,7 @@ async def publish_run(publisher: Publisher, fail: str | None, out: Path) -> list
 
 async def notices(redis: aioredis.Redis, keys: Keys, run: str) -> list[PacketEnvelope]:
     found = []
-    for _, fields in await redis.xrange(keys.stream("report")):
+    for _, fields in stream_entries(await redis.xrange(keys.stream("report"))):
         envelope, _ = decode(fields, Verifier(KEYRING))
         if envelope.correlation_id == run:
             found.append(envelope)
@@ -212,7 +212,7 @@ async def test_a_report_taken_by_a_reporter_that_died_is_rendered_by_another(
     spawn("auditor", env=env)
     notice = await first_notice(redis, keys, run)
     assert notice.data["result"] == "failed" and "**Outcome: failed**" in text_of(notice.data["path"])
-    await wait_for(lambda: _acked(redis, keys), timeout=20)
+    await wait_for(lambda: _acked(redis, keys), timeout=60)
 
 
 async def _acked(redis: aioredis.Redis, keys: Keys) -> bool:
@@ -240,7 +240,7 @@ async def test_no_report_before_the_completion_is_in_the_trail(
         await reporter.handle(Delivery(RUN_STREAM, "0-1", completion, payload, attempt=1, raw={}))
     assert not (tmp_path / "reports").exists()
     # the auditor group has not read anything published before the completion yet
-    ((last, _),) = await redis.xrevrange(keys.stream(RUN_STREAM), count=1)
+    ((last, _),) = stream_entries(await redis.xrevrange(keys.stream(RUN_STREAM), count=1))
     entry_id = as_text(last)
     assert "plan" in await auditor_behind(redis, keys, entry_id)
 

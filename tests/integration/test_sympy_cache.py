@@ -42,7 +42,7 @@ async def test_x_plus_y_then_y_plus_x_is_one_miss_then_one_hit(
     assert (first.cached, second.cached) == (False, True)
     assert first.expr == second.expr == "x + y" and first.expr_hash == second.expr_hash
     counted = {"misses": 1, "misses:simplify": 1, "hits": 1, "hits:simplify": 1}
-    await wait_for(lambda: _stats_are(redis, keys, counted), timeout=10)
+    await wait_for(lambda: _stats_are(redis, keys, counted), timeout=60)
     (key,) = await result_keys(redis, keys)
     prefix, digest, op, backend = key.rsplit(":", 3)
     assert (prefix, op, backend) == (f"{keys.namespace}:sympy", "simplify", "sympy") and len(digest) == 32

@@ -48,7 +48,7 @@ async def test_the_command_line_asks_the_worker_and_reads_the_cache_counters(
     assert window["evaluate"]["count"] == window["generate_code"]["count"] == 1
     code, out, _ = await l9(agent_env, "stats")
     assert code == 0 and "last 60s (sympy.events)" in out and "cache since created" in out
-    await wait_for(lambda: _metric_rows(admin_dsn, 5), timeout=20)
+    await wait_for(lambda: _metric_rows(admin_dsn, 5), timeout=60)
     code, out, _ = await l9(agent_env, "stats", "--since", "1h", "--json")
     totals = json.loads(out)["postgres"]
     assert totals["operations"]["simplify"]["count"] == 3 and totals["operations"]["simplify"]["errors"] == 1

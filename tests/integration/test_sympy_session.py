@@ -36,7 +36,8 @@ def env(agent_env: dict[str, str], admin_dsn: str, tmp_path: Path) -> dict[str, 
 
 async def run_session(tool: SymPyTool) -> None:
     assert (await tool.simplify("sin(x)**2 + cos(x)**2 + x")).expr == "x + 1"
-    assert (await tool.evaluate("x**2*y + sin(x)", points={"x": [0.5, 1.5], "y": [2, 3]})).values[0] > 0
+    value = (await tool.evaluate("x**2*y + sin(x)", points={"x": [0.5, 1.5], "y": [2, 3]})).values[0]
+    assert value is not None and value > 0
     await tool.diff("x**3*y", "x", 2)
     await tool.solve("x**2 == 4")
     await tool.generate_code("exp(x)*y + x**2", "c", name="energy")

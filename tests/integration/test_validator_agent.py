@@ -13,7 +13,7 @@ from agents.extraction import EnforcementCompleted, LockedPlan, RunCompleted, Ve
 from agents.extraction.validator.agent import result_id
 from bus import Keys, Publisher
 from envelope import PacketEnvelope, Payload, Signer, Verifier, decode, new_id
-from tests.conftest import AgentProcess, wait_for
+from tests.conftest import AgentProcess, stream_entries, wait_for
 from tests.unit.test_validator_verify import ALPHA_BRIDGE, write_folder
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,7 @@ async def emitted(
     """Every envelope of ``run`` on the validation and run streams, in the order published."""
     found = []
     for stream in ("validation", "run"):
-        for _, fields in await redis.xrange(keys.stream(stream)):
+        for _, fields in stream_entries(await redis.xrange(keys.stream(stream))):
             envelope, payload = decode(fields, verifier)
             if envelope.correlation_id == run:
                 found.append((envelope, payload))

@@ -13,8 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agents.auditor.agent import AuditBatch, prepare_batch
-from bus.batch import Entry
+from bus import Entry
 from envelope import PacketEnvelope, Signer, Verifier, encode
+from memory.audit import AppendStatus, AuditRecord, PreparedAppend, prepare_append
+from memory.audit.appending import outcomes
 from memory.chain import (
     GENESIS,
     HASH_VERSION,
@@ -26,8 +28,7 @@ from memory.chain import (
     payload_hash,
     to_micros,
 )
-from memory.postgres import AppendStatus, AuditRecord
-from memory.postgres.appending import PreparedAppend, chain_batch, outcomes, prepare_append
+from memory.postgres.appending import chain_batch
 from memory.postgres.timestamps import pg_time
 from memory.summary import summarize, summarize_env
 
@@ -107,7 +108,7 @@ def test_duplicates_in_the_batch_and_in_the_trail_are_placed_once() -> None:
     fresh = [i for eid, i in prepared.firsts.items() if eid not in stored]
     batch = chain_batch(prepared, fresh, {"seq": 10, "chain_hash": GENESIS, "now": NOW})
     assert batch.entries == reference_rows([a, c], 10, GENESIS)
-    result = outcomes(prepared, stored, batch, NOW)
+    result = outcomes(prepared, stored, batch.placed, NOW)
     assert [(o.seq, o.status) for o in result] == [
         (11, AppendStatus.STORED),
         (9, AppendStatus.CONFLICT),  # the trail holds another payload under b's id

@@ -14,6 +14,7 @@ from agents.runner import load_agent
 from bus import Delivery, DeliveryPolicy, Keys, Publisher, Topology
 from envelope import PacketEnvelope, Payload, Signer, Verifier, decode, payload
 from l9.settings import Settings
+from tests.conftest import stream_entries
 
 KEYRING = {"k": b"unit-secret"}
 
@@ -93,7 +94,7 @@ async def test_publisher_batches_signed_entries_with_readable_headers(fake: aior
     ]
     ids = await pub.publish_many(envs)
     assert len(ids) == 3
-    rows = await fake.xrange(keys.stream("unit"))
+    rows = stream_entries(await fake.xrange(keys.stream("unit")))
     assert [r[0].decode() for r in rows] == ids
     fields = rows[1][1]
     assert fields[b"type"] == b"l9.unit.order.v1" and fields[b"id"] == envs[1].id.encode()
@@ -126,7 +127,7 @@ async def test_emitted_envelopes_carry_causation_correlation_and_sequence(fake: 
     order = PacketEnvelope.new(type="l9.unit.order.v1", source="agent://u/1", data={"item": "tea"})
     for attempt in (1, 2):
         await shop.handle(Delivery("unit", "1-0", order, Order(item="tea"), attempt, {}))
-    rows = await fake.xrange(keys.stream("unit"))
+    rows = stream_entries(await fake.xrange(keys.stream("unit")))
     shipped = [decode(r[1], Verifier(KEYRING))[0] for r in rows]
     assert [e.type for e in shipped] == ["l9.unit.shipped.v1"] * 2
     assert {e.causation_id for e in shipped} == {order.id}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
+from redis.typing import EncodableT
 
 from bus import HiredisPackingConnection, connect
 
-CASES = [
+CASES: list[tuple[EncodableT, ...]] = [
     ("SET", "key", "value"),
     ("CONFIG GET", "maxmemory"),
     (b"CLIENT SETNAME", "x"),
@@ -18,7 +19,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("args", CASES)
-def test_packs_like_redis_py(args: tuple[object, ...]) -> None:
+def test_packs_like_redis_py(args: tuple[EncodableT, ...]) -> None:
     ours = b"".join(HiredisPackingConnection().pack_command(*args))
     theirs = b"".join(Connection().pack_command(*args))
     assert ours == theirs

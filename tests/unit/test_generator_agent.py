@@ -132,9 +132,7 @@ def tree(folder: Path) -> dict[str, bytes]:
 async def test_a_locked_plan_becomes_the_folder_and_its_envelopes(plan: LockedPlan, tmp_path: Path) -> None:
     agent, publisher = generator(LocalTool(), tmp_path)
     cause = locked_envelope(plan, tmp_path / "out")
-    started = time.perf_counter()
     await deliver(agent, cause)
-    elapsed = time.perf_counter() - started
     sent = publisher.sent()
     assert [type(p).__name__ for _, _, p in sent] == ["AgentGenerated"] * 5 + ["GenerationCompleted"]
     assert all(e.causation_id == cause.id and e.correlation_id == cause.correlation_id for _, e, _ in sent)
@@ -163,7 +161,6 @@ async def test_a_locked_plan_becomes_the_folder_and_its_envelopes(plan: LockedPl
     assert manifest["format"] == "l9.extraction/1" and manifest["run"] == cause.correlation_id
     assert LockedPlan.model_validate(manifest["plan"]) == plan
     assert [f["path"] for f in manifest["files"]] == sorted(f.path for f in completed.files)
-    assert elapsed < 30, "five agents are generated in seconds"
 
 
 async def test_a_redelivery_and_a_second_run_give_the_same_bytes(plan: LockedPlan, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from governance import (
     Request,
     parse_policy_text,
 )
+from tests.conftest import stream_entries
 
 KEYRING = {"k": b"secret"}
 POLICY = """
@@ -103,7 +104,8 @@ def desk_on(redis: aioredis.Redis) -> Escalations:
 
 
 async def on_stream(redis: aioredis.Redis, name: str) -> list[PacketEnvelope]:
-    return [decode(f, Verifier(KEYRING))[0] for _, f in await redis.xrange(Keys("u").stream(name))]
+    entries = stream_entries(await redis.xrange(Keys("u").stream(name)))
+    return [decode(f, Verifier(KEYRING))[0] for _, f in entries]
 
 
 async def test_decisions_are_routed_by_scope_and_none_is_lost(fake: aioredis.Redis) -> None:

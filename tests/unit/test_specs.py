@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-import l9.cli
+import l9.cli.agent
 from agents.runner import BUILTIN
 from envelope import registry
 from governance import load_policy_file
@@ -38,7 +38,7 @@ def _compose() -> dict[str, Any]:
 
 def known_agents() -> set[str]:
     """What ``l9 agent run NAME`` runs: the built-in agents and the processes it starts itself."""
-    special = re.findall(r'if name == "([a-z_]+)"', inspect.getsource(l9.cli.agent_run))
+    special = re.findall(r'if name == "([a-z_]+)"', inspect.getsource(l9.cli.agent.agent_run))
     return set(BUILTIN) | set(special)
 
 

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import typer
 
 from envelope import PacketEnvelope
-from l9.cli_audit import (
-    _since_option,
-    entry_json,
-    entry_line,
-    parse_duration,
-    report_json,
-    report_lines,
-    short_id,
-)
+from l9.cli.audit import entry_json, entry_line, report_json, report_lines, short_id
+from l9.cli.common import duration_option, parse_duration
 from memory.postgres import AuditRecord, Damage, EntryFilter, Problem, StoredEntry, VerifyReport
 
 
@@ -43,7 +37,7 @@ def test_bad_durations_are_named(bad: str) -> None:
         parse_duration(bad)
     assert repr(bad) in str(caught.value)
     with pytest.raises(typer.BadParameter, match=r"e\.g\. 30s, 10m, 2h, 1d, 1h30m"):
-        _since_option(bad)
+        duration_option(bad)
 
 
 def test_source_filter_is_an_agent_name_or_an_exact_uri() -> None:
@@ -57,7 +51,7 @@ def test_source_filter_is_an_agent_name_or_an_exact_uri() -> None:
     assert EntryFilter(type_glob="l9.?.v1").type_like() == "l9._.v1"
 
 
-def _entry(data: object, run: str, env: bool = True) -> StoredEntry:
+def _entry(data: dict[str, Any], run: str, env: bool = True) -> StoredEntry:
     envelope = PacketEnvelope.new(
         type="l9.plan.locked.v1",
         source="agent://planner/planner-0",
