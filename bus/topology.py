@@ -14,6 +14,26 @@ from envelope import split_type
 
 from .keys import check_stream_name
 
+# The streams the agents read and write, named in this one place.
+#: Extraction requests (``l9.extract.*``), read by the planner.
+EXTRACT_STREAM = "extract"
+#: Locked plans (``l9.plan.*``), read by the generator.
+PLAN_STREAM = "plan"
+#: Generated code (``l9.generate.*``), read by the enforcer.
+GENERATE_STREAM = "generate"
+#: Enforced code (``l9.enforce.*``), read by the validator.
+ENFORCE_STREAM = "enforce"
+#: Run phases (``l9.run.*``), read by the reporter.
+RUN_STREAM = "run"
+#: Committed trail records (``l9.audit.*``), written by the auditor.
+AUDIT_STREAM = "audit"
+#: Requests to the SymPy worker (``l9.sympy.*``).
+SYMPY_STREAM = "sympy"
+#: The SymPy worker's per-operation telemetry.
+SYMPY_EVENTS_STREAM = "sympy.events"
+#: The SymPy worker's results, for the audit trail.
+SYMPY_RESULTS_STREAM = "sympy.results"
+
 
 class Topology:
     def __init__(self, routes: Mapping[str, str] | None = None) -> None:

@@ -19,16 +19,26 @@ from typing import Any
 import msgpack
 from pydantic import ValidationError
 
+from ._canonical import SIGNED_FIELDS, signed_values, to_wire_map
 from ._errors import EnvelopeError, ErrorReason
 from ._model import PacketEnvelope
 from ._registry import Payload, PayloadRegistry, registry
-from ._signing import SIGNED_FIELDS, Signer, Verifier, _signed_values
+from ._signing import Signer, Verifier
+
+__all__ = [
+    "ENVELOPE_FIELD",
+    "HEADER_FIELDS",
+    "SIGNATURE_FIELD",
+    "decode",
+    "decode_envelope",
+    "encode",
+    "to_wire_map",
+]
 
 ENVELOPE_FIELD = "env"
 SIGNATURE_FIELD = "sig"
 _ENVELOPE_KEY = ENVELOPE_FIELD.encode()
 _SIGNATURE_KEY = SIGNATURE_FIELD.encode()
-_TIME_FIELDS = ("time", "expires_at")
 #: Plain, unsigned copies of envelope fields kept beside ``env`` for readability.
 HEADER_FIELDS = ("id", "type", "source", "correlation_id")
 _HEADER_KEYS = tuple((name, name.encode()) for name in HEADER_FIELDS)
@@ -43,23 +53,13 @@ _KEY_ID = SIGNED_FIELDS.index("key_id")
 _NOT_DEFAULTED_AT = tuple((name, SIGNED_FIELDS.index(name)) for name in _NOT_DEFAULTED)
 
 
-def to_wire_map(envelope: PacketEnvelope) -> dict[str, Any]:
-    """The envelope as plain msgpack/JSON-able values (times as ISO-8601)."""
-    fields = dict(envelope.__dict__)
-    for name in _TIME_FIELDS:
-        value = fields[name]
-        if isinstance(value, datetime):
-            fields[name] = value.isoformat()
-    return fields
-
-
 def encode(envelope: PacketEnvelope, signer: Signer | None = None) -> dict[str, str | bytes]:
     """Stream-entry fields for ``envelope``, signed when a signer is given.
 
     An envelope that already carries a signature keeps it (and its key id).
     """
     # == canonical_bytes(to_wire_map(envelope)), without building the map
-    values = list(_signed_values(envelope.__dict__))
+    values = list(signed_values(envelope.__dict__))
     for i in (_TIME, _EXPIRES):
         value = values[i]
         if isinstance(value, datetime):

@@ -16,7 +16,7 @@ from ._decision import Finding
 from ._rules import Params, Rule, rule
 from ._subjects import Artifact, ArtifactSet, Request
 
-#: Where SymPy requests keep expression text (``agents.sympy.payloads``: expr, exprs, equations,
+#: Where SymPy requests keep expression text (``agents.contracts.sympy.payloads``: expr, exprs, equations,
 #: lower/upper, at), and the names schema collections use.
 DEFAULT_FIELDS = (
     "expr", "exprs", "equations", "lower", "upper", "at", "expression", "expressions", "formula", "formulas",

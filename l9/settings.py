@@ -13,12 +13,18 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from memory.postgres import SigningKey
+
+if TYPE_CHECKING:  # built on demand: reading the settings imports no agent
+    from agents.config import GraphConfig
+    from agents.extraction.config import EnforcerConfig, GeneratorConfig, PlannerConfig, ValidatorConfig
+    from agents.sympy.config import SymPyConfig
+    from bus import DeliveryPolicy
 
 
 class Settings(BaseSettings):
@@ -190,6 +196,108 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"L9_AUDIT_TRUSTED_KEYS[{key_id!r}] is not hex") from None
         return trusted
+
+    # Each agent's own configuration, holding only what it reads.
+
+    def delivery_policy(self, concurrency: int | None = None) -> DeliveryPolicy:
+        """The delivery loop's policy (``concurrency`` overrides ``L9_CONCURRENCY``)."""
+        from bus import DeliveryPolicy
+
+        n = concurrency or self.concurrency
+        return DeliveryPolicy(
+            max_in_flight=max(self.batch_size, n),
+            concurrency=n,
+            block_ms=self.block_ms,
+            max_deliveries=self.max_deliveries,
+            retry_backoff_ms=self.retry_backoff_ms,
+            retry_backoff_max_ms=self.retry_backoff_max_ms,
+            lease_ms=self.lease_ms,
+            heartbeat_ms=self.heartbeat_ms,
+            drain_timeout_s=self.drain_timeout_s,
+        )
+
+    def graph_config(self) -> GraphConfig:
+        from agents.config import GraphConfig
+
+        return GraphConfig(
+            namespace=self.namespace,
+            neo4j_url=self.neo4j_url,
+            neo4j_user=self.neo4j_user,
+            neo4j_password=self.neo4j_password,
+            neo4j_database=self.neo4j_database,
+            graph_url=self.graph_url,
+            graph_name=self.graph_name,
+            graph_timeout_s=self.graph_timeout_s,
+            graph_hook_timeout_s=self.graph_hook_timeout_s,
+        )
+
+    def sympy_config(self, database_url: str | None = None) -> SymPyConfig:
+        """The SymPy worker's; metrics only with ``L9_SYMPY_METRICS`` and a ``database_url``."""
+        from agents.sympy.config import MetricsConfig, SymPyConfig
+        from agents.sympy.operations import ToolConfig
+        from agents.sympy.parser import ParserLimits
+        from memory.postgres import writer_dsn
+
+        kernels = self.sympy_kernel_dir or self.home_dir / "sympy-kernels"
+        limits = ParserLimits(
+            max_chars=self.sympy_max_chars,
+            max_nodes=self.sympy_max_nodes,
+            max_depth=self.sympy_max_depth,
+            max_exponent=self.sympy_max_exponent,
+            max_factorial=self.sympy_max_factorial,
+            max_integer_digits=self.sympy_max_integer_digits,
+        )
+        tool = ToolConfig(
+            limits, self.sympy_max_points, str(kernels.expanduser().resolve()), self.sympy_compile_timeout_s
+        )
+        metrics = None
+        if self.sympy_metrics and database_url is not None:
+            metrics = MetricsConfig(
+                writer_dsn(database_url, self.database_writer_url),
+                admin_dsn=database_url,
+                capacity=self.sympy_metrics_buffer,
+                interval_s=self.sympy_metrics_flush_s,
+            )
+        return SymPyConfig(
+            tool=tool,
+            workers=self.sympy_workers,
+            timeout_s=self.sympy_timeout_s,
+            memory_mb=self.sympy_memory_mb,
+            cache_ttl_s=self.sympy_cache_ttl_s,
+            cache_max_bytes=self.sympy_cache_max_bytes,
+            policy_file=self.policy_file,
+            strict_mode=self.strict_mode,
+            graph=self.graph_config(),
+            metrics=metrics,
+        )
+
+    def planner_config(self, redis_url: str | None = None, database_url: str | None = None) -> PlannerConfig:
+        from agents.extraction.config import PlannerConfig
+
+        return PlannerConfig(
+            policy_file=self.policy_file,
+            strict_mode=self.strict_mode,
+            graph=self.graph_config(),
+            redis_url=redis_url,
+            database_url=database_url,
+        )
+
+    def enforcer_config(self) -> EnforcerConfig:
+        from agents.extraction.config import EnforcerConfig
+
+        return EnforcerConfig(policy_file=self.policy_file, strict_mode=self.strict_mode)
+
+    def generator_config(self) -> GeneratorConfig:
+        from agents.extraction.config import GeneratorConfig
+
+        return GeneratorConfig(
+            extractions_dir=self.extractions_dir, sympy_deadline_s=self.generator_sympy_deadline_s
+        )
+
+    def validator_config(self) -> ValidatorConfig:
+        from agents.extraction.config import ValidatorConfig
+
+        return ValidatorConfig(test_timeout_s=self.validator_test_timeout_s)
 
 
 def _create_exclusive(path: Path, text: str) -> None:

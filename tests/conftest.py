@@ -183,8 +183,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05) -> None:
-    """Poll an async or sync predicate until it is truthy, or fail the test."""
+async def wait_for(predicate: Callable[[], object], timeout: float = 120.0, interval: float = 0.05) -> None:
+    """Poll an async or sync predicate until it is truthy, or fail the test. The default deadline
+    only catches a hang: on a loaded 2-core machine an agent process alone can take tens of
+    seconds to start."""
     import inspect
 
     import anyio

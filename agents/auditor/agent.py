@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from bus import TRANSIENT, Entry, Keys, Rejected, Staged, Topology, as_text
+from bus.topology import AUDIT_STREAM
 from envelope import SIGNATURE_FIELD, SIGNED_FIELDS, EnvelopeError, Verifier
 from memory.audit import (
     AuditRecord,
@@ -43,7 +44,7 @@ from memory.audit import (
 )
 from memory.summary import summarize
 
-from .stream import AUDIT_STREAM, AuditStream
+from .stream import AuditStream
 
 GROUP = "auditor"
 log = structlog.get_logger("l9.auditor")

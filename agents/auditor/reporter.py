@@ -35,18 +35,17 @@ import anyio
 import redis.asyncio as aioredis
 import structlog
 
-from agents.extraction.phases import ReportReady, RunCompleted
+from agents.contracts.extraction.phases import ReportReady, RunCompleted
 from bus import Delivery, Keys, Publisher, as_text
+from bus.topology import AUDIT_STREAM
 from envelope import PacketEnvelope, registry
 from memory.audit import AuditRecorder, Checkpoint, EntryFilter, SigningKey, StoredEntry
 
 from .agent import GROUP as AUDITOR_GROUP
 from .report import ChainPoint, Report, build_report, render, sign_report
-from .stream import AUDIT_STREAM
 
 #: The reporter's consumer group and the stream it reads.
 GROUP = "reporter"
-RUN_STREAM = "run"
 #: Records of these types are notices about reports, not evidence of the run.
 NOTICE_GLOB = "l9.report.*"
 #: How long a completion may take to reach the trail before the delivery fails (and is retried).

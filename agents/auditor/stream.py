@@ -25,12 +25,11 @@ import redis.asyncio as aioredis
 import structlog
 
 from bus import Keys
+from bus.topology import AUDIT_STREAM
 from envelope import PacketEnvelope, Payload, Signer, encode, payload
 from memory.audit import AppendStatus, AuditRecorder, Committed, StoredEntry
 from memory.summary import summarize_env
 
-#: The stream's name (``l9.audit.*`` types route there by the area default too).
-AUDIT_STREAM = "audit"
 #: Approximate cap on entries (batches) kept in the stream.
 MAX_ENTRIES = 10_000
 #: When the stream is missing (new, or Redis lost it), at most this many records are republished.

@@ -8,11 +8,16 @@
 The schema reference (fields, kinds, naming convention) is ``docs/SCHEMA.md``.
 """
 
-from .baseline import Baseline, BaselineCheck, baseline_errors, run_baseline, stack_probes
-from .collection import Collection, SchemaError, SchemaErrors, content_hash
-from .kinds import CONVENTIONS, KINDS, Kind, KindSpec, kind_by_convention
-from .loader import load_collection, load_file
-from .payloads import (
+from agents.contracts.extraction.baseline import (
+    Baseline,
+    BaselineCheck,
+    baseline_errors,
+    run_baseline,
+    stack_probes,
+)
+from agents.contracts.extraction.collection import Collection, SchemaError, SchemaErrors, content_hash
+from agents.contracts.extraction.kinds import CONVENTIONS, KINDS, Kind, KindSpec, kind_by_convention
+from agents.contracts.extraction.payloads import (
     ExtractRequest,
     PlanBaseline,
     PlanLocked,
@@ -20,7 +25,7 @@ from .payloads import (
     PlanResearch,
     SchemaParsed,
 )
-from .phases import (
+from agents.contracts.extraction.phases import (
     MANIFEST,
     AgentGenerated,
     Denial,
@@ -33,9 +38,18 @@ from .phases import (
     TestsValidated,
     Verified,
 )
-from .plan import PLAN_FORMAT, LockedPlan, PlanItem, Research, Unresolved, text_listing
+from agents.contracts.extraction.plan import (
+    PLAN_FORMAT,
+    LockedPlan,
+    PlanItem,
+    Research,
+    Unresolved,
+    text_listing,
+)
+from agents.contracts.extraction.schema import AgentSchema
+
+from .loader import load_collection, load_file
 from .planner import build_plan, cycle_errors, find_cycles, lock, research, topological_order, waves
-from .schema import AgentSchema
 
 __all__ = [
     "CONVENTIONS",

@@ -29,7 +29,7 @@ import structlog
 import yaml
 from pydantic import ValidationError
 
-from .collection import (
+from agents.contracts.extraction.collection import (
     AgentSource,
     Collection,
     ErrorCode,
@@ -41,7 +41,7 @@ from .collection import (
     field_text,
     located_error,
 )
-from .schema import AgentSchema, LocatedError, field_names
+from agents.contracts.extraction.schema import AgentSchema, LocatedError, field_names
 
 log = structlog.get_logger("l9.extraction.loader")
 Format = Literal["yaml", "markdown"]

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .collection import Collection, SchemaError, SchemaErrors
-from .plan import LockedPlan, PlanItem, Research, Unresolved
+from agents.contracts.extraction.collection import Collection, SchemaError, SchemaErrors
+from agents.contracts.extraction.plan import LockedPlan, PlanItem, Research, Unresolved
+
 from .resolve import LinkResolver, Problem, resolve_files
 
 Graph = Mapping[str, Sequence[str]]

@@ -32,18 +32,9 @@ from pathlib import PurePosixPath
 
 import anyio
 
-from envelope import Payload, utcnow
-from governance import Decision, RateLimiter, Request, agent_of, load_policy_file
-from l9.devstack import resolve_endpoints
-from l9.settings import Settings, get_settings
-
-from ..base import Agent, Context, handles
-from ..lineage.hooks import DagHook
-from ..runtime import Runtime
-from .baseline import Probe, baseline_errors, run_baseline, stack_probes
-from .collection import SchemaError, SchemaErrors, content_hash
-from .loader import load_collection
-from .payloads import (
+from agents.contracts.extraction.baseline import Probe, baseline_errors, run_baseline, stack_probes
+from agents.contracts.extraction.collection import SchemaError, SchemaErrors, content_hash
+from agents.contracts.extraction.payloads import (
     TEXT_MAX,
     ExtractRequest,
     PlanBaseline,
@@ -53,11 +44,17 @@ from .payloads import (
     SchemaParsed,
     Stage,
 )
-from .phases import RunCompleted
-from .planner import build_plan, cycle_errors, research
+from agents.contracts.extraction.phases import RunCompleted
+from agents.contracts.lineage import DagHook
+from bus.topology import EXTRACT_STREAM as REQUEST_STREAM
+from envelope import Payload, utcnow
+from governance import Decision, RateLimiter, Request, agent_of, load_policy_file
 
-#: The stream extraction requests travel on (``l9.extract.*`` by the default topology).
-REQUEST_STREAM = "extract"
+from ..base import Agent, Context, handles
+from ..runtime import Runtime
+from .config import PlannerConfig
+from .loader import load_collection
+from .planner import build_plan, cycle_errors, research
 
 
 class RequestError(Exception):
@@ -159,6 +156,21 @@ async def _plan_payloads(
     return [*out, PlanLocked.of(plan, stamp=stamp_of(requested_at), out_dir=request.out_dir)]
 
 
+def planner_probes(config: PlannerConfig) -> dict[str, Probe]:
+    """The baseline's probes of the stack the config names; none without a Redis URL. With no
+    database URL the PostgreSQL probe fails: the planner never starts a database of its own."""
+    if config.redis_url is None:
+        return {}
+    probes = stack_probes(config.redis_url, config.database_url or "", config.graph)
+    if config.database_url is None:
+
+        async def no_postgres() -> None:
+            raise LookupError("no PostgreSQL configured (DATABASE_URL is not set)")
+
+        probes["postgres"] = no_postgres
+    return probes
+
+
 class PlannerAgent(Agent):
     name = "planner"
     consumes = (REQUEST_STREAM,)
@@ -166,24 +178,23 @@ class PlannerAgent(Agent):
     def __init__(
         self,
         runtime: Runtime,
-        settings: Settings | None = None,
+        config: PlannerConfig | None = None,
         *,
         probes: Mapping[str, Probe] | None = None,
         anchors: Set[str] | None = None,
     ) -> None:
         super().__init__(runtime)
-        self.settings = settings or get_settings()
+        self.config = config or PlannerConfig()
         self.probes = probes
         self.anchors = anchors
         #: Each research's DAG to the graph store at once (bounded; the lineage projector catches up).
-        self.dags = DagHook.open(self.settings, runtime.redis)
+        self.dags = DagHook.open(self.config.graph, runtime.redis)
         self.limiter: RateLimiter | None = None
 
     async def on_start(self) -> None:
         if self.probes is None:
-            endpoints = resolve_endpoints(self.settings)
-            self.probes = stack_probes(endpoints.redis_url, endpoints.database_url, self.settings)
-        policy = load_policy_file(self.settings.policy_file)
+            self.probes = planner_probes(self.config)
+        policy = load_policy_file(self.config.policy_file)
         if self.anchors is None:
             self.anchors = frozenset(a.name for a in policy.anchors)
         self.limiter = RateLimiter(self.runtime.redis, self.runtime.keys, policy.rate_limits)
@@ -205,7 +216,7 @@ class PlannerAgent(Agent):
             ctx.payload,
             probes=self.probes or {},
             anchors=self.anchors or frozenset(),
-            strict=self.settings.strict_mode,
+            strict=self.config.strict_mode,
             requested_at=ctx.envelope.time,
         )
         envelopes = [self.envelope_for(p, cause=ctx.envelope) for p in payloads]

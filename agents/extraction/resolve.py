@@ -17,10 +17,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .collection import Collection, Loc
-from .kinds import DOCUMENT_KINDS, KINDS, KindSpec, Need, kind_by_convention, missing_need
-from .plan import PlanItem, Unresolved
-from .schema import AgentSchema, FileEntry
+from agents.contracts.extraction.collection import Collection, Loc
+from agents.contracts.extraction.kinds import (
+    DOCUMENT_KINDS,
+    KINDS,
+    KindSpec,
+    Need,
+    kind_by_convention,
+    missing_need,
+)
+from agents.contracts.extraction.plan import PlanItem, Unresolved
+from agents.contracts.extraction.schema import AgentSchema, FileEntry
 
 _PY_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Kinds whose modules the agent module imports, in this order.
@@ -172,7 +179,7 @@ def expected_imports(
     if kind == "package":
         return (agent,) if path == "__init__.py" and agent else ()
     if kind == "main":
-        return ("agents.runner", *((agent,) if agent else ()))
+        return ("l9.start", *((agent,) if agent else ()))
     if kind == "agent":
         return ("agents", "envelope", *(modules[k] for k in _AGENT_PARTS if k in modules), *links)
     if kind == "payloads":

@@ -3,26 +3,24 @@
 * every envelope: an :class:`EnvelopeNode` (its run, its agent, its cause);
 * ``l9.plan.research.v1``: its collection's agent DAG (:func:`dag_of`);
 * a SymPy ``cse`` / ``generate_code`` / ``compile`` result: its expression
-  graph (:func:`agents.sympy.graph.expression_graph`).
+  graph (:func:`agents.contracts.sympy.graph.expression_graph`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC
 
 import structlog
 from pydantic import ValidationError
 
-from agents.extraction.payloads import PlanResearch
-from agents.sympy.graph import expression_graph
-from agents.sympy.payloads import CompileResult, CseResult, GenerateCodeResult, SymPyResult
+from agents.contracts.lineage import dag_of
+from agents.contracts.sympy.graph import expression_graph
+from agents.contracts.sympy.payloads import CompileResult, CseResult, GenerateCodeResult, SymPyResult
 from envelope import PacketEnvelope
 from memory.graph import Dag, EnvelopeNode, ExpressionGraph
 
 log = structlog.get_logger("l9.lineage")
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-RESEARCH_TYPE = "l9.plan.research.v1"
 #: The SymPy results that carry an expression graph, by envelope type.
 EXPRESSION_RESULTS: dict[str, type[SymPyResult]] = {
     "l9.sympy.cse_result.v1": CseResult,
@@ -36,11 +34,6 @@ def agent_of(source: str) -> str:
     return source.removeprefix("agent://").split("/", 1)[0] or source
 
 
-def micros(moment: datetime) -> int:
-    """``moment`` in whole microseconds since the epoch (exact: no float)."""
-    return (moment - EPOCH) // timedelta(microseconds=1)
-
-
 def envelope_node(envelope: PacketEnvelope, stream: str) -> EnvelopeNode:
     return EnvelopeNode(
         id=envelope.id,
@@ -52,24 +45,6 @@ def envelope_node(envelope: PacketEnvelope, stream: str) -> EnvelopeNode:
         stream=stream,
         run=envelope.correlation_id,
         cause=envelope.causation_id,
-    )
-
-
-def dag_of(envelope: PacketEnvelope) -> Dag | None:
-    """The agent DAG a research envelope reports (None for any other envelope)."""
-    if envelope.type != RESEARCH_TYPE:
-        return None
-    found = PlanResearch.model_validate(envelope.data)
-    research = found.research
-    return Dag(
-        collection=found.collection,
-        at=micros(envelope.time),
-        agents=research.agents,
-        hard=research.hard_edges,
-        soft=research.soft_edges,
-        waves=research.waves,
-        order=research.order,
-        run=envelope.correlation_id,
     )
 
 

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Sequence
 import redis.asyncio as aioredis
 import structlog
 
-from agents.auditor.stream import AUDIT_STREAM
 from bus import TRANSIENT, Entry, Keys, Rejected, Topology, as_text
+from bus.topology import AUDIT_STREAM
 from envelope import EnvelopeError, Verifier, decode_envelope
 from memory.graph import GraphUnavailable, SemanticGraph
 

@@ -2,12 +2,12 @@
 
 Importing this package does not import SymPy: only the worker's subprocesses
 parse and compute (``agents.sympy.parser``, ``.operations``). Agents call the
-worker with :class:`SymPyTool`; the worker itself is ``l9 agent run sympy``.
+worker with :class:`SymPyTool` (:mod:`agents.tools.sympy`, re-exported here); the worker
+itself is ``l9 agent run sympy``.
 """
 
-from .client import SymPyTool
-from .errors import ParseRejected, Position, ToolError, ToolTimeout
-from .payloads import (
+from agents.contracts.sympy.errors import ParseRejected, Position, ToolError, ToolTimeout
+from agents.contracts.sympy.payloads import (
     Compile,
     CompileResult,
     Cse,
@@ -29,7 +29,10 @@ from .payloads import (
     SymPyResult,
     Violation,
 )
-from .telemetry import EVENTS_STREAM, OperationEvent
+from agents.tools.sympy import SymPyTool
+from bus.topology import SYMPY_EVENTS_STREAM as EVENTS_STREAM
+
+from .telemetry import OperationEvent
 
 __all__ = [
     "EVENTS_STREAM",

@@ -26,22 +26,9 @@ import time
 from collections import OrderedDict
 from functools import partial
 
-from bus import TRANSIENT
-from envelope import PacketEnvelope, utcnow
-from governance import Escalations, PolicyEngine
-from l9.devstack import resolve_endpoints
-from l9.settings import Settings, get_settings
-from memory.postgres import writer_dsn
-from memory.postgres.metrics import MetricsWriter
-
-from ..base import Agent, Context, handles
-from ..runtime import Runtime
-from .cache import ResultCache
-from .errors import ToolError
-from .graph import ExpressionGraphHook
-from .keys import compiled_key
-from .operations import Job, ToolConfig, execute
-from .payloads import (
+from agents.contracts.sympy.errors import ToolError
+from agents.contracts.sympy.graph import ExpressionGraphHook
+from agents.contracts.sympy.payloads import (
     REPLY_FOR,
     Compile,
     CompileResult,
@@ -58,12 +45,24 @@ from .payloads import (
     SymPyRequest,
     SymPyResult,
 )
+from bus import TRANSIENT
+from bus.topology import SYMPY_EVENTS_STREAM as EVENTS_STREAM
+from bus.topology import SYMPY_RESULTS_STREAM as RESULTS_STREAM
+from bus.topology import SYMPY_STREAM as TOOL_STREAM
+from envelope import PacketEnvelope, utcnow
+from governance import Escalations, PolicyEngine
+from memory.postgres.metrics import MetricsWriter
+
+from ..base import Agent, Context, handles
+from ..runtime import Runtime
+from .cache import ResultCache
+from .config import SymPyConfig
+from .keys import compiled_key
+from .operations import Job, execute
 from .pool import WorkerPool
-from .telemetry import EVENTS_STREAM, RESULTS_STREAM, OperationEvent, metric_rows
+from .telemetry import OperationEvent, metric_rows
 from .violations import ViolationDesk
 
-#: Where requests travel: every ``l9.sympy.*`` type goes to the stream named by its area.
-TOOL_STREAM = "sympy"
 #: Request texts whose canonical digest is remembered (a hit then never touches the pool).
 DIGEST_MEMO = 4096
 
@@ -72,25 +71,25 @@ class SymPyAgent(Agent):
     name = "sympy"
     consumes = (TOOL_STREAM,)
 
-    def __init__(self, runtime: Runtime, settings: Settings | None = None) -> None:
+    def __init__(self, runtime: Runtime, config: SymPyConfig | None = None) -> None:
         super().__init__(runtime)
-        self.settings = settings or get_settings()
-        handler = partial(execute, ToolConfig.from_settings(self.settings))
+        self.config = config or SymPyConfig()
+        handler = partial(execute, self.config.tool)
         self.pool = WorkerPool(
             handler,
-            size=self.settings.sympy_workers,
-            timeout_s=self.settings.sympy_timeout_s,
-            memory_mb=self.settings.sympy_memory_mb,
+            size=self.config.workers,
+            timeout_s=self.config.timeout_s,
+            memory_mb=self.config.memory_mb,
         )
         self.cache = ResultCache(
             runtime.redis,
             runtime.keys,
-            ttl_s=self.settings.sympy_cache_ttl_s,
-            max_bytes=self.settings.sympy_cache_max_bytes,
+            ttl_s=self.config.cache_ttl_s,
+            max_bytes=self.config.cache_max_bytes,
         )
         #: request text digest -> canonical digest: the same text is parsed once.
         self._digests: OrderedDict[bytes, str] = OrderedDict()
-        engine = PolicyEngine.load(self.settings.policy_file, strict_mode=self.settings.strict_mode)
+        engine = PolicyEngine.load(self.config.policy_file, strict_mode=self.config.strict_mode)
         desk = Escalations(
             runtime.redis,
             runtime.publisher,
@@ -101,17 +100,17 @@ class SymPyAgent(Agent):
         self.violations = ViolationDesk(engine, desk)
         self.metrics: MetricsWriter | None = None
         #: cse / generate_code / compile results to the graph store (after the reply, bounded).
-        self.expressions = ExpressionGraphHook.open(self.settings, runtime.redis)
+        self.expressions = ExpressionGraphHook.open(self.config.graph, runtime.redis)
 
     async def on_start(self) -> None:
         await self.pool.__aenter__()
-        if self.settings.sympy_metrics:
-            database_url = resolve_endpoints(self.settings).database_url
+        metrics = self.config.metrics
+        if metrics is not None:
             self.metrics = MetricsWriter(
-                writer_dsn(database_url, self.settings.database_writer_url),
-                admin_dsn=database_url,
-                capacity=self.settings.sympy_metrics_buffer,
-                interval_s=self.settings.sympy_metrics_flush_s,
+                metrics.dsn,
+                admin_dsn=metrics.admin_dsn,
+                capacity=metrics.capacity,
+                interval_s=metrics.interval_s,
             )
             await self.metrics.start()
 
@@ -211,9 +210,9 @@ class SymPyAgent(Agent):
 
     def _bound(self, envelope: PacketEnvelope, request: SymPyRequest | None = None) -> float:
         """The wall-clock bound of one job: the setting (a build's own for kernels), within the deadline."""
-        bound = self.settings.sympy_timeout_s
+        bound = self.config.timeout_s
         if isinstance(request, Compile) or (isinstance(request, Evaluate) and request.backend == "compiled"):
-            bound = self.settings.sympy_compile_timeout_s
+            bound = self.config.tool.compile_timeout_s
         if envelope.expires_at is not None:
             bound = min(bound, max((envelope.expires_at - utcnow()).total_seconds(), 0.05))
         return bound

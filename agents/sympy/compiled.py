@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from agents.contracts.sympy.errors import ToolError
+
 from . import codegen
-from .errors import ToolError
 
 #: Part of every kernel hash: a change to the generated source gets new kernels.
 GENERATOR = "cython-1"

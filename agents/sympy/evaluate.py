@@ -26,8 +26,9 @@ import numpy as np
 import symengine
 import sympy
 
+from agents.contracts.sympy.errors import ToolError
+
 from .compiled import KernelStore
-from .errors import ToolError
 
 Vectorised = Callable[[Sequence[np.ndarray]], np.ndarray]
 DOUBLE_DIGITS = 15

@@ -15,16 +15,12 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import sympy
 
-from . import codegen
-from .compiled import KernelStore
-from .errors import ParseRejected, ToolError
-from .evaluate import evaluate
-from .parser import ParserLimits, canonical_hash, parse
-from .payloads import (
+from agents.contracts.sympy.errors import ParseRejected, ToolError
+from agents.contracts.sympy.payloads import (
     EXPR_MAX,
     Compile,
     Cse,
@@ -37,8 +33,10 @@ from .payloads import (
     SymPyRequest,
 )
 
-if TYPE_CHECKING:
-    from l9.settings import Settings
+from . import codegen
+from .compiled import KernelStore
+from .evaluate import evaluate
+from .parser import ParserLimits, canonical_hash, parse
 
 Fields = dict[str, list[Any]]
 Operation = Callable[[Any, Fields, "ToolConfig", str], dict[str, Any]]
@@ -53,16 +51,6 @@ class ToolConfig:
     #: Compiled kernels on disk; None: no ``compiled`` backend, no ``compile`` operation.
     kernel_dir: str | None = None
     compile_timeout_s: float = 120.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ToolConfig:
-        kernels = settings.sympy_kernel_dir or settings.home_dir / "sympy-kernels"
-        return cls(
-            ParserLimits.from_settings(settings),
-            settings.sympy_max_points,
-            str(kernels.expanduser().resolve()),
-            settings.sympy_compile_timeout_s,
-        )
 
     def kernels(self) -> KernelStore | None:
         return None if self.kernel_dir is None else KernelStore(self.kernel_dir, self.compile_timeout_s)

@@ -22,15 +22,13 @@ import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import sympy
 
-from .errors import Kind, ParseRejected, Position
-from .grammar import CONSTANTS, DANGEROUS_NAMES, FUNCTIONS, MATRIX, Function
+from agents.contracts.sympy.errors import Kind, ParseRejected, Position
 
-if TYPE_CHECKING:
-    from l9.settings import Settings
+from .grammar import CONSTANTS, DANGEROUS_NAMES, FUNCTIONS, MATRIX, Function
 
 _LOG10_2 = math.log10(2)
 _NEWLINE = re.compile(r"\r\n|\r|\n")
@@ -57,17 +55,6 @@ class ParserLimits:
     max_integer_digits: int = 1000
     max_name_length: int = 64
     max_matrix_entries: int = 400
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ParserLimits:
-        return cls(
-            max_chars=settings.sympy_max_chars,
-            max_nodes=settings.sympy_max_nodes,
-            max_depth=settings.sympy_max_depth,
-            max_exponent=settings.sympy_max_exponent,
-            max_factorial=settings.sympy_max_factorial,
-            max_integer_digits=settings.sympy_max_integer_digits,
-        )
 
 
 def parse(text: str, limits: ParserLimits | None = None) -> Any:

@@ -39,7 +39,7 @@ import psutil
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .errors import ToolError, ToolTimeout, error_from_wire
+from agents.contracts.sympy.errors import ToolError, ToolTimeout, error_from_wire
 
 log = structlog.get_logger("l9.sympy.pool")
 Handler = Callable[[Any], Any]

@@ -46,10 +46,9 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
+from agents.contracts.sympy.payloads import REPLY_FOR, CompileResult, Evaluate, EvaluateResult, SymPyRequest
 from bus import ErrorReply, RemoteError, RpcClient
 from envelope import PacketEnvelope, registry, utcnow
-
-from .payloads import REPLY_FOR, CompileResult, Evaluate, EvaluateResult, SymPyRequest
 
 FORMAT = "l9.sympy.session/1"
 #: Request envelope type -> request model.

@@ -23,14 +23,10 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 
 from bus import Keys
+from bus.topology import SYMPY_EVENTS_STREAM as EVENTS_STREAM
 from envelope import EnvelopeError, PacketEnvelope, Payload, Verifier, decode, payload
 from memory.postgres.metrics import CodegenMetric, Metric, OperationMetric
 
-#: The stream live watchers follow; not the tool stream.
-EVENTS_STREAM = "sympy.events"
-#: A copy of every reply the worker sends (the same envelope): the audit trail keeps each result
-#: even when the caller's reply stream was gone before the auditor read it (``.session``).
-RESULTS_STREAM = "sympy.results"
 #: Operations that generate code (a row in ``sympy_codegen_metrics`` too; the backend is the language).
 CODEGEN_OPS = frozenset({"generate_code", "compile"})
 WINDOW_S = 60.0

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 
 import structlog
 
+from agents.contracts.sympy.errors import ToolError
 from envelope import PacketEnvelope
 from governance import Decision, Escalations, Finding, Outcome, Policy, PolicyEngine, Request, decide
-
-from .errors import ToolError
 
 log = structlog.get_logger("l9.sympy.violations")
 #: The governance rule answering for each refusal: the length limit has its own; all else is a bomb.

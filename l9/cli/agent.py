@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from agents.runner import load_agent, run_agent
+from agents.runner import load_agent
 from governance import PolicyFileError
 from l9.cli.common import fail, load_settings, run
 from l9.devstack import StackError
@@ -23,7 +23,7 @@ def agent_run(
     """Run one agent in this process until SIGTERM."""
     settings = load_settings()
     if name == "lineage":
-        from agents.lineage.main import run_lineage  # late: start-up speed (~25 ms)
+        from l9.start import run_lineage  # late: start-up speed (~25 ms)
 
         try:
             run(lambda: run_lineage(settings, instance=instance))
@@ -31,13 +31,15 @@ def agent_run(
             raise fail(str(exc)) from None
         return
     if name == "auditor":
-        from agents.auditor.main import run_auditor  # late: start-up speed (~70 ms)
+        from l9.start import run_auditor  # late: start-up speed (~70 ms)
 
         try:
             run(lambda: run_auditor(settings, instance=instance))
         except StackError as exc:
             raise fail(str(exc)) from None
         return
+    from l9.start import run_agent
+
     try:
         agent_cls = load_agent(name)
     except (ValueError, ImportError) as exc:

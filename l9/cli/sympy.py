@@ -31,9 +31,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from agents.contracts.sympy.payloads import Backend, Language
 from agents.sympy import SymPyResult, SymPyTool, ToolError
 from agents.sympy.cache import ResultCache
-from agents.sympy.payloads import Backend, Language
 from agents.sympy.session import DEFAULT_REL_TOL, ReplayReport, SessionFileError, SessionRecord, replay
 from agents.sympy.session import export as export_session
 from agents.sympy.telemetry import WINDOW_S, read_window

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 import anyio
 import structlog
 
-from agents.runner import policy_from, stop_on_signal
 from bus import BatchConsumer, ConsumerNameTaken, Entry, Keys, Rejected, claim_consumer_name, connect
 from l9.logs import configure_logging
 from l9.settings import Settings
+from l9.start import policy_from, stop_on_signal
 
 GROUP = "crasher"
 log = structlog.get_logger("l9.test.crasher")

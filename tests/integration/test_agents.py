@@ -85,7 +85,7 @@ async def test_kill9_mid_batch_pending_reclaimed_effects_once(
     assert held, "the killed consumer held no pending entries"
 
     await wait_for(lambda: _effects_at_least(redis, keys, n), timeout=60)
-    await wait_for(lambda: _no_pending(redis, keys), timeout=30)
+    await wait_for(lambda: _no_pending(redis, keys), timeout=120)
     assert await effects(redis, keys) == n
     assert int(await redis.hlen(effects_key(keys))) == n
     # what a held when it died was done by b, and no entry is left pending
@@ -230,7 +230,7 @@ async def test_sigterm_past_drain_timeout_leaves_work_pending_for_next_owner(
     assert await effects(redis, keys) == 0  # the drain gave up at its timeout rather than wait
     assert await pending(redis, keys, "test", "ledger") == 2
     successor = spawn("tests.integration.ledger:LedgerAgent", "--instance", "x", env=env)
-    await wait_for(lambda: _effects_at_least(redis, keys, 2), timeout=30)
+    await wait_for(lambda: _effects_at_least(redis, keys, 2), timeout=120)
     await wait_for(lambda: _no_pending(redis, keys))
     assert successor.terminate() == 0
 

@@ -151,7 +151,7 @@ async def test_a_prepare_that_keeps_failing_on_one_entry_dead_letters_only_that_
     consumer = consumer_of(redis, keys, "poison", Staged(prepare, commit))
     async with anyio.create_task_group() as tg:
         tg.start_soon(consumer.run)
-        await wait_for(lambda: len(committed) == 19, timeout=30)
+        await wait_for(lambda: len(committed) == 19, timeout=120)
         await wait_for(lambda: redis.xlen(keys.dead("test")), timeout=60)
         consumer.stop()
     assert committed == [i for i in ids if i != poisoned]

@@ -103,7 +103,7 @@ async def test_the_enforcer_allows_escalates_and_denies_with_everything_on_the_r
     async def three_pending() -> bool:
         return len(await desk.pending(expire=False)) == 3
 
-    await wait_for(three_pending, timeout=30)
+    await wait_for(three_pending, timeout=120)
     ids = {row.correlation_id.removeprefix("run-"): row.id for row in await desk.pending(expire=False)}
     first.kill9()  # while it waits: the next enforcer takes the runs over and reuses the escalations
     spawn("enforcer", env=env)

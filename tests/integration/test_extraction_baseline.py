@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from agents.contracts.extraction.baseline import baseline_errors, run_baseline, stack_probes
 from agents.extraction import load_file
-from agents.extraction.baseline import baseline_errors, run_baseline, stack_probes
 from governance import load_policy_file
 from l9.devstack import StackEndpoints
 from l9.settings import Settings

@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 
+from agents.contracts.extraction.baseline import Probe
 from agents.extraction import ExtractRequest, PlanLocked, PlanRejected, RunCompleted, SchemaParsed
-from agents.extraction.baseline import Probe
 from agents.extraction.planner_agent import PlannerAgent
 from agents.runtime import Runtime
 from bus import Delivery, Keys
@@ -64,7 +64,7 @@ async def test_a_requester_over_the_limit_is_refused_with_a_retry_time_and_nothi
     runtime = Runtime(
         redis=redis, keys=keys, signer=signer, verifier=verifier, agent="planner", instance="p-0"
     )
-    planner = PlannerAgent(runtime, settings, probes=PROBES)
+    planner = PlannerAgent(runtime, settings.planner_config(), probes=PROBES)
     await planner.on_start()
 
     async def deliver(envelope: PacketEnvelope, attempt: int = 1) -> list[Payload]:

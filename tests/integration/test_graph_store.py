@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agents.contracts.sympy.graph import expression_graph
+from agents.contracts.sympy.payloads import Cse, CseResult
 from agents.extraction import load_file, research
-from agents.sympy.graph import expression_graph
-from agents.sympy.payloads import Cse, CseResult
 from l9.devstack import StackEndpoints
 from memory.graph import (
     Dag,

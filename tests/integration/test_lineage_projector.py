@@ -100,7 +100,7 @@ async def test_lineage_of_an_envelope_walks_back_to_its_extraction_request(
     await Publisher(redis, keys, Signer({"test": b"not the key"}, "test")).publish(forged)
     projector = spawn("lineage")
     graph = graph_of(redis, namespace)
-    await wait_for(lambda: complete(graph, chain[-1].id), timeout=30)
+    await wait_for(lambda: complete(graph, chain[-1].id), timeout=120)
 
     shown = run_l9("graph", "lineage", chain[-1].id, "--json", env=agent_env)
     assert shown.returncode == 0, shown.stderr
@@ -109,7 +109,7 @@ async def test_lineage_of_an_envelope_walks_back_to_its_extraction_request(
     assert [s["agent"] for s in steps] == ["enforcer", "generator", "planner", "planner", "cli"]
     assert steps[-1]["kind"] == "request" and steps[-1]["id"] == chain[0].id
 
-    await wait_for(lambda: lineage_settled(redis, keys), timeout=30)
+    await wait_for(lambda: lineage_settled(redis, keys), timeout=120)
     unknown = run_l9("graph", "lineage", forged.id, env=agent_env)  # skipped: its signature fails
     assert unknown.returncode == 1 and f"envelope {forged.id} is not in the graph" in unknown.stderr
 
@@ -119,7 +119,7 @@ async def test_lineage_of_an_envelope_walks_back_to_its_extraction_request(
     for name in await redis.smembers(keys.streams_index()):
         await redis.xgroup_setid(keys.stream(as_text(name)), GROUP, "0", entries_read=0)
     assert not await lineage_settled(redis, keys)
-    await wait_for(lambda: lineage_settled(redis, keys), timeout=30)
+    await wait_for(lambda: lineage_settled(redis, keys), timeout=120)
     assert await graph.counts() == before
     assert projector.terminate() == 0
 
@@ -165,7 +165,7 @@ async def test_the_dag_in_the_graph_equals_the_planners(
 
     plan = next(e for e in envelopes if e.type == "l9.plan.locked.v1")
     PlanLocked.model_validate(plan.data)
-    await wait_for(lambda: complete(graph_of(redis, namespace), plan.id), timeout=30)
+    await wait_for(lambda: complete(graph_of(redis, namespace), plan.id), timeout=120)
     steps = json.loads(run_l9("graph", "lineage", plan.id, "--json", env=agent_env).stdout)["chain"]
     assert [s["type"] for s in steps] == ["l9.plan.locked.v1", "l9.extract.request.v1"]
 
@@ -220,7 +220,7 @@ async def test_a_graph_outage_leaves_entries_pending_and_the_projector_catches_u
             return False
         return int(summary["pending"]) >= 3  # research, baseline, locked
 
-    await wait_for(pending_for_lineage, timeout=30)
+    await wait_for(pending_for_lineage, timeout=120)
     assert not await lineage_settled(redis, keys)
 
     start_graph()
@@ -228,7 +228,7 @@ async def test_a_graph_outage_leaves_entries_pending_and_the_projector_catches_u
     graph = SemanticGraph(FalkorBackend(client, graph_key(namespace), where=url), namespace)
     try:
         await wait_for(lambda: complete(graph, request.id), timeout=60)
-        await wait_for(lambda: lineage_settled(redis, keys), timeout=30)
+        await wait_for(lambda: lineage_settled(redis, keys), timeout=120)
         view = await graph.dag("tensoraios_ecosystem")  # the projector's catch-up, from the plan stream
         assert view.agents == research(load_file(TENSORAIOS)).order
         assert (await graph.counts()).nodes["Envelope"] == 5  # request, parsed, research, baseline, locked

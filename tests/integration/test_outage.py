@@ -91,7 +91,7 @@ async def test_agent_survives_redis_outage_and_catches_up(
         client = connect(own_redis.url)
         publisher = Publisher(client, keys, signer)
         await publisher.publish_many([work(i) for i in range(10, 20)])
-        await wait_for(lambda: _at_least(client, keys, 20), timeout=30)
+        await wait_for(lambda: _at_least(client, keys, 20), timeout=120)
         outages = [e for e in proc.log_events() if e.get("event") == "consumer.redis_unavailable"]
         assert 1 <= len(outages) <= 30, f"{len(outages)} retries in ~2 s: not backing off"
         assert proc.terminate() == 0

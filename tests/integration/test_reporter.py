@@ -15,7 +15,6 @@ import redis.asyncio as aioredis
 from agents.auditor.report import parse_report
 from agents.auditor.reporter import (
     GROUP,
-    RUN_STREAM,
     Reporter,
     ReportNotReady,
     auditor_behind,
@@ -24,6 +23,7 @@ from agents.auditor.reporter import (
 )
 from agents.extraction import RunCompleted
 from bus import Delivery, Keys, Publisher, as_text
+from bus.topology import RUN_STREAM
 from envelope import PacketEnvelope, Signer, Verifier, decode
 from memory.postgres import EntryFilter, PostgresAuditStore, SigningKey, writer_dsn
 from tests.conftest import KEYRING, AgentProcess, run_l9, stream_entries, wait_for
@@ -191,7 +191,7 @@ async def test_redelivery_renders_the_same_bytes_and_the_same_notice(
         page = await trail.entries_after(0, filters=EntryFilter(type_glob="l9.report.*", correlation_id=run))
         return len(page.entries) == 1 and page.entries[0].envelope_id == first.id
 
-    await wait_for(one_notice_in_trail, timeout=30)
+    await wait_for(one_notice_in_trail, timeout=120)
 
 
 async def test_a_report_taken_by_a_reporter_that_died_is_rendered_by_another(

@@ -13,8 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from agents.sympy import OperationEvent, ParseRejected, SymPyTool
-from agents.sympy.telemetry import EVENTS_STREAM
 from bus import Keys, Publisher, RpcClient
+from bus.topology import SYMPY_EVENTS_STREAM as EVENTS_STREAM
 from envelope import Signer, Verifier, decode, new_id
 from memory.postgres import writer_dsn
 from memory.postgres.metrics import Metric, MetricsWriter, OperationMetric, sympy_totals
@@ -65,8 +65,8 @@ async def test_every_operation_and_code_generation_is_a_row(
         code = await tool.generate_code("sin(x)*y", "fortran")
         with pytest.raises(ParseRejected):
             await tool.generate_code("__import__('os')", "c")
-    await wait_for(lambda: count(admin_dsn, "sympy_metrics", 4), timeout=20)
-    await wait_for(lambda: count(admin_dsn, "sympy_codegen_metrics", 2), timeout=20)
+    await wait_for(lambda: count(admin_dsn, "sympy_metrics", 4), timeout=60)
+    await wait_for(lambda: count(admin_dsn, "sympy_codegen_metrics", 2), timeout=60)
     ops = await rows(admin_dsn, "sympy_metrics")
     assert [(r["op"], r["backend"], r["cache_hit"], r["outcome"], r["error"]) for r in ops] == [
         ("evaluate", "numpy", False, "ok", None),
@@ -112,7 +112,7 @@ async def test_postgres_away_slows_no_reply_and_the_rows_arrive_when_it_is_back(
     worker = spawn("sympy", env={**FAST, "DATABASE_URL": url})
     async with sympy_tool(redis, keys, signer, verifier, "metrics-2") as tool:
         assert (await tool.expand("(x + 1)**2")).expr == "x**2 + 2*x + 1"
-        await wait_for(lambda: count(admin_dsn, "sympy_metrics", 1), timeout=20)
+        await wait_for(lambda: count(admin_dsn, "sympy_metrics", 1), timeout=60)
         await proxy.cut()
         for i in range(40):  # every reply arrives with PostgreSQL away (a hang: the 60 s deadline)
             assert (await tool.evaluate(f"x + {i}", points={"x": [1]})).values == [1.0 + i]
@@ -120,7 +120,7 @@ async def test_postgres_away_slows_no_reply_and_the_rows_arrive_when_it_is_back(
         assert len(await rows(admin_dsn, "sympy_metrics")) == 1, "nothing was written while it was away"
         assert worker.proc.poll() is None
         await proxy.start()  # the same port
-        await wait_for(lambda: count(admin_dsn, "sympy_metrics", 41), timeout=30)
+        await wait_for(lambda: count(admin_dsn, "sympy_metrics", 41), timeout=120)
     assert sorted(r["op"] for r in await rows(admin_dsn, "sympy_metrics")) == ["evaluate"] * 40 + ["expand"]
     assert worker.terminate() == 0
     await proxy.cut()

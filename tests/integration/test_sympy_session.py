@@ -69,7 +69,7 @@ async def test_export_then_replay_on_a_fresh_worker_and_a_tampered_result_is_nam
         await run_session(SymPyTool(rpc, source="agent://test/caller", session=SESSION))
     cli = run_l9("sympy", "simplify", "x + x", "--session", SESSION, env=env)  # a caller gone at once
     assert cli.returncode == 0, cli.stderr
-    await wait_for(lambda: answered(store, verifier, 8), timeout=30)
+    await wait_for(lambda: answered(store, verifier, 8), timeout=120)
 
     exported = run_l9("sympy", "export", SESSION, env=env)
     assert exported.returncode == 0, exported.stderr

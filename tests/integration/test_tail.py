@@ -392,7 +392,7 @@ async def test_follow_survives_lost_connections_and_an_outage(
     try:
         await admin_sql(admin_dsn, "ALTER ROLE l9_writer CONNECTION LIMIT 0")
         await _kill_writer_connections(admin_dsn)
-        await wait_for(lambda: '"tail.unavailable"' in tail.log(), timeout=30)
+        await wait_for(lambda: '"tail.unavailable"' in tail.log(), timeout=120)
         await superuser.append(records(15, 5))
         await superuser.append(records(20, 5))
         await asyncio.sleep(1.0)
@@ -400,7 +400,7 @@ async def test_follow_survives_lost_connections_and_an_outage(
     finally:
         await admin_sql(admin_dsn, "ALTER ROLE l9_writer CONNECTION LIMIT -1")
         await superuser.close()
-    await wait_for(lambda: len(tail.seqs) == 25, timeout=30)
+    await wait_for(lambda: len(tail.seqs) == 25, timeout=120)
     await store.append(records(25, 5))
     await wait_for(lambda: len(tail.seqs) == 30)
 

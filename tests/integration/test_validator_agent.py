@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from agents.extraction import EnforcementCompleted, LockedPlan, RunCompleted, Verified, phases
+from agents.contracts.extraction import phases
+from agents.extraction import EnforcementCompleted, LockedPlan, RunCompleted, Verified
 from agents.extraction.validator.agent import result_id
 from bus import Keys, Publisher
 from envelope import PacketEnvelope, Payload, Signer, Verifier, decode, new_id

@@ -11,9 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from agents import Agent, Runtime
-from agents.runner import _serve
 from bus import ConsumerNameTaken, DeliveryPolicy, Keys, claim_consumer_name, hold_consumer_name
 from envelope import Signer, Verifier
+from l9.start import _serve
 
 TTL_MS = 300
 KEYRING = {"k": b"consumer-name-test-key-0123456789"}

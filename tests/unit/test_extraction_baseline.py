@@ -7,8 +7,8 @@ from pathlib import Path
 
 import anyio
 
+from agents.contracts.extraction.baseline import Probe, backend_users, baseline_errors, run_baseline
 from agents.extraction import Collection, load_file
-from agents.extraction.baseline import Probe, backend_users, baseline_errors, run_baseline
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ANCHORS = {"Igor", "Compliance"}

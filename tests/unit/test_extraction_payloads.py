@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from agents.auditor.report.sections import TABLE_V1
+from agents.contracts.extraction.baseline import Probe
 from agents.extraction import (
     ExtractRequest,
     PlanBaseline,
@@ -21,7 +22,6 @@ from agents.extraction import (
     load_file,
     lock,
 )
-from agents.extraction.baseline import Probe
 from agents.extraction.planner_agent import plan_request
 from envelope import Payload, registry
 from memory.summary import summarize

@@ -210,7 +210,7 @@ def test_plan_items_of_an_agent(tensoraios: Collection) -> None:
     assert by_path["docs/main_agent/GOVERNANCE.md"].kind == "governance_doc"
     assert by_path["manifests/plastos_adapter_manifest.json"].wave == 2
     assert by_path["code/L9/agents/main/__main__.py"].imports == (
-        "agents.runner",
+        "l9.start",
         "L9.agents.main.agent_controller",
     )
 

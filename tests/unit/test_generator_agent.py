@@ -18,6 +18,8 @@ from typing import Any, cast
 import pytest
 
 from agents import Runtime
+from agents.contracts.sympy.errors import ParseRejected, Position
+from agents.contracts.sympy.payloads import GenerateCodeResult, Language
 from agents.extraction import (
     AgentGenerated,
     GenerationCompleted,
@@ -37,9 +39,7 @@ from agents.extraction.generator import (
 )
 from agents.extraction.generator.folder import STALE_S
 from agents.sympy.codegen import generate
-from agents.sympy.errors import ParseRejected, Position
 from agents.sympy.parser import canonical_hash, parse
-from agents.sympy.payloads import GenerateCodeResult, Language
 from bus import Delivery, Keys, Publisher, RpcTimeout
 from envelope import PacketEnvelope, Payload, Signer, Verifier, decode, encode
 from l9.settings import Settings
@@ -100,7 +100,7 @@ def generator(tool: LocalTool, tmp_path: Path) -> tuple[GeneratorAgent, MemoryPu
     publisher = MemoryPublisher(signer)
     runtime.publisher = publisher
     settings = Settings(extractions_dir=tmp_path / "default", generator_sympy_deadline_s=2.0)
-    return GeneratorAgent(runtime, settings, tool=tool), publisher
+    return GeneratorAgent(runtime, settings.generator_config(), tool=tool), publisher
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ from pathlib import Path
 import anyio
 import pytest
 
+from agents.contracts.sympy.graph import expression_graph, names_in
+from agents.contracts.sympy.payloads import Cse, CseResult, GenerateCode, GenerateCodeResult
 from agents.extraction import PlanResearch, load_file, research
 from agents.lineage import Projection, agent_of, dag_of, envelope_node, micros
-from agents.sympy.graph import expression_graph, names_in
-from agents.sympy.payloads import Cse, CseResult, GenerateCode, GenerateCodeResult
 from envelope import PacketEnvelope
 from l9.cli.graph import dag_json, lineage_json, render_dag, render_lineage, render_mermaid
 from l9.settings import Settings

@@ -15,9 +15,9 @@ import mpmath
 import numpy as np
 import pytest
 
-from agents.sympy.errors import ToolError
+from agents.contracts.sympy.errors import ToolError
+from agents.contracts.sympy.payloads import Evaluate, GenerateCode
 from agents.sympy.operations import Job, ToolConfig, execute
-from agents.sympy.payloads import Evaluate, GenerateCode
 
 EXPRS = {
     "smooth": "exp(-x**2/2)*cos(3*x) + sin(y)**2 + 2",

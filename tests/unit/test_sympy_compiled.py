@@ -11,11 +11,11 @@ import mpmath
 import numpy as np
 import pytest
 
+from agents.contracts.sympy.errors import ToolError
+from agents.contracts.sympy.payloads import Compile, Evaluate, SymPyRequest
 from agents.sympy import compiled, evaluate
-from agents.sympy.errors import ToolError
 from agents.sympy.evaluate import COMPILED_MIN_POINTS
 from agents.sympy.operations import Job, ToolConfig, execute
-from agents.sympy.payloads import Compile, Evaluate, SymPyRequest
 
 if shutil.which("cc") is None and shutil.which("gcc") is None:
     pytest.skip("no C compiler: compiled kernels cannot be built here", allow_module_level=True)

@@ -8,10 +8,8 @@ import mpmath
 import pytest
 import sympy
 
-from agents.sympy.errors import ParseRejected, ToolError
-from agents.sympy.operations import Job, ToolConfig, execute
-from agents.sympy.parser import ParserLimits, parse
-from agents.sympy.payloads import (
+from agents.contracts.sympy.errors import ParseRejected, ToolError
+from agents.contracts.sympy.payloads import (
     Cse,
     Diff,
     Evaluate,
@@ -23,6 +21,8 @@ from agents.sympy.payloads import (
     Solve,
     SymPyRequest,
 )
+from agents.sympy.operations import Job, ToolConfig, execute
+from agents.sympy.parser import ParserLimits, parse
 
 LIMITS = ToolConfig()
 

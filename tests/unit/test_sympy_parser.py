@@ -12,7 +12,7 @@ import sympy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.sympy.errors import (
+from agents.contracts.sympy.errors import (
     ParseRejected,
     Position,
     ToolError,

@@ -14,10 +14,10 @@ import anyio
 import psutil
 import pytest
 
-from agents.sympy.errors import ParseRejected, Position, ToolError, ToolTimeout
+from agents.contracts.sympy.errors import ParseRejected, Position, ToolError, ToolTimeout
+from agents.contracts.sympy.payloads import Expand, Simplify
 from agents.sympy.operations import Job, ToolConfig, execute
 from agents.sympy.parser import parse
-from agents.sympy.payloads import Expand, Simplify
 from agents.sympy.pool import WorkerPool
 
 

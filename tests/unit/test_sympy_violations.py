@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fakeredis
 
-from agents.sympy.errors import ParseRejected, Position, ToolError, ToolTimeout
+from agents.contracts.sympy.errors import ParseRejected, Position, ToolError, ToolTimeout
 from agents.sympy.violations import ViolationDesk
 from bus import Keys, Publisher
 from envelope import PacketEnvelope

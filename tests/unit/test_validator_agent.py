@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from agents.extraction import EnforcementCompleted, Verified, phases
+from agents.contracts.extraction import phases
+from agents.extraction import EnforcementCompleted, Verified
 from agents.extraction.validator import validate, verdict
 from agents.extraction.validator.agent import result_id
 from agents.runner import load_agent

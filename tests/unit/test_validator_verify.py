@@ -309,7 +309,7 @@ def test_an_unresolvable_link_is_named(tmp_path: Path) -> None:
 
 
 def test_existing_modules_are_found_without_being_imported() -> None:
-    assert findable("bus.keys") and findable("json") and findable("agents.sympy.client")
+    assert findable("bus.keys") and findable("json") and findable("agents.tools.sympy")
     assert not findable("bus.nope") and not findable("json.decoder.nope") and not findable("no_such_top")
 
 

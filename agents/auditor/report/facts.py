@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from agents.extraction.payloads import (
+from agents.contracts.extraction.payloads import (
     ExtractRequest,
     PlanBaseline,
     PlanLocked,
@@ -26,7 +26,7 @@ from agents.extraction.payloads import (
     PlanResearch,
     SchemaParsed,
 )
-from agents.extraction.phases import (
+from agents.contracts.extraction.phases import (
     AgentGenerated,
     EnforcementCompleted,
     GenerationCompleted,

@@ -8,7 +8,7 @@ verification rebuilds it with that same table, so refining the table (a new
 version) never invalidates reports signed earlier.
 
 * v1: the first table; its data rule compares a top-level field.
-* v2 (current): the extraction pipeline's real payloads (``agents.extraction.phases``,
+* v2 (current): the extraction pipeline's real payloads (``agents.contracts.extraction.phases``,
   ``governance``): enforcement in section 6, escalations and their resolutions in 9;
   data rules follow a dotted path (``decision.outcome``) and compare booleans too; every
   section shows tables computed from its records' payloads (:mod:`.facts`). The v1 globs

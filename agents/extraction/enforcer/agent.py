@@ -30,19 +30,18 @@ from collections.abc import Sequence
 import anyio
 from structlog.typing import FilteringBoundLogger as BoundLogger
 
+from agents.contracts.extraction.phases import Denial, EnforcementCompleted, GenerationCompleted, RunCompleted
+from bus.topology import GENERATE_STREAM
 from envelope import PacketEnvelope, Payload
 from governance import EscalationResolved, Escalations, PolicyEngine
-from l9.settings import Settings, get_settings
 
 from ...base import Agent, Context, handles
 from ...runtime import Runtime
-from ..phases import Denial, EnforcementCompleted, GenerationCompleted, RunCompleted
+from ..config import EnforcerConfig
 from .folder import read_folder
 from .judge import Judged, Verdict, judge
 from .ledger import Ledger, ledger_key
 
-#: The stream ``l9.generate.*`` travels on (one stream per area).
-GENERATE_STREAM = "generate"
 #: Denials a run's ``reason`` spells out before "and N more".
 REASON_DENIALS = 3
 
@@ -109,13 +108,13 @@ class EnforcerAgent(Agent):
     def __init__(
         self,
         runtime: Runtime,
-        settings: Settings | None = None,
+        config: EnforcerConfig | None = None,
         *,
         engine: PolicyEngine | None = None,
         poll_s: float = 0.2,
     ) -> None:
         super().__init__(runtime)
-        self.settings = settings or get_settings()
+        self.config = config or EnforcerConfig()
         self._engine = engine
         self.poll_s = poll_s
 
@@ -132,7 +131,7 @@ class EnforcerAgent(Agent):
     @property
     def engine(self) -> PolicyEngine:
         if self._engine is None:
-            self._engine = PolicyEngine.load(self.settings.policy_file, strict_mode=self.settings.strict_mode)
+            self._engine = PolicyEngine.load(self.config.policy_file, strict_mode=self.config.strict_mode)
         return self._engine
 
     def desk(self) -> Escalations:

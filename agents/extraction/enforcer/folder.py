@@ -28,10 +28,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agents.contracts.extraction.phases import MANIFEST, GeneratedFile, GenerationCompleted
+from agents.contracts.extraction.plan import LockedPlan
 from governance import Artifact, Finding
-
-from ..phases import MANIFEST, GeneratedFile, GenerationCompleted
-from ..plan import LockedPlan
 
 #: The policy (``id@version``) of the enforcer's own integrity checks.
 INTEGRITY_POLICY = "manifest-integrity@1"

@@ -22,10 +22,10 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from agents.contracts.extraction.phases import MANIFEST, Denial
+from agents.contracts.extraction.plan import LockedPlan
 from governance import Artifact, ArtifactSet, AuditScope, Decision, Finding, Outcome, PolicyEngine, decide
 
-from ..phases import MANIFEST, Denial
-from ..plan import LockedPlan
 from .folder import INTEGRITY_POLICY, Folder
 
 PLAN_PATH = "plan"

@@ -3,7 +3,7 @@
     files = render_plan(plan, kernels)      # pure: {path: bytes}, byte-identical for equal inputs
     l9 agent run generator                  # the agent: plan stream in, the extraction folder out
 
-Templates (``templates/<kind><ext>.j2``, one per kind of :mod:`agents.extraction.kinds`)
+Templates (``templates/<kind><ext>.j2``, one per kind of :mod:`agents.contracts.extraction.kinds`)
 write the files; numeric kernels come from the SymPy worker (:mod:`.kernels`); the folder is
 written whole (:mod:`.folder`). What each kind generates, and how a generated agent
 behaves, is documented in ``docs/SCHEMA.md``.

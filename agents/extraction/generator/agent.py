@@ -30,15 +30,8 @@ from typing import Any
 
 import anyio
 
-from bus import RpcClient
-from envelope import PacketEnvelope, Payload, utcnow
-from l9.settings import Settings, get_settings
-
-from ...base import Agent, Context, handles
-from ...runtime import Runtime
-from ...sympy.client import SymPyTool
-from ..payloads import PlanLocked
-from ..phases import (
+from agents.contracts.extraction.payloads import PlanLocked
+from agents.contracts.extraction.phases import (
     MANIFEST,
     AgentGenerated,
     GeneratedFile,
@@ -46,13 +39,18 @@ from ..phases import (
     GenerationFailed,
     RunCompleted,
 )
-from ..plan import LockedPlan
+from agents.contracts.extraction.plan import LockedPlan
+from agents.tools.sympy import SymPyTool
+from bus import RpcClient
+from bus.topology import PLAN_STREAM
+from envelope import PacketEnvelope, Payload, utcnow
+
+from ...base import Agent, Context, handles
+from ...runtime import Runtime
+from ..config import GeneratorConfig
 from .folder import folder_of, generated_files, generation_time, manifest_bytes, write_folder
 from .kernels import CodeTool, KernelError, fetch_kernels
 from .render import RenderError, needs_kernels, render_agent
-
-#: The stream locked plans travel on (``l9.plan.*`` by the default topology).
-PLAN_STREAM = "plan"
 
 
 class GenerationError(Exception):
@@ -78,17 +76,17 @@ class GeneratorAgent(Agent):
     consumes = (PLAN_STREAM,)
 
     def __init__(
-        self, runtime: Runtime, settings: Settings | None = None, *, tool: CodeTool | None = None
+        self, runtime: Runtime, config: GeneratorConfig | None = None, *, tool: CodeTool | None = None
     ) -> None:
         super().__init__(runtime)
-        self.settings = settings or get_settings()
+        self.config = config or GeneratorConfig()
         #: The SymPy tool to use instead of one over the bus (tests).
         self.tool = tool
 
     @handles(PlanLocked)
     async def on_plan(self, ctx: Context[PlanLocked]) -> None:
         locked, started = ctx.payload, time.perf_counter()
-        folder = folder_of(locked.out_dir, self.settings.extractions_dir, locked.folder_name)
+        folder = folder_of(locked.out_dir, self.config.extractions_dir, locked.folder_name)
         log = self.log.bind(correlation_id=ctx.envelope.correlation_id, envelope=ctx.envelope.id)
         try:
             async with self._code_tool(ctx.envelope, locked.plan) as tool:
@@ -123,7 +121,7 @@ class GeneratorAgent(Agent):
             yield SymPyTool(
                 rpc,
                 source=rt.source,
-                deadline_s=self.settings.generator_sympy_deadline_s,
+                deadline_s=self.config.sympy_deadline_s,
                 correlation_id=cause.correlation_id,
             )
 
@@ -157,7 +155,7 @@ class GeneratorAgent(Agent):
             if needs_kernels(plan, name):
                 if tool is None:
                     raise KernelError(f"agent '{name}': no SymPy tool to ask for its kernels")
-                deadline = self.settings.generator_sympy_deadline_s
+                deadline = self.config.sympy_deadline_s
                 kernels = await fetch_kernels(tool, schema, deadline_s=deadline)
             rendered = await anyio.to_thread.run_sync(render_agent, plan, name, kernels)
         except KernelError as exc:

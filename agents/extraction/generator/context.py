@@ -14,10 +14,10 @@ import keyword
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from agents.contracts.extraction.plan import LockedPlan, PlanItem
+from agents.contracts.extraction.schema import AgentSchema, Deployment, Governance
 from bus import DEFAULT_TOPOLOGY
 
-from ..plan import LockedPlan, PlanItem
-from ..schema import AgentSchema, Deployment, Governance
 from .kernel_code import KernelCode
 from .pysource import camel
 

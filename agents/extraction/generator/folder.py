@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..phases import MANIFEST, GeneratedFile
-from ..plan import LockedPlan
+from agents.contracts.extraction.phases import MANIFEST, GeneratedFile
+from agents.contracts.extraction.plan import LockedPlan
 
 MANIFEST_FORMAT = "l9.extraction/1"
 #: A leftover sibling (``.<name>.tmp-*``/``.old-*``) older than this is from a crashed write.

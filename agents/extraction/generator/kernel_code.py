@@ -21,7 +21,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from ...sympy.codegen import ARRAY_CALL
+from agents.contracts.sympy.codegen import ARRAY_CALL
 
 #: Modules the worker's code may use, and the names a kernel module imports for them.
 MODULES = ("functools", "math", "numpy")

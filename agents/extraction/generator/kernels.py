@@ -19,11 +19,11 @@ from typing import Protocol
 
 import anyio
 
+from agents.contracts.extraction.schema import AgentSchema
+from agents.contracts.sympy.errors import ToolError
+from agents.contracts.sympy.payloads import GenerateCodeResult, Language
 from bus import RemoteError, RpcTimeout
 
-from ...sympy.errors import ToolError
-from ...sympy.payloads import GenerateCodeResult, Language
-from ..schema import AgentSchema
 from .kernel_code import KernelSource
 
 #: The function name asked of the worker: it never names a parameter or a temporary, so the

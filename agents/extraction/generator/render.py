@@ -23,7 +23,8 @@ from typing import Any
 
 import jinja2
 
-from ..plan import LockedPlan, PlanItem
+from agents.contracts.extraction.plan import LockedPlan, PlanItem
+
 from .context import AgentView, PlanView, plan_view
 from .kernel_code import KernelCode, KernelSource, kernel_code
 from .pysource import (

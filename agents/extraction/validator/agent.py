@@ -34,16 +34,15 @@ from pathlib import Path
 import anyio
 import structlog
 
-from l9.settings import Settings, get_settings
+from agents.contracts.extraction.phases import EnforcementCompleted, RunCompleted, TestsValidated, Verified
+from bus.topology import ENFORCE_STREAM
 
 from ...base import Agent, Context, handles
 from ...runtime import Runtime
-from ..phases import EnforcementCompleted, RunCompleted, TestsValidated, Verified
+from ..config import ValidatorConfig
 from .tests_run import MIN_COVERAGE, MIN_PASS_RATE, TestRun, phase4
 from .verify import verify
 
-#: The stream the validator consumes (``l9.enforce.*`` by the default topology).
-ENFORCE_STREAM = "enforce"
 #: Items of a finding named in a run's reason before "...".
 _NAMED = 3
 
@@ -140,9 +139,9 @@ class ValidatorAgent(Agent):
     name = "validator"
     consumes = (ENFORCE_STREAM,)
 
-    def __init__(self, runtime: Runtime, settings: Settings | None = None) -> None:
+    def __init__(self, runtime: Runtime, config: ValidatorConfig | None = None) -> None:
         super().__init__(runtime)
-        self.settings = settings or get_settings()
+        self.config = config or ValidatorConfig()
         self.limiter = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
 
     @handles(EnforcementCompleted)
@@ -156,7 +155,7 @@ class ValidatorAgent(Agent):
             return
         async with self.limiter:
             log.info("validator.started", attempt=ctx.attempt)
-            payloads = await validate(enforced, timeout_s=self.settings.validator_test_timeout_s, log=log)
+            payloads = await validate(enforced, timeout_s=self.config.test_timeout_s, log=log)
         envelopes = [self.envelope_for(p, cause=ctx.envelope) for p in payloads]
         envelopes = [e.model_copy(update={"id": result_id(e.type, ctx.envelope.id)}) for e in envelopes]
         await self.runtime.publisher.publish_many(envelopes)

@@ -1,7 +1,7 @@
 """An extraction folder as the validator reads it: its files, their hashes, its manifests.
 
 The folder holds the planned files and ``extraction_manifest.json`` (see
-``agents/extraction/phases.py`` and the extraction contract): the locked plan
+``agents/contracts/extraction/phases.py`` and the extraction contract): the locked plan
 and every file with its size and sha256. :func:`load_manifest` reads and checks
 that manifest (the plan's own hash included); :func:`folder_files` lists what
 is really on disk, so the two can be compared.
@@ -23,8 +23,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..phases import MANIFEST, GeneratedFile
-from ..plan import LockedPlan
+from agents.contracts.extraction.phases import MANIFEST, GeneratedFile
+from agents.contracts.extraction.plan import LockedPlan
 
 MANIFEST_FORMAT = "l9.extraction/1"
 #: Left on disk by running the generated code: never files of the extraction.

@@ -46,7 +46,8 @@ from pathlib import Path
 import anyio
 from anyio.abc import Process
 
-from ..phases import TestsValidated
+from agents.contracts.extraction.phases import TestsValidated
+
 from .folder import python_files
 
 #: Phase 4 passes from this pass rate and this line coverage of ``code/`` (percent).

@@ -33,9 +33,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..phases import MANIFEST, Verified
-from ..plan import LockedPlan, PlanItem
-from ..schema import AgentSchema
+from agents.contracts.extraction.phases import MANIFEST, Verified
+from agents.contracts.extraction.plan import LockedPlan, PlanItem
+from agents.contracts.extraction.schema import AgentSchema
+
 from .folder import (
     ExtractionManifest,
     ManifestError,

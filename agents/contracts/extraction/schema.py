@@ -29,7 +29,7 @@ agent (see :mod:`.loader` for the accepted file formats). Every agent has:
 ``generatedocs`` entry is a path (``agent.py``) or a mapping ``{path: ...,
 kind: ...}``. Its *kind* names the template that renders it: an explicit
 ``kind`` wins, otherwise the file name decides by the naming convention of
-:data:`agents.extraction.kinds.CONVENTIONS` (``__init__.py`` -> ``package``,
+:data:`agents.contracts.extraction.kinds.CONVENTIONS` (``__init__.py`` -> ``package``,
 ``config.py`` / ``settings.py`` -> ``settings``, ``agent.py`` /
 ``*_controller.py`` -> ``agent``, ``kernels.py`` -> ``kernels``, ``test_*.py``
 -> ``agent_tests``, ``README.md`` -> ``readme`` ...). An entry that neither

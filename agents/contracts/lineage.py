@@ -1,4 +1,5 @@
-"""The planner's own write of each collection's DAG: right after it publishes the research.
+"""A collection's agent DAG as the research envelope reports it (:func:`dag_of`), and the
+planner's own write of it right after it publishes the research (:class:`DagHook`).
 
 Bounded and best effort (:class:`memory.graph.BestEffort`): a failure is logged,
 never fails the request; the projector writes the same DAG from the research
@@ -8,14 +9,41 @@ envelope (same ``at``, so the same graph).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 import redis.asyncio as aioredis
 
 from envelope import PacketEnvelope
-from memory.graph import BestEffort, GraphSettings, SemanticGraph, open_graph
+from memory.graph import BestEffort, Dag, GraphSettings, SemanticGraph, open_graph
 
-from .project import dag_of
+from .extraction.payloads import PlanResearch
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+RESEARCH_TYPE = "l9.plan.research.v1"
+
+
+def micros(moment: datetime) -> int:
+    """``moment`` in whole microseconds since the epoch (exact: no float)."""
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def dag_of(envelope: PacketEnvelope) -> Dag | None:
+    """The agent DAG a research envelope reports (None for any other envelope)."""
+    if envelope.type != RESEARCH_TYPE:
+        return None
+    found = PlanResearch.model_validate(envelope.data)
+    research = found.research
+    return Dag(
+        collection=found.collection,
+        at=micros(envelope.time),
+        agents=research.agents,
+        hard=research.hard_edges,
+        soft=research.soft_edges,
+        waves=research.waves,
+        order=research.order,
+        run=envelope.correlation_id,
+    )
 
 
 class DagHook:

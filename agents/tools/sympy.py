@@ -17,10 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
-from bus import RemoteError, RpcClient
-
-from .errors import ToolError, error_from_reply
-from .payloads import (
+from agents.contracts.sympy.errors import ToolError, error_from_reply
+from agents.contracts.sympy.payloads import (
     REPLY_FOR,
     Backend,
     Compile,
@@ -44,6 +42,7 @@ from .payloads import (
     SymPyRequest,
     SymPyResult,
 )
+from bus import RemoteError, RpcClient
 
 R = TypeVar("R", bound=SymPyResult)
 

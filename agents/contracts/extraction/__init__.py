@@ -1,0 +1,1 @@
+"""The extraction pipeline's shared models: collections, plans, baselines, payloads and phases."""

@@ -1,0 +1,1 @@
+"""The SymPy worker's shared contracts: request/result payloads, errors, expression graphs."""

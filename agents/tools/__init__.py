@@ -1,0 +1,1 @@
+"""Clients any agent uses to call a tool worker over the bus."""

@@ -1,0 +1,333 @@
+"""Process start-up of every agent: ``l9 agent run NAME``.
+
+The one place where an agent process is wired: the endpoints are resolved once
+(the embedded stack gives whatever the settings leave unset, and a database
+only to an agent that needs one), each agent gets its own frozen config built
+from the settings, its consumer name is claimed and held (heartbeat) while it
+starts, and SIGTERM/SIGINT stop reading and drain; a second signal aborts.
+
+Several processes of one agent share its consumer group, so they share the
+work. The auditor (group ``auditor``, plus the reporter, group ``reporter`` on
+stream ``run``) and the lineage projector run batch loops; the chain lock of the
+trail (in PostgreSQL) keeps one audit chain, MERGEs make concurrent graph
+writes safe.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+import redis.asyncio as aioredis
+import structlog
+
+from agents.base import Agent
+from agents.runtime import Runtime
+from bus import (
+    DEFAULT_TOPOLOGY,
+    Backoff,
+    BatchConsumer,
+    DeliveryPolicy,
+    Keys,
+    Publisher,
+    StreamConsumer,
+    claim_consumer_name,
+    connect,
+    hold_consumer_name,
+)
+from envelope import Signer, Verifier
+from governance import load_signer_acl
+from memory.audit import AuditRecorder, AuditStoreUnavailable
+
+from .devstack import StackEndpoints, resolve_endpoints
+from .settings import Settings
+
+log = structlog.get_logger("l9.agent.runner")
+
+
+@dataclass(frozen=True)
+class AgentEndpoints:
+    """What one agent process connects to; ``database_url`` None: no database for it."""
+
+    redis_url: str
+    database_url: str | None
+
+
+def agent_endpoints(settings: Settings, *, database: bool) -> AgentEndpoints:
+    """The endpoints, resolved once. An agent that needs no database, given ``REDIS_URL``,
+    never starts the embedded stack (nor its PostgreSQL); given nothing, it shares the
+    whole embedded stack of ``L9_HOME`` as before."""
+    if not database and settings.redis_url:
+        return AgentEndpoints(settings.redis_url, settings.database_url or None)
+    endpoints = resolve_endpoints(settings)
+    return AgentEndpoints(endpoints.redis_url, endpoints.database_url)
+
+
+def policy_from(settings: Settings, concurrency: int | None = None) -> DeliveryPolicy:
+    return settings.delivery_policy(concurrency)
+
+
+#: Built-in agents needing a database (a predicate of the settings) and their config.
+Configure = Callable[[Settings, AgentEndpoints], object]
+CONFIGS: dict[str, tuple[Callable[[Settings], bool], Configure]] = {
+    "sympy": (lambda s: s.sympy_metrics, lambda s, e: s.sympy_config(e.database_url)),
+    "planner": (lambda s: False, lambda s, e: s.planner_config(e.redis_url, e.database_url)),
+    "generator": (lambda s: False, lambda s, e: s.generator_config()),
+    "enforcer": (lambda s: False, lambda s, e: s.enforcer_config()),
+    "validator": (lambda s: False, lambda s, e: s.validator_config()),
+}
+
+
+def build_agent(
+    agent_cls: type[Agent], runtime: Runtime, settings: Settings, endpoints: AgentEndpoints
+) -> Agent:
+    """The agent with its own config (a built-in one), else with its runtime only."""
+    entry = CONFIGS.get(agent_cls.name)
+    if entry is None:
+        return agent_cls(runtime)
+    factory: Any = agent_cls  # the built-in agents take their config second
+    agent: Agent = factory(runtime, entry[1](settings, endpoints))
+    return agent
+
+
+def needs_database(agent_cls: type[Agent], settings: Settings) -> bool:
+    entry = CONFIGS.get(agent_cls.name)
+    return entry is not None and entry[0](settings)
+
+
+async def run_agent(
+    agent_cls: type[Agent],
+    settings: Settings,
+    *,
+    concurrency: int | None = None,
+    instance: str | None = None,
+) -> None:
+    endpoints = agent_endpoints(settings, database=needs_database(agent_cls, settings))
+    redis = connect(endpoints.redis_url)
+    keys, policy = Keys(settings.namespace), policy_from(settings, concurrency)
+    keyring = settings.keyring()
+    acl = load_signer_acl(settings.policy_file)  # None unless the policy file has a signer table
+    try:
+        name = await claim_consumer_name(
+            redis, keys, agent_cls.name, policy.heartbeat_ttl_ms, instance=instance
+        )
+        runtime = Runtime(
+            redis=redis,
+            keys=keys,
+            signer=Signer(keyring, settings.signing_key_id),
+            verifier=Verifier(keyring),
+            agent=agent_cls.name,
+            instance=name,
+        )
+        agent = build_agent(agent_cls, runtime, settings, endpoints)
+        consumer = StreamConsumer(
+            redis,
+            keys,
+            group=agent_cls.name,
+            consumer=name,
+            streams=agent_cls.consumes,
+            handler=agent.handle,
+            verifier=runtime.verifier,
+            policy=policy,
+            authorize=acl.authorize if acl is not None else None,
+        )
+        structlog.contextvars.bind_contextvars(agent=agent_cls.name, consumer=name)
+        await _serve(agent, consumer)
+    finally:
+        await redis.aclose()
+
+
+async def _serve(agent: Agent, consumer: StreamConsumer) -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_on_signal, consumer, tg.cancel_scope)
+        async with anyio.create_task_group() as holding:  # the name stays ours while starting
+            holding.start_soon(
+                hold_consumer_name,
+                consumer.redis,
+                consumer.keys,
+                consumer.consumer,
+                consumer.policy.heartbeat_ttl_ms,
+            )
+            await agent.on_start()
+            holding.cancel_scope.cancel()
+        log.info("agent.started", concurrency=consumer.policy.concurrency, streams=consumer.streams)
+        await consumer.run()
+        with anyio.CancelScope(shield=True):
+            await agent.on_stop()
+        log.info("agent.stopped")
+        tg.cancel_scope.cancel()
+
+
+class Stoppable(Protocol):
+    """A delivery loop that drains on ``stop()`` (``StreamConsumer``, ``BatchConsumer``)."""
+
+    in_flight: dict[tuple[str, str], float]
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+
+async def stop_on_signal(consumer: Stoppable, scope: anyio.CancelScope) -> None:
+    """SIGTERM/SIGINT: stop reading and drain; a second signal cancels ``scope`` (abort)."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if consumer.stopping:
+                log.warning("agent.aborting", signal=signal.Signals(signum).name)
+                scope.cancel()
+                return
+            log.info("agent.draining", signal=signal.Signals(signum).name, in_flight=len(consumer.in_flight))
+            consumer.stop()
+
+
+# The lineage projector: ``l9 agent run lineage`` (graph writes; no database).
+
+
+async def run_lineage(settings: Settings, *, instance: str | None = None) -> None:
+    from agents.lineage.projector import GROUP, Projector, is_transient
+    from memory.graph import open_graph
+
+    endpoints = agent_endpoints(settings, database=False)
+    redis = connect(endpoints.redis_url)
+    keys, policy = Keys(settings.namespace), policy_from(settings)
+    graph = open_graph(settings.graph_config(), endpoints.redis_url)
+    try:
+        name = await claim_consumer_name(redis, keys, GROUP, policy.heartbeat_ttl_ms, instance=instance)
+        structlog.contextvars.bind_contextvars(agent=GROUP, consumer=name)
+        projector = Projector(redis, keys, graph, Verifier(settings.keyring()), DEFAULT_TOPOLOGY)
+        consumer = BatchConsumer(
+            redis,
+            keys,
+            group=GROUP,
+            consumer=name,
+            streams=projector.streams,
+            handler=projector.handle,
+            policy=policy,
+            batch_size=settings.lineage_batch_size,
+            is_transient=is_transient,
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_on_signal, consumer, tg.cancel_scope)
+            log.info("agent.started", batch_size=consumer.batch_size, graph=graph.kind, graph_at=graph.where)
+            await consumer.run()
+            log.info("agent.stopped", **projector.stats)
+            tg.cancel_scope.cancel()
+    finally:
+        await graph.close()
+        await redis.aclose()
+
+
+# The auditor: ``l9 agent run auditor`` (the trail in PostgreSQL, and the reporter).
+
+
+async def run_auditor(settings: Settings, *, instance: str | None = None) -> None:
+    from agents.auditor.agent import GROUP, Auditor, Checkpointer, Failpoint, is_transient, tune_gc
+    from agents.auditor.stream import AuditStream
+
+    endpoints = resolve_endpoints(settings)
+    redis = connect(endpoints.redis_url)
+    keys, policy = Keys(settings.namespace), policy_from(settings)
+    keyring = settings.keyring()
+    failpoint = Failpoint(settings.audit_failpoint)
+    store = await _open_trail(settings, endpoints, failpoint)
+    try:
+        name = await claim_consumer_name(redis, keys, GROUP, policy.heartbeat_ttl_ms, instance=instance)
+        structlog.contextvars.bind_contextvars(agent=GROUP, consumer=name)
+        source = f"agent://{GROUP}/{name}"
+        stream = AuditStream(redis, keys, store, Signer(keyring, settings.signing_key_id), source)
+        checkpointer = Checkpointer(
+            store,
+            settings.audit_signing_key(),
+            settings.audit_checkpoint_every,
+            settings.audit_checkpoint_interval_s,
+        )
+        auditor = Auditor(redis, keys, store, Verifier(keyring), stream, checkpointer, DEFAULT_TOPOLOGY)
+        consumer = BatchConsumer(
+            redis,
+            keys,
+            group=GROUP,
+            consumer=name,
+            streams=auditor.streams,
+            handler=auditor.handle,
+            policy=policy,
+            batch_size=settings.audit_batch_size,
+            is_transient=is_transient,
+            before_ack=lambda: failpoint("before_xack"),
+        )
+        reporter = await _reporter(redis, keys, store, settings, policy, instance, GROUP)
+        tune_gc()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_on_signal, consumer, tg.cancel_scope)
+            tg.start_soon(auditor.checkpointer.run)
+            tg.start_soon(auditor.catch_up_loop)
+            tg.start_soon(auditor.publish_loop)
+            log.info("agent.started", batch_size=consumer.batch_size, reporter=reporter.consumer)
+            async with anyio.create_task_group() as reporting:
+                reporting.start_soon(reporter.run)
+                await consumer.run()
+                reporter.stop()  # drains the reports in hand, like the audit batch
+            log.info("agent.stopped", **auditor.stats)
+            tg.cancel_scope.cancel()
+    finally:
+        await store.close()
+        await redis.aclose()
+
+
+async def _open_trail(
+    settings: Settings, endpoints: StackEndpoints, failpoint: Callable[[str], None]
+) -> AuditRecorder:
+    """The trail, waiting (with backoff) for its store to come up."""
+    from .trail import open_trail
+
+    backoff = Backoff(cap=10.0)
+    while True:
+        try:
+            return await open_trail(settings, endpoints, stage_hook=failpoint)
+        except AuditStoreUnavailable as exc:
+            log.warning("auditor.postgres_unavailable", error=str(exc), retry_in_s=backoff.next)
+            await backoff.sleep()
+
+
+async def _reporter(
+    redis: aioredis.Redis,
+    keys: Keys,
+    store: AuditRecorder,
+    settings: Settings,
+    policy: DeliveryPolicy,
+    instance: str | None,
+    group: str,
+) -> StreamConsumer:
+    """The reporter's consumer (group ``reporter`` on stream ``run``) of this process."""
+    from agents.auditor.reporter import GROUP as REPORTER_GROUP
+    from agents.auditor.reporter import Reporter
+    from bus.topology import RUN_STREAM
+
+    # Named auditor-reporter-<n>: its heartbeat keys fall under the auditor's (hb:auditor-*),
+    # so the auditor's Redis user (``l9 acl render``) covers both consumers of the process.
+    base = f"{group}-{REPORTER_GROUP}"
+    name = await claim_consumer_name(redis, keys, base, policy.heartbeat_ttl_ms, instance=instance)
+    keyring = settings.keyring()
+    publisher = Publisher(redis, keys, Signer(keyring, settings.signing_key_id))
+    reporter = Reporter(
+        redis,
+        keys,
+        store,
+        publisher,
+        settings.audit_signing_key(),
+        settings.home_dir / "reports",
+        f"agent://{REPORTER_GROUP}/{name}",
+    )
+    return StreamConsumer(
+        redis,
+        keys,
+        group=REPORTER_GROUP,
+        consumer=name,
+        streams=(RUN_STREAM,),
+        handler=reporter.handle,
+        verifier=Verifier(keyring),
+        policy=policy,
+    )
