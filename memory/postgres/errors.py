@@ -9,7 +9,8 @@ import asyncpg
 
 from memory.audit.port import AuditStoreError, AuditStoreUnavailable
 
-_UNAVAILABLE = (
+#: The driver's errors that mean PostgreSQL is away (retry later), not that it refused.
+UNAVAILABLE = (
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
@@ -24,7 +25,7 @@ def unavailable_as(action: str) -> Iterator[None]:
     """Connection trouble as :class:`AuditStoreUnavailable`, naming what was being done."""
     try:
         yield
-    except _UNAVAILABLE as exc:
+    except UNAVAILABLE as exc:
         raise AuditStoreUnavailable(f"{action}: PostgreSQL unavailable: {type(exc).__name__}: {exc}") from exc
 
 
@@ -34,7 +35,7 @@ def translated(action: str) -> Iterator[None]:
     what the recorder raises, so that its callers never see the driver's errors."""
     try:
         yield
-    except _UNAVAILABLE as exc:
+    except UNAVAILABLE as exc:
         raise AuditStoreUnavailable(f"{action}: PostgreSQL unavailable: {type(exc).__name__}: {exc}") from exc
     except asyncpg.PostgresError as exc:
         raise AuditStoreError(f"{action}: PostgreSQL refused: {type(exc).__name__}: {exc}") from exc

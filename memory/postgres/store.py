@@ -31,7 +31,7 @@ from memory.audit.walk import checkpoint_files, verify_snapshot
 
 from . import sql
 from .appending import ChainedBatch, chain_batch
-from .errors import translated
+from .errors import UNAVAILABLE, translated
 from .sql import NOTIFY_CHANNEL
 from .timestamps import timestamps_as_micros
 from .walk import WALK_PLAN, PostgresSnapshot, checkpoint_of
@@ -153,6 +153,8 @@ class PostgresAuditStore(AuditRecorder):
             moved = await conn.fetch(
                 sql.MOVE_HEAD, batch.last_seq, batch.last_chain, head["now"], head["seq"]
             )
+        except UNAVAILABLE:
+            raise  # a connection lost mid-append: translated() makes it AuditStoreUnavailable (retried)
         except asyncpg.PostgresError as exc:
             raise AuditStoreError(
                 f"append of seq {head['seq'] + 1}..{batch.last_seq} refused: {exc}"
