@@ -26,6 +26,7 @@ it wants (``ensure_groups``) and what a lost group takes with it (``_lost``).
 
 from __future__ import annotations
 
+import abc
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -62,7 +63,7 @@ class Backoff:
         self.next = self.first
 
 
-class GroupConsumer:
+class GroupConsumer(abc.ABC):
     """One consumer in one group: the group, the read loop, own pending entries, acks."""
 
     #: The prefix of this loop's log events (``consumer.group_missing``, ...).
@@ -130,13 +131,13 @@ class GroupConsumer:
     async def wait_started(self) -> None:
         await self._started.wait()
 
+    @abc.abstractmethod
     async def ensure_groups(self) -> None:
         """Create the groups this consumer reads (at start, and after a group was lost)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def _deliver(self) -> None:
         """The loop's pipeline, until ``stop()``; it runs :meth:`_read_loop`."""
-        raise NotImplementedError
 
     # -- streams and groups -----------------------------------------------------------------
     def _add_streams(self, names: Iterable[str]) -> None:
@@ -191,13 +192,13 @@ class GroupConsumer:
                     self.log.warning(f"{self.event}.redis_unavailable", error=str(exc), retry_in_s=retry_in_s)
                     await backoff.sleep(self._stopped)
 
+    @abc.abstractmethod
     async def _wait_for_room(self) -> None:
         """Until the loop can take more entries into hand."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def _read_new(self) -> None:
         """Read new entries (:meth:`_xreadgroup`) and take them into hand."""
-        raise NotImplementedError
 
     async def _xreadgroup(self, count: int) -> Any:
         """``XREADGROUP >`` on every stream, blocking at most until the next pending scan."""
@@ -222,7 +223,7 @@ class GroupConsumer:
             self.log.warning(f"{self.event}.redis_unavailable", error=str(err))
         await backoff.sleep(self._stopped)
 
-    def _lost(self) -> None:
+    def _lost(self) -> None:  # noqa: B027 (an optional hook, no-op by default)
         """Forget what was in hand: the group it was read from is gone."""
 
     # -- own pending entries ------------------------------------------------------------------------
@@ -247,13 +248,13 @@ class GroupConsumer:
         """The periodic look at the own pending list (by default: the drain again)."""
         await self._drain_own_pending()
 
+    @abc.abstractmethod
     async def _pending_room(self) -> int:
         """How many own pending entries the loop can take into hand now."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def _take(self, stream: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Take own pending ``rows`` of ``stream`` into hand (see :meth:`_claim`)."""
-        raise NotImplementedError
 
     async def _own_pending(self, stream: str, start: str, count: int, idle: int | None = None) -> Any:
         return await self.redis.xpending_range(
@@ -360,5 +361,5 @@ class GroupConsumer:
         self._released(done)
         return True
 
-    def _released(self, n: int) -> None:
+    def _released(self, n: int) -> None:  # noqa: B027 (an optional hook, no-op by default)
         """``n`` entries in hand were acked."""
