@@ -23,6 +23,9 @@ from envelope import registry
 from governance import load_policy_file
 from l9.asyncapi import build_document, load_payload_modules
 from tests.conftest import ROOT
+from tests.doctools.compose_shim import COMPOSE_TOOLS
+
+DOCKER_COMPOSE = COMPOSE_TOOLS / "docker-compose"
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -126,14 +129,17 @@ def _l9(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed")
+@pytest.mark.skipif(
+    not DOCKER_COMPOSE.exists(),
+    reason=f"docker-compose 1.29 is not in {DOCKER_COMPOSE.parent}: `make test` installs it",
+)
 def test_docker_compose_config_accepts_the_file_with_the_env_l9_deploy_writes(tmp_path: Path) -> None:
     assert _l9(tmp_path, "acl", "render").returncode == 0
     deployed = _l9(tmp_path, "deploy", "env")
     assert deployed.returncode == 0, deployed.stderr
     shutil.copy(ROOT / "docker-compose.yml", tmp_path)
     done = subprocess.run(
-        ["docker-compose", "config"],
+        [str(DOCKER_COMPOSE), "config"],
         cwd=tmp_path,
         env={"PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -148,7 +154,7 @@ def test_docker_compose_config_accepts_the_file_with_the_env_l9_deploy_writes(tm
     assert list(json.loads(sympy["L9_SIGNING_KEYS"])) == [sympy["L9_SIGNING_KEY_ID"]]
     (tmp_path / ".env").unlink()
     missing = subprocess.run(
-        ["docker-compose", "config", "-q"],
+        [str(DOCKER_COMPOSE), "config", "-q"],
         cwd=tmp_path,
         env={"PATH": "/usr/bin:/bin"},
         capture_output=True,
