@@ -114,8 +114,11 @@ class GroupConsumer(abc.ABC):
             await self._deliver()
             with anyio.CancelScope(shield=True):
                 await self._flush_acks()
-                await self.maintenance.release()
             side.cancel_scope.cancel()
+        # released once the heartbeat task is over: a beat still in flight can no longer bring
+        # the key back after its DEL (the name would look taken for a TTL after a clean stop)
+        with anyio.CancelScope(shield=True):
+            await self.maintenance.release()
         self.log.info(f"{self.event}.stopped", left_pending=len(self.in_flight))
 
     def stop(self) -> None:
