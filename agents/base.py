@@ -9,7 +9,9 @@
             await ctx.emit(Result(n=ctx.payload.n, square=ctx.payload.n ** 2))
 
 Whatever a handler emits carries the run's ``correlation_id`` and points at
-the envelope it handled by ``causation_id``; nothing needs to set them.
+the envelope it handled by ``causation_id``; nothing needs to set them. It is
+published with the delivery's acknowledgement, in the same round trip (see
+:meth:`Context.emit`).
 """
 
 from __future__ import annotations
@@ -50,9 +52,23 @@ class Context(Generic[P]):
         self.payload: P = delivery.payload  # type: ignore[assignment]
         self.attempt = delivery.attempt
 
-    async def emit(self, payload: Payload, *, stream: str | None = None, **fields: Any) -> PacketEnvelope:
-        """Publish ``payload`` as caused by the envelope being handled."""
-        return await self.agent.emit(payload, cause=self.envelope, stream=stream, **fields)
+    async def emit(
+        self, payload: Payload, *, stream: str | None = None, now: bool = False, **fields: Any
+    ) -> PacketEnvelope:
+        """Publish ``payload`` as caused by the envelope being handled.
+
+        It goes out once the handler has returned, with the delivery's acknowledgement: the
+        handler's envelopes and its XACK in one MULTI/EXEC, in one round trip however many
+        it emits (:meth:`bus.Delivery.publish_with_ack`). A handler that fails publishes
+        nothing, and a retry does not find a first attempt's envelopes already out.
+        ``now=True`` publishes at once instead: progress that someone watching should see
+        before the handler ends.
+        """
+        if now:
+            return await self.agent.emit(payload, cause=self.envelope, stream=stream, **fields)
+        envelope = self.agent.envelope_for(payload, cause=self.envelope, **fields)
+        self.delivery.publish_with_ack(self.agent.runtime.publisher, [envelope], stream)
+        return envelope
 
     async def reply(self, payload: Payload, *, kind: Kind = "response") -> PacketEnvelope:
         """Answer a request on its reply stream."""

@@ -1,15 +1,33 @@
-"""Throughput and latency of the L9 bus against a bare redis-py Streams loop.
+"""Throughput, CPU and latency of the L9 bus against a bare redis-py Streams loop.
 
-    .venv/bin/python -m benchmarks.bus_throughput [--n 100000] [--batch 500] [--reps 3]
+    .venv/bin/python -m benchmarks.bus_throughput [--n 100000] [--single-n 20000] [--batch 500]
+        [--reps 3] [--modes batched,single]
 
 Prints one JSON object on stdout; progress goes to stderr.
 
 Method (default ``--mode split``): the publisher runs in this process and the
 consumer in one long-lived child process (``--role consumer``), as a real
 deployment would run them, both on the same Redis. The bare loop is measured
-exactly the same way (same processes, same N, same batch size, same COUNT), so
-``ratio`` compares only what L9 adds. ``--mode inproc`` runs both sides as
-tasks of one event loop instead (again for both L9 and bare).
+exactly the same way (same processes, same N, same COUNT), so ``ratio``
+compares only what L9 adds. ``--mode inproc`` runs both sides as tasks of one
+event loop instead (again for both L9 and bare).
+
+Publishing modes (``--modes``), each measured for L9 and for the bare loop:
+
+* ``batched``: L9 ``Publisher.publish_many`` in batches of ``--batch`` against a
+  pipelined bare XADD loop in the same batches (``--n`` envelopes);
+* ``single``: one ``await pub.publish(envelope, stream)`` per envelope, one after
+  the other, against one ``await redis.xadd(key, fields)`` per envelope of the
+  plain redis-py asyncio client (``--single-n`` envelopes).
+
+In both, the publisher's and the consumer's CPU time (``time.process_time()``
+in each process) is reported per envelope. The same run measures a
+*round-trip floor*: the publisher CPU per awaited XADD (same fields, drained by
+the bare consumer as in ``single``) of the smallest asyncio client there is
+(an ``asyncio.Protocol`` + ``hiredis.Reader``, one future per command), i.e.
+the part of a single publish that is the asyncio + syscall round trip on this
+machine. CPU targets are also reported scaled by this run's bare loop, the
+machine's speed varying from hour to hour.
 
 Throughput = N / (last ack flushed in the consumer - first envelope built in
 the publisher); both stamps are ``time.monotonic()`` (CLOCK_MONOTONIC, one
@@ -22,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -33,14 +52,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
+import hiredis
 import redis.asyncio as aioredis
 import redis.utils
+from redis.typing import EncodableT, FieldT
 
 from bus import Delivery, DeliveryPolicy, Keys, Publisher, StreamConsumer, connect
 from envelope import PacketEnvelope, Payload, Signer, Verifier, encode, registry
@@ -51,9 +73,22 @@ SOURCE = "agent://bench/publisher-0"
 STREAM = "bench"
 GROUP = "bench"
 KEYRING = {"bench": b"benchmark-signing-key-0123456789abcdef"}
-TARGET_RATIO = 0.6
+MODES = ("batched", "single")
+DEFAULT_SINGLE_N = 20_000
+TARGET_BATCHED_RATIO = 0.75
 TARGET_RATE = 30_000
 TARGET_P99_MS = 3.0
+TARGET_SINGLE_PUBLISHER_CPU_US = 40.0
+TARGET_CONSUMER_CPU_US = 20.0
+#: the bare loop's CPU per envelope (batched mode) when the CPU targets were set: a run's own
+#: bare figures over these scale the CPU targets to the machine's speed at the time of the run
+REFERENCE_BARE_PUBLISHER_CPU_US = 18.8
+REFERENCE_BARE_CONSUMER_CPU_US = 11.9
+
+#: a stream entry as redis-py's ``xadd`` takes it
+Fields = dict[FieldT, EncodableT]
+#: an XREADGROUP reply of redis-py (RESP2): [(stream, [(entry id, fields), ...]), ...]
+ReadReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 
 
 class Tick(Payload):
@@ -176,7 +211,10 @@ async def consume_bare(
     ready()
     read_count = policy().max_in_flight
     while count < n:
-        reply = await redis.xreadgroup(GROUP, "bare-0", {key: ">"}, count=read_count, block=100)
+        reply = cast(
+            ReadReply | None,
+            await redis.xreadgroup(GROUP, "bare-0", {key: ">"}, count=read_count, block=100),
+        )
         ids = []
         for _key, entries in reply or ():
             for entry_id, fields in entries:
@@ -305,17 +343,27 @@ class InProcConsumer:
 # -- publisher side --------------------------------------------------------------------------
 
 
-async def publish_l9(pub: Publisher, n: int, batch: int) -> None:
+async def publish_l9_batched(pub: Publisher, n: int, batch: int) -> None:
     for start in range(0, n, batch):
         await pub.publish_many([make_envelope(i) for i in range(start, min(n, start + batch))], STREAM)
 
 
-async def publish_bare(redis: aioredis.Redis, key: str, n: int, batch: int, fields: dict[str, Any]) -> None:
+async def publish_l9_single(pub: Publisher, n: int) -> None:
+    for i in range(n):
+        await pub.publish(make_envelope(i), STREAM)
+
+
+async def publish_bare_batched(redis: aioredis.Redis, key: str, n: int, batch: int, fields: Fields) -> None:
     for start in range(0, n, batch):
         pipe = redis.pipeline(transaction=False)
         for _ in range(start, min(n, start + batch)):
             pipe.xadd(key, fields)
         await pipe.execute()
+
+
+async def publish_bare_single(redis: aioredis.Redis, key: str, n: int, fields: Fields) -> None:
+    for _ in range(n):
+        await redis.xadd(key, fields)
 
 
 async def paced(rate: float, total: int, send: Callable[[int, int], Awaitable[None]]) -> dict[str, Any]:
@@ -343,6 +391,97 @@ async def paced(rate: float, total: int, send: Callable[[int, int], Awaitable[No
     }
 
 
+class FloorClient(asyncio.Protocol):
+    """The smallest asyncio Redis client: per command, one hiredis-packed write and one future,
+    resolved from ``data_received`` through a ``hiredis.Reader``. Nothing else (no pool, no
+    retries, no response callbacks): what any asyncio client pays at least for an awaited command."""
+
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader()
+        self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.transport: asyncio.Transport | None = None
+
+    @staticmethod
+    def supports(url: str) -> bool:
+        return urllib.parse.urlsplit(url).scheme in ("redis", "unix")
+
+    @classmethod
+    async def connect(cls, url: str) -> FloorClient:
+        parts = urllib.parse.urlsplit(url)
+        loop = asyncio.get_running_loop()
+        query = dict(urllib.parse.parse_qsl(parts.query))
+        if parts.scheme == "unix":
+            _, client = await loop.create_unix_connection(cls, parts.path)
+            db = query.get("db", "")
+        elif parts.scheme == "redis":
+            _, client = await loop.create_connection(cls, parts.hostname or "localhost", parts.port or 6379)
+            db = parts.path.strip("/") or query.get("db", "")
+        else:
+            raise ValueError(f"round-trip floor: unsupported Redis URL scheme {parts.scheme!r}")
+        if parts.password:
+            user = [urllib.parse.unquote(parts.username)] if parts.username else []
+            await client.command("AUTH", *user, urllib.parse.unquote(parts.password))
+        if db and db != "0":
+            await client.command("SELECT", db)
+        return client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            waiter = self.waiters.popleft()
+            if waiter.done():
+                continue
+            if isinstance(reply, Exception):
+                waiter.set_exception(reply)
+            else:
+                waiter.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(exc or ConnectionError("Redis closed the connection"))
+
+    def command(self, *args: Any) -> asyncio.Future[Any]:
+        assert self.transport is not None
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        self.transport.write(hiredis.pack_command(args))
+        return waiter
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def target(value: float | None, limit: float | None, *, at_most: bool) -> dict[str, Any]:
+    """A target entry of the report: met only when both figures exist and the value is on the
+    right side of the limit."""
+    met = value is not None and limit is not None and (value <= limit if at_most else value >= limit)
+    return {"target": limit, "value": value, "met": met}
+
+
+def scaled_target(
+    value: float | None, limit: float, own_bare: float | None, reference_bare: float, *, of: str, basis: str
+) -> dict[str, Any]:
+    """The CPU target ``limit`` scaled by this run's bare loop: ``limit * own_bare / reference_bare``."""
+    scale = own_bare / reference_bare if own_bare is not None else None
+    scaled = round(limit * scale, 2) if scale is not None else None
+    return {
+        **target(value, scaled, at_most=True),
+        "scaled_from": of,
+        "scale": round(scale, 3) if scale is not None else None,
+        "scale_basis": (
+            f"{limit:g} x {basis} this run ({own_bare} us/envelope) / {reference_bare:g}"
+            if own_bare is not None
+            else f"{basis} not measured in this run"
+        ),
+    }
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, redis_url: str, *, owns_server: bool) -> None:
         self.args = args
@@ -353,14 +492,18 @@ class Bench:
         self.signer = Signer(KEYRING, "bench")
         self.run_id = uuid.uuid4().hex[:8]
         self.counter = 0
+        self.persistence_note = ""
         sample = encode(make_envelope(0), self.signer)
         #: the bare loop's entry: the same header fields and an env blob of the same size
-        self.bare_fields: dict[str, Any] = dict(sample)
+        self.bare_fields: Fields = {k: v for k, v in sample.items()}
         self.entry_bytes = {k: len(v) for k, v in sample.items()}
 
     def namespace(self, label: str) -> str:
         self.counter += 1
         return f"l9bench.{self.run_id}.{self.counter}.{label}"
+
+    def mode_n(self, mode: str) -> int:
+        return int(self.args.n if mode == "batched" else self.args.single_n)
 
     async def redis_cpu_s(self) -> float:
         info = await self.redis.info("cpu")
@@ -395,15 +538,23 @@ class Bench:
         return len(keys)
 
     async def measure(
-        self, side: ChildConsumer | InProcConsumer, kind: str, n: int, *, latency: bool = False
+        self, side: ChildConsumer | InProcConsumer, kind: str, mode: str, n: int, *, latency: bool = False
     ) -> dict[str, Any]:
-        args, ns = self.args, self.namespace(f"{kind}{'-lat' if latency else ''}")
+        """One run of ``kind`` publishing ``n`` envelopes in ``mode`` (batched or single; a latency
+        run is paced instead) to a consumer that is already waiting for them: ``l9`` (Publisher,
+        StreamConsumer), ``bare`` (redis-py both sides) or ``floor`` (single mode only: the
+        :class:`FloorClient` publishing the bare entries, drained by the bare consumer)."""
+        args, ns = self.args, self.namespace(f"{mode}-{kind}{'-lat' if latency else ''}")
         keys = Keys(ns)
         key = keys.stream(STREAM)
         pub = Publisher(self.l9_redis, keys, self.signer)
+        floor = await FloorClient.connect(self.redis_url) if kind == "floor" else None
+        if floor is not None:
+            await floor.command("PING")
         await self.settle()
         rewrites0 = (await self.persistence()).get("aof_rewrites", 0)
-        await side.start({"kind": kind, "ns": ns, "n": n, "latency": latency})
+        consumer_kind = "l9" if kind == "l9" else "bare"
+        await side.start({"kind": consumer_kind, "ns": ns, "n": n, "latency": latency})
         redis_cpu0, cpu0 = await self.redis_cpu_s(), time.process_time()
         t0 = time.monotonic()
         pacing = None
@@ -422,12 +573,22 @@ class Bench:
                     await pipe.execute()
 
             pacing = await paced(args.rate, n, send)
+        elif floor is not None:
+            command = ("XADD", key, "*", *(x for kv in self.bare_fields.items() for x in kv))
+            for _ in range(n):
+                await floor.command(*command)
+        elif kind == "l9" and mode == "batched":
+            await publish_l9_batched(pub, n, args.batch)
         elif kind == "l9":
-            await publish_l9(pub, n, args.batch)
+            await publish_l9_single(pub, n)
+        elif mode == "batched":
+            await publish_bare_batched(self.redis, key, n, args.batch, self.bare_fields)
         else:
-            await publish_bare(self.redis, key, n, args.batch, self.bare_fields)
+            await publish_bare_single(self.redis, key, n, self.bare_fields)
         t_published = time.monotonic()
         pub_cpu = time.process_time() - cpu0
+        if floor is not None:
+            floor.close()
         with anyio.fail_after(120):
             res = await side.result()
         redis_cpu = await self.redis_cpu_s() - redis_cpu0
@@ -439,12 +600,13 @@ class Bench:
         dead = await self.redis.xlen(keys.dead(STREAM))
         if res["handled"] != n or length != n or pending["pending"] != 0 or dead != 0:
             raise RuntimeError(
-                f"{kind}: handled={res['handled']} xlen={length} pending={pending} dead={dead}"
+                f"{mode} {kind}: handled={res['handled']} xlen={length} pending={pending} dead={dead}"
             )
         await self.cleanup(f"{ns}:*")
         elapsed = res["t_end"] - t0
         out: dict[str, Any] = {
             "kind": kind,
+            "mode": mode,
             "n": n,
             "seconds": round(elapsed, 4),
             "envelopes_per_s": round(n / elapsed, 1),
@@ -469,72 +631,185 @@ class Bench:
             ChildConsumer(self.redis_url) if args.mode == "split" else InProcConsumer(self.redis_url)
         )
         self.persistence_note = await self.defer_aof_rewrites()
+        floor = FloorClient.supports(self.redis_url)
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {m: {"l9": [], "bare": []} for m in args.modes}
+        floors: list[dict[str, Any]] = []
         await side.open()
         try:
-            progress(f"warm-up: {args.warmup} envelopes each of l9 and bare")
-            for kind in ("l9", "bare"):
-                await self.measure(side, kind, args.warmup)
-            runs: dict[str, list[dict[str, Any]]] = {"l9": [], "bare": []}
+            for mode in args.modes:
+                warm = min(args.warmup, self.mode_n(mode))
+                progress(f"warm-up {mode}: {warm} envelopes each of l9 and bare")
+                for kind in ("l9", "bare"):
+                    await self.measure(side, kind, mode, warm)
+            if floor:
+                progress(f"warm-up round-trip floor: {min(args.warmup, args.single_n)} XADDs")
+                await self.measure(side, "floor", "single", min(args.warmup, args.single_n))
             for rep in range(args.reps):
-                for kind in ("l9", "bare") if rep % 2 == 0 else ("bare", "l9"):
-                    r = await self.measure(side, kind, args.n)
-                    runs[kind].append(r)
-                    progress(f"rep {rep + 1}/{args.reps} {kind}: {r['envelopes_per_s']:,.0f}/s  {r}")
+                for mode in args.modes:
+                    for kind in ("l9", "bare") if rep % 2 == 0 else ("bare", "l9"):
+                        r = await self.measure(side, kind, mode, self.mode_n(mode))
+                        runs[mode][kind].append(r)
+                        progress(
+                            f"rep {rep + 1}/{args.reps} {mode} {kind}: {r['envelopes_per_s']:,.0f}/s  {r}"
+                        )
+                if floor:
+                    floors.append(await self.measure(side, "floor", "single", args.single_n))
+                    progress(f"rep {rep + 1}/{args.reps} round-trip floor: {floors[-1]}")
             lat_n = int(args.rate * args.latency_s)
             progress(f"latency: {lat_n} l9 envelopes at {args.rate:g}/s")
-            lat = await self.measure(side, "l9", lat_n, latency=True)
+            lat = await self.measure(side, "l9", "paced", lat_n, latency=True)
             progress(f"latency l9: {lat['latency']}  pacing {lat['pacing']}")
             bare_lat = None
             if args.bare_latency:
-                bare_lat = await self.measure(side, "bare", lat_n, latency=True)
+                bare_lat = await self.measure(side, "bare", "paced", lat_n, latency=True)
                 progress(f"latency bare: {bare_lat['latency']}")
         finally:
             await side.close()
             await self.cleanup(f"l9bench.{self.run_id}.*")
-        return await self.report(runs, lat, bare_lat)
+        return await self.report(runs, floors, lat, bare_lat)
 
-    async def report(
-        self, runs: dict[str, list[dict[str, Any]]], lat: dict[str, Any], bare_lat: dict[str, Any] | None
-    ) -> dict[str, Any]:
-        args = self.args
+    @staticmethod
+    def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+        """One mode's figures: best and median envelopes/s of L9 and bare, their ratio (best over
+        best), and the median CPU per envelope of each side."""
         rates = {k: [r["envelopes_per_s"] for r in v] for k, v in runs.items()}
         best = {k: max(v) for k, v in rates.items()}
-        l9, bare = best["l9"], best["bare"]
-        ratio = l9 / bare
-        p50, p99 = lat["latency"]["p50_ms"], lat["latency"]["p99_ms"]
-        server = await self.redis.info("server")
 
         def cpu_keys(kind: str) -> dict[str, float]:
             fields = [k for k in runs[kind][0] if k.endswith("_us_per_envelope")]
             return {f: statistics.median(r[f] for r in runs[kind]) for f in fields}
 
         return {
-            "l9_envelopes_per_s": l9,
-            "bare_envelopes_per_s": bare,
-            "ratio": round(ratio, 3),
-            "p50_ms_at_2000": p50,
-            "p99_ms_at_2000": p99,
-            "targets": {
-                "ratio_ge_0.6": {
-                    "target": TARGET_RATIO,
-                    "value": round(ratio, 3),
-                    "met": ratio >= TARGET_RATIO,
-                },
-                "l9_ge_30000_per_s": {"target": TARGET_RATE, "value": l9, "met": l9 >= TARGET_RATE},
-                "p99_le_3ms_at_2000_per_s": {
-                    "target": TARGET_P99_MS,
-                    "value": p99,
-                    "met": p99 <= TARGET_P99_MS,
-                },
-            },
-            "all_targets_met": ratio >= TARGET_RATIO and l9 >= TARGET_RATE and p99 <= TARGET_P99_MS,
-            "reported": "best of reps (max envelopes/s); medians and every run below",
+            "l9_envelopes_per_s": best["l9"],
+            "bare_envelopes_per_s": best["bare"],
+            "ratio": round(best["l9"] / best["bare"], 3),
             "median_envelopes_per_s": {k: statistics.median(v) for k, v in rates.items()},
             "runs_envelopes_per_s": rates,
             "cpu_us_per_envelope_median": {k: cpu_keys(k) for k in runs},
+        }
+
+    async def report(
+        self,
+        runs: dict[str, dict[str, list[dict[str, Any]]]],
+        floors: list[dict[str, Any]],
+        lat: dict[str, Any],
+        bare_lat: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        args = self.args
+        modes = {mode: self.summary(r) for mode, r in runs.items()}
+        empty: dict[str, Any] = {
+            "l9_envelopes_per_s": None,
+            "bare_envelopes_per_s": None,
+            "ratio": None,
+            "median_envelopes_per_s": None,
+            "runs_envelopes_per_s": None,
+            "cpu_us_per_envelope_median": {},
+        }
+        batched, single = modes.get("batched", empty), modes.get("single", empty)
+        p50, p99 = lat["latency"]["p50_ms"], lat["latency"]["p99_ms"]
+        server = await self.redis.info("server")
+
+        def cpu(mode: dict[str, Any], kind: str, side: str) -> float | None:
+            value = mode["cpu_us_per_envelope_median"].get(kind, {}).get(f"{side}_cpu_us_per_envelope")
+            return None if value is None else float(value)
+
+        by_mode = {
+            name: {
+                kind: {f.removesuffix("_cpu_us_per_envelope"): v for f, v in fields.items()}
+                for kind, fields in mode["cpu_us_per_envelope_median"].items()
+            }
+            for name, mode in modes.items()
+        }
+        floor_runs = [
+            f["publisher_cpu_us_per_envelope"] for f in floors if "publisher_cpu_us_per_envelope" in f
+        ]
+        floor_cpu = statistics.median(floor_runs) if floor_runs else None
+        single_pub = cpu(single, "l9", "publisher")
+        batched_consumer = cpu(batched, "l9", "consumer")
+        bare_pub, bare_consumer = cpu(batched, "bare", "publisher"), cpu(batched, "bare", "consumer")
+        ratio, l9_rate = batched["ratio"], batched["l9_envelopes_per_s"]
+        absolute = {
+            "batched_ratio_ge_0.75": target(ratio, TARGET_BATCHED_RATIO, at_most=False),
+            "l9_ge_30000_per_s": target(l9_rate, TARGET_RATE, at_most=False),
+            "p99_le_3ms_at_2000_per_s": target(p99, TARGET_P99_MS, at_most=True),
+            "single_publish_publisher_cpu_le_40us": target(
+                single_pub, TARGET_SINGLE_PUBLISHER_CPU_US, at_most=True
+            ),
+            "consumer_cpu_le_20us": target(batched_consumer, TARGET_CONSUMER_CPU_US, at_most=True),
+        }
+        scaled = {
+            "single_publish_publisher_cpu_scaled": scaled_target(
+                single_pub,
+                TARGET_SINGLE_PUBLISHER_CPU_US,
+                bare_pub,
+                REFERENCE_BARE_PUBLISHER_CPU_US,
+                of="single_publish_publisher_cpu_le_40us",
+                basis="bare batched publisher CPU",
+            ),
+            "consumer_cpu_scaled": scaled_target(
+                batched_consumer,
+                TARGET_CONSUMER_CPU_US,
+                bare_consumer,
+                REFERENCE_BARE_CONSUMER_CPU_US,
+                of="consumer_cpu_le_20us",
+                basis="bare batched consumer CPU",
+            ),
+        }
+        # the absolute targets with each CPU target replaced by its scaled form
+        with_scaled = {
+            k: v for k, v in absolute.items() if k not in {s["scaled_from"] for s in scaled.values()}
+        }
+        with_scaled |= scaled
+        return {
+            "l9_envelopes_per_s": l9_rate,
+            "bare_envelopes_per_s": batched["bare_envelopes_per_s"],
+            "ratio": ratio,
+            "single_l9_envelopes_per_s": single["l9_envelopes_per_s"],
+            "single_bare_envelopes_per_s": single["bare_envelopes_per_s"],
+            "single_ratio": single["ratio"],
+            "p50_ms_at_2000": p50,
+            "p99_ms_at_2000": p99,
+            "cpu_us_per_envelope_by_mode": by_mode,
+            "round_trip_floor_cpu_us": floor_cpu,
+            "round_trip_floor_share_of_single_publish": (
+                round(floor_cpu / single_pub, 3) if floor_cpu is not None and single_pub else None
+            ),
+            "targets": absolute | scaled,
+            "all_targets_met": all(t["met"] for t in absolute.values()),
+            "all_scaled_targets_met": all(t["met"] for t in with_scaled.values()),
+            "targets_note": (
+                "CPU values are medians over reps (us/envelope); single_publish_publisher_cpu is the "
+                "publisher process in single mode, consumer_cpu the consumer process in batched mode. "
+                "*_scaled: the CPU target times this run's bare batched CPU (publisher resp. consumer) "
+                f"over the bare figure when the targets were set ({REFERENCE_BARE_PUBLISHER_CPU_US:g} "
+                f"resp. {REFERENCE_BARE_CONSUMER_CPU_US:g} us/envelope). all_targets_met: every "
+                "unscaled target; all_scaled_targets_met: the same targets with each CPU target "
+                "replaced by its scaled form. A figure not measured (its mode not run, or --mode "
+                "inproc for per-side CPU) is null and its target not met."
+            ),
+            "reported": (
+                "best of reps (max envelopes/s) per mode; unprefixed keys: batched mode, single_*: "
+                "single-publish mode; medians and every run below"
+            ),
+            "median_envelopes_per_s": batched["median_envelopes_per_s"],
+            "runs_envelopes_per_s": batched["runs_envelopes_per_s"],
+            "cpu_us_per_envelope_median": batched["cpu_us_per_envelope_median"],
+            "single_median_envelopes_per_s": single["median_envelopes_per_s"],
+            "single_runs_envelopes_per_s": single["runs_envelopes_per_s"],
+            "single_cpu_us_per_envelope_median": single["cpu_us_per_envelope_median"],
+            "round_trip_floor": {
+                "publisher_cpu_us_per_xadd_median": floor_cpu,
+                "envelopes_per_s_best": max(f["envelopes_per_s"] for f in floors),
+                "runs": floors,
+                "client": "asyncio.Protocol + hiredis.Reader, hiredis.pack_command, one future per command",
+            }
+            if floors
+            else None,
             "latency_at_rate": {"l9": lat, "bare": bare_lat},
             "method": self.method(),
+            "modes": list(args.modes),
             "n": args.n,
+            "single_n": args.single_n,
             "reps": args.reps,
             "warmup": args.warmup,
             "batch_size": args.batch,
@@ -557,26 +832,40 @@ class Bench:
         }
 
     def method(self) -> str:
+        args = self.args
         where = (
             "publisher in the benchmark process, consumer in one long-lived child process "
-            "(3 busy processes incl. redis-server on the CPUs)"
-            if self.args.mode == "split"
-            else "publisher and consumer as tasks of one asyncio event loop in one process"
+            "(3 busy processes incl. redis-server on the CPUs); CPU = time.process_time() of each "
+            "process over the run, per envelope"
+            if args.mode == "split"
+            else "publisher and consumer as tasks of one asyncio event loop in one process (one CPU "
+            "figure for both sides)"
         )
         return (
-            f"{where}; L9 and the bare loop run the same way on the same Redis, alternating "
-            f"(L9 first on odd reps), each with its own namespace, deleted afterwards. "
-            f"L9: PacketEnvelope.new per envelope (payload model_dump), Publisher.publish_many in batches of "
-            f"{self.args.batch} signed with an HMAC Signer, StreamConsumer (own group, default policy "
-            f"256 in flight/16 workers, Verifier) -> counting handler -> batched XACK; L9's client is "
-            f"bus.connect (redis-py asyncio, commands packed by hiredis). Bare: plain redis-py "
-            f"asyncio (its Python packer), pipelined XADD of the same 5 fields (same bytes as an "
-            f"encoded L9 entry) in the same "
-            f"batches, XREADGROUP COUNT 256 BLOCK 100, counting handler, one XACK per read. Throughput = "
-            f"N / (last ack flushed - first publish), time.monotonic() across processes; best of reps. "
-            f"Latency: {self.args.rate:g} envelopes/s for {self.args.latency_s:g}s, paced on the ~1 ms "
-            f"event-loop tick (1-3 envelopes per send, each stamped at creation), latency = handler "
-            f"receive time - creation stamp carried in the payload."
+            f"{where}. Modes {', '.join(args.modes)}; per rep each mode runs L9 and the bare loop the "
+            f"same way on the same Redis, alternating (L9 first on odd reps), each run with its own "
+            f"namespace, deleted afterwards, after one warm-up run of each per mode. "
+            f"batched ({args.n} envelopes): L9 builds a PacketEnvelope per envelope (payload "
+            f"model_dump) and sends Publisher.publish_many in batches of {args.batch}, signed with an "
+            f"HMAC Signer; bare sends pipelined XADDs of the same 5 fields (same bytes as an encoded L9 "
+            f"entry) in the same batches. single ({args.single_n} envelopes): L9 awaits one "
+            f"Publisher.publish(envelope, stream) per envelope, one after the other; bare awaits one "
+            f"redis.xadd(key, fields) per envelope. L9's client is bus.connect (redis-py asyncio, "
+            f"commands packed by hiredis); bare's is plain redis-py asyncio (its Python packer). "
+            f"Consumers, both modes: L9 StreamConsumer (own group, default policy 256 in flight/16 "
+            f"workers, Verifier) -> counting handler -> batched XACK; bare XREADGROUP COUNT 256 BLOCK "
+            f"100, counting handler, one XACK per read. Every run checks that all N arrived, none is "
+            f"pending, none dead-lettered. Throughput = N / (last ack flushed - first publish), "
+            f"time.monotonic() across processes; best of reps; CPU figures are medians of reps. "
+            f"Round-trip floor (once per rep, after the modes, and warmed up): {args.single_n} awaited "
+            f"XADDs of the bare loop's fields, one after the other, by a minimal asyncio client "
+            f"(asyncio.Protocol + hiredis.Reader, hiredis.pack_command per command, one future per "
+            f"command, no pool), drained by the bare consumer as in single mode; "
+            f"round_trip_floor_cpu_us = that publisher's CPU per XADD (median of reps), "
+            f"round_trip_floor_share_of_single_publish = floor / L9 single-publish publisher CPU. "
+            f"Latency: {args.rate:g} envelopes/s for {args.latency_s:g}s via "
+            f"publish_many, paced on the ~1 ms event-loop tick (1-3 envelopes per send, each stamped "
+            f"at creation), latency = handler receive time - creation stamp carried in the payload."
         )
 
 
@@ -589,21 +878,51 @@ async def parent_main(args: argparse.Namespace, redis_url: str, *, owns_server: 
         await bench.l9_redis.aclose()
 
 
+def modes_arg(value: str) -> tuple[str, ...]:
+    modes = tuple(dict.fromkeys(m.strip() for m in value.split(",") if m.strip()))
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"modes are a comma-separated subset of {','.join(MODES)}")
+    return modes
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--n", type=int, default=100_000, help="envelopes per throughput run")
+    parser.add_argument("--n", type=int, default=100_000, help="envelopes per batched throughput run")
+    parser.add_argument(
+        "--single-n",
+        type=int,
+        default=None,
+        help="envelopes per single-publish run and XADDs per round-trip floor run "
+        "(default 20000, or --n if that is smaller)",
+    )
+    parser.add_argument(
+        "--modes",
+        type=modes_arg,
+        default=MODES,
+        help="publishing modes to measure, comma-separated (default: batched,single)",
+    )
     parser.add_argument("--batch", type=int, default=500, help="envelopes per publish_many / pipeline")
-    parser.add_argument("--reps", type=int, default=3, help="throughput runs of each of L9 and bare")
-    parser.add_argument("--warmup", type=int, default=5_000, help="warm-up envelopes of each kind")
+    parser.add_argument("--reps", type=int, default=3, help="throughput runs of each of L9 and bare per mode")
+    parser.add_argument("--warmup", type=int, default=5_000, help="warm-up envelopes of each kind per mode")
     parser.add_argument("--rate", type=float, default=2_000, help="envelopes/s of the latency run")
     parser.add_argument("--latency-s", type=float, default=5.0, help="seconds of the latency run")
     parser.add_argument("--bare-latency", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--mode", choices=("split", "inproc"), default="split")
+    parser.add_argument(
+        "--mode",
+        choices=("split", "inproc"),
+        default="split",
+        help="split: consumer in a child process (default); inproc: both sides in one event loop",
+    )
     parser.add_argument("--role", choices=("main", "consumer"), default="main", help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.single_n is None:
+        args.single_n = min(DEFAULT_SINGLE_N, args.n)
+    if min(args.n, args.single_n, args.reps, args.batch) < 1:
+        parser.error("--n, --single-n, --reps and --batch must be at least 1")
 
     from l9.logs import configure_logging
 

@@ -10,8 +10,9 @@ idempotent effects:
   ``middlewares`` -> the handler. Undecodable / unknown-type / badly signed entries,
   and envelopes the ``authorize`` hook refuses (a signer that may not emit the type),
   are refused by their step: dead-lettered at once;
-* an entry is acked only after its handler returned (acks and ``Delivery.with_ack``
-  commands go out in batches, one round trip each);
+* an entry is acked only after its handler returned (acks, ``Delivery.with_ack``
+  commands and ``Delivery.publish_with_ack`` envelopes go out in batches, one round
+  trip each; an entry's envelopes and its XACK in one MULTI/EXEC);
 * a failed entry stays pending and is retried with exponential backoff; its try count
   (``Delivery.attempt``) is the pending list's delivery count, and at the delivery cap
   it goes to the dead-letter stream (XADD + XACK in one MULTI);
@@ -53,6 +54,7 @@ from .middleware import (
     verify,
 )
 from .policy import DeliveryPolicy
+from .publisher import Publisher
 
 log = structlog.get_logger("l9.bus.consumer")
 
@@ -78,6 +80,8 @@ class Delivery:
     #: Redis commands the consumer sends in the round trip that acknowledges this
     #: delivery, just before its XACK (see :meth:`with_ack`).
     after: list[tuple[Any, ...]] = field(default_factory=list, repr=False, compare=False)
+    #: Envelopes to publish with the XACK, in one MULTI/EXEC (see :meth:`publish_with_ack`).
+    emits: list[tuple[Any, ...]] = field(default_factory=list, repr=False, compare=False)
 
     def with_ack(self, *commands: tuple[Any, ...]) -> None:
         """Send ``commands`` (e.g. ``("XADD", key, "*", ...)``) with this delivery's
@@ -90,6 +94,19 @@ class Delivery:
         A handler that fails drops them.
         """
         self.after.extend(commands)
+
+    def publish_with_ack(
+        self, publisher: Publisher, envelopes: Sequence[PacketEnvelope], stream: str | None = None
+    ) -> None:
+        """Publish ``envelopes`` with this delivery's acknowledgement, once the handler has
+        returned: their XADDs and the XACK go in one MULTI/EXEC, in the one round trip that
+        acks (every delivery's emits and acks of the moment share it).
+
+        Both or neither: a refused transaction (Redis out of memory, say) leaves the entry
+        pending, and its retry emits again; a handler that fails publishes nothing. The
+        envelopes are signed now; ``ctx.emit`` of an agent comes here.
+        """
+        self.emits.extend(publisher.commands(envelopes, stream))
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
@@ -264,7 +281,10 @@ class StreamConsumer(GroupConsumer):
         except Exception as exc:
             await self._failed(d, exc)
             return
-        self._acks.setdefault(d.stream, []).append(d.entry_id)
+        if d.emits:
+            self._emitting.append((d.stream, d.entry_id, d.emits))
+        else:
+            self._acks.setdefault(d.stream, []).append(d.entry_id)
         if d.attempt > 1:
             self._retried.setdefault(d.stream, []).append(d.entry_id)
         if d.after:

@@ -37,7 +37,7 @@ from redis.exceptions import ResponseError
 
 from .connection import as_text, execute_many
 from .deadletter import DeadLetters
-from .errors import TRANSIENT, is_busygroup, is_missing_stream, is_nogroup
+from .errors import TRANSIENT, error_code, is_busygroup, is_missing_stream, is_nogroup
 from .keys import Keys
 from .maintenance import Maintenance
 from .policy import DeliveryPolicy
@@ -92,6 +92,8 @@ class GroupConsumer(abc.ABC):
         self._acks: dict[str, list[str]] = {}  # stream -> ids to XACK
         self._retried: dict[str, list[str]] = {}  # ... whose error note goes with the ack
         self._with_acks: list[tuple[Any, ...]] = []  # commands sent just before the XACKs
+        #: (stream, id, XADDs): entries acked in one MULTI/EXEC with what their handler emitted
+        self._emitting: list[tuple[str, str, list[tuple[Any, ...]]]] = []
         self._ack_wanted = anyio.Event()
         self._scan_interval_s = self.policy.scan_interval_s if scan_interval_s is None else scan_interval_s
         self._read_scope = anyio.CancelScope()
@@ -332,13 +334,21 @@ class GroupConsumer(abc.ABC):
 
     async def _flush_acks(self) -> bool:
         """XACK everything queued, after the commands riding with it (``Delivery.with_ack``),
-        in one round trip; False if Redis failed (everything stays queued for the next try)."""
-        if not self._acks:
+        and each entry with envelopes to publish in one MULTI/EXEC with them
+        (``Delivery.publish_with_ack``), all in one round trip; False if Redis failed
+        (everything stays queued for the next try)."""
+        if not self._acks and not self._emitting:
             return True
         acks, self._acks = self._acks, {}
         retried, self._retried = self._retried, {}
         riders, self._with_acks = self._with_acks, []
+        emitting, self._emitting = self._emitting, []
         commands = list(riders)
+        execs: list[int] = []  # where the EXEC reply of each of ``emitting`` is
+        for stream, entry_id, emits in emitting:
+            commands += [("MULTI",), *emits, ("XACK", self.keys.stream(stream), self.group, entry_id)]
+            execs.append(len(commands))
+            commands.append(("EXEC",))
         for stream, ids in acks.items():
             commands.append(("XACK", self.keys.stream(stream), self.group, *ids))
         for stream, ids in retried.items():
@@ -352,11 +362,16 @@ class GroupConsumer(abc.ABC):
             for stream, ids in retried.items():
                 self._retried.setdefault(stream, []).extend(ids)
             self._with_acks[:0] = riders
+            self._emitting[:0] = emitting
             return False
         for command, reply in zip(riders, replies, strict=False):
             if isinstance(reply, ResponseError):
                 self.log.error(f"{self.event}.after_ack_failed", command=str(command[0]), error=str(reply))
         done, in_flight = 0, self.in_flight
+        for (stream, entry_id, emits), at in zip(emitting, execs, strict=True):
+            self._emitted(stream, entry_id, len(emits), replies[at])
+            if in_flight.pop((stream, entry_id), None) is not None:
+                done += 1  # acked, or left pending for a retry: out of hand either way
         for stream, ids in acks.items():
             for entry_id in ids:
                 if in_flight.pop((stream, entry_id), None) is not None:
@@ -364,5 +379,37 @@ class GroupConsumer(abc.ABC):
         self._released(done)
         return True
 
+    def _emitted(self, stream: str, entry_id: str, count: int, reply: Any) -> None:
+        """Log what of the MULTI/EXEC of an entry's envelopes and its XACK did not go
+        through (a refused transaction leaves the entry pending: it is handled again)."""
+        if not isinstance(reply, list):  # EXECABORT: a command was refused, nothing ran
+            self.log.error(
+                f"{self.event}.emit_failed",
+                stream=stream,
+                entry_id=entry_id,
+                error=_described(reply),
+                hint="nothing was published and the entry stays pending: it is handled again",
+            )
+            return
+        failed = [_described(r) for r in reply[:count] if isinstance(r, ResponseError)]
+        if failed:  # a runtime error (a key of the wrong type): the rest ran, the XACK too
+            self.log.error(
+                f"{self.event}.emit_failed",
+                stream=stream,
+                entry_id=entry_id,
+                error=failed[0],
+                failed=len(failed),
+                emitted=count - len(failed),
+            )
+
     def _released(self, n: int) -> None:  # noqa: B027 (an optional hook, no-op by default)
         """``n`` entries in hand were acked."""
+
+
+def _described(reply: Any) -> str:
+    """An error reply with its code (redis-py keeps the code apart from the message)."""
+    if isinstance(reply, ResponseError):
+        code = error_code(reply)
+        text = str(reply)
+        return text if text.startswith(code) else f"{code} {text}"
+    return repr(reply)

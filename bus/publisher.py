@@ -1,17 +1,33 @@
-"""Publishing envelopes: one at a time, or a pipelined batch in one round trip."""
+"""Publishing envelopes: one at a time, or a pipelined batch in one round trip.
+
+Every stream published to is listed in the streams index (a set the auditor, the
+lineage projector and ``l9 status`` read to find streams). A publisher adds a stream
+to it with the first envelope it publishes there, and again once
+:data:`INDEX_REFRESH_S` have passed since, not with every envelope: a publish is one
+XADD and one reply. The refresh brings a stream back into the index after a flush or
+a manual delete within that time; retention only drops reply streams idle for much
+longer (``l9 retention``: 600 s), so a stream it drops is indexed again by the next
+envelope published to it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from envelope import PacketEnvelope, Signer, encode
+from envelope import PacketEnvelope, Signer, entry_args
 
 from .connection import execute_many, first_error
 from .keys import Keys
 from .topology import DEFAULT_TOPOLOGY, Topology
+
+#: Seconds a publisher trusts that a stream it listed in the streams index is still there.
+INDEX_REFRESH_S = 10.0
+#: Streams a publisher remembers as indexed; past it, it forgets the expired ones.
+_INDEX_MEMORY = 4096
 
 
 class Publisher:
@@ -26,6 +42,8 @@ class Publisher:
         self.keys = keys
         self.signer = signer
         self.topology = topology
+        #: stream name -> monotonic time its index entry is due again
+        self._indexed: dict[str, float] = {}
 
     def stream_of(self, envelope: PacketEnvelope) -> str:
         return self.topology.stream_for(envelope.type)
@@ -39,21 +57,51 @@ class Publisher:
         """Append a batch in one pipelined round trip; entry ids in input order."""
         if not envelopes:
             return []
-        replies = await execute_many(self.redis, self.commands(envelopes, stream))
-        first_error(replies)
-        return [r.decode() if isinstance(r, bytes) else str(r) for r in replies[:-1]]
+        commands, indexed = self._commands(envelopes, stream)
+        try:
+            replies = await execute_many(self.redis, commands)
+            first_error(replies)
+        except BaseException:
+            self._unindexed(indexed)  # not known to be in the index: add them again next time
+            raise
+        return [r.decode() if type(r) is bytes else str(r) for r in replies[: len(envelopes)]]
 
     def commands(
         self, envelopes: Sequence[PacketEnvelope], stream: str | None = None
     ) -> list[tuple[Any, ...]]:
-        """The Redis commands that publish ``envelopes``: one XADD each (signed), then the
-        SADD that lists their streams in the streams index (how the auditor finds them)."""
+        """The Redis commands that publish ``envelopes``: one XADD each (signed), then, when
+        one of their streams is due in the streams index, the SADD that lists it there."""
+        return self._commands(envelopes, stream)[0]
+
+    def _commands(
+        self, envelopes: Sequence[PacketEnvelope], stream: str | None
+    ) -> tuple[list[tuple[Any, ...]], list[str]]:
         commands: list[tuple[Any, ...]] = []
         names: set[str] = set()
+        key_of = self.keys.stream
         for envelope in envelopes:
             name = stream or self.stream_of(envelope)
             names.add(name)
-            entry = encode(envelope, self.signer)
-            commands.append(("XADD", self.keys.stream(name), "*", *(x for kv in entry.items() for x in kv)))
-        commands.append(("SADD", self.keys.streams_index(), *sorted(names)))
-        return commands
+            commands.append(("XADD", key_of(name), "*", *entry_args(envelope, self.signer)))
+        due = self._index_due(names)
+        if due:
+            commands.append(("SADD", self.keys.streams_index(), *due))
+        return commands, due
+
+    def _index_due(self, names: Iterable[str]) -> list[str]:
+        """The streams among ``names`` to (re)list in the streams index now, marked as listed."""
+        now, indexed = time.monotonic(), self._indexed
+        due = sorted(name for name in names if indexed.get(name, 0.0) <= now)
+        if due:
+            if len(indexed) >= _INDEX_MEMORY:
+                for name in [n for n, t in indexed.items() if t <= now]:
+                    del indexed[name]
+                if len(indexed) >= _INDEX_MEMORY:
+                    indexed.clear()
+            for name in due:
+                indexed[name] = now + INDEX_REFRESH_S
+        return due
+
+    def _unindexed(self, names: Iterable[str]) -> None:
+        for name in names:
+            self._indexed.pop(name, None)

@@ -8,6 +8,7 @@ from ._codec import (
     decode,
     decode_envelope,
     encode,
+    entry_args,
     to_wire_map,
 )
 from ._errors import EnvelopeError, ErrorReason
@@ -32,6 +33,7 @@ __all__ = [
     "decode",
     "decode_envelope",
     "encode",
+    "entry_args",
     "from_cloudevent",
     "new_id",
     "payload",

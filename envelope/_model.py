@@ -66,19 +66,29 @@ class PacketEnvelope(BaseModel):
         ttl: timedelta | None = None,
         **fields: Any,
     ) -> PacketEnvelope:
-        """A fresh envelope; a root envelope (no correlation id) starts its own run."""
+        """A fresh envelope; a root envelope (no correlation id) starts its own run.
+
+        Values that are plainly valid are not validated a second time (``envelope._fast``);
+        anything else goes through pydantic and its errors."""
         eid = new_id()
         now = utcnow()
         expires = now + ttl if ttl is not None else fields.pop("expires_at", None)
+        data = data or {}
+        correlation_id = correlation_id or eid
+        dataschema = fields.pop("dataschema", f"urn:l9:schema:{type}")
+        if cls is PacketEnvelope:
+            envelope = _fast.fresh(eid, now, type, source, data, correlation_id, expires, dataschema, fields)
+            if envelope is not None:
+                return envelope
         return cls(
             id=eid,
             type=type,
             source=source,
             time=now,
-            data=data or {},
-            correlation_id=correlation_id or eid,
+            data=data,
+            correlation_id=correlation_id,
             expires_at=expires,
-            dataschema=fields.pop("dataschema", f"urn:l9:schema:{type}"),
+            dataschema=dataschema,
             **fields,
         )
 
@@ -88,3 +98,5 @@ class PacketEnvelope(BaseModel):
 
 #: Field order of the envelope; the canonical (signed) form follows it.
 FIELDS: tuple[str, ...] = tuple(PacketEnvelope.model_fields)
+
+from . import _fast  # noqa: E402 -- it needs the model above

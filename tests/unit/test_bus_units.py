@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from agents import Agent, Context, Runtime, handles
 from agents.runner import load_agent
 from bus import Delivery, DeliveryPolicy, Keys, Publisher, Topology
+from bus.connection import execute_many
 from envelope import PacketEnvelope, Payload, Signer, Verifier, decode, payload
 from l9.settings import Settings
 from tests.conftest import stream_entries
@@ -126,7 +127,12 @@ async def test_emitted_envelopes_carry_causation_correlation_and_sequence(fake: 
     shop = Shop(rt)
     order = PacketEnvelope.new(type="l9.unit.order.v1", source="agent://u/1", data={"item": "tea"})
     for attempt in (1, 2):
-        await shop.handle(Delivery("unit", "1-0", order, Order(item="tea"), attempt, {}))
+        delivery = Delivery("unit", "1-0", order, Order(item="tea"), attempt, {})
+        await shop.handle(delivery)
+        # held for the acknowledgement's round trip, which the consumer sends
+        assert [c[0] for c in delivery.emits if c[0] == "XADD"] == ["XADD"]
+        assert await fake.xlen(keys.stream("unit")) == attempt - 1
+        await execute_many(fake, delivery.emits)
     rows = stream_entries(await fake.xrange(keys.stream("unit")))
     shipped = [decode(r[1], Verifier(KEYRING))[0] for r in rows]
     assert [e.type for e in shipped] == ["l9.unit.shipped.v1"] * 2

@@ -83,6 +83,15 @@ class MemoryPublisher(Publisher):
         self.entries.extend((stream or self.stream_of(e), encode(e, self.signer)) for e in envelopes)
         return [str(i) for i in range(len(envelopes))]
 
+    def acked(self, delivery: Delivery) -> None:
+        """What the handler emitted with the delivery's ack, as the consumer would send it."""
+        for command in delivery.emits:
+            if command[0] == "XADD":
+                args = command[3:]
+                self.entries.append(
+                    (self.keys.name_of(command[1]), dict(zip(args[::2], args[1::2], strict=True)))
+                )
+
     def sent(self) -> list[tuple[str, PacketEnvelope, Payload]]:
         return [(stream, *decode(fields, Verifier(KEYRING))) for stream, fields in self.entries]
 
@@ -120,7 +129,9 @@ def locked_envelope(plan: LockedPlan, out_dir: Path | None, run: str | None = No
 
 async def deliver(agent: GeneratorAgent, envelope: PacketEnvelope) -> None:
     payload = PlanLocked.model_validate(envelope.data)
-    await agent.handle(Delivery("plan", "1-0", envelope, payload, 1, {}))
+    delivery = Delivery("plan", "1-0", envelope, payload, 1, {})
+    await agent.handle(delivery)
+    cast(MemoryPublisher, agent.runtime.publisher).acked(delivery)
 
 
 def tree(folder: Path) -> dict[str, bytes]:

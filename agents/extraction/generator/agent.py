@@ -166,7 +166,7 @@ class GeneratorAgent(Agent):
             return
         files.update(rendered)
         entries = generated_files(plan, rendered)
-        await ctx.emit(
+        await ctx.emit(  # progress: out as each agent is done, not with the final ack
             AgentGenerated(
                 outcome=_agent_outcome(name, entries, kernels),
                 collection=plan.collection,
@@ -174,7 +174,8 @@ class GeneratorAgent(Agent):
                 wave=wave,
                 files=entries,
                 kernels=tuple(sorted(kernels)),
-            )
+            ),
+            now=True,
         )
 
     def _write(
