@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from structlog.typing import EventDict
 
 from envelope import (
     ENVELOPE_FIELD,
@@ -196,22 +197,61 @@ def _unbind(tokens: tuple[contextvars.Token[Any], ...]) -> None:
         var.reset(token)
 
 
+#: The delivery being handled, for :func:`add_delivery_context`.
+_CURRENT: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar("l9_delivery", default=None)
+
+
+def add_delivery_context(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: the envelope id, correlation id, type, stream and attempt of the
+    delivery being handled, on every line logged while it is (``l9.logs`` installs it).
+
+    With it in the processor chain, :func:`log_context` sets one context variable per
+    delivery and the five fields are looked up only when a line is logged; without it,
+    it binds the five structlog context variables (~1 us more per delivery)."""
+    d = _CURRENT.get()
+    if d is not None:
+        env = d.envelope
+        event_dict.setdefault("envelope_id", env.id)
+        event_dict.setdefault("correlation_id", env.correlation_id)
+        event_dict.setdefault("type", env.type)
+        event_dict.setdefault("stream", d.stream)
+        event_dict.setdefault("attempt", d.attempt)
+    return event_dict
+
+
+def _processor_installed() -> bool:
+    processors = structlog.get_config().get("processors", ())
+    return any(p is add_delivery_context for p in processors)
+
+
 def log_context(log: Any) -> Middleware:
     """Every log line of the delivery carries its envelope id, correlation id, type, stream
     and attempt; an expired envelope is logged on ``log`` and acked unhandled."""
 
+    def expired(d: Delivery) -> bool:
+        if not d.envelope.expired():
+            return False
+        expires_at = d.envelope.expires_at
+        log.warning("consumer.expired", expires_at=expires_at.isoformat() if expires_at else None)
+        return True
+
     async def in_log_context(d: Delivery, call_next: Handler) -> None:
         tokens = _bind(d)
         try:
-            if d.envelope.expired():
-                expires_at = d.envelope.expires_at
-                log.warning("consumer.expired", expires_at=expires_at.isoformat() if expires_at else None)
-            else:
+            if not expired(d):
                 await call_next(d)
         finally:
             _unbind(tokens)
 
-    return in_log_context
+    async def in_delivery_context(d: Delivery, call_next: Handler) -> None:
+        token = _CURRENT.set(d)
+        try:
+            if not expired(d):
+                await call_next(d)
+        finally:
+            _CURRENT.reset(token)
+
+    return in_delivery_context if _processor_installed() else in_log_context
 
 
 @contextmanager

@@ -44,18 +44,26 @@ class Publisher:
         self.topology = topology
         #: stream name -> monotonic time its index entry is due again
         self._indexed: dict[str, float] = {}
+        self._keys: dict[str, str] = {}
 
     def stream_of(self, envelope: PacketEnvelope) -> str:
         return self.topology.stream_for(envelope.type)
 
     async def publish(self, envelope: PacketEnvelope, stream: str | None = None) -> str:
         """Append ``envelope`` to its stream; returns the stream entry id."""
-        ids = await self.publish_many([envelope], stream)
-        return ids[0]
+        return (await self.publish_many((envelope,), stream))[0]
 
     async def publish_many(self, envelopes: Sequence[PacketEnvelope], stream: str | None = None) -> list[str]:
         """Append a batch in one pipelined round trip; entry ids in input order."""
-        if not envelopes:
+        if len(envelopes) == 1:  # the path of every emit and RPC: one XADD, one reply
+            envelope = envelopes[0]
+            name = stream or self.stream_of(envelope)
+            if self._indexed.get(name, 0.0) > time.monotonic():
+                command = ("XADD", self._key(name), "*", *entry_args(envelope, self.signer))
+                (reply,) = await execute_many(self.redis, (command,))
+                first_error((reply,))
+                return [reply.decode() if type(reply) is bytes else str(reply)]
+        elif not envelopes:
             return []
         commands, indexed = self._commands(envelopes, stream)
         try:
@@ -78,7 +86,7 @@ class Publisher:
     ) -> tuple[list[tuple[Any, ...]], list[str]]:
         commands: list[tuple[Any, ...]] = []
         names: set[str] = set()
-        key_of = self.keys.stream
+        key_of = self._key
         for envelope in envelopes:
             name = stream or self.stream_of(envelope)
             names.add(name)
@@ -87,6 +95,16 @@ class Publisher:
         if due:
             commands.append(("SADD", self.keys.streams_index(), *due))
         return commands, due
+
+    def _key(self, name: str) -> str:
+        """The Redis key of stream ``name`` (checked and made once per name)."""
+        key = self._keys.get(name)
+        if key is None:
+            key = self.keys.stream(name)
+            if len(self._keys) >= _INDEX_MEMORY:
+                self._keys.clear()
+            self._keys[name] = key
+        return key
 
     def _index_due(self, names: Iterable[str]) -> list[str]:
         """The streams among ``names`` to (re)list in the streams index now, marked as listed."""

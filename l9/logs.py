@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from bus.middleware import add_delivery_context
+
 
 def configure_logging(level: str = "info", **context: str) -> None:
     """JSON logs; ``context`` (e.g. agent=..., consumer=...) is bound on every line."""
@@ -15,6 +17,7 @@ def configure_logging(level: str = "info", **context: str) -> None:
         raise ValueError(f"unknown log level {level!r}")
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_delivery_context,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

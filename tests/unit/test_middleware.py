@@ -3,6 +3,8 @@ and how Redis error replies are recognised."""
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -10,13 +12,15 @@ from typing import Any
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
+import structlog
 from redis.exceptions import ResponseError
 
 from bus import DeadLetter, Delivery, Handler, Keys, StreamConsumer
 from bus.consumer import UNDECODED, UNTYPED
 from bus.errors import error_code, is_busygroup, is_missing_stream, is_nogroup
-from bus.middleware import compose
+from bus.middleware import add_delivery_context, compose
 from envelope import EnvelopeError, ErrorReason, PacketEnvelope, Payload, Signer, Verifier, encode, payload
+from l9.logs import configure_logging
 
 KEYRING = {"k": b"unit-secret"}
 SIGNER = Signer(KEYRING, "k")
@@ -137,3 +141,48 @@ def test_redis_error_replies_are_told_apart_by_their_code() -> None:
     assert (error_code(nogroup), error_code(legacy), error_code(missing)) == ("NOGROUP", "BUSYGROUP", "ERR")
     assert is_nogroup(nogroup) and not is_nogroup(legacy) and not is_nogroup(missing)
     assert is_busygroup(legacy) and is_missing_stream(missing) and not is_missing_stream(nogroup)
+
+
+def test_l9_logs_installs_the_delivery_context_processor() -> None:
+    try:
+        configure_logging("info")
+        assert add_delivery_context in structlog.get_config()["processors"]
+    finally:
+        structlog.reset_defaults()
+
+
+@pytest.mark.parametrize("l9_logs", [True, False], ids=["delivery-context-processor", "plain-structlog"])
+async def test_a_handlers_log_lines_carry_the_delivery_with_or_without_the_l9_processor(
+    fake: aioredis.Redis, l9_logs: bool
+) -> None:
+    """With the processor ``l9.logs`` installs, one context variable per delivery; with any
+    other structlog set-up that merges context variables, the five fields are bound as such."""
+    out = io.StringIO()
+    log = structlog.get_logger("unit")
+
+    async def handler(d: Delivery) -> None:
+        log.info("handled.inside")
+
+    processors: list[Any] = [structlog.contextvars.merge_contextvars]
+    if l9_logs:
+        processors.append(add_delivery_context)
+    try:
+        structlog.configure(
+            processors=[*processors, structlog.processors.JSONRenderer()],
+            logger_factory=structlog.PrintLoggerFactory(file=out),
+            cache_logger_on_first_use=False,
+        )
+        consumer = consumer_with(fake, handler, verifier=Verifier(KEYRING))
+        good = parcel()
+        await compose(consumer.middlewares, handler)(undecoded(raw(good)))
+        log.info("handled.after")
+    finally:
+        structlog.reset_defaults()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    inside = next(line for line in lines if line["event"] == "handled.inside")
+    assert (inside["envelope_id"], inside["correlation_id"], inside["type"]) == (
+        good.id, good.correlation_id, "l9.unit.parcel.v1"
+    )  # fmt: skip
+    assert (inside["stream"], inside["attempt"]) == ("unit", 1)
+    after = next(line for line in lines if line["event"] == "handled.after")
+    assert "envelope_id" not in after and "stream" not in after
