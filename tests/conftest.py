@@ -18,9 +18,21 @@ import pytest
 import redis.asyncio as aioredis
 from redis.typing import StreamRangeResponse, XReadGroupResponse
 
-from bus import Keys, connect
+from bus import DeliveryPolicy, Keys, connect
 from envelope import Signer, Verifier
 from l9.devstack import EmbeddedStack, StackEndpoints
+
+#: The delivery policy of in-process bus tests: small batches, quick retries, short leases.
+FAST = DeliveryPolicy(
+    max_in_flight=32,
+    concurrency=4,
+    block_ms=100,
+    retry_backoff_ms=50,
+    retry_backoff_max_ms=400,
+    lease_ms=1500,
+    heartbeat_ms=100,
+    drain_timeout_s=2,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYRING = {"test": b"integration-test-secret"}

@@ -13,21 +13,11 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from bus import BatchConsumer, DeliveryPolicy, Entry, Keys, Publisher, Rejected, Staged
+from bus import BatchConsumer, Entry, Keys, Publisher, Rejected, Staged
 from envelope import PacketEnvelope, Signer
-from tests.conftest import stream_entries, wait_for
+from tests.conftest import FAST, stream_entries, wait_for
 
 pytestmark = pytest.mark.integration
-FAST = DeliveryPolicy(
-    max_in_flight=32,
-    concurrency=4,
-    block_ms=100,
-    retry_backoff_ms=50,
-    retry_backoff_max_ms=400,
-    lease_ms=1500,
-    heartbeat_ms=100,
-    drain_timeout_s=2,
-)
 
 
 class StoreAway(ConnectionError):

@@ -17,7 +17,6 @@ from agents import Agent, Context, Runtime, handles
 from bus import (
     BatchConsumer,
     Delivery,
-    DeliveryPolicy,
     Entry,
     Handler,
     Keys,
@@ -33,20 +32,10 @@ from bus import (
 )
 from bus.connection import execute_many, first_error
 from envelope import PacketEnvelope, Signer, Verifier
-from tests.conftest import read_reply, stream_entries, wait_for
+from tests.conftest import FAST, read_reply, stream_entries, wait_for
 from tests.integration.ledger import LedgerAgent, Ping, Pong, Work
 
 pytestmark = pytest.mark.integration
-FAST = DeliveryPolicy(
-    max_in_flight=32,
-    concurrency=4,
-    block_ms=100,
-    retry_backoff_ms=50,
-    retry_backoff_max_ms=400,
-    lease_ms=1500,
-    heartbeat_ms=100,
-    drain_timeout_s=2,
-)
 
 
 def on_test_stream(

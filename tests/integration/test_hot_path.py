@@ -17,23 +17,13 @@ import bus.connection
 import bus.group
 import bus.publisher
 from agents import Agent, Context, Runtime, handles
-from bus import DeliveryPolicy, Keys, Publisher, StreamConsumer, connect
+from bus import Keys, Publisher, StreamConsumer, connect
 from envelope import PacketEnvelope, Signer, Verifier, decode
 from l9.devstack import StackEndpoints
-from tests.conftest import stream_entries, wait_for
+from tests.conftest import FAST, stream_entries, wait_for
 from tests.integration.ledger import Pong, Work
 
 pytestmark = pytest.mark.integration
-FAST = DeliveryPolicy(
-    max_in_flight=32,
-    concurrency=4,
-    block_ms=100,
-    retry_backoff_ms=50,
-    retry_backoff_max_ms=200,
-    lease_ms=5000,
-    heartbeat_ms=200,
-    drain_timeout_s=2,
-)
 FANNED = "fanned"
 
 
