@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+from redis.exceptions import (
+    ClusterDownError,
+    ReadOnlyError,
+    RedisClusterUnreachableError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-#: Redis is unreachable or slow: back off and try again, never crash.
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Redis is unreachable, slow or between states: back off and try again, never crash.
+#: Besides lost connections and timeouts (LOADING after a restart is one): a cluster that is
+#: down or has a slot nobody serves (CLUSTERDOWN, MASTERDOWN, no node for a slot, no node
+#: reachable), a slot in migration (TRYAGAIN), and a write that reached a replica while a
+#: failover goes on (READONLY).
+TRANSIENT = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    TryAgainError,
+    ReadOnlyError,
+    SlotNotCoveredError,
+    RedisClusterUnreachableError,
+)
 
 
 def error_code(exc: ResponseError) -> str:
@@ -30,6 +50,11 @@ def is_nogroup(exc: ResponseError) -> bool:
 def is_busygroup(exc: ResponseError) -> bool:
     """XGROUP CREATE of a group that exists already."""
     return error_code(exc) == "BUSYGROUP"
+
+
+def is_no_such_key(exc: ResponseError) -> bool:
+    """XINFO (and others) on a key that does not exist: a plain ``ERR`` reply."""
+    return error_code(exc) == "ERR" and "no such key" in str(exc).lower()
 
 
 def is_missing_stream(exc: ResponseError) -> bool:

@@ -188,14 +188,14 @@ class GroupConsumer(abc.ABC):
                         drained, next_scan = True, time.monotonic() + self._scan_interval_s
                     await self._read_new()
                     backoff.reset()
+                except TRANSIENT as exc:  # before ResponseError: some cluster states are replies
+                    retry_in_s = backoff.next
+                    self.log.warning(f"{self.event}.redis_unavailable", error=str(exc), retry_in_s=retry_in_s)
+                    await backoff.sleep(self._stopped)
                 except ResponseError as exc:
                     if not is_nogroup(exc):
                         raise
                     await self._recover_group(exc, backoff)
-                except TRANSIENT as exc:
-                    retry_in_s = backoff.next
-                    self.log.warning(f"{self.event}.redis_unavailable", error=str(exc), retry_in_s=retry_in_s)
-                    await backoff.sleep(self._stopped)
 
     @abc.abstractmethod
     async def _wait_for_room(self) -> None:

@@ -16,6 +16,7 @@ import structlog
 from redis.exceptions import ResponseError
 
 from .connection import as_text
+from .errors import is_no_such_key
 from .keys import RPC_PREFIX, Keys
 
 log = structlog.get_logger("l9.bus.retention")
@@ -70,8 +71,10 @@ async def fully_consumed(redis: aioredis.Redis, key: str, *, without_groups: boo
     consumed, one without any group is ``without_groups``."""
     try:
         info = await redis.xinfo_stream(key)
-    except ResponseError:  # no such key
-        return True
+    except ResponseError as exc:
+        if is_no_such_key(exc):
+            return True
+        raise
     groups = await redis.xinfo_groups(key)
     if not groups:
         return without_groups
@@ -90,7 +93,9 @@ async def drop_finished_reply_streams(redis: aioredis.Redis, keys: Keys, *, idle
         key = keys.stream(name)
         try:
             info = await redis.xinfo_stream(key)
-        except ResponseError:
+        except ResponseError as exc:
+            if not is_no_such_key(exc):
+                raise
             await redis.srem(keys.streams_index(), name)
             continue
         last_ms = int(as_text(info["last-generated-id"]).partition("-")[0])

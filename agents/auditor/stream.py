@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from bus import Keys
+from bus.errors import is_no_such_key
 from bus.topology import AUDIT_STREAM
 from envelope import PacketEnvelope, Payload, Signer, encode, payload
 from memory.audit import AppendStatus, AuditRecorder, Committed, StoredEntry
@@ -125,7 +126,7 @@ class AuditStream:
         try:
             info = await self.redis.xinfo_stream(self.key)
         except aioredis.ResponseError as exc:
-            if "no such key" in str(exc).lower():
+            if is_no_such_key(exc):
                 return "0-0", None
             raise
         last = info["last-generated-id"]
