@@ -145,7 +145,7 @@ class SymPyAgent(Agent):
         error: ToolError | None = None,
     ) -> None:
         """After the reply (off the caller's path): the operation's event on ``sympy.events``,
-        the reply's copy on ``sympy.results`` and the cache hits answered from memory go out
+        the reply's copy on ``sympy.results`` and the cache's hit and miss counts go out
         with the request's XACK, in one round trip (``ctx.with_ack``); its metric rows go to
         the buffer."""
         ms = round((time.perf_counter() - started) * 1000, 3)

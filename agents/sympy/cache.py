@@ -4,13 +4,14 @@ A hit skips the worker pool entirely. Two levels:
 
 * Redis (shared by every worker process): ``sympy:{hash}:{op}:{backend}``,
   expiring after ``L9_SYMPY_CACHE_TTL_S``; a result larger than
-  ``L9_SYMPY_CACHE_MAX_BYTES`` is returned but not stored. A lookup and its
-  hit/miss count are one Lua round trip.
+  ``L9_SYMPY_CACHE_MAX_BYTES`` is returned but not stored. A lookup is one GET
+  of that one key (one slot on a Redis Cluster).
 * this process's memory (small results, LRU, same TTL): a repeated request is
-  answered without any round trip before the reply. Its hit is counted in
-  Redis afterwards (:meth:`ResultCache.counted`, in the round trip that
-  acknowledges the request),
-  so the counters are exact but may trail a reply by a moment.
+  answered without any round trip before the reply.
+
+Hits and misses, of either level, are counted in Redis afterwards
+(:meth:`ResultCache.counted`, in the round trip that acknowledges the request), so
+the counters are exact but may trail a reply by a moment.
 
 Results are deterministic functions of their key, so a local copy is never stale.
 """
@@ -29,14 +30,6 @@ from bus.connection import execute_many, first_error
 
 from .keys import cache_stats_key, result_key
 
-#: GET and count the hit or miss in one round trip (a cached reply's latency is mostly round trips).
-_GET_COUNTED = """
-local value = redis.call('GET', KEYS[1])
-local outcome = value and 'hits' or 'misses'
-redis.call('HINCRBY', KEYS[2], outcome, 1)
-redis.call('HINCRBY', KEYS[2], outcome .. ':' .. ARGV[1], 1)
-return value
-"""
 #: Results kept in process memory: at most this many, each at most ``LOCAL_MAX_BYTES`` of JSON.
 LOCAL_ENTRIES = 1024
 LOCAL_MAX_BYTES = 64 * 1024
@@ -45,18 +38,19 @@ LOCAL_MAX_BYTES = 64 * 1024
 class ResultCache:
     def __init__(self, redis: aioredis.Redis, keys: Keys, *, ttl_s: int, max_bytes: int) -> None:
         self.redis, self.keys, self.ttl_s, self.max_bytes = redis, keys, ttl_s, max_bytes
-        self._get_counted = redis.register_script(_GET_COUNTED)
         self._local: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
         self._uncounted: Counter[str] = Counter()
 
     async def get(self, digest: str, op: str, backend: str) -> dict[str, Any] | None:
-        """The stored fields, or None; the hit or miss is counted (now, or at the next flush)."""
+        """The stored fields, or None; the hit or miss is counted at the next flush."""
         key = result_key(self.keys, digest, op, backend)
         local = self._local_get(key)
         if local is not None:
             self._uncounted.update({"hits": 1, f"hits:{op}": 1})
             return local
-        raw = await self._get_counted(keys=[key, cache_stats_key(self.keys)], args=[op])
+        raw = await self.redis.get(key)
+        outcome = "misses" if raw is None else "hits"
+        self._uncounted.update({outcome: 1, f"{outcome}:{op}": 1})
         if raw is None:
             return None
         fields: dict[str, Any] = json.loads(raw)
@@ -79,14 +73,14 @@ class ResultCache:
         return True
 
     async def flush(self) -> None:
-        """Write the hits answered from memory to the Redis counters."""
+        """Write the hits and misses counted since the last flush to the Redis counters."""
         commands = self.counted()
         if commands:
             first_error(await execute_many(self.redis, commands))
 
     def counted(self) -> list[tuple[str, str, str, int]]:
-        """The HINCRBYs that write the hits answered from memory since the last call (the
-        worker sends them in the round trip that acknowledges the request)."""
+        """The HINCRBYs that write the hits and misses since the last call (the worker sends
+        them in the round trip that acknowledges the request)."""
         counts, self._uncounted = self._uncounted, Counter()
         return [("HINCRBY", cache_stats_key(self.keys), name, n) for name, n in counts.items()]
 
