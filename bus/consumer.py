@@ -281,12 +281,12 @@ class StreamConsumer(GroupConsumer):
         except Exception as exc:
             await self._failed(d, exc)
             return
-        if d.emits:
-            self._emitting.append((d.stream, d.entry_id, d.emits))
+        if d.emits:  # acked in the MULTI/EXEC of its envelopes (its error note goes there too)
+            self._emitting.append((d.stream, d.entry_id, d.emits, d.attempt > 1))
         else:
             self._acks.setdefault(d.stream, []).append(d.entry_id)
-        if d.attempt > 1:
-            self._retried.setdefault(d.stream, []).append(d.entry_id)
+            if d.attempt > 1:
+                self._retried.setdefault(d.stream, []).append(d.entry_id)
         if d.after:
             self._with_acks += d.after
         self._ack_wanted.set()

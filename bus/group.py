@@ -92,8 +92,9 @@ class GroupConsumer(abc.ABC):
         self._acks: dict[str, list[str]] = {}  # stream -> ids to XACK
         self._retried: dict[str, list[str]] = {}  # ... whose error note goes with the ack
         self._with_acks: list[tuple[Any, ...]] = []  # commands sent just before the XACKs
-        #: (stream, id, XADDs): entries acked in one MULTI/EXEC with what their handler emitted
-        self._emitting: list[tuple[str, str, list[tuple[Any, ...]]]] = []
+        #: (stream, id, XADDs, retried): entries acked in one MULTI/EXEC with what their handler
+        #: emitted (and, for a retried entry, the deletion of its error note)
+        self._emitting: list[tuple[str, str, list[tuple[Any, ...]], bool]] = []
         self._ack_wanted = anyio.Event()
         self._scan_interval_s = self.policy.scan_interval_s if scan_interval_s is None else scan_interval_s
         self._read_scope = anyio.CancelScope()
@@ -345,8 +346,10 @@ class GroupConsumer(abc.ABC):
         emitting, self._emitting = self._emitting, []
         commands = list(riders)
         execs: list[int] = []  # where the EXEC reply of each of ``emitting`` is
-        for stream, entry_id, emits in emitting:
+        for stream, entry_id, emits, was_retried in emitting:
             commands += [("MULTI",), *emits, ("XACK", self.keys.stream(stream), self.group, entry_id)]
+            if was_retried:
+                commands.append(("HDEL", self.keys.errors(stream), entry_id))
             execs.append(len(commands))
             commands.append(("EXEC",))
         for stream, ids in acks.items():
@@ -368,7 +371,7 @@ class GroupConsumer(abc.ABC):
             if isinstance(reply, ResponseError):
                 self.log.error(f"{self.event}.after_ack_failed", command=str(command[0]), error=str(reply))
         done, in_flight = 0, self.in_flight
-        for (stream, entry_id, emits), at in zip(emitting, execs, strict=True):
+        for (stream, entry_id, emits, _), at in zip(emitting, execs, strict=True):
             self._emitted(stream, entry_id, len(emits), replies[at])
             if in_flight.pop((stream, entry_id), None) is not None:
                 done += 1  # acked, or left pending for a retry: out of hand either way
