@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from envelope import PacketEnvelope, Signer, entry_args
 
-from .connection import execute_many, first_error
+from .connection import as_text, execute_many, first_error
 from .keys import Keys
 from .topology import DEFAULT_TOPOLOGY, Topology
 
@@ -62,7 +62,7 @@ class Publisher:
                 command = ("XADD", self._key(name), "*", *entry_args(envelope, self.signer))
                 (reply,) = await execute_many(self.redis, (command,))
                 first_error((reply,))
-                return [reply.decode() if type(reply) is bytes else str(reply)]
+                return [as_text(reply)]
         elif not envelopes:
             return []
         commands, indexed = self._commands(envelopes, stream)
@@ -72,7 +72,7 @@ class Publisher:
         except BaseException:
             self._unindexed(indexed)  # not known to be in the index: add them again next time
             raise
-        return [r.decode() if type(r) is bytes else str(r) for r in replies[: len(envelopes)]]
+        return [as_text(r) for r in replies[: len(envelopes)]]
 
     def commands(
         self, envelopes: Sequence[PacketEnvelope], stream: str | None = None

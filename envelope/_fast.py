@@ -134,13 +134,17 @@ def fresh(
         if check is None or not check(value):
             return None
         values[name] = value
-    envelope = _new(PacketEnvelope)
-    _set(envelope, "__dict__", values)
-    _set(
-        envelope,
-        "__pydantic_fields_set__",
+    return _built(
+        values,
         {"id", "type", "source", "time", "data", "correlation_id", "expires_at", "dataschema", *fields},
     )
+
+
+def _built(values: dict[str, Any], fields_set: set[str]) -> PacketEnvelope:
+    """The model of ``values`` (every field, in order), as pydantic's ``model_construct`` leaves it."""
+    envelope = _new(PacketEnvelope)
+    _set(envelope, "__dict__", values)
+    _set(envelope, "__pydantic_fields_set__", fields_set)
     _set(envelope, "__pydantic_extra__", None)
     _set(envelope, "__pydantic_private__", None)
     return envelope
@@ -217,10 +221,7 @@ def from_wire(values: list[Any], signature: str | None) -> PacketEnvelope | None
         expires_at = _wire_time(expires_at)
         if expires_at is None:
             return None
-    envelope = _new(PacketEnvelope)
-    _set(
-        envelope,
-        "__dict__",
+    return _built(
         {
             "specversion": specversion,
             "id": eid,
@@ -244,8 +245,5 @@ def from_wire(values: list[Any], signature: str | None) -> PacketEnvelope | None
             "signature": signature,
             "data": data,  # msgpack made it for this envelope alone
         },
+        set(_EVERY_FIELD),
     )
-    _set(envelope, "__pydantic_fields_set__", set(_EVERY_FIELD))
-    _set(envelope, "__pydantic_extra__", None)
-    _set(envelope, "__pydantic_private__", None)
-    return envelope

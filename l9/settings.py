@@ -122,7 +122,8 @@ class Settings(BaseSettings):
     #: The policy file (YAML); unset: ``governance/default_policy.yaml``. Its ``identity.signers``
     #: table, when not empty, makes every consumer refuse envelopes whose signer may not emit them.
     policy_file: Path | None = None
-    #: Strict mode: the ``placeholders`` policies (no TODO/FIXME/placeholder/stub/NotImplementedError).
+    #: Strict mode: the policies that refuse unfinished code in what the generator writes
+    #: (``governance/default_policy.yaml``).
     strict_mode: bool = True
 
     # Extraction (``l9 extract``, the planner, generator, enforcer and validator).
