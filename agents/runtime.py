@@ -5,15 +5,14 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
-
 from bus import DEFAULT_TOPOLOGY, Keys, Publisher, Topology
+from bus.connection import RedisClient
 from envelope import PayloadRegistry, Signer, Verifier, registry
 
 
 @dataclass
 class Runtime:
-    redis: aioredis.Redis
+    redis: RedisClient
     keys: Keys
     signer: Signer
     verifier: Verifier
@@ -21,10 +20,12 @@ class Runtime:
     instance: str
     topology: Topology = DEFAULT_TOPOLOGY
     types: PayloadRegistry = registry
+    #: Replicas that must acknowledge a publish (``bus.Publisher``; ``L9_PUBLISH_REPLICAS``).
+    replicas: int = 0
     _sequence: itertools.count[int] = field(default_factory=itertools.count)
 
     def __post_init__(self) -> None:
-        self.publisher = Publisher(self.redis, self.keys, self.signer, self.topology)
+        self.publisher = Publisher(self.redis, self.keys, self.signer, self.topology, replicas=self.replicas)
 
     @property
     def source(self) -> str:

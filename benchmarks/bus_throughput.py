@@ -65,6 +65,7 @@ import redis.utils
 from redis.typing import EncodableT, FieldT
 
 from bus import Delivery, DeliveryPolicy, Keys, Publisher, StreamConsumer, connect
+from bus.connection import RedisClient
 from envelope import PacketEnvelope, Payload, Signer, Verifier, decode, encode, registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +154,7 @@ def latency_summary(lat_s: list[float]) -> dict[str, float]:
 # -- consumer side ---------------------------------------------------------------------------
 
 
-async def consume_l9(redis: aioredis.Redis, job: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+async def consume_l9(redis: RedisClient, job: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
     n, latency = job["n"], job["latency"]
     count, lats = 0, []
     done = anyio.Event()
@@ -198,7 +199,7 @@ async def consume_l9(redis: aioredis.Redis, job: dict[str, Any], ready: Callable
     return result
 
 
-async def codec_cpu(redis: aioredis.Redis, key: str, sample: int = 5000) -> float:
+async def codec_cpu(redis: RedisClient, key: str, sample: int = 5000) -> float:
     """CPU seconds per entry of the codec alone on entries of this run: msgpack, the
     signature, the envelope's and the payload's validation (``envelope.decode``), one
     entry after another in a tight loop -- the part of a delivery no loop can avoid."""
@@ -210,9 +211,7 @@ async def codec_cpu(redis: aioredis.Redis, key: str, sample: int = 5000) -> floa
     return float(time.process_time() - cpu0) / max(1, len(rows))
 
 
-async def consume_bare(
-    redis: aioredis.Redis, job: dict[str, Any], ready: Callable[[], None]
-) -> dict[str, Any]:
+async def consume_bare(redis: RedisClient, job: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
     n, latency, key = job["n"], job["latency"], Keys(job["ns"]).stream(STREAM)
     count, lats = 0, []
 
@@ -369,7 +368,7 @@ async def publish_l9_single(pub: Publisher, n: int) -> None:
         await pub.publish(make_envelope(i), STREAM)
 
 
-async def publish_bare_batched(redis: aioredis.Redis, key: str, n: int, batch: int, fields: Fields) -> None:
+async def publish_bare_batched(redis: RedisClient, key: str, n: int, batch: int, fields: Fields) -> None:
     for start in range(0, n, batch):
         pipe = redis.pipeline(transaction=False)
         for _ in range(start, min(n, start + batch)):
@@ -377,7 +376,7 @@ async def publish_bare_batched(redis: aioredis.Redis, key: str, n: int, batch: i
         await pipe.execute()
 
 
-async def publish_bare_single(redis: aioredis.Redis, key: str, n: int, fields: Fields) -> None:
+async def publish_bare_single(redis: RedisClient, key: str, n: int, fields: Fields) -> None:
     for _ in range(n):
         await redis.xadd(key, fields)
 

@@ -55,11 +55,10 @@ from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import anyio
-import redis.asyncio as aioredis
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .connection import execute_many
+from .connection import RedisClient, execute_many
 from .errors import TRANSIENT
 from .group import Backoff, GroupConsumer
 from .keys import Keys
@@ -133,7 +132,7 @@ class BatchConsumer(GroupConsumer):
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         group: str,

@@ -32,13 +32,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import redis.asyncio as aioredis
 import structlog
 
 from envelope import PacketEnvelope, Payload, PayloadRegistry, Verifier
 from envelope import registry as default_registry
 
-from .connection import as_text
+from .connection import RedisClient, as_text
 from .errors import TRANSIENT, DeadLetter
 from .group import Fields, GroupConsumer
 from .keys import Keys
@@ -152,7 +151,7 @@ class StreamConsumer(GroupConsumer):
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         group: str,

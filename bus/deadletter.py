@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import redis.asyncio as aioredis
 import structlog
 
 from envelope import utcnow
 
+from .connection import RedisClient
 from .keys import Keys
 
 ERROR_NOTE_TTL_MS = 7 * 24 * 3600 * 1000
@@ -22,7 +22,7 @@ log = structlog.get_logger("l9.bus.deadletter")
 
 
 class DeadLetters:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, group: str, consumer: str) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, group: str, consumer: str) -> None:
         self.redis, self.keys, self.group, self.consumer = redis, keys, group, consumer
 
     async def letter(

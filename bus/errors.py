@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from redis.exceptions import (
+    AskError,
     ClusterDownError,
     ReadOnlyError,
     RedisClusterUnreachableError,
@@ -19,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 #: reachable), a slot in migration (TRYAGAIN), and a write that reached a replica while a
 #: failover goes on (READONLY).
 TRANSIENT = (
+    AskError,  # MOVED or ASK left after execute_many followed its redirections: a resharding storm
     RedisConnectionError,
     RedisTimeoutError,
     OSError,
@@ -76,6 +78,19 @@ class DeadLetter(BusError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}")
+
+
+class NotReplicated(BusError):
+    """A publish reached its master but fewer replicas than asked for acknowledged it in time
+    (``WAIT``): a failover of that master now could lose it. Publishing it again is safe for
+    consumers that apply an envelope once by its id (it may then be delivered twice)."""
+
+    def __init__(self, node: str, acknowledged: int, wanted: int, timeout_ms: int) -> None:
+        self.node, self.acknowledged, self.wanted = node, acknowledged, wanted
+        super().__init__(
+            f"written to {node} but acknowledged by {acknowledged} of the {wanted} replica(s) "
+            f"asked for within {timeout_ms} ms"
+        )
 
 
 class RpcTimeout(BusError, TimeoutError):

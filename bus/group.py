@@ -27,20 +27,21 @@ it wants (``ensure_groups``) and what a lost group takes with it (``_lost``).
 from __future__ import annotations
 
 import abc
+import contextlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from .connection import as_text, execute_many
+from .connection import RedisClient, as_text, execute_many, is_cluster, slot_of
 from .deadletter import DeadLetters
 from .errors import TRANSIENT, error_code, is_busygroup, is_missing_stream, is_nogroup
 from .keys import Keys
 from .maintenance import Maintenance
 from .policy import DeliveryPolicy
+from .slots import SlotReads
 
 Fields = Mapping[bytes, bytes]
 #: An own pending entry taken into hand: its id, its fields and the number of its next try.
@@ -71,7 +72,7 @@ class GroupConsumer(abc.ABC):
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         group: str,
@@ -87,6 +88,10 @@ class GroupConsumer(abc.ABC):
         self._key: dict[str, str] = {}  # stream name -> key
         self._names: dict[str | bytes, str] = {}  # key, as str and as Redis returns it -> name
         self._read_ids: dict[Any, Any] = {}  # XREADGROUP's streams argument: key -> ">"
+        #: on a cluster, the streams argument of each slot (one XREADGROUP may not span slots)
+        self._cluster = is_cluster(redis)
+        self._by_slot: dict[int, dict[Any, Any]] = {}
+        self._slot_reads = SlotReads()
         self._add_streams(streams)
         self.in_flight: dict[tuple[str, str], float] = {}  # (stream, id) -> last lease time
         self._acks: dict[str, list[str]] = {}  # stream -> ids to XACK
@@ -108,13 +113,19 @@ class GroupConsumer(abc.ABC):
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
         """Consume until ``stop()``; then drain and return."""
-        await self.ensure_groups()
+        if not await self._start_groups():  # stopped while Redis was unavailable
+            with anyio.CancelScope(shield=True), contextlib.suppress(*TRANSIENT):
+                await self.maintenance.release()
+            return
         async with anyio.create_task_group() as side:
             side.start_soon(self._ack_loop)
             side.start_soon(self.maintenance.run)
             self._started.set()
             self.log.info(f"{self.event}.started", streams=self.streams)
-            await self._deliver()
+            try:
+                await self._deliver()
+            finally:
+                self._cancel_reads()
             with anyio.CancelScope(shield=True):
                 await self._flush_acks()
             side.cancel_scope.cancel()
@@ -123,6 +134,20 @@ class GroupConsumer(abc.ABC):
         with anyio.CancelScope(shield=True):
             await self.maintenance.release()
         self.log.info(f"{self.event}.stopped", left_pending=len(self.in_flight))
+
+    async def _start_groups(self) -> bool:
+        """:meth:`ensure_groups`, again with backoff while Redis is unavailable (a consumer
+        started during an outage or a failover waits for it, it does not exit); False if
+        ``stop()`` came first."""
+        backoff = Backoff()
+        while not self._stopping:
+            try:
+                await self.ensure_groups()
+                return True
+            except TRANSIENT as exc:
+                self.log.warning(f"{self.event}.redis_unavailable", error=str(exc), retry_in_s=backoff.next)
+                await backoff.sleep(self._stopped)
+        return False
 
     def stop(self) -> None:
         """Stop reading; what is in hand drains (see the loop's module)."""
@@ -153,12 +178,16 @@ class GroupConsumer(abc.ABC):
                 self.streams.append(name)
                 self._key[name], self._read_ids[key] = key, ">"
                 self._names[key] = self._names[key.encode()] = name
+                if self._cluster:
+                    self._by_slot.setdefault(slot_of(key), {})[key] = ">"
 
     def _drop_streams(self) -> None:
         self.streams.clear()
         self._key.clear()
         self._names.clear()
         self._read_ids.clear()
+        self._by_slot.clear()
+        self._cancel_reads()
 
     async def _create_group(self, stream: str, *, mkstream: bool) -> bool:
         """The group on ``stream``, from its first entry. With ``mkstream`` a missing stream is
@@ -207,11 +236,27 @@ class GroupConsumer(abc.ABC):
         """Read new entries (:meth:`_xreadgroup`) and take them into hand."""
 
     async def _xreadgroup(self, count: int) -> Any:
-        """``XREADGROUP >`` on every stream, blocking at most until the next pending scan."""
+        """``XREADGROUP >`` on every stream, blocking at most until the next pending scan.
+
+        On a cluster, streams in several slots are read with one XREADGROUP per slot, all
+        blocking at once (``bus.slots``)."""
         block = max(1, min(self.policy.block_ms, int(self._scan_interval_s * 1000)))
+        if len(self._by_slot) > 1:
+            return await self._read_slots(max(1, count), block)
         return await self.redis.xreadgroup(
             self.group, self.consumer, self._read_ids, count=max(1, count), block=block
         )
+
+    async def _read_slots(self, count: int, block: int) -> Any:
+        """One blocking XREADGROUP per slot at once (``bus.slots``)."""
+
+        def reader(ids: dict[Any, Any]) -> Callable[[], Awaitable[Any]]:
+            return lambda: self.redis.xreadgroup(self.group, self.consumer, ids, count=count, block=block)
+
+        return await self._slot_reads.next({slot: reader(dict(ids)) for slot, ids in self._by_slot.items()})
+
+    def _cancel_reads(self) -> None:
+        self._slot_reads.cancel()
 
     async def _recover_group(self, exc: ResponseError, backoff: Backoff) -> None:
         """A group or stream vanished: what was in hand vanished with it; recreate, with backoff."""
@@ -344,6 +389,13 @@ class GroupConsumer(abc.ABC):
         retried, self._retried = self._retried, {}
         riders, self._with_acks = self._with_acks, []
         emitting, self._emitting = self._emitting, []
+        if self._cluster and emitting:
+            try:
+                emitting = await self._emit_across_slots(emitting)
+            except TRANSIENT as exc:
+                self.log.warning(f"{self.event}.ack_failed", error=str(exc))
+                self._requeue(acks, retried, riders, emitting)
+                return False
         commands = list(riders)
         execs: list[int] = []  # where the EXEC reply of each of ``emitting`` is
         for stream, entry_id, emits, was_retried in emitting:
@@ -360,12 +412,7 @@ class GroupConsumer(abc.ABC):
             replies = await execute_many(self.redis, commands)
         except TRANSIENT as exc:
             self.log.warning(f"{self.event}.ack_failed", error=str(exc))
-            for stream, ids in acks.items():
-                self._acks.setdefault(stream, []).extend(ids)
-            for stream, ids in retried.items():
-                self._retried.setdefault(stream, []).extend(ids)
-            self._with_acks[:0] = riders
-            self._emitting[:0] = emitting
+            self._requeue(acks, retried, riders, emitting)
             return False
         for command, reply in zip(riders, replies, strict=False):
             if isinstance(reply, ResponseError):
@@ -381,6 +428,56 @@ class GroupConsumer(abc.ABC):
                     done += 1
         self._released(done)
         return True
+
+    def _requeue(
+        self,
+        acks: dict[str, list[str]],
+        retried: dict[str, list[str]],
+        riders: list[tuple[Any, ...]],
+        emitting: list[tuple[str, str, list[tuple[Any, ...]], bool]],
+    ) -> None:
+        """Put back what a failed flush took, for the next one."""
+        for stream, ids in acks.items():
+            self._acks.setdefault(stream, []).extend(ids)
+        for stream, ids in retried.items():
+            self._retried.setdefault(stream, []).extend(ids)
+        self._with_acks[:0] = riders
+        self._emitting[:0] = emitting
+
+    async def _emit_across_slots(
+        self, emitting: list[tuple[str, str, list[tuple[Any, ...]], bool]]
+    ) -> list[tuple[str, str, list[tuple[Any, ...]], bool]]:
+        """On a cluster a transaction keeps to one slot: an entry's envelopes to streams in
+        other slots than its own are published first, in one round trip (each node its own);
+        only the rest go in the MULTI/EXEC with its XACK. An entry one of whose envelopes was
+        refused is not acked (it is handled again, at least once); the others come back with
+        their same-slot envelopes only, so a retry of the flush does not publish twice."""
+        outside: list[tuple[int, tuple[Any, ...]]] = []
+        kept: list[tuple[str, str, list[tuple[Any, ...]], bool]] = []
+        for at, (stream, entry_id, emits, was_retried) in enumerate(emitting):
+            home = slot_of(self._key.get(stream) or self.keys.stream(stream))
+            inside = [c for c in emits if slot_of(c[1]) == home]
+            outside += [(at, c) for c in emits if slot_of(c[1]) != home]
+            kept.append((stream, entry_id, inside, was_retried))
+        if not outside:
+            return emitting
+        replies = await execute_many(self.redis, [c for _, c in outside])
+        refused: dict[int, Any] = {}
+        for (at, _), reply in zip(outside, replies, strict=True):
+            if isinstance(reply, ResponseError):
+                refused.setdefault(at, reply)
+        for at, reply in refused.items():
+            stream, entry_id, _, _ = emitting[at]
+            self.log.error(
+                f"{self.event}.emit_failed",
+                stream=stream,
+                entry_id=entry_id,
+                error=_described(reply),
+                hint="not acked: the entry stays pending and is handled again",
+            )
+            if self.in_flight.pop((stream, entry_id), None) is not None:
+                self._released(1)
+        return [e for at, e in enumerate(kept) if at not in refused]
 
     def _emitted(self, stream: str, entry_id: str, count: int, reply: Any) -> None:
         """Log what of the MULTI/EXEC of an entry's envelopes and its XACK did not go

@@ -19,11 +19,10 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import anyio
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ResponseError
 
-from .connection import as_text
+from .connection import RedisClient, as_text
 from .errors import TRANSIENT
 from .keys import Keys
 from .policy import DeliveryPolicy
@@ -36,7 +35,7 @@ class ConsumerNameTaken(RuntimeError):
 
 
 async def claim_consumer_name(
-    redis: aioredis.Redis, keys: Keys, base: str, ttl_ms: int, *, instance: str | None = None
+    redis: RedisClient, keys: Keys, base: str, ttl_ms: int, *, instance: str | None = None
 ) -> str:
     """A stable consumer name: ``base-<instance>`` if given, else the lowest free ``base-<n>``.
 
@@ -56,7 +55,7 @@ async def claim_consumer_name(
     raise ConsumerNameTaken(f"no free consumer name {base}-<n> for n < 10000")
 
 
-async def hold_consumer_name(redis: aioredis.Redis, keys: Keys, name: str, ttl_ms: int) -> None:
+async def hold_consumer_name(redis: RedisClient, keys: Keys, name: str, ttl_ms: int) -> None:
     """Keep the claim on ``name`` alive (until cancelled) while its consumer is not beating yet,
     e.g. during a slow ``on_start``: otherwise the key expires and another process takes the name."""
     while True:
@@ -70,7 +69,7 @@ async def hold_consumer_name(redis: aioredis.Redis, keys: Keys, name: str, ttl_m
 class LeaseHolder(Protocol):
     """What maintenance needs of a consumer (the per-entry and the batch delivery loops)."""
 
-    redis: aioredis.Redis
+    redis: RedisClient
     keys: Keys
     group: str
     consumer: str

@@ -16,11 +16,10 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from envelope import PacketEnvelope, Signer, entry_args
 
-from .connection import as_text, execute_many, first_error
+from .connection import RedisClient, as_text, execute_many, first_error
+from .index import index_commands
 from .keys import Keys
 from .topology import DEFAULT_TOPOLOGY, Topology
 
@@ -33,12 +32,19 @@ _INDEX_MEMORY = 4096
 class Publisher:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         signer: Signer | None,
         topology: Topology = DEFAULT_TOPOLOGY,
+        *,
+        replicas: int = 0,
+        replica_timeout_ms: int = 1000,
     ) -> None:
+        """``replicas``: a publish returns once that many replicas of each master written to
+        acknowledged it (``WAIT``), else raises ``NotReplicated``: set it on a replicated
+        Redis (a cluster) so an envelope accepted is not lost by a failover just after."""
         self.redis = redis
+        self.replicas, self.replica_timeout_ms = replicas, replica_timeout_ms
         self.keys = keys
         self.signer = signer
         self.topology = topology
@@ -60,14 +66,18 @@ class Publisher:
             name = stream or self.stream_of(envelope)
             if self._indexed.get(name, 0.0) > time.monotonic():
                 command = ("XADD", self._key(name), "*", *entry_args(envelope, self.signer))
-                (reply,) = await execute_many(self.redis, (command,))
+                (reply,) = await execute_many(
+                    self.redis, (command,), replicas=self.replicas, replica_timeout_ms=self.replica_timeout_ms
+                )
                 first_error((reply,))
                 return [as_text(reply)]
         elif not envelopes:
             return []
         commands, indexed = self._commands(envelopes, stream)
         try:
-            replies = await execute_many(self.redis, commands)
+            replies = await execute_many(
+                self.redis, commands, replicas=self.replicas, replica_timeout_ms=self.replica_timeout_ms
+            )
             first_error(replies)
         except BaseException:
             self._unindexed(indexed)  # not known to be in the index: add them again next time
@@ -93,7 +103,7 @@ class Publisher:
             commands.append(("XADD", key_of(name), "*", *entry_args(envelope, self.signer)))
         due = self._index_due(names)
         if due:
-            commands.append(("SADD", self.keys.streams_index(), *due))
+            commands += index_commands(self.keys, due)
         return commands, due
 
     def _key(self, name: str) -> str:

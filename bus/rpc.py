@@ -17,7 +17,6 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
-import redis.asyncio as aioredis
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -33,6 +32,7 @@ from envelope import (
     registry,
 )
 
+from .connection import RedisClient
 from .errors import TRANSIENT, RemoteError, RpcTimeout
 from .keys import RPC_PREFIX
 from .publisher import Publisher
@@ -54,7 +54,7 @@ class RpcClient:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         publisher: Publisher,
         verifier: Verifier | None,
         *,

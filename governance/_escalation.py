@@ -30,11 +30,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
-import redis.asyncio as aioredis
 import structlog
 from pydantic import AwareDatetime
 
 from bus import Keys, Publisher
+from bus.connection import RedisClient
+from bus.index import index_streams
 from envelope import PacketEnvelope, Payload, encode, payload, registry, utcnow
 
 from ._auditscope import AuditScope
@@ -141,7 +142,7 @@ def cli_source(name: str) -> str:
 class Escalations:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         publisher: Publisher,
         *,
         spec: EscalationSpec,
@@ -317,7 +318,7 @@ class Escalations:
         )
         fields = encode(envelope, self.publisher.signer)
         flat = [x for pair in fields.items() for x in pair]
-        await self.redis.sadd(self.keys.streams_index(), self.spec.resolutions)
+        await index_streams(self.redis, self.keys, [self.spec.resolutions])
         won, stored = await self._resolve(
             keys=[self._pending, self._resolved, self.keys.stream(self.spec.resolutions)],
             args=[escalation_id, envelope.model_dump_json(), *flat],

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from bus import Keys
+from bus.keys import RPC_PREFIX
 from envelope import EnvelopeError, ErrorReason, PacketEnvelope
 
 from ._config import RedisUserSpec, load_policy_file
@@ -91,6 +92,8 @@ BUS_COMMANDS = (
     "xinfo|consumers", "xinfo|stream", "xinfo|groups", "xadd",
     "hset", "hget", "hdel", "pexpire", "set", "del", "exists", "sadd", "multi", "exec", "discard",
     "script|load",  # redis-py's registered scripts reload themselves after NOSCRIPT
+    # Redis Cluster: is it one (CLUSTER INFO), the slot map, key positions, redirections
+    "cluster|info", "cluster|slots", "cluster|shards", "command", "asking", "readonly",
 )  # fmt: skip
 RPC_CALL_COMMANDS = ("xread",)
 #: An agent's own data keys (``keys:``): data commands on those keys only, nothing dangerous.
@@ -112,18 +115,20 @@ def acl_rules(agent: str, spec: RedisUserSpec, keys: Keys, password: str) -> lis
     rules = ["reset", "on", password_hash(password), "-@all"]
     rules += [f"+{c}" for c in (*BUS_COMMANDS, *(RPC_CALL_COMMANDS if spec.calls else ()))]
     rules.append(f"~{ns}:hb:{agent}-*")  # its consumers' heartbeats (claimed, beaten, checked)
+    every_partition = f"{ns}:{{{ns}.p*}}"
     for stream in spec.consumes:
-        key = f"{ns}:{{{stream}}}"
-        rules += [f"~{key}", f"~{key}:dead", f"~{key}:errors"]
-    rules += [f"%W~{ns}:{{{stream}}}" for stream in spec.produces]
+        key = f"{every_partition}:*" if stream == "*" else keys.stream(stream)
+        rules += [f"~{key}"] if stream == "*" else [f"~{key}", f"~{key}:dead", f"~{key}:errors"]
+    rules += [f"%W~{every_partition}:*" if s == "*" else f"%W~{keys.stream(s)}" for s in spec.produces]
     if spec.produces or spec.replies or spec.calls:
-        rules.append(f"%W~{keys.streams_index()}")
+        # the index entry of a stream is in its partition; reply streams can be in any
+        rules.append(f"%W~{every_partition}:streams")
     if spec.replies:
-        rules.append(f"%W~{ns}:{{rpc.*}}")
+        rules.append(f"%W~{every_partition}:{RPC_PREFIX}*")
     if spec.calls:
-        rules.append(f"~{ns}:{{rpc.*}}")
+        rules.append(f"~{every_partition}:{RPC_PREFIX}*")
     if spec.keys:
-        selector = [f"~{ns}:{pattern}" for pattern in spec.keys] + list(DATA_RULES)
+        selector = [f"~{keys.family_pattern(pattern)}" for pattern in spec.keys] + list(DATA_RULES)
         rules.append("(" + " ".join(selector) + ")")
     return rules
 

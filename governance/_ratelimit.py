@@ -21,10 +21,10 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 import structlog
 
 from bus import Keys
+from bus.connection import RedisClient
 
 from ._config import RateLimitSpec
 from ._decision import Decision, Finding, Outcome
@@ -80,7 +80,7 @@ def subject_of(spec: RateLimitSpec, request: Request) -> str:
 
 
 class RateLimiter:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, limits: Sequence[RateLimitSpec]) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, limits: Sequence[RateLimitSpec]) -> None:
         self.redis, self.keys = redis, keys
         self.limits = tuple(limits)
         self._patterns: list[tuple[RateLimitSpec, re.Pattern[str]]] = [

@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from bus import Keys, as_text
+from bus.connection import RedisClient
 
 DL_PREFIX = b"dl_"
 #: KEYS: stream, its dead-letter stream; ARGV: dead-letter id, then the fields to add.
@@ -63,7 +62,7 @@ def dead_letter(stream: str, entry_id: Any, fields: dict[bytes, bytes]) -> DeadL
     )
 
 
-async def list_dead(redis: aioredis.Redis, keys: Keys, stream: str, limit: int = 100) -> list[DeadLetter]:
+async def list_dead(redis: RedisClient, keys: Keys, stream: str, limit: int = 100) -> list[DeadLetter]:
     """The oldest ``limit`` dead letters of ``stream``."""
     rows: Any = await redis.xrange(keys.dead(stream), count=limit)
     return [dead_letter(stream, entry_id, fields) for entry_id, fields in rows]
@@ -74,7 +73,7 @@ class NotDead(LookupError):
 
 
 async def replay(
-    redis: aioredis.Redis, keys: Keys, stream: str, ids: Sequence[str] | None = None
+    redis: RedisClient, keys: Keys, stream: str, ids: Sequence[str] | None = None
 ) -> dict[str, str]:
     """Put dead letters (``ids``, or all) back on ``stream``: ``{dead-letter id: new entry id}``.
 

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import redis.asyncio as aioredis
 from rich.console import Console
 from rich.progress import Progress
 
 from agents.auditor.report import render, report_from_trail
 from agents.demo import Task, handled_key, results_key
-from bus import Keys, Publisher, as_text, connect
+from bus import Keys, Publisher, as_text, open_client
+from bus.connection import RedisClient
 from envelope import PacketEnvelope, Signer, new_id
 from l9.devstack import StackEndpoints
 from l9.settings import Settings
@@ -89,7 +89,7 @@ async def run_demo(
         + ", ".join(f"{n} (pid {p.pid})" for n, p in procs.items())
         + f"; logs in {log_dir}"
     )
-    redis = connect(endpoints.redis_url)
+    redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)
     keys = Keys(settings.namespace)
     try:
         result = await _exchange(redis, keys, settings, console, count)
@@ -103,7 +103,7 @@ async def run_demo(
 
 
 async def _exchange(
-    redis: aioredis.Redis, keys: Keys, settings: Settings, console: Console, count: int
+    redis: RedisClient, keys: Keys, settings: Settings, console: Console, count: int
 ) -> DemoResult:
     run = new_id()
     publisher = Publisher(redis, keys, Signer(settings.keyring(), settings.signing_key_id))

@@ -21,7 +21,7 @@ import anyio
 from rich.console import Console
 
 from agents.runner import BUILTIN
-from bus import Keys, connect
+from bus import Keys, open_client
 from l9.demo import spawn_agent, stop_agents
 from l9.devstack import StackEndpoints
 from l9.extract_run import Options, Outcome, build_request, check_file, default_requester, extract
@@ -86,7 +86,7 @@ async def wait_started(
     settings: Settings, endpoints: StackEndpoints, procs: dict[str, subprocess.Popen[bytes]]
 ) -> None:
     """Until every agent has a live heartbeat; DemoError naming the ones that did not start."""
-    redis = connect(endpoints.redis_url)
+    redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)
     keys = Keys(settings.namespace)
     waiting = consumer_names()
     try:

@@ -12,11 +12,10 @@ stuck.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 import structlog
 
 from agents.extraction import (
@@ -35,6 +34,8 @@ from agents.extraction import (
     Verified,
 )
 from bus import Keys, as_text
+from bus.connection import RedisClient, is_cluster
+from bus.slots import SlotReads, by_slot
 from envelope import EnvelopeError, PacketEnvelope, Payload, Verifier, decode
 from governance import DecisionMade, EscalationRequested, EscalationResolved, PolicyFile
 
@@ -61,9 +62,12 @@ def run_streams(policy: PolicyFile) -> list[str]:
 class RunWatcher:
     """The run's envelopes, read from positions marked before the request was published."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, verifier: Verifier, streams: Iterable[str]) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, verifier: Verifier, streams: Iterable[str]) -> None:
         self.redis, self.keys, self.verifier = redis, keys, verifier
         self.positions = {keys.stream(name): "0-0" for name in streams}
+        #: on a cluster, the streams of each slot (one XREAD may not span slots)
+        self._slots = by_slot(self.positions) if is_cluster(redis) else {}
+        self._reads = SlotReads()
 
     async def mark(self) -> None:
         """Remember where every stream ends now: only later entries are read."""
@@ -73,7 +77,13 @@ class RunWatcher:
 
     async def read(self, run: str, block_ms: int) -> list[tuple[PacketEnvelope, Payload]]:
         """The run's next envelopes on any of the streams (waiting up to ``block_ms`` for one)."""
-        replies: Any = await self.redis.xread(self.positions, block=block_ms, count=500)  # type: ignore[arg-type]
+        replies: Any
+        if len(self._slots) > 1:
+            replies = await self._reads.next(
+                {slot: self._reader(ks, block_ms) for slot, ks in self._slots.items()}
+            )
+        else:
+            replies = await self.redis.xread(self.positions, block=block_ms, count=500)  # type: ignore[arg-type]
         out = []
         for key, entries in replies or []:
             for entry_id, fields in entries:
@@ -89,8 +99,17 @@ class RunWatcher:
         out.sort(key=lambda pair: pair[0].time)
         return out
 
+    def _reader(self, keys: list[str], block_ms: int) -> Callable[[], Awaitable[Any]]:
+        """An XREAD of ``keys`` (one slot) from their positions now."""
+        positions = {key: self.positions[key] for key in keys}
+        return lambda: self.redis.xread(positions, block=block_ms, count=500)  # type: ignore[arg-type]
 
-async def missing_consumers(redis: aioredis.Redis, keys: Keys) -> list[str]:
+    def close(self) -> None:
+        """Cancel the reads under way (on a cluster)."""
+        self._reads.cancel()
+
+
+async def missing_consumers(redis: RedisClient, keys: Keys) -> list[str]:
     """``group (stream S)`` for every agent of the pipeline with no live process: no heartbeat
     key of a consumer named ``<group>-<instance>`` (the names agents claim)."""
     missing = []

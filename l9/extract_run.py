@@ -26,7 +26,7 @@ from rich.live import Live
 from rich.table import Table
 
 from agents.extraction import ExtractRequest, load_collection
-from bus import Keys, Publisher, connect
+from bus import Keys, Publisher, open_client
 from envelope import PacketEnvelope, Payload, Signer, Verifier
 from governance import load_policy_file
 from l9.devstack import resolve_endpoints
@@ -94,15 +94,16 @@ def build_request(options: Options, settings: Settings, text: str) -> PacketEnve
 async def extract(options: Options, settings: Settings, request: PacketEnvelope, console: Console) -> Outcome:
     """Publish ``request`` and follow its run to the report (or until it is stuck)."""
     endpoints = resolve_endpoints(settings)
-    redis = connect(endpoints.redis_url)
+    redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)
     keys = Keys(settings.namespace)
     keyring = settings.keyring()
+    watcher = RunWatcher(redis, keys, Verifier(keyring), run_streams(load_policy_file(settings.policy_file)))
     try:
-        watcher = RunWatcher(
-            redis, keys, Verifier(keyring), run_streams(load_policy_file(settings.policy_file))
-        )
         await watcher.mark()
-        await Publisher(redis, keys, Signer(keyring, settings.signing_key_id)).publish(request)
+        publisher = Publisher(
+            redis, keys, Signer(keyring, settings.signing_key_id), replicas=settings.publish_replicas
+        )
+        await publisher.publish(request)
         if not options.wait:
             return Outcome(PASSED, RunProgress(request.correlation_id))
         missing = await missing_consumers(redis, keys)
@@ -115,6 +116,7 @@ async def extract(options: Options, settings: Settings, request: PacketEnvelope,
             )
         return outcome
     finally:
+        watcher.close()
         await redis.aclose()
 
 

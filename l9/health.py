@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from bus import Keys, connect
+from bus import ClusterMode, Keys, open_client
+from bus.connection import RedisClient
 from l9.devstack import EmbeddedStack
 from l9.settings import Settings
 
@@ -49,7 +49,7 @@ def candidate_names(agent: str, instances: Sequence[str] = (), candidates: int =
     return names
 
 
-async def live_consumers(redis: aioredis.Redis, keys: Keys, names: Sequence[str]) -> tuple[str, ...]:
+async def live_consumers(redis: RedisClient, keys: Keys, names: Sequence[str]) -> tuple[str, ...]:
     """Those of ``names`` whose heartbeat key exists, in one round trip."""
     pipe = redis.pipeline(transaction=False)
     for name in names:
@@ -79,16 +79,21 @@ async def check_health(
     minimum: int = 1,
     instances: Sequence[str] = (),
     timeout_s: float = TIMEOUT_S,
+    cluster: ClusterMode = "auto",
 ) -> Health:
     """The health of ``agent``; an unreachable or refusing Redis is unhealthy, with the reason."""
-    redis = connect(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    redis: RedisClient | None = None
     try:
+        redis = await open_client(
+            redis_url, cluster=cluster, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
         live = await live_consumers(redis, keys, candidate_names(agent, instances))
     except (RedisError, OSError) as exc:
         first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
         return Health(agent, False, (), f"{agent}: cannot read heartbeats from Redis: {first_line}")
     finally:
-        await redis.aclose()
+        if redis is not None:
+            await redis.aclose()
     return judge(agent, live, minimum, keys)
 
 
@@ -107,4 +112,11 @@ async def health_of(
     if url is None:
         reason = f"{agent}: REDIS_URL is not set and the embedded stack is not running"
         return Health(agent, False, (), reason)
-    return await check_health(url, Keys(settings.namespace), agent, minimum=minimum, instances=instances)
+    return await check_health(
+        url,
+        Keys(settings.namespace),
+        agent,
+        minimum=minimum,
+        instances=instances,
+        cluster=settings.redis_cluster,
+    )

@@ -13,11 +13,12 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bus.keys import PartitionSet
 from memory.postgres import SigningKey
 
 if TYPE_CHECKING:  # built on demand: reading the settings imports no agent
@@ -31,6 +32,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="L9_", frozen=True, extra="ignore")
 
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "L9_REDIS_URL"))
+    #: Redis Cluster or a standalone server: ``auto`` asks the server (``CLUSTER INFO``).
+    redis_cluster: Literal["auto", "yes", "no"] = "auto"
+    #: Replicas of a master that must acknowledge a publish (``WAIT``) before it returns: 1 on
+    #: a replicated deployment so an accepted envelope survives a failover; 0 (no wait) else.
+    publish_replicas: int = Field(default=0, ge=0, le=16)
+    #: The share of the namespace's streams an auditor or lineage process takes: ``i/n`` (the
+    #: i-th, from 0, of n processes splitting the 64 stream partitions); ``0/1``: all.
+    partitions: str = "0/1"
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "L9_DATABASE_URL")
     )
@@ -134,6 +143,15 @@ class Settings(BaseSettings):
     generator_sympy_deadline_s: float = Field(default=30.0, gt=0, le=3600)
     #: Wall-clock bound of the validator's run of the generated tests (its process group is killed past it).
     validator_test_timeout_s: float = Field(default=300.0, gt=0, le=86_400)
+
+    @field_validator("partitions")
+    @classmethod
+    def _partitions(cls, value: str) -> str:
+        PartitionSet.parse(value)  # a clear error now, not when the agent starts reading
+        return value
+
+    def partition_set(self) -> PartitionSet:
+        return PartitionSet.parse(self.partitions)
 
     @field_validator("signing_keys", "audit_trusted_keys", mode="before")
     @classmethod

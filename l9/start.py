@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
-import redis.asyncio as aioredis
 import structlog
 
 from agents.base import Agent
@@ -35,9 +34,10 @@ from bus import (
     Publisher,
     StreamConsumer,
     claim_consumer_name,
-    connect,
     hold_consumer_name,
+    open_client,
 )
+from bus.connection import RedisClient
 from envelope import Signer, Verifier
 from governance import load_signer_acl
 from memory.audit import AuditRecorder, AuditStoreUnavailable
@@ -106,10 +106,10 @@ async def run_agent(
     instance: str | None = None,
 ) -> None:
     endpoints = agent_endpoints(settings, database=needs_database(agent_cls, settings))
-    redis = connect(endpoints.redis_url)
     keys, policy = Keys(settings.namespace), policy_from(settings, concurrency)
     keyring = settings.keyring()
     acl = load_signer_acl(settings.policy_file)  # None unless the policy file has a signer table
+    redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)  # after the checks
     try:
         name = await claim_consumer_name(
             redis, keys, agent_cls.name, policy.heartbeat_ttl_ms, instance=instance
@@ -121,6 +121,7 @@ async def run_agent(
             verifier=Verifier(keyring),
             agent=agent_cls.name,
             instance=name,
+            replicas=settings.publish_replicas,
         )
         agent = build_agent(agent_cls, runtime, settings, endpoints)
         consumer = StreamConsumer(
@@ -192,13 +193,15 @@ async def run_lineage(settings: Settings, *, instance: str | None = None) -> Non
     from memory.graph import open_graph
 
     endpoints = agent_endpoints(settings, database=False)
-    redis = connect(endpoints.redis_url)
+    redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)
     keys, policy = Keys(settings.namespace), policy_from(settings)
-    graph = open_graph(settings.graph_config(), endpoints.redis_url)
+    graph = open_graph(settings.graph_config(), redis=redis)
     try:
         name = await claim_consumer_name(redis, keys, GROUP, policy.heartbeat_ttl_ms, instance=instance)
-        structlog.contextvars.bind_contextvars(agent=GROUP, consumer=name)
-        projector = Projector(redis, keys, graph, Verifier(settings.keyring()), DEFAULT_TOPOLOGY)
+        structlog.contextvars.bind_contextvars(agent=GROUP, consumer=name, partitions=settings.partitions)
+        projector = Projector(
+            redis, keys, graph, Verifier(settings.keyring()), DEFAULT_TOPOLOGY, settings.partition_set()
+        )
         consumer = BatchConsumer(
             redis,
             keys,
@@ -229,14 +232,14 @@ async def run_auditor(settings: Settings, *, instance: str | None = None) -> Non
     from agents.auditor.stream import AuditStream
 
     endpoints = resolve_endpoints(settings)
-    redis = connect(endpoints.redis_url)
+    redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)
     keys, policy = Keys(settings.namespace), policy_from(settings)
     keyring = settings.keyring()
     failpoint = Failpoint(settings.audit_failpoint)
     store = await _open_trail(settings, endpoints, failpoint)
     try:
         name = await claim_consumer_name(redis, keys, GROUP, policy.heartbeat_ttl_ms, instance=instance)
-        structlog.contextvars.bind_contextvars(agent=GROUP, consumer=name)
+        structlog.contextvars.bind_contextvars(agent=GROUP, consumer=name, partitions=settings.partitions)
         source = f"agent://{GROUP}/{name}"
         stream = AuditStream(redis, keys, store, Signer(keyring, settings.signing_key_id), source)
         checkpointer = Checkpointer(
@@ -245,7 +248,16 @@ async def run_auditor(settings: Settings, *, instance: str | None = None) -> Non
             settings.audit_checkpoint_every,
             settings.audit_checkpoint_interval_s,
         )
-        auditor = Auditor(redis, keys, store, Verifier(keyring), stream, checkpointer, DEFAULT_TOPOLOGY)
+        auditor = Auditor(
+            redis,
+            keys,
+            store,
+            Verifier(keyring),
+            stream,
+            checkpointer,
+            DEFAULT_TOPOLOGY,
+            settings.partition_set(),
+        )
         consumer = BatchConsumer(
             redis,
             keys,
@@ -293,7 +305,7 @@ async def _open_trail(
 
 
 async def _reporter(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     store: AuditRecorder,
     settings: Settings,

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-import redis.asyncio as aioredis
 from redis.typing import StreamRangeResponse, XReadGroupResponse
 
-from bus import DeliveryPolicy, Keys, connect
+from bus import DeliveryPolicy, Keys, open_client
+from bus.connection import RedisClient
 from envelope import Signer, Verifier
+from l9.devcluster import LocalCluster
 from l9.devstack import EmbeddedStack, StackEndpoints
 
 #: The delivery policy of in-process bus tests: small batches, quick retries, short leases.
@@ -56,14 +57,29 @@ def read_reply(reply: XReadGroupResponse) -> list[tuple[bytes, list[StreamEntry]
     return cast(list[tuple[bytes, list[StreamEntry]]], reply)
 
 
+#: ``cluster``: the integration tests marked ``cluster`` run on a local Redis Cluster
+#: (3 masters + 3 replicas, ``l9.devcluster``) instead of the standalone Redis.
+ON_CLUSTER = os.environ.get("L9_TEST_REDIS") == "cluster"
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackEndpoints]:
-    """Real Redis 8 + FalkorDB and PostgreSQL: the embedded stack, or the servers in the env."""
+    """Real Redis 8 + FalkorDB and PostgreSQL: the embedded stack, or the servers in the env;
+    with ``L9_TEST_REDIS=cluster``, a local Redis Cluster beside the embedded PostgreSQL."""
     redis_url, database_url = os.environ.get("REDIS_URL"), os.environ.get("DATABASE_URL")
     if redis_url and database_url:
         yield StackEndpoints(redis_url, database_url)
         return
-    embedded = EmbeddedStack(tmp_path_factory.mktemp("stack"))
+    home = tmp_path_factory.mktemp("stack")
+    embedded = EmbeddedStack(home)
+    if ON_CLUSTER:
+        cluster = LocalCluster(home)
+        try:
+            yield StackEndpoints(cluster.up().redis_url, embedded.up_postgres())
+        finally:
+            cluster.down()
+            embedded.down()
+        return
     try:
         yield embedded.up()
     finally:
@@ -82,8 +98,9 @@ def keys(namespace: str) -> Keys:
 
 
 @pytest.fixture
-async def redis(stack: StackEndpoints, keys: Keys) -> AsyncIterator[aioredis.Redis]:
-    client = connect(stack.redis_url)
+async def redis(stack: StackEndpoints, keys: Keys) -> AsyncIterator[RedisClient]:
+    """A client of the tests' Redis: a cluster client when it is a cluster."""
+    client = await open_client(stack.redis_url)
     yield client
     doomed = [k async for k in client.scan_iter(match=f"{keys.namespace}:*")]
     if doomed:

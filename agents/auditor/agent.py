@@ -25,10 +25,11 @@ from dataclasses import dataclass
 
 import anyio
 import anyio.lowlevel
-import redis.asyncio as aioredis
 import structlog
 
-from bus import TRANSIENT, Entry, Keys, Rejected, Staged, Topology, as_text
+from bus import TRANSIENT, Entry, Keys, PartitionSet, Rejected, Staged, Topology
+from bus.connection import RedisClient
+from bus.index import known_streams
 from bus.topology import AUDIT_STREAM
 from envelope import SIGNATURE_FIELD, SIGNED_FIELDS, EnvelopeError, Verifier
 from memory.audit import (
@@ -171,15 +172,19 @@ class Auditor:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         store: AuditRecorder,
         verifier: Verifier,
         stream: AuditStream,
         checkpointer: Checkpointer,
         topology: Topology,
+        partitions: PartitionSet | None = None,
     ) -> None:
+        """``partitions``: the share of the namespace's streams this process audits (several
+        auditor processes split them by partition; all of them by default)."""
         self.redis, self.keys, self.store, self.verifier = redis, keys, store, verifier
+        self.partitions = partitions or PartitionSet()
         self.stream, self.checkpointer, self.topology = stream, checkpointer, topology
         # Committed batches for the audit stream: published beside the audit loop, never
         # holding it up; if this queue overflows, the catch-up loop publishes from the trail.
@@ -191,11 +196,11 @@ class Auditor:
         self.handle = Staged(self.prepare, self.commit)
 
     async def streams(self) -> Iterable[str]:
-        """Every stream of the namespace but the audit feed itself."""
-        names = {as_text(n) for n in await self.redis.smembers(self.keys.streams_index())}
+        """Every stream of the namespace but the audit feed itself (of this process's partitions)."""
+        names = await known_streams(self.redis, self.keys, self.partitions.partitions())
         names.update(self.topology.routes.values())
         names.discard(AUDIT_STREAM)
-        return sorted(names)
+        return sorted(n for n in names if self.partitions.owns(n))
 
     async def prepare(self, batch: Sequence[Entry]) -> AuditBatch:
         """:func:`prepare_batch`, a slice at a time: between slices the commit of the batch

@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Literal
 
 import anyio
-import redis.asyncio as aioredis
 import structlog
 
 from agents.contracts.extraction.phases import ReportReady, RunCompleted
 from bus import Delivery, Keys, Publisher, as_text
+from bus.connection import RedisClient
+from bus.index import known_streams
 from bus.topology import AUDIT_STREAM
 from envelope import PacketEnvelope, registry
 from memory.audit import AuditRecorder, Checkpoint, EntryFilter, SigningKey, StoredEntry
@@ -112,11 +113,11 @@ async def oldest_covering(store: AuditRecorder, seq: int, key: SigningKey) -> Ch
     return await store.make_checkpoint(key)
 
 
-async def auditor_behind(redis: aioredis.Redis, keys: Keys, upto: str) -> list[str]:
+async def auditor_behind(redis: RedisClient, keys: Keys, upto: str) -> list[str]:
     """Streams on which the auditor group has entries up to ``upto`` not yet committed (undelivered
     or pending); an empty list when it has committed everything published until then."""
     behind = []
-    for name in sorted(as_text(n) for n in await redis.smembers(keys.streams_index())):
+    for name in sorted(await known_streams(redis, keys)):
         if name == AUDIT_STREAM:
             continue
         key = keys.stream(name)
@@ -137,7 +138,7 @@ class Reporter:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         store: AuditRecorder,
         publisher: Publisher,

@@ -25,7 +25,9 @@ import redis.asyncio as aioredis
 import structlog
 
 from bus import Keys
+from bus.connection import RedisClient
 from bus.errors import is_no_such_key
+from bus.index import index_streams
 from bus.topology import AUDIT_STREAM
 from envelope import PacketEnvelope, Payload, Signer, encode, payload
 from memory.audit import AppendStatus, AuditRecorder, Committed, StoredEntry
@@ -114,7 +116,7 @@ class AuditStream:
     """Publishes committed records on the ``audit`` stream (see the module doc)."""
 
     def __init__(
-        self, redis: aioredis.Redis, keys: Keys, store: AuditRecorder, signer: Signer, source: str
+        self, redis: RedisClient, keys: Keys, store: AuditRecorder, signer: Signer, source: str
     ) -> None:
         self.redis, self.keys, self.store, self.signer, self.source = redis, keys, store, signer, source
         self.key = keys.stream(AUDIT_STREAM)
@@ -189,6 +191,6 @@ class AuditStream:
         result = await self._cas(keys=[self.key], args=[expected_last, new_id, MAX_ENTRIES, *fields])
         added = (result.decode() if isinstance(result, bytes) else str(result)) == new_id
         if added and not self._indexed:
-            await self.redis.sadd(self.keys.streams_index(), AUDIT_STREAM)
+            await index_streams(self.redis, self.keys, [AUDIT_STREAM])
             self._indexed = True
         return added

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-import redis.asyncio as aioredis
-
+from bus.connection import RedisClient
 from envelope import PacketEnvelope
 from memory.graph import BestEffort, Dag, GraphSettings, SemanticGraph, open_graph
 
@@ -51,7 +50,7 @@ class DagHook:
         self.writes = writes
 
     @classmethod
-    def open(cls, settings: GraphSettings, redis: aioredis.Redis) -> DagHook:
+    def open(cls, settings: GraphSettings, redis: RedisClient) -> DagHook:
         """Writing where ``settings`` say, FalkorDB through the planner's own Redis client."""
         graph = open_graph(settings, redis=redis)
         return cls(BestEffort(graph, timeout_s=settings.graph_hook_timeout_s))

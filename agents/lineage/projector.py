@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import redis.asyncio as aioredis
 import structlog
 
-from bus import TRANSIENT, Entry, Keys, Rejected, Topology, as_text
+from bus import TRANSIENT, Entry, Keys, PartitionSet, Rejected, Topology
+from bus.connection import RedisClient
+from bus.index import known_streams
 from bus.topology import AUDIT_STREAM
 from envelope import EnvelopeError, Verifier, decode_envelope
 from memory.graph import GraphUnavailable, SemanticGraph
@@ -42,23 +43,27 @@ class Projector:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         graph: SemanticGraph,
         verifier: Verifier,
         topology: Topology,
+        partitions: PartitionSet | None = None,
     ) -> None:
+        """``partitions``: the share of the namespace's streams this process projects (several
+        projector processes split them by partition; all of them by default)."""
         self.redis, self.keys, self.graph = redis, keys, graph
+        self.partitions = partitions or PartitionSet()
         self.verifier, self.topology = verifier, topology
         self.stats = {"envelopes": 0, "dags": 0, "expressions": 0, "skipped": 0, "batches": 0}
 
     async def streams(self) -> Iterable[str]:
         """Every stream of the namespace but the audit feed (batches of the trail, not envelopes
         of a run)."""
-        names = {as_text(n) for n in await self.redis.smembers(self.keys.streams_index())}
+        names = await known_streams(self.redis, self.keys, self.partitions.partitions())
         names.update(self.topology.routes.values())
         names.discard(AUDIT_STREAM)
-        return sorted(names)
+        return sorted(n for n in names if self.partitions.owns(n))
 
     def project(self, batch: Sequence[Entry]) -> Projection:
         projection = Projection()

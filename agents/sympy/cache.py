@@ -23,10 +23,8 @@ import time
 from collections import Counter, OrderedDict
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from bus import Keys
-from bus.connection import execute_many, first_error
+from bus.connection import RedisClient, execute_many, first_error
 
 from .keys import cache_stats_key, result_key
 
@@ -36,7 +34,7 @@ LOCAL_MAX_BYTES = 64 * 1024
 
 
 class ResultCache:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *, ttl_s: int, max_bytes: int) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, *, ttl_s: int, max_bytes: int) -> None:
         self.redis, self.keys, self.ttl_s, self.max_bytes = redis, keys, ttl_s, max_bytes
         self._local: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
         self._uncounted: Counter[str] = Counter()

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-import redis.asyncio as aioredis
-
 from bus import Keys
+from bus.connection import RedisClient
 from bus.topology import SYMPY_EVENTS_STREAM as EVENTS_STREAM
 from envelope import EnvelopeError, PacketEnvelope, Payload, Verifier, decode, payload
 from memory.postgres.metrics import CodegenMetric, Metric, OperationMetric
@@ -76,7 +75,7 @@ class Timed:
 
 
 async def read_window(
-    redis: aioredis.Redis, keys: Keys, verifier: Verifier | None, window_s: float = WINDOW_S
+    redis: RedisClient, keys: Keys, verifier: Verifier | None, window_s: float = WINDOW_S
 ) -> tuple[float, list[Timed]]:
     """``(now, events of the last window_s seconds)``; ``now`` is the Redis server's clock."""
     seconds, micros = await redis.time()

@@ -11,7 +11,7 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 
-from bus import Keys, Publisher, connect
+from bus import Keys, Publisher, open_client
 from envelope import Signer, utcnow
 from governance import (
     EscalationError,
@@ -127,7 +127,7 @@ def _with_escalations(who: str, work: Callable[[Escalations], Awaitable[T]]) -> 
     signer = Signer(settings.keyring(), settings.signing_key_id)
 
     async def main() -> T:
-        redis = connect(endpoints.redis_url)
+        redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)
         try:
             publisher = Publisher(redis, Keys(settings.namespace), signer)
             desk = Escalations(

@@ -21,7 +21,10 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 import typer
+from redis.exceptions import RedisError
 
+from bus import open_client
+from bus.connection import safe_url
 from l9.cli.common import fail, load_settings
 from l9.devstack import StackError, resolve_endpoints
 from l9.settings import Settings
@@ -56,11 +59,19 @@ def _with_graph(work: Callable[[SemanticGraph], Awaitable[T]]) -> T:
         raise fail(str(exc)) from None
 
     async def run() -> T:
-        graph = open_graph(settings, redis_url)
+        redis = None
+        if redis_url is not None:  # a cluster node or a standalone server: the client asks it
+            try:
+                redis = await open_client(redis_url, cluster=settings.redis_cluster)
+            except (RedisError, OSError) as exc:
+                raise GraphUnavailable(f"Redis at {safe_url(redis_url)} unreachable: {exc}") from exc
+        graph = open_graph(settings, redis=redis)
         try:
             return await work(graph)
         finally:
             await graph.close()
+            if redis is not None:
+                await redis.aclose()
 
     try:
         return anyio.run(run)

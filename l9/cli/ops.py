@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import anyio
-import redis.asyncio as aioredis
 import typer
 from rich.console import Console
 
-from bus import Keys, check_stream_name, connect, drop_finished_reply_streams, trim_acknowledged
+from bus import Keys, check_stream_name, drop_finished_reply_streams, open_client, trim_acknowledged
+from bus.connection import RedisClient
 from l9.asyncapi import build_document, load_payload_modules
 from l9.cli.common import err, fail, load_settings, run
 from l9.dead import DeadLetter, NotDead, list_dead, replay
@@ -65,7 +65,7 @@ def status(
     endpoints = resolve_endpoints(settings)
 
     async def snapshot() -> dict[str, object]:
-        redis = connect(endpoints.redis_url)
+        redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)
         try:
             return await collect_status(redis, Keys(settings.namespace))
         finally:
@@ -114,7 +114,7 @@ def trim(
     keys = Keys(settings.namespace)
 
     async def work() -> tuple[dict[str, int], list[str]]:
-        redis = connect(endpoints.redis_url)
+        redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)
         try:
             dropped = await drop_finished_reply_streams(redis, keys, idle_s=REPLY_STREAM_IDLE_S)
             removed = {
@@ -149,12 +149,12 @@ def asyncapi(
 
 
 # -- l9 dead ---------------------------------------------------------------------------------------
-def _with_redis(work: Callable[[aioredis.Redis, Keys], Awaitable[T]]) -> T:
+def _with_redis(work: Callable[[RedisClient, Keys], Awaitable[T]]) -> T:
     settings = load_settings()
     url = settings.redis_url or resolve_endpoints(settings).redis_url
 
     async def main() -> T:
-        redis = connect(url)
+        redis = await open_client(url, cluster=settings.redis_cluster)
         try:
             return await work(redis, Keys(settings.namespace))
         finally:
@@ -186,7 +186,7 @@ def dead_list(
     """The dead letters of a stream (or of all), oldest first, with why each was given up on."""
     names = [_stream(stream)] if stream else None
 
-    async def work(redis: aioredis.Redis, keys: Keys) -> list[DeadLetter]:
+    async def work(redis: RedisClient, keys: Keys) -> list[DeadLetter]:
         streams = names or await stream_names(redis, keys)
         return [d for name in streams for d in await list_dead(redis, keys, name, limit)]
 
@@ -208,7 +208,7 @@ def dead_replay(
     if bool(ids) == replay_all:
         raise fail("name the dead-letter ids to replay, or --all (not both)", 2)
 
-    async def work(redis: aioredis.Redis, keys: Keys) -> dict[str, str]:
+    async def work(redis: RedisClient, keys: Keys) -> dict[str, str]:
         return await replay(redis, keys, name, None if replay_all else ids)
 
     try:

@@ -38,7 +38,7 @@ from agents.sympy.session import DEFAULT_REL_TOL, ReplayReport, SessionFileError
 from agents.sympy.session import export as export_session
 from agents.sympy.telemetry import WINDOW_S, read_window
 from agents.sympy.telemetry import summarise as summarise_window
-from bus import Keys, Publisher, RpcClient, RpcTimeout, connect
+from bus import Keys, Publisher, RpcClient, RpcTimeout, open_client
 from envelope import EnvelopeError, PacketEnvelope, Signer, Verifier, new_id
 from l9.cli.common import duration_option, fail, load_settings, run
 from l9.devstack import resolve_endpoints
@@ -66,7 +66,7 @@ def _with_rpc(settings: Settings, work: Callable[[RpcClient], Awaitable[T]]) -> 
     keyring = settings.keyring()
 
     async def main() -> T:
-        redis = connect(endpoints.redis_url)
+        redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)
         publisher = Publisher(redis, Keys(settings.namespace), Signer(keyring, settings.signing_key_id))
         try:
             async with RpcClient(redis, publisher, Verifier(keyring)) as rpc:
@@ -213,7 +213,7 @@ def stats(
     keys, verifier = Keys(settings.namespace), Verifier(settings.keyring())
 
     async def read() -> dict[str, Any]:
-        redis = connect(endpoints.redis_url)
+        redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)
         try:
             counters = await ResultCache(redis, keys, ttl_s=1, max_bytes=0).stats()
             now, events = await read_window(redis, keys, verifier, window)

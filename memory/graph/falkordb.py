@@ -24,6 +24,8 @@ from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bus.connection import RedisClient, safe_url
+
 from . import cypher
 from .errors import GraphQueryError, GraphUnavailable
 from .port import Params, Row
@@ -105,21 +107,19 @@ def decode_rows(reply: Sequence[Any]) -> list[Row]:
 class FalkorBackend:
     kind = "falkordb"
 
-    def __init__(self, redis: aioredis.Redis, graph_key: str, *, where: str, owned: bool = False) -> None:
+    def __init__(self, redis: RedisClient, graph_key: str, *, where: str, owned: bool = False) -> None:
         self.redis, self.graph_key, self._owned = redis, graph_key, owned
         self.where = f"{where} (graph {graph_key})"
 
     @classmethod
     def from_url(cls, url: str, graph_key: str, *, timeout_s: float = 5.0) -> FalkorBackend:
         client = aioredis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s * 2)
-        return cls(client, graph_key, where=_safe_url(url), owned=True)
+        return cls(client, graph_key, where=safe_url(url), owned=True)
 
     async def _command(self, command: str, query: str, params: Params) -> Any:
         text = with_params(query, params)
         try:
-            return await self.redis.execute_command(  # type: ignore[no-untyped-call]
-                command, self.graph_key, text, "--compact"
-            )
+            return await self.redis.execute_command(command, self.graph_key, text, "--compact")
         except _UNAVAILABLE as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise GraphUnavailable(f"FalkorDB at {self.where} unreachable: {error}") from exc
@@ -158,8 +158,3 @@ class FalkorBackend:
         if self._owned:
             with contextlib.suppress(*_UNAVAILABLE):
                 await self.redis.aclose()
-
-
-def _safe_url(url: str) -> str:
-    """``url`` without its password."""
-    return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from bus.connection import RedisClient
 
 from .errors import GraphError
 from .falkordb import FalkorBackend
@@ -41,7 +44,7 @@ def graph_key(namespace: str) -> str:
 
 
 def open_graph(
-    settings: GraphSettings, redis_url: str | None = None, *, redis: aioredis.Redis | None = None
+    settings: GraphSettings, redis_url: str | None = None, *, redis: RedisClient | None = None
 ) -> SemanticGraph:
     """The semantic graph of ``settings.namespace``; nothing is connected until the first query.
 
@@ -65,7 +68,7 @@ def open_graph(
         if settings.graph_url:
             backend = FalkorBackend.from_url(settings.graph_url, key, timeout_s=timeout)
         elif redis is not None:
-            backend = FalkorBackend(redis, key, where=_where(redis))
+            backend = FalkorBackend(redis, key, where=_where(redis, key))
         elif redis_url:
             backend = FalkorBackend.from_url(redis_url, key, timeout_s=timeout)
         else:
@@ -73,7 +76,16 @@ def open_graph(
     return SemanticGraph(backend, settings.namespace, timeout_s=timeout)
 
 
-def _where(redis: aioredis.Redis) -> str:
+def _where(redis: RedisClient, key: str) -> str:
+    """Where the graph is: the server's address (on a cluster: the node serving its key now)."""
+    if isinstance(redis, RedisCluster):
+        try:
+            node = redis.get_node_from_key(key)
+        except RedisError:  # no slot map yet: the client fetches it with its first command
+            node = None
+        if node is None:
+            return "a Redis Cluster node"
+        return f"redis://{node.host}:{node.port} (cluster)"
     kwargs = redis.connection_pool.connection_kwargs
     if "path" in kwargs:
         return f"unix://{kwargs['path']}"

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import anyio
 import structlog
 
-from bus import BatchConsumer, ConsumerNameTaken, Entry, Keys, Rejected, claim_consumer_name, connect
+from bus import BatchConsumer, ConsumerNameTaken, Entry, Keys, Rejected, claim_consumer_name, open_client
 from l9.logs import configure_logging
 from l9.settings import Settings
 from l9.start import policy_from, stop_on_signal
@@ -38,7 +38,7 @@ def committed_key(keys: Keys) -> str:
 async def main() -> None:
     settings = Settings()
     assert settings.redis_url, "REDIS_URL is required"
-    redis = connect(settings.redis_url)
+    redis = await open_client(settings.redis_url, cluster=settings.redis_cluster)
     keys, policy = Keys(settings.namespace), policy_from(settings)
 
     async def handle(batch: Sequence[Entry]) -> Sequence[Rejected]:

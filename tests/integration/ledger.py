@@ -42,15 +42,15 @@ class Pong(Payload):
 
 
 def effects_key(keys: Keys) -> str:
-    return f"{keys.namespace}:test:effects"
+    return f"{keys.namespace}:{{{keys.namespace}.test}}:effects"
 
 
 def effects_count_key(keys: Keys) -> str:
-    return f"{keys.namespace}:test:effects:count"
+    return f"{keys.namespace}:{{{keys.namespace}.test}}:effects:count"
 
 
 def attempts_key(keys: Keys) -> str:
-    return f"{keys.namespace}:test:attempts"
+    return f"{keys.namespace}:{{{keys.namespace}.test}}:attempts"
 
 
 class LedgerAgent(Agent):

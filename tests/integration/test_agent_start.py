@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from bus import Keys
+from bus.connection import RedisClient
 from tests.conftest import AgentProcess, wait_for
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ def postgres_under(home: Path) -> list[str]:
 @pytest.mark.parametrize("name", ["planner", "sympy", "lineage"])
 async def test_an_agent_with_redis_url_and_no_database_url_starts_no_postgres(
     name: str,
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     no_database_env: dict[str, str],
     procs: list[AgentProcess],

@@ -6,10 +6,10 @@ from collections.abc import Callable
 from typing import cast
 
 import pytest
-import redis.asyncio as aioredis
 
 from agents.demo import Task, results_key
 from bus import Keys, Publisher
+from bus.connection import RedisClient
 from envelope import PacketEnvelope, Signer, encode
 from tests.conftest import AgentProcess, stream_entries, wait_for
 from tests.integration.ledger import Work, attempts_key, effects_count_key, effects_key
@@ -23,20 +23,20 @@ def work(n: int, **kw: object) -> PacketEnvelope:
     )
 
 
-async def effects(redis: aioredis.Redis, keys: Keys) -> int:
+async def effects(redis: RedisClient, keys: Keys) -> int:
     return int(await redis.get(effects_count_key(keys)) or 0)
 
 
-async def pending(redis: aioredis.Redis, keys: Keys, stream: str, group: str) -> int:
+async def pending(redis: RedisClient, keys: Keys, stream: str, group: str) -> int:
     return int((await redis.xpending(keys.stream(stream), group))["pending"])
 
 
-async def alive(redis: aioredis.Redis, keys: Keys, consumer: str) -> bool:
+async def alive(redis: RedisClient, keys: Keys, consumer: str) -> bool:
     return bool(await redis.exists(keys.heartbeat(consumer)))
 
 
 async def test_two_agent_processes_exchange_envelopes(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, spawn: Callable[..., AgentProcess]
+    redis: RedisClient, keys: Keys, signer: Signer, spawn: Callable[..., AgentProcess]
 ) -> None:
     squarer, summer = spawn("squarer"), spawn("summer")
     run = "run-exchange"
@@ -57,12 +57,12 @@ async def test_two_agent_processes_exchange_envelopes(
     assert squarer.terminate() == 0 and summer.terminate() == 0
 
 
-async def _hlen(redis: aioredis.Redis, key: str, n: int) -> bool:
+async def _hlen(redis: RedisClient, key: str, n: int) -> bool:
     return int(await redis.hlen(key)) >= n
 
 
 async def test_kill9_mid_batch_pending_reclaimed_effects_once(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, spawn: Callable[..., AgentProcess]
+    redis: RedisClient, keys: Keys, signer: Signer, spawn: Callable[..., AgentProcess]
 ) -> None:
     small = {"L9_BATCH_SIZE": "16", "L9_CONCURRENCY": "4"}
     a = spawn("tests.integration.ledger:LedgerAgent", "--instance", "a", env=small)
@@ -99,15 +99,15 @@ async def test_kill9_mid_batch_pending_reclaimed_effects_once(
     assert b.terminate() == 0
 
 
-async def _effects_at_least(redis: aioredis.Redis, keys: Keys, n: int) -> bool:
+async def _effects_at_least(redis: RedisClient, keys: Keys, n: int) -> bool:
     return await effects(redis, keys) >= n
 
 
-async def _no_pending(redis: aioredis.Redis, keys: Keys) -> bool:
+async def _no_pending(redis: RedisClient, keys: Keys) -> bool:
     return await pending(redis, keys, "test", "ledger") == 0
 
 
-async def _entries(redis: aioredis.Redis, keys: Keys, ids: list[bytes]) -> list[dict[bytes, bytes]]:
+async def _entries(redis: RedisClient, keys: Keys, ids: list[bytes]) -> list[dict[bytes, bytes]]:
     out = []
     for entry_id in ids:
         rows = stream_entries(await redis.xrange(keys.stream("test"), entry_id, entry_id))
@@ -120,7 +120,7 @@ def _envelope_id(fields: dict[bytes, bytes]) -> bytes:
 
 
 async def test_poison_and_garbage_are_dead_lettered_and_the_group_moves_on(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, spawn: Callable[..., AgentProcess]
+    redis: RedisClient, keys: Keys, signer: Signer, spawn: Callable[..., AgentProcess]
 ) -> None:
     proc = spawn("tests.integration.ledger:LedgerAgent", env={"L9_MAX_DELIVERIES": "3"})
     publisher = Publisher(redis, keys, signer)
@@ -158,12 +158,12 @@ async def test_poison_and_garbage_are_dead_lettered_and_the_group_moves_on(
     assert proc.terminate() == 0
 
 
-async def _dead_count(redis: aioredis.Redis, keys: Keys, n: int) -> bool:
+async def _dead_count(redis: RedisClient, keys: Keys, n: int) -> bool:
     return int(await redis.xlen(keys.dead("test"))) >= n
 
 
 async def test_flushall_during_consumption_is_survived_without_a_hot_loop(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, spawn: Callable[..., AgentProcess]
+    redis: RedisClient, keys: Keys, signer: Signer, spawn: Callable[..., AgentProcess]
 ) -> None:
     proc = spawn("tests.integration.ledger:LedgerAgent")
     publisher = Publisher(redis, keys, signer)
@@ -184,13 +184,13 @@ async def test_flushall_during_consumption_is_survived_without_a_hot_loop(
     assert proc.terminate() == 0
 
 
-async def _error_replies(redis: aioredis.Redis) -> dict[str, int]:
+async def _error_replies(redis: RedisClient) -> dict[str, int]:
     """The server's error replies so far, by error prefix (``INFO errorstats``; FLUSHALL keeps them)."""
     stats = await redis.info("errorstats")
     return {name.removeprefix("errorstat_"): int(value["count"]) for name, value in stats.items()}
 
 
-async def _group_exists(redis: aioredis.Redis, keys: Keys) -> bool:
+async def _group_exists(redis: RedisClient, keys: Keys) -> bool:
     try:
         return any(g["name"] == b"ledger" for g in await redis.xinfo_groups(keys.stream("test")))
     except Exception:
@@ -198,7 +198,7 @@ async def _group_exists(redis: aioredis.Redis, keys: Keys) -> bool:
 
 
 async def test_sigterm_drains_in_flight_work(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, spawn: Callable[..., AgentProcess]
+    redis: RedisClient, keys: Keys, signer: Signer, spawn: Callable[..., AgentProcess]
 ) -> None:
     proc = spawn(
         "tests.integration.ledger:LedgerAgent",
@@ -219,7 +219,7 @@ async def test_sigterm_drains_in_flight_work(
 
 
 async def test_sigterm_past_drain_timeout_leaves_work_pending_for_next_owner(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, spawn: Callable[..., AgentProcess]
+    redis: RedisClient, keys: Keys, signer: Signer, spawn: Callable[..., AgentProcess]
 ) -> None:
     env = {"L9_CONCURRENCY": "2", "L9_BATCH_SIZE": "2", "L9_DRAIN_TIMEOUT_S": "0.5"}
     first = spawn("tests.integration.ledger:LedgerAgent", "--instance", "x", env=env)
@@ -235,5 +235,5 @@ async def test_sigterm_past_drain_timeout_leaves_work_pending_for_next_owner(
     assert successor.terminate() == 0
 
 
-async def _attempts_at_least(redis: aioredis.Redis, keys: Keys, n: int) -> bool:
+async def _attempts_at_least(redis: RedisClient, keys: Keys, n: int) -> bool:
     return sum(int(v) for v in await redis.hvals(attempts_key(keys))) >= n

@@ -24,6 +24,7 @@ from agents import Runtime
 from agents.auditor.agent import GROUP
 from agents.auditor.stream import seq_of
 from bus import DeliveryPolicy, Keys, Publisher, RpcClient, StreamConsumer
+from bus.connection import RedisClient
 from bus.topology import AUDIT_STREAM
 from envelope import SIGNED_FIELDS, PacketEnvelope, Signer, Verifier, encode
 from memory.postgres import PostgresAuditStore, SigningKey, writer_dsn
@@ -69,7 +70,7 @@ async def stored_ids(admin_dsn: str) -> list[tuple[int, str]]:
     return [(r["seq"], r["envelope_id"]) for r in rows]
 
 
-async def auditor_pending(redis: aioredis.Redis, keys: Keys, streams: tuple[str, ...]) -> int:
+async def auditor_pending(redis: RedisClient, keys: Keys, streams: tuple[str, ...]) -> int:
     total = 0
     for name in streams:
         with contextlib.suppress(aioredis.ResponseError):
@@ -77,7 +78,7 @@ async def auditor_pending(redis: aioredis.Redis, keys: Keys, streams: tuple[str,
     return total
 
 
-async def audit_feed(redis: aioredis.Redis, keys: Keys) -> list[dict[str, object]]:
+async def audit_feed(redis: RedisClient, keys: Keys) -> list[dict[str, object]]:
     """The records on the audit stream, in stream order."""
     data_at = SIGNED_FIELDS.index("data")
     out: list[dict[str, object]] = []
@@ -94,7 +95,7 @@ def assert_exactly_once(rows: list[tuple[int, str]], published: list[PacketEnvel
 
 
 async def test_every_stream_is_audited_once_new_streams_too_and_fed_to_the_audit_stream(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     spawn: Callable[..., AgentProcess],
@@ -135,7 +136,7 @@ async def test_every_stream_is_audited_once_new_streams_too_and_fed_to_the_audit
 
 
 async def test_the_reply_to_a_one_shot_rpc_client_is_audited(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     verifier: Verifier,
@@ -177,16 +178,16 @@ async def stored_count(admin_dsn: str, n: int) -> bool:
     return int(count) >= n
 
 
-async def _dead(redis: aioredis.Redis, keys: Keys, stream: str, n: int) -> bool:
+async def _dead(redis: RedisClient, keys: Keys, stream: str, n: int) -> bool:
     return int(await redis.xlen(keys.dead(stream))) >= n
 
 
-async def _feed_len(redis: aioredis.Redis, keys: Keys, n: int) -> bool:
+async def _feed_len(redis: RedisClient, keys: Keys, n: int) -> bool:
     return len(await audit_feed(redis, keys)) >= n
 
 
 async def test_two_auditors_share_the_work_and_keep_one_chain(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     spawn: Callable[..., AgentProcess],
@@ -227,7 +228,7 @@ def _stat(proc: AgentProcess, name: str) -> int:
 
 
 async def test_checkpoints_every_n_entries_in_the_trail_and_on_disk(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     spawn: Callable[..., AgentProcess],
@@ -271,7 +272,7 @@ STAGES = ("before_copy", "before_commit", "before_xack")
 
 
 async def test_kill_9_at_every_stage_loses_and_repeats_nothing(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     spawn: Callable[..., AgentProcess],
@@ -336,14 +337,14 @@ async def test_kill_9_at_every_stage_loses_and_repeats_nothing(
     assert survivor.terminate() == 0
 
 
-async def _at_work(redis: aioredis.Redis, keys: Keys, proc: AgentProcess) -> bool:
+async def _at_work(redis: RedisClient, keys: Keys, proc: AgentProcess) -> bool:
     """``proc`` holds the consumer name (its heartbeat, not the last one killed's): it is reading."""
     assert proc.proc.poll() is None, f"auditor exited {proc.proc.returncode}, see {proc.log_path}"
     beat = await redis.get(keys.heartbeat(f"{GROUP}-a"))
     return beat is not None and json.loads(beat)["pid"] == proc.pid
 
 
-async def _no_pending(redis: aioredis.Redis, keys: Keys) -> bool:
+async def _no_pending(redis: RedisClient, keys: Keys) -> bool:
     return await auditor_pending(redis, keys, STREAMS) == 0
 
 
@@ -401,7 +402,7 @@ def _proxied(admin_dsn: str, port: int) -> tuple[str, str]:
 
 
 async def test_postgres_away_keeps_entries_pending_then_catches_up(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     spawn: Callable[..., AgentProcess],

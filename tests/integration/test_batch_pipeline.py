@@ -11,9 +11,9 @@ from typing import cast
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 
 from bus import BatchConsumer, Entry, Keys, Publisher, Rejected, Staged
+from bus.connection import RedisClient
 from envelope import PacketEnvelope, Signer
 from tests.conftest import FAST, stream_entries, wait_for
 
@@ -30,13 +30,13 @@ def work(i: int) -> PacketEnvelope:
     )
 
 
-async def pending_ids(redis: aioredis.Redis, keys: Keys, group: str) -> set[str]:
+async def pending_ids(redis: RedisClient, keys: Keys, group: str) -> set[str]:
     rows = await redis.xpending_range(keys.stream("test"), group, min="-", max="+", count=1000)
     return {cast(bytes, r["message_id"]).decode() for r in rows}
 
 
 def consumer_of(
-    redis: aioredis.Redis, keys: Keys, group: str, handler: Staged[list[str]], batch_size: int = 10
+    redis: RedisClient, keys: Keys, group: str, handler: Staged[list[str]], batch_size: int = 10
 ) -> BatchConsumer:
     async def streams() -> list[str]:
         return ["test"]
@@ -56,7 +56,7 @@ def consumer_of(
 
 
 async def test_the_next_batch_is_prepared_while_one_commits_and_commits_keep_the_read_order(
-    redis: aioredis.Redis, keys: Keys, signer: Signer
+    redis: RedisClient, keys: Keys, signer: Signer
 ) -> None:
     ids = await Publisher(redis, keys, signer).publish_many([work(i) for i in range(40)], "test")
     events: list[tuple[str, str]] = []
@@ -92,7 +92,7 @@ async def test_the_next_batch_is_prepared_while_one_commits_and_commits_keep_the
 
 
 async def test_a_prepare_failing_transiently_is_retried_and_nothing_is_lost_or_acked_early(
-    redis: aioredis.Redis, keys: Keys, signer: Signer
+    redis: RedisClient, keys: Keys, signer: Signer
 ) -> None:
     ids = await Publisher(redis, keys, signer).publish_many([work(i) for i in range(30)], "test")
     failures = {"left": 3}
@@ -123,7 +123,7 @@ async def test_a_prepare_failing_transiently_is_retried_and_nothing_is_lost_or_a
 
 
 async def test_a_prepare_that_keeps_failing_on_one_entry_dead_letters_only_that_entry(
-    redis: aioredis.Redis, keys: Keys, signer: Signer
+    redis: RedisClient, keys: Keys, signer: Signer
 ) -> None:
     ids = await Publisher(redis, keys, signer).publish_many([work(i) for i in range(20)], "test")
     poisoned = ids[13]

@@ -18,9 +18,9 @@ from typing import cast
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 
 from bus import Keys, as_text
+from bus.connection import RedisClient
 from tests.conftest import ROOT, stream_entries, wait_for
 from tests.integration.batch_crasher import GROUP, committed_key, tries_key
 
@@ -58,7 +58,7 @@ def crashers() -> Iterator[list[Crasher]]:
 
 
 async def test_an_entry_that_kills_the_process_on_every_delivery_is_dead_lettered_at_the_cap(
-    redis: aioredis.Redis, keys: Keys, agent_env: dict[str, str], tmp_path: Path, crashers: list[Crasher]
+    redis: RedisClient, keys: Keys, agent_env: dict[str, str], tmp_path: Path, crashers: list[Crasher]
 ) -> None:
     env = {**agent_env, "L9_MAX_DELIVERIES": str(MAX_DELIVERIES)}
 
@@ -100,9 +100,9 @@ async def test_an_entry_that_kills_the_process_on_every_delivery_is_dead_lettere
     assert int(cast(bytes, await redis.hget(tries_key(keys), poison))) == MAX_DELIVERIES
 
 
-async def _committed(redis: aioredis.Redis, keys: Keys, ids: list[str]) -> bool:
+async def _committed(redis: RedisClient, keys: Keys, ids: list[str]) -> bool:
     return all(await redis.hmget(committed_key(keys), ids))
 
 
-async def _nothing_pending(redis: aioredis.Redis, keys: Keys) -> bool:
+async def _nothing_pending(redis: RedisClient, keys: Keys) -> bool:
     return int((await redis.xpending(keys.stream("test"), GROUP))["pending"]) == 0

@@ -10,7 +10,6 @@ from typing import cast
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from agents import Agent, Context, Runtime, handles
@@ -30,7 +29,8 @@ from bus import (
     safe_trim_boundary,
     trim_acknowledged,
 )
-from bus.connection import execute_many, first_error
+from bus.connection import RedisClient, execute_many, first_error
+from bus.index import known_streams
 from envelope import PacketEnvelope, Signer, Verifier
 from tests.conftest import FAST, read_reply, stream_entries, wait_for
 from tests.integration.ledger import LedgerAgent, Ping, Pong, Work
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.integration
 
 
 def on_test_stream(
-    redis: aioredis.Redis, keys: Keys, verifier: Verifier, group: str, name: str, handler: Handler
+    redis: RedisClient, keys: Keys, verifier: Verifier, group: str, name: str, handler: Handler
 ) -> StreamConsumer:
     """A consumer of stream ``test`` with the quick test policy."""
     return StreamConsumer(
@@ -70,7 +70,7 @@ def work(n: int, **kw: object) -> PacketEnvelope:
 
 
 async def test_failed_handler_is_retried_with_backoff_then_acked(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     seen: list[tuple[int, float]] = []
 
@@ -91,12 +91,12 @@ async def test_failed_handler_is_retried_with_backoff_then_acked(
     assert await redis.xlen(keys.dead("test")) == 0
 
 
-async def _pending_zero(redis: aioredis.Redis, keys: Keys, group: str) -> bool:
+async def _pending_zero(redis: RedisClient, keys: Keys, group: str) -> bool:
     return int((await redis.xpending(keys.stream("test"), group))["pending"]) == 0
 
 
 async def test_with_ack_commands_go_out_with_the_ack_only_for_a_handler_that_returned(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     """``Delivery.with_ack``: sent after the handler, with its XACK; a failed attempt's are
     dropped (the retry queues its own); an error reply to one is logged, the entry acked."""
@@ -124,7 +124,7 @@ async def test_with_ack_commands_go_out_with_the_ack_only_for_a_handler_that_ret
 
 
 async def test_execute_many_reads_every_reply_and_keeps_the_connection_in_step(
-    redis: aioredis.Redis, keys: Keys
+    redis: RedisClient, keys: Keys
 ) -> None:
     key = f"{keys.namespace}:many"
     replies = await execute_many(redis, [("SET", key, "1"), ("HSET", key, "f", "v"), ("INCR", key)])
@@ -136,7 +136,7 @@ async def test_execute_many_reads_every_reply_and_keeps_the_connection_in_step(
 
 
 async def test_long_handler_keeps_its_lease(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     """A handler running 3x the lease is not stolen by a second live consumer."""
     calls: list[str] = []
@@ -159,7 +159,7 @@ async def test_long_handler_keeps_its_lease(
 
 
 async def test_rpc_replies_within_deadline_and_times_out_past_it(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     runtime = Runtime(redis=redis, keys=keys, signer=signer, verifier=verifier, agent="ledger", instance="r1")
     agent: Agent = LedgerAgent(runtime)
@@ -180,7 +180,7 @@ async def test_rpc_replies_within_deadline_and_times_out_past_it(
 
 
 async def test_a_reply_stream_outlives_its_client_until_every_group_read_it(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     """The auditor reads reply streams too: closing the client must not delete unread replies,
     nor replies on a stream no group has found yet (the auditor looks for new streams every
@@ -210,13 +210,11 @@ async def test_a_reply_stream_outlives_its_client_until_every_group_read_it(
     assert await drop_finished_reply_streams(redis, keys, idle_s=3600) == []  # finished but recent
     assert sorted(await drop_finished_reply_streams(redis, keys, idle_s=0)) == ["rpc.kept", "rpc.unseen"]
     assert not await redis.exists(kept) and not await redis.exists(unseen)
-    assert {n.decode() for n in cast(set[bytes], await redis.smembers(keys.streams_index()))}.isdisjoint(
-        {"rpc.kept", "rpc.gone", "rpc.unseen"}
-    )
+    assert (await known_streams(redis, keys)).isdisjoint({"rpc.kept", "rpc.gone", "rpc.unseen"})
 
 
 async def test_rpc_error_reply_raises_remote_error(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     class Refuser(Agent):
         name = "refuser"
@@ -236,7 +234,7 @@ async def test_rpc_error_reply_raises_remote_error(
 
 
 async def test_trim_never_removes_what_a_group_has_not_acknowledged(
-    redis: aioredis.Redis, keys: Keys, signer: Signer
+    redis: RedisClient, keys: Keys, signer: Signer
 ) -> None:
     key = keys.stream("test")
     ids = await Publisher(redis, keys, signer).publish_many([work(i) for i in range(100)])
@@ -264,7 +262,7 @@ async def test_trim_never_removes_what_a_group_has_not_acknowledged(
     assert await redis.xlen(key) == 50
 
 
-async def test_trim_respects_max_age(redis: aioredis.Redis, keys: Keys, signer: Signer) -> None:
+async def test_trim_respects_max_age(redis: RedisClient, keys: Keys, signer: Signer) -> None:
     key = keys.stream("test")
     await Publisher(redis, keys, signer).publish_many([work(i) for i in range(10)])
     await redis.xgroup_create(key, "g", id="0")
@@ -275,7 +273,7 @@ async def test_trim_respects_max_age(redis: aioredis.Redis, keys: Keys, signer: 
 
 
 async def test_nogroup_for_a_stream_without_group_is_created_on_start(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     """Entries published before the first consumer started are not lost (group starts at 0)."""
     await Publisher(redis, keys, signer).publish_many([work(i) for i in range(5)])
@@ -294,7 +292,7 @@ async def test_nogroup_for_a_stream_without_group_is_created_on_start(
 
 
 async def test_batch_consumer_isolates_a_poisoned_entry_and_acks_the_rest(
-    redis: aioredis.Redis, keys: Keys, signer: Signer
+    redis: RedisClient, keys: Keys, signer: Signer
 ) -> None:
     """A batch that keeps failing is split: the one bad entry is dead-lettered, every other
     entry is handled once and acked; a stream created later is picked up without a restart."""
@@ -312,7 +310,7 @@ async def test_batch_consumer_isolates_a_poisoned_entry_and_acks_the_rest(
         return []
 
     async def streams() -> list[str]:
-        return [n.decode() for n in cast(set[bytes], await redis.smembers(keys.streams_index()))]
+        return sorted(await known_streams(redis, keys))
 
     consumer = BatchConsumer(
         redis,

@@ -6,9 +6,9 @@ import json
 import re
 
 import pytest
-import redis.asyncio as aioredis
 
 from bus import Keys, Publisher
+from bus.connection import RedisClient
 from envelope import Signer
 from tests.conftest import read_reply, run_l9, stream_entries
 from tests.integration.test_agents import work
@@ -35,7 +35,7 @@ def test_demo_runs_two_agent_processes_and_checks_their_work(agent_env: dict[str
 
 
 async def test_status_reports_groups_pending_lag_and_dead_letters(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, agent_env: dict[str, str]
+    redis: RedisClient, keys: Keys, signer: Signer, agent_env: dict[str, str]
 ) -> None:
     publisher = Publisher(redis, keys, signer)
     ids = await publisher.publish_many([work(i) for i in range(10)])
@@ -67,7 +67,7 @@ def test_agent_run_rejects_an_unknown_agent(agent_env: dict[str, str]) -> None:
 
 
 async def test_trim_command_removes_only_acknowledged_entries(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, agent_env: dict[str, str]
+    redis: RedisClient, keys: Keys, signer: Signer, agent_env: dict[str, str]
 ) -> None:
     ids = await Publisher(redis, keys, signer).publish_many([work(i) for i in range(6)])
     key = keys.stream("test")

@@ -13,7 +13,6 @@ from typing import Any
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 from redis.exceptions import (
     ClusterCrossSlotError,
     ClusterDownError,
@@ -27,6 +26,7 @@ from redis.exceptions import (
 from structlog.testing import capture_logs
 
 from bus import TRANSIENT, Delivery, Keys, Publisher, StreamConsumer
+from bus.connection import RedisClient
 from bus.errors import is_no_such_key
 from envelope import PacketEnvelope, Signer, Verifier
 from tests.conftest import FAST, wait_for
@@ -53,7 +53,7 @@ def test_cluster_states_are_transient_and_a_cross_slot_command_is_not() -> None:
 
 
 async def test_a_consumer_backs_off_through_cluster_states_and_then_handles_what_waits(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     handled: list[str] = []
 
@@ -99,7 +99,7 @@ async def test_a_consumer_backs_off_through_cluster_states_and_then_handles_what
     assert not any(e["event"] == "consumer.group_missing" for e in logs)
 
 
-async def test_only_a_missing_key_reads_as_missing(redis: aioredis.Redis, keys: Keys) -> None:
+async def test_only_a_missing_key_reads_as_missing(redis: RedisClient, keys: Keys) -> None:
     with pytest.raises(ResponseError) as missing:
         await redis.xinfo_stream(keys.stream("nothing-here"))
     assert is_no_such_key(missing.value)

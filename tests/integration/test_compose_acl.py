@@ -111,10 +111,10 @@ def test_the_entrypoint_loads_the_agents_users_and_locks_the_default_user(acl_re
     assert stat.S_IMODE(acl_redis.effective.stat().st_mode) == 0o600
     assert ADMIN_PASSWORD not in acl_redis.effective.read_text()  # only its SHA-256
     sympy = redis.Redis.from_url(acl_redis.url_of("sympy"))
-    ns = acl_redis.namespace
-    assert sympy.xadd(f"{ns}:{{sympy.events}}", {"a": "1"})
+    keys = Keys(acl_redis.namespace)
+    assert sympy.xadd(keys.stream("sympy.events"), {"a": "1"})
     with pytest.raises(NoPermissionError):
-        sympy.xadd(f"{ns}:{{plan}}", {"forged": "1"})
+        sympy.xadd(keys.stream("plan"), {"forged": "1"})
     with pytest.raises(NoPermissionError):
         sympy.keys("*")
 
@@ -178,9 +178,13 @@ def _healthy_as_user(
         a: f"not healthy in {HEALTHY_WITHIN_S} s: " + p.log_path.read_text()[-2000:]
         for a, (p, _) in waiting.items()
     }
-    for agent, (_, own) in procs.items():  # ... then confirmed by the command compose runs
-        if agent not in problems and run_l9("health", agent, env={**agent_env, **own}).returncode != 0:
-            problems[agent] = "healthy in-process, but `l9 health` did not exit 0"
+    for agent, (proc, own) in procs.items():  # ... then confirmed by the command compose runs
+        done = run_l9("health", agent, env={**agent_env, **own}) if agent not in problems else None
+        if done is not None and done.returncode != 0:
+            problems[agent] = (
+                f"healthy in-process, but `l9 health` exited {done.returncode}: {done.stderr[-1000:]}"
+                f"\n--- its log ---\n{proc.log_path.read_text()[-2000:]}"
+            )
     for agent, (proc, _) in procs.items():
         if "NoPermissionError" in proc.log_path.read_text():
             problems.setdefault(agent, proc.log_path.read_text()[-2000:])
@@ -229,4 +233,4 @@ async def test_the_sympy_worker_answers_as_its_redis_user(
 def test_an_agent_user_cannot_read_another_agents_stream(acl_redis: AclRedis) -> None:
     planner = redis.Redis.from_url(acl_redis.url_of("planner"))
     with pytest.raises(NoPermissionError):
-        planner.xrange(f"{acl_redis.namespace}:{{sympy}}")
+        planner.xrange(Keys(acl_redis.namespace).stream("sympy"))

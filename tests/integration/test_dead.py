@@ -8,9 +8,9 @@ from typing import Any
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 
 from bus import Keys, Publisher, as_text
+from bus.connection import RedisClient
 from envelope import PacketEnvelope, Signer
 from l9.dead import replay
 from tests.conftest import AgentProcess, run_l9, wait_for
@@ -26,7 +26,7 @@ def work(n: int, fail_times: int = 0) -> PacketEnvelope:
 
 async def test_a_dead_letter_is_listed_then_replayed_and_handled_once(
     spawn: Callable[..., AgentProcess],
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     agent_env: dict[str, str],
@@ -59,7 +59,7 @@ async def test_a_dead_letter_is_listed_then_replayed_and_handled_once(
     assert run_l9("dead", "list", env=agent_env).stdout.strip() == "no dead letters"
 
 
-async def test_two_replays_at_once_put_a_letter_back_once(redis: aioredis.Redis, keys: Keys) -> None:
+async def test_two_replays_at_once_put_a_letter_back_once(redis: RedisClient, keys: Keys) -> None:
     dead = await redis.xadd(keys.dead("test"), {"id": "e1", "type": "l9.test.work.v1", "dl_reason": "x"})
     results: list[dict[str, str]] = []
 

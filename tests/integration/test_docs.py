@@ -24,9 +24,9 @@ from typing import Any
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 
 from bus import DeadLetters, Keys, Publisher
+from bus.connection import RedisClient
 from envelope import PacketEnvelope, Signer
 from governance import Escalations, PolicyEngine, Request
 from l9.deploy import read_env
@@ -185,7 +185,7 @@ def prepare(project: Path, env: dict[str, str]) -> None:
         assert done.returncode == 0, done.stderr
 
 
-async def given_a_running_deployment(project: Path, redis: aioredis.Redis, keys: Keys) -> dict[str, str]:
+async def given_a_running_deployment(project: Path, redis: RedisClient, keys: Keys) -> dict[str, str]:
     """A pending escalation and a dead SymPy request, signed with the deployment's key."""
     env = read_env(project / ".env")
     keyring = {k: v.encode() for k, v in json.loads(env["L9_SIGNING_KEYS"]).items()}
@@ -219,7 +219,7 @@ async def test_operations_md(
     stack: StackEndpoints,
     admin_dsn: str,
     keys: Keys,
-    redis: aioredis.Redis,
+    redis: RedisClient,
     agent_env: dict[str, str],
 ) -> None:
     doc = DOCS / "OPERATIONS.md"
@@ -244,6 +244,11 @@ async def test_operations_md(
         # the emulated agents are stopped whatever happened; a failing `down` is reported only
         # after the page's own result, so it never hides the command that failed first
         down = await anyio.run_process(["docker", "compose", "down"], cwd=project, env=env, check=False)
+        cluster_home = tmp_path / "l9-cluster" / ".l9"  # the page's local cluster (its last section)
+        if cluster_home.exists():
+            await anyio.run_process(
+                [f"{VENV_BIN}/l9", "dev", "down"], env={**env, "L9_HOME": str(cluster_home)}, check=False
+            )
     (tmp_path / "doc.stdout").write_text(run.stdout)  # kept for a look when something fails
     assert_ran(doc, run)
     assert down.returncode == 0, down.stderr.decode()
@@ -252,7 +257,7 @@ async def test_operations_md(
 
 async def _check_operations(
     project: Path,
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     given: dict[str, str],
     agent_env: dict[str, str],

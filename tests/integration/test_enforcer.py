@@ -10,11 +10,11 @@ from pathlib import Path
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 import yaml
 
 from agents.extraction import EnforcementCompleted, GenerationCompleted, RunCompleted
 from bus import Keys, Publisher
+from bus.connection import RedisClient
 from envelope import PacketEnvelope, Payload, Signer, Verifier, decode
 from governance import DEFAULT_POLICY_FILE, Escalations, PolicyEngine
 from memory.postgres import PostgresAuditStore, SigningKey
@@ -59,7 +59,7 @@ def generated_envelope(tmp_path: Path, run: str) -> PacketEnvelope:
     )
 
 
-async def results(redis: aioredis.Redis, keys: Keys, verifier: Verifier) -> dict[str, list[Payload]]:
+async def results(redis: RedisClient, keys: Keys, verifier: Verifier) -> dict[str, list[Payload]]:
     """The enforce and run stream payloads, by run name."""
     out: dict[str, list[Payload]] = {run: [] for run in RUNS}
     for stream in ("enforce", "run"):
@@ -70,7 +70,7 @@ async def results(redis: aioredis.Redis, keys: Keys, verifier: Verifier) -> dict
 
 
 async def test_the_enforcer_allows_escalates_and_denies_with_everything_on_the_record(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     verifier: Verifier,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 
 from agents.extraction.enforcer import Ledger, ledger_key
 from bus import Keys
+from bus.connection import RedisClient
 from envelope import PacketEnvelope
 
 pytestmark = pytest.mark.integration
@@ -20,7 +20,7 @@ def envelopes(n: int) -> list[PacketEnvelope]:
     ]
 
 
-async def test_a_stage_is_built_once_and_marked_published(redis: aioredis.Redis, keys: Keys) -> None:
+async def test_a_stage_is_built_once_and_marked_published(redis: RedisClient, keys: Keys) -> None:
     ledger = Ledger(redis, ledger_key(keys, "gen-1"))
     built = await ledger.envelopes("decisions", lambda: envelopes(3))
     again = await Ledger(redis, ledger_key(keys, "gen-1")).envelopes("decisions", lambda: envelopes(5))
@@ -31,9 +31,7 @@ async def test_a_stage_is_built_once_and_marked_published(redis: aioredis.Redis,
     assert 0 < await redis.ttl(ledger_key(keys, "gen-1")) <= 7 * 86_400
 
 
-async def test_one_holder_at_a_time_and_errors_come_out_as_themselves(
-    redis: aioredis.Redis, keys: Keys
-) -> None:
+async def test_one_holder_at_a_time_and_errors_come_out_as_themselves(redis: RedisClient, keys: Keys) -> None:
     holders: list[int] = []  # how many held the lock, as each one took it
     inside = 0
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 
 from agents.extraction import ExtractRequest, PlanLocked
 from bus import Keys, Publisher
+from bus.connection import RedisClient
 from envelope import Signer, Verifier, decode
 from memory.postgres import SigningKey
 from tests.conftest import KEYRING, ROOT, AgentProcess, run_l9, stream_entries
@@ -42,7 +42,7 @@ def env(agent_env: dict[str, str], admin_dsn: str, tmp_path: Path) -> dict[str, 
     }
 
 
-async def answer_requests(redis: aioredis.Redis, keys: Keys, signer: Signer, fail: str | None) -> None:
+async def answer_requests(redis: RedisClient, keys: Keys, signer: Signer, fail: str | None) -> None:
     """The pipeline's stand-in: answers the first extraction request with a whole run."""
     while True:
         replies: Any = await redis.xread({keys.stream("extract"): "0-0"}, block=200)
@@ -89,7 +89,7 @@ def reported(stdout: str) -> str:
 
 
 async def test_a_passed_run_exits_0_with_the_folder_and_the_verified_report(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     spawn: Callable[..., AgentProcess],
@@ -119,7 +119,7 @@ async def test_a_passed_run_exits_0_with_the_folder_and_the_verified_report(
 
 
 async def test_a_failed_run_exits_1_and_json_lines_follow_every_phase(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     spawn: Callable[..., AgentProcess],
@@ -147,7 +147,7 @@ async def test_a_failed_run_exits_1_and_json_lines_follow_every_phase(
 
 @pytest.mark.parametrize("name", ["duplicate_agent.yaml", "malformed.md", "unknown_dependency.md"])
 async def test_a_file_with_schema_errors_exits_2_listing_each_and_publishes_nothing(
-    redis: aioredis.Redis, keys: Keys, env: dict[str, str], name: str
+    redis: RedisClient, keys: Keys, env: dict[str, str], name: str
 ) -> None:
     done = run_l9("extract", str(BROKEN / name), env=env)
     assert done.returncode == 2
@@ -158,7 +158,7 @@ async def test_a_file_with_schema_errors_exits_2_listing_each_and_publishes_noth
 
 
 async def test_no_wait_prints_the_run_and_the_request_carries_folder_and_requester(
-    redis: aioredis.Redis, keys: Keys, env: dict[str, str]
+    redis: RedisClient, keys: Keys, env: dict[str, str]
 ) -> None:
     done = run_l9("extract", str(SAMPLE), "--no-wait", env={**env, "L9_REQUESTER": "alice@lab"})
     assert done.returncode == 0, done.stderr

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from agents.extraction import (
     ExtractRequest,
@@ -19,6 +18,7 @@ from agents.extraction import (
     lock,
 )
 from bus import Keys, Publisher
+from bus.connection import RedisClient
 from envelope import PacketEnvelope, Payload, Signer, Verifier, decode
 from tests.conftest import AgentProcess, free_port, stream_entries, wait_for
 
@@ -34,7 +34,7 @@ def request_envelope(path: Path) -> PacketEnvelope:
 
 
 async def run_of(
-    redis: aioredis.Redis, keys: Keys, verifier: Verifier, run: str
+    redis: RedisClient, keys: Keys, verifier: Verifier, run: str
 ) -> list[tuple[PacketEnvelope, Payload]]:
     """Every envelope of ``run`` on the schema and plan streams, in the order published."""
     found = []
@@ -47,7 +47,7 @@ async def run_of(
 
 
 async def test_the_planner_locks_a_valid_collection_and_rejects_a_cycle(
-    spawn: Callable[..., AgentProcess], redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    spawn: Callable[..., AgentProcess], redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     planner = spawn("planner")
     publisher = Publisher(redis, keys, signer)
@@ -83,7 +83,7 @@ async def test_the_planner_locks_a_valid_collection_and_rejects_a_cycle(
 
 
 async def test_a_configured_graph_store_that_is_away_fails_the_baseline(
-    spawn: Callable[..., AgentProcess], redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    spawn: Callable[..., AgentProcess], redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     """The agents need a graph store; the one configured (``L9_GRAPH_URL``) does not answer, though
     the bus's Redis has FalkorDB: the baseline asks the configured one and the run is rejected."""

@@ -11,12 +11,12 @@ from typing import Any
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 
 from agents.extraction import GenerationCompleted, LockedPlan, PlanLocked, load_file, lock
 from agents.extraction.generator import render_plan, write_folder
 from agents.extraction.planner_agent import stamp_of
 from bus import Keys, Publisher
+from bus.connection import RedisClient
 from envelope import PacketEnvelope, Signer, Verifier, decode_envelope, utcnow
 from tests.conftest import ROOT, AgentProcess, wait_for
 from tests.unit.test_generator import local_kernels
@@ -34,7 +34,7 @@ def locked(plan: LockedPlan, out_dir: Path) -> PacketEnvelope:
 
 
 async def entries(
-    redis: aioredis.Redis, keys: Keys, verifier: Verifier, stream: str, run: str
+    redis: RedisClient, keys: Keys, verifier: Verifier, stream: str, run: str
 ) -> list[PacketEnvelope]:
     """The envelopes of ``run`` on ``stream``, in stream order (signatures verified)."""
     found: Any = await redis.xrange(keys.stream(stream))
@@ -48,7 +48,7 @@ def tree_hashes(folder: Path) -> dict[str, str]:
 
 
 async def generate(
-    publisher: Publisher, redis: aioredis.Redis, keys: Keys, verifier: Verifier, cause: PacketEnvelope
+    publisher: Publisher, redis: RedisClient, keys: Keys, verifier: Verifier, cause: PacketEnvelope
 ) -> list[PacketEnvelope]:
     await publisher.publish(cause)
 
@@ -62,7 +62,7 @@ async def generate(
 
 async def test_the_generator_writes_every_file_and_a_second_run_is_byte_identical(
     spawn: Callable[..., AgentProcess],
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     verifier: Verifier,
@@ -100,7 +100,7 @@ async def test_the_generator_writes_every_file_and_a_second_run_is_byte_identica
 
 async def test_two_generated_agents_exchange_envelopes_and_their_relay_ends(
     spawn: Callable[..., AgentProcess],
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     verifier: Verifier,
@@ -149,7 +149,7 @@ async def test_two_generated_agents_exchange_envelopes_and_their_relay_ends(
 
 async def test_without_a_sympy_worker_the_run_fails_at_the_deadline(
     spawn: Callable[..., AgentProcess],
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     verifier: Verifier,

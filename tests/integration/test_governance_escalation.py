@@ -13,9 +13,9 @@ import anyio
 import asyncpg
 import msgpack
 import pytest
-import redis.asyncio as aioredis
 
 from bus import Keys, Publisher
+from bus.connection import RedisClient
 from envelope import SIGNED_FIELDS, PacketEnvelope, Signer
 from governance import DEADLINE, Escalations, PolicyEngine, Request
 from memory.postgres import SigningKey
@@ -81,7 +81,7 @@ async def trail_rows(dsn: str) -> list[dict[str, Any]]:
 
 
 async def test_escalations_approved_denied_and_timed_out_are_on_the_record(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     agent_env: dict[str, str],
@@ -193,7 +193,7 @@ async def _pending_count(desk: Escalations, n: int) -> bool:
 
 
 async def test_an_allowed_request_is_recorded_and_not_escalated(
-    redis: aioredis.Redis, keys: Keys, signer: Signer
+    redis: RedisClient, keys: Keys, signer: Signer
 ) -> None:
     desk = Escalations(
         redis,
@@ -210,7 +210,7 @@ async def test_an_allowed_request_is_recorded_and_not_escalated(
 
 
 async def test_a_late_answer_is_refused_and_the_deadline_denial_stands(
-    redis: aioredis.Redis, keys: Keys, signer: Signer
+    redis: RedisClient, keys: Keys, signer: Signer
 ) -> None:
     desk = Escalations(
         redis,

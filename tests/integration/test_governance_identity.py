@@ -10,11 +10,11 @@ from typing import cast
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError
 
 from agents.demo import Task, results_key
 from bus import Delivery, DeliveryPolicy, Keys, Publisher, StreamConsumer, connect
+from bus.connection import RedisClient
 from envelope import PacketEnvelope, Signer, Verifier
 from governance import SignerACL
 from l9.devstack import StackEndpoints
@@ -30,18 +30,18 @@ def work(n: int) -> PacketEnvelope:
     return PacketEnvelope.new(type="l9.test.work.v1", source="agent://test/p", data=Work(n=n).model_dump())
 
 
-async def publish(redis: aioredis.Redis, keys: Keys, signer: Signer | None, envelope: PacketEnvelope) -> str:
+async def publish(redis: RedisClient, keys: Keys, signer: Signer | None, envelope: PacketEnvelope) -> str:
     await Publisher(redis, keys, signer).publish(envelope, "test")
     return envelope.id
 
 
-async def dead_reasons(redis: aioredis.Redis, keys: Keys) -> dict[str, str]:
+async def dead_reasons(redis: RedisClient, keys: Keys) -> dict[str, str]:
     dead = stream_entries(await redis.xrange(keys.dead("test")))
     return {f[b"id"].decode(): f[b"dl_reason"].decode() for _, f in dead}
 
 
 async def test_forged_envelopes_are_dead_lettered_before_any_handler(
-    redis: aioredis.Redis, keys: Keys, spawn: Callable[..., AgentProcess], tmp_path: Path
+    redis: RedisClient, keys: Keys, spawn: Callable[..., AgentProcess], tmp_path: Path
 ) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(json.dumps({"identity": {"signers": SIGNERS}}))  # JSON is YAML
@@ -90,7 +90,7 @@ async def test_forged_envelopes_are_dead_lettered_before_any_handler(
 FAST = DeliveryPolicy(max_in_flight=16, concurrency=2, block_ms=100, heartbeat_ms=100, lease_ms=1500)
 
 
-async def consume(redis: aioredis.Redis, keys: Keys, acl: SignerACL | None, n: int) -> list[int]:
+async def consume(redis: RedisClient, keys: Keys, acl: SignerACL | None, n: int) -> list[int]:
     """Run a consumer of stream ``test`` until ``n`` entries were handled or dead-lettered."""
     seen: list[int] = []
 
@@ -121,7 +121,7 @@ async def consume(redis: aioredis.Redis, keys: Keys, acl: SignerACL | None, n: i
 
 @pytest.mark.parametrize(("acl", "handled"), [(SignerACL(SIGNERS), [1]), (None, [1, 2])])
 async def test_the_check_is_on_only_with_a_signer_table(
-    redis: aioredis.Redis, keys: Keys, acl: SignerACL | None, handled: list[int]
+    redis: RedisClient, keys: Keys, acl: SignerACL | None, handled: list[int]
 ) -> None:
     await publish(redis, keys, Signer(KEYRING, "planner"), work(1))
     await publish(redis, keys, Signer(KEYRING, "intruder"), work(2))
@@ -132,7 +132,7 @@ async def test_the_check_is_on_only_with_a_signer_table(
 # -- Redis users per agent ----------------------------------------------------------------------
 @pytest.fixture
 async def acl_users(
-    stack: StackEndpoints, redis: aioredis.Redis, agent_env: dict[str, str], tmp_path: Path
+    stack: StackEndpoints, redis: RedisClient, agent_env: dict[str, str], tmp_path: Path
 ) -> AsyncIterator[dict[str, str]]:
     """``l9 acl render`` for this namespace, its users loaded with ACL SETUSER; agent -> Redis URL."""
     out, pw = tmp_path / "users.acl", tmp_path / "passwords.json"
@@ -159,10 +159,10 @@ async def acl_users(
     await _command(redis, "ACL", "DELUSER", *users)
 
 
-async def _command(redis: aioredis.Redis, *args: str) -> object:
+async def _command(redis: RedisClient, *args: str) -> object:
     """``redis.execute_command``, typed."""
     # redis-py leaves execute_command unannotated
-    return await redis.execute_command(*args)  # type: ignore[no-untyped-call]
+    return await redis.execute_command(*args)
 
 
 def _selectors(rules: list[str]) -> list[str]:
@@ -181,7 +181,7 @@ def _selectors(rules: list[str]) -> list[str]:
 
 
 async def test_an_agents_redis_user_is_refused_on_another_agents_stream(
-    redis: aioredis.Redis, keys: Keys, acl_users: dict[str, str]
+    redis: RedisClient, keys: Keys, acl_users: dict[str, str]
 ) -> None:
     squarer, summer = connect(acl_users["squarer"]), connect(acl_users["summer"])
     try:
@@ -207,7 +207,7 @@ async def test_an_agents_redis_user_is_refused_on_another_agents_stream(
 
 
 async def test_an_agent_runs_as_its_own_redis_user(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     acl_users: dict[str, str],

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 import yaml
 
 from agents.contracts.extraction.baseline import Probe
@@ -15,6 +14,7 @@ from agents.extraction import ExtractRequest, PlanLocked, PlanRejected, RunCompl
 from agents.extraction.planner_agent import PlannerAgent
 from agents.runtime import Runtime
 from bus import Delivery, Keys
+from bus.connection import RedisClient
 from envelope import PacketEnvelope, Payload, Signer, Verifier, decode
 from governance import DEFAULT_POLICY_FILE
 from l9.settings import Settings
@@ -47,7 +47,7 @@ def request(requester: str) -> PacketEnvelope:
     )
 
 
-async def emitted(redis: aioredis.Redis, keys: Keys, verifier: Verifier, run: str) -> list[Payload]:
+async def emitted(redis: RedisClient, keys: Keys, verifier: Verifier, run: str) -> list[Payload]:
     out = []
     for stream in ("schema", "plan", "run"):
         for _, fields in stream_entries(await redis.xrange(keys.stream(stream))):
@@ -58,7 +58,7 @@ async def emitted(redis: aioredis.Redis, keys: Keys, verifier: Verifier, run: st
 
 
 async def test_a_requester_over_the_limit_is_refused_with_a_retry_time_and_nothing_planned(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier, tmp_path: Path
+    redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier, tmp_path: Path
 ) -> None:
     settings = Settings(policy_file=policy_with_limit(tmp_path, 2))
     runtime = Runtime(

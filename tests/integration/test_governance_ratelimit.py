@@ -10,9 +10,9 @@ from typing import TypedDict
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 
 from bus import Keys
+from bus.connection import RedisClient
 from governance import RateLimited, RateLimiter, RateLimitSpec, Request
 from l9.devstack import StackEndpoints
 from tests.conftest import ROOT, wait_for
@@ -31,7 +31,7 @@ def request(requester: str = "alice", agent: str = "cli") -> Request:
     return Request(type=TYPE, requester=requester, agent=agent)
 
 
-async def test_admits_exactly_the_limit_then_says_when_to_retry(redis: aioredis.Redis, keys: Keys) -> None:
+async def test_admits_exactly_the_limit_then_says_when_to_retry(redis: RedisClient, keys: Keys) -> None:
     limiter = RateLimiter(redis, keys, [limit(n=5, window_s=1.5)])
     decisions = [await limiter.check(request()) for _ in range(7)]
     assert [d.outcome.value for d in decisions] == ["allow"] * 5 + ["deny"] * 2
@@ -53,14 +53,14 @@ async def test_admits_exactly_the_limit_then_says_when_to_retry(redis: aioredis.
     assert err.value.retry_after_s > 0
 
 
-async def test_types_without_a_limit_are_not_counted(redis: aioredis.Redis, keys: Keys) -> None:
+async def test_types_without_a_limit_are_not_counted(redis: RedisClient, keys: Keys) -> None:
     limiter = RateLimiter(redis, keys, [limit(n=1, window_s=60)])
     for _ in range(3):
         assert (await limiter.check(Request(type="l9.demo.task.v1", requester="alice"))).allowed
     assert [k async for k in redis.scan_iter(match=f"{keys.namespace}:*")] == []
 
 
-async def test_several_limits_admit_all_or_nothing(redis: aioredis.Redis, keys: Keys) -> None:
+async def test_several_limits_admit_all_or_nothing(redis: RedisClient, keys: Keys) -> None:
     per_agent = limit("per-agent@1", n=3, window_s=60, per="agent")
     per_requester = limit("per-requester@1", n=10, window_s=60)
     limiter = RateLimiter(redis, keys, [per_requester, per_agent])
@@ -75,14 +75,14 @@ async def test_several_limits_admit_all_or_nothing(redis: aioredis.Redis, keys: 
 
 HAMMER = """
 import asyncio, json, sys, time
-from bus import Keys, connect
+from bus import Keys, open_client
 from governance import RateLimiter, RateLimitSpec, Request
 from l9.logs import configure_logging
 
 configure_logging("warning")
 
 async def main(url, namespace, attempts_max, seconds, n, window_s):
-    redis = connect(url)
+    redis = await open_client(url)
     spec = RateLimitSpec.model_validate(
         {"id": "hammer@1", "types": ["l9.extract.*"], "limit": n, "window_s": window_s}
     )
@@ -113,7 +113,7 @@ class HammerReport(TypedDict):
 
 async def hammer(
     stack: StackEndpoints,
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     *,
     n: int,
@@ -143,7 +143,7 @@ async def hammer(
 
 
 async def test_two_processes_never_get_more_than_the_limit(
-    stack: StackEndpoints, redis: aioredis.Redis, keys: Keys
+    stack: StackEndpoints, redis: RedisClient, keys: Keys
 ) -> None:
     reports = await hammer(stack, redis, keys, attempts=300, n=40, window_s=60)
     admitted = [len(r["admitted"]) for r in reports]
@@ -153,7 +153,7 @@ async def test_two_processes_never_get_more_than_the_limit(
 
 
 async def test_two_processes_respect_a_sliding_window(
-    stack: StackEndpoints, redis: aioredis.Redis, keys: Keys
+    stack: StackEndpoints, redis: RedisClient, keys: Keys
 ) -> None:
     n, window_ms = 15, 400
     reports = await hammer(stack, redis, keys, seconds=2.0, n=n, window_s=window_ms / 1000)

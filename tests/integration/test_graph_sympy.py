@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
-import redis.asyncio as aioredis
 
 from agents.sympy import CseResult, SymPyTool
 from bus import Keys, Publisher, RpcClient
+from bus.connection import RedisClient
 from envelope import Signer, Verifier
 from memory.graph import ExpressionEdge, SemanticGraph, graph_key
 from memory.graph.falkordb import FalkorBackend
@@ -24,7 +24,7 @@ EXPRS = ("(x+y)**2 + sin(x+y)*z", "(x+y)*z*sin(x+y)")
 
 @asynccontextmanager
 async def sympy_tool(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> AsyncIterator[SymPyTool]:
     async with RpcClient(redis, Publisher(redis, keys, signer), verifier) as rpc:
         yield SymPyTool(rpc, source="agent://test/caller", deadline_s=60)
@@ -56,7 +56,7 @@ async def written(graph: SemanticGraph, root: str) -> bool:
 
 async def test_the_worker_writes_the_expression_graph_of_a_cse_request(
     spawn: Callable[..., AgentProcess],
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     verifier: Verifier,
@@ -81,7 +81,7 @@ async def test_the_worker_writes_the_expression_graph_of_a_cse_request(
 
 async def test_with_the_graph_away_the_reply_is_not_held_up_and_the_projector_writes_it(
     spawn: Callable[..., AgentProcess],
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     verifier: Verifier,

@@ -6,16 +6,16 @@ import json
 from collections.abc import Callable
 
 import pytest
-import redis.asyncio as aioredis
 
 from bus import Keys
+from bus.connection import RedisClient
 from tests.conftest import AgentProcess, run_l9, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 async def test_health_follows_the_agents_heartbeats(
-    spawn: Callable[..., AgentProcess], redis: aioredis.Redis, keys: Keys, agent_env: dict[str, str]
+    spawn: Callable[..., AgentProcess], redis: RedisClient, keys: Keys, agent_env: dict[str, str]
 ) -> None:
     down = run_l9("health", "squarer", env=agent_env)
     assert down.returncode == 1

@@ -9,7 +9,6 @@ from typing import Any
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from structlog.testing import capture_logs
 
@@ -18,6 +17,8 @@ import bus.group
 import bus.publisher
 from agents import Agent, Context, Runtime, handles
 from bus import Keys, Publisher, StreamConsumer, connect
+from bus.connection import RedisClient
+from bus.index import forget_stream, known_streams
 from envelope import PacketEnvelope, Signer, Verifier, decode
 from l9.devstack import StackEndpoints
 from tests.conftest import FAST, stream_entries, wait_for
@@ -49,14 +50,14 @@ class FanOut(Agent):
             await self.hold.wait()
 
 
-def fan_out(redis: aioredis.Redis, keys: Keys, verifier: Verifier, agent: FanOut) -> StreamConsumer:
+def fan_out(redis: RedisClient, keys: Keys, verifier: Verifier, agent: FanOut) -> StreamConsumer:
     return StreamConsumer(
         redis, keys, group="fanout", consumer="f-0", streams=["test"], handler=agent.handle,
         verifier=verifier, policy=FAST,
     )  # fmt: skip
 
 
-def runtime(redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier) -> Runtime:
+def runtime(redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier) -> Runtime:
     return Runtime(redis=redis, keys=keys, signer=signer, verifier=verifier, agent="fanout", instance="f-0")
 
 
@@ -66,7 +67,7 @@ def work(n: int, fail_times: int = 0) -> PacketEnvelope:
     )
 
 
-async def fanned(redis: aioredis.Redis, keys: Keys, verifier: Verifier) -> list[Pong]:
+async def fanned(redis: RedisClient, keys: Keys, verifier: Verifier) -> list[Pong]:
     rows = stream_entries(await redis.xrange(keys.stream(FANNED)))
     out = []
     for _, fields in rows:
@@ -76,18 +77,18 @@ async def fanned(redis: aioredis.Redis, keys: Keys, verifier: Verifier) -> list[
     return out
 
 
-async def pending(redis: aioredis.Redis, keys: Keys) -> int:
+async def pending(redis: RedisClient, keys: Keys) -> int:
     info: Any = await redis.xpending(keys.stream("test"), "fanout")
     return int(info["pending"])
 
 
 async def test_a_handlers_emits_go_with_its_ack_in_one_multi_exec_and_a_failed_attempt_publishes_nothing(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier, monkeypatch: pytest.MonkeyPatch
+    redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     round_trips: list[list[str]] = []
     real = bus.connection.execute_many
 
-    async def recorded(client: aioredis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    async def recorded(client: RedisClient, commands: Sequence[Sequence[Any]]) -> list[Any]:
         round_trips.append([str(c[0]) for c in commands])
         return await real(client, commands)
 
@@ -132,7 +133,7 @@ async def test_a_handlers_emits_go_with_its_ack_in_one_multi_exec_and_a_failed_a
 
 
 async def test_a_refused_transaction_publishes_nothing_and_the_entry_is_handled_again(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     hold = anyio.Event()
     agent = FanOut(runtime(redis, keys, signer, verifier), hold)
@@ -174,7 +175,7 @@ async def test_a_refused_transaction_publishes_nothing_and_the_entry_is_handled_
 
 
 async def test_concurrent_publishes_share_the_lane_and_the_pool_and_a_killed_connection_reconnects(
-    redis: aioredis.Redis, keys: Keys, signer: Signer
+    redis: RedisClient, keys: Keys, signer: Signer
 ) -> None:
     publisher = Publisher(redis, keys, signer)
     envelopes = [work(i) for i in range(60)]  # the pool holds 100 connections
@@ -223,33 +224,35 @@ async def test_a_reply_later_than_the_socket_timeout_fails_the_read_and_the_clie
 
 
 async def test_a_publisher_lists_a_stream_in_the_index_once_then_again_after_the_refresh(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, monkeypatch: pytest.MonkeyPatch
+    redis: RedisClient, keys: Keys, signer: Signer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     publisher = Publisher(redis, keys, signer)
-    index = keys.streams_index()
     await publisher.publish(work(1), "test")
-    assert await redis.smembers(index) == {b"test"}
-    await redis.srem(index, "test")  # as retention forgets a dropped stream
+    assert await known_streams(redis, keys) == {"test"}
+    await forget_stream(redis, keys, "test")  # as retention forgets a dropped stream
     await publisher.publish(work(2), "test")
-    assert await redis.smembers(index) == set(), "within the refresh the publisher trusts its memory"
+    assert await known_streams(redis, keys) == set(), "within the refresh the publisher trusts its memory"
     monkeypatch.setattr(bus.publisher, "INDEX_REFRESH_S", 0.0)
     fresh = Publisher(redis, keys, signer)
     await fresh.publish(work(3), "test")
     await fresh.publish(work(4), "other")
-    assert await redis.smembers(index) == {b"test", b"other"}
-    await redis.srem(index, "test", "other")
+    assert await known_streams(redis, keys) == {"test", "other"}
+    await forget_stream(redis, keys, "test")
+    await forget_stream(redis, keys, "other")
     await fresh.publish_many([work(5), work(6)], "test")
-    assert await redis.smembers(index) == {b"test"}, "a refresh of 0 s lists the stream with every publish"
+    assert await known_streams(redis, keys) == {"test"}, (
+        "a refresh of 0 s lists the stream with every publish"
+    )
 
 
 async def test_a_failed_publish_does_not_count_its_stream_as_indexed(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, monkeypatch: pytest.MonkeyPatch
+    redis: RedisClient, keys: Keys, signer: Signer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     publisher = Publisher(redis, keys, signer)
     real = bus.connection.execute_many
     calls = 0
 
-    async def first_fails(client: aioredis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    async def first_fails(client: RedisClient, commands: Sequence[Sequence[Any]]) -> list[Any]:
         nonlocal calls
         calls += 1
         if calls == 1:
@@ -260,4 +263,4 @@ async def test_a_failed_publish_does_not_count_its_stream_as_indexed(
     with pytest.raises(ConnectionError):
         await publisher.publish(work(1), "test")
     await publisher.publish(work(1), "test")
-    assert await redis.smembers(keys.streams_index()) == {b"test"}
+    assert await known_streams(redis, keys) == {"test"}

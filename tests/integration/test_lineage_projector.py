@@ -16,6 +16,8 @@ from redis.exceptions import ResponseError
 from agents.extraction import ExtractRequest, PlanLocked, PlanResearch, load_file, research
 from agents.lineage import GROUP
 from bus import Keys, Publisher, as_text
+from bus.connection import RedisClient
+from bus.index import known_streams
 from envelope import PacketEnvelope, Signer, Verifier, decode
 from l9.devstack import StackEndpoints
 from memory.graph import GraphError, SemanticGraph, graph_key
@@ -62,7 +64,7 @@ def causal_chain() -> list[PacketEnvelope]:
     return chain
 
 
-def graph_of(redis: aioredis.Redis, namespace: str) -> SemanticGraph:
+def graph_of(redis: RedisClient, namespace: str) -> SemanticGraph:
     return SemanticGraph(FalkorBackend(redis, graph_key(namespace), where="test"), namespace)
 
 
@@ -73,10 +75,10 @@ async def complete(graph: SemanticGraph, envelope_id: str) -> bool:
         return False
 
 
-async def lineage_settled(redis: aioredis.Redis, keys: Keys) -> bool:
+async def lineage_settled(redis: RedisClient, keys: Keys) -> bool:
     """The lineage group has read and acked everything on every stream."""
-    for name in await redis.smembers(keys.streams_index()):
-        groups = await redis.xinfo_groups(keys.stream(as_text(name)))
+    for name in await known_streams(redis, keys):
+        groups = await redis.xinfo_groups(keys.stream(name))
         mine = [g for g in groups if as_text(g["name"]) == GROUP]
         if not mine or mine[0]["pending"] or mine[0]["lag"]:
             return False
@@ -85,7 +87,7 @@ async def lineage_settled(redis: aioredis.Redis, keys: Keys) -> bool:
 
 async def test_lineage_of_an_envelope_walks_back_to_its_extraction_request(
     spawn: Callable[..., AgentProcess],
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     namespace: str,
@@ -116,15 +118,15 @@ async def test_lineage_of_an_envelope_walks_back_to_its_extraction_request(
     # Re-projecting the same envelopes changes nothing: rewind the group, let it read all again.
     before = await graph.counts()
     assert before.nodes["Envelope"] == len(chain) and before.edges["CAUSED_BY"] == len(chain) - 1
-    for name in await redis.smembers(keys.streams_index()):
-        await redis.xgroup_setid(keys.stream(as_text(name)), GROUP, "0", entries_read=0)
+    for name in await known_streams(redis, keys):
+        await redis.xgroup_setid(keys.stream(name), GROUP, "0", entries_read=0)
     assert not await lineage_settled(redis, keys)
     await wait_for(lambda: lineage_settled(redis, keys), timeout=120)
     assert await graph.counts() == before
     assert projector.terminate() == 0
 
 
-async def plan_of(redis: aioredis.Redis, keys: Keys, verifier: Verifier, run: str) -> list[PacketEnvelope]:
+async def plan_of(redis: RedisClient, keys: Keys, verifier: Verifier, run: str) -> list[PacketEnvelope]:
     found, entries = [], await redis.xrange(keys.stream("plan"))
     for _, fields in entries or ():
         envelope, _ = decode(fields or {}, verifier)  # type: ignore[arg-type]
@@ -135,7 +137,7 @@ async def plan_of(redis: aioredis.Redis, keys: Keys, verifier: Verifier, run: st
 
 async def test_the_dag_in_the_graph_equals_the_planners(
     spawn: Callable[..., AgentProcess],
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     verifier: Verifier,
@@ -191,7 +193,7 @@ def graph_server(tmp_path: Path) -> Iterator[tuple[str, Callable[[], None]]]:
 
 async def test_a_graph_outage_leaves_entries_pending_and_the_projector_catches_up(
     spawn: Callable[..., AgentProcess],
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     verifier: Verifier,

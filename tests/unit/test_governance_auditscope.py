@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import fakeredis
 import pytest
-import redis.asyncio as aioredis
 
 from bus import Keys, Publisher
+from bus.connection import RedisClient
 from envelope import PacketEnvelope, Signer, Verifier, decode
 from governance import (
     Artifact,
@@ -90,25 +90,25 @@ def test_scopes_merge_keeping_the_first_spelling() -> None:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[aioredis.Redis]:
+async def fake() -> AsyncIterator[RedisClient]:
     client = fakeredis.FakeAsyncRedis()
     yield client
     await client.aclose()
 
 
-def desk_on(redis: aioredis.Redis) -> Escalations:
+def desk_on(redis: RedisClient) -> Escalations:
     publisher = Publisher(redis, Keys("u"), Signer(KEYRING, "k"))
     return Escalations(
         redis, publisher, spec=ENGINE.escalation, anchors=ENGINE.anchors, source="agent://e/e-0"
     )
 
 
-async def on_stream(redis: aioredis.Redis, name: str) -> list[PacketEnvelope]:
+async def on_stream(redis: RedisClient, name: str) -> list[PacketEnvelope]:
     entries = stream_entries(await redis.xrange(Keys("u").stream(name)))
     return [decode(f, Verifier(KEYRING))[0] for _, f in entries]
 
 
-async def test_decisions_are_routed_by_scope_and_none_is_lost(fake: aioredis.Redis) -> None:
+async def test_decisions_are_routed_by_scope_and_none_is_lost(fake: RedisClient) -> None:
     desk = desk_on(fake)
     cause = PacketEnvelope.new(type="l9.generate.completed.v1", source="agent://g/g-0")
     scope = AuditScope(("code generation",))
@@ -140,7 +140,7 @@ async def test_decisions_are_routed_by_scope_and_none_is_lost(fake: aioredis.Red
 
 
 async def test_with_no_observer_in_scope_a_decision_goes_to_the_decisions_stream(
-    fake: aioredis.Redis,
+    fake: RedisClient,
 ) -> None:
     spec = parse_policy_text(POLICY.replace("receives: all", "receives: escalations"))
     publisher = Publisher(fake, Keys("u"), Signer(KEYRING, "k"))
@@ -150,7 +150,7 @@ async def test_with_no_observer_in_scope_a_decision_goes_to_the_decisions_stream
     assert await on_stream(fake, "governance.compliance") == []
 
 
-async def test_an_escalation_raised_with_a_key_is_raised_once(fake: aioredis.Redis) -> None:
+async def test_an_escalation_raised_with_a_key_is_raised_once(fake: RedisClient) -> None:
     desk = desk_on(fake)
     socket_user = Artifact("code/svc/net.py", "import socket\nsocket.socket()\n", agent="svc")
     decision = ENGINE.evaluate(socket_user)

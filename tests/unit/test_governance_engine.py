@@ -253,8 +253,11 @@ def test_acl_rules_give_each_agent_its_own_streams_only() -> None:
     spec = RedisUserSpec(consumes=("demo.tasks",), produces=("demo.results",), keys=("demo:*",))
     rules = acl_rules("squarer", spec, Keys("l9"), "pw")
     assert rules[:4] == ["reset", "on", password_hash("pw"), "-@all"]
-    assert "~l9:{demo.tasks}" in rules and "%W~l9:{demo.results}" in rules
-    assert "~l9:{demo.results}" not in rules  # write-only: it cannot read what it produces
+    tasks, results = Keys("l9").stream("demo.tasks"), Keys("l9").stream("demo.results")
+    assert f"~{tasks}" in rules and f"~{tasks}:dead" in rules and f"%W~{results}" in rules
+    assert f"~{results}" not in rules  # write-only: it cannot read what it produces
+    assert "%W~l9:{l9.p*}:streams" in rules  # its streams' index entries, in their partitions
+    assert "+cluster|slots" in rules and "+asking" in rules  # it can follow a Redis Cluster
     assert "~l9:hb:squarer-*" in rules
     assert not any(r.startswith(("+@all", "~*", "allkeys", "+flushall", "+keys")) for r in rules)
     assert rules[-1].startswith("(~l9:demo:* +@hash") and rules[-1].endswith("-@dangerous)")

@@ -11,11 +11,11 @@ from typing import Any
 
 import fakeredis
 import pytest
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ResponseError
 
 from bus import DeadLetter, Delivery, Handler, Keys, StreamConsumer
+from bus.connection import RedisClient
 from bus.consumer import UNDECODED, UNTYPED
 from bus.errors import error_code, is_busygroup, is_missing_stream, is_nogroup
 from bus.middleware import add_delivery_context, compose
@@ -32,7 +32,7 @@ class Parcel(Payload):
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[aioredis.Redis]:
+async def fake() -> AsyncIterator[RedisClient]:
     client = fakeredis.FakeAsyncRedis()
     yield client
     await client.aclose()
@@ -72,14 +72,14 @@ async def test_compose_runs_the_steps_in_order_around_the_handler_and_a_step_may
     assert seen == ["a>", "<a"]
 
 
-def consumer_with(fake: aioredis.Redis, handler: Handler, **options: Any) -> StreamConsumer:
+def consumer_with(fake: RedisClient, handler: Handler, **options: Any) -> StreamConsumer:
     return StreamConsumer(
         fake, Keys("u"), group="g", consumer="c", streams=["unit"], handler=handler, **options
     )
 
 
 async def test_the_consumers_own_steps_fill_in_the_delivery_and_refuse_with_a_reason(
-    fake: aioredis.Redis,
+    fake: RedisClient,
 ) -> None:
     handled: list[Delivery] = []
 
@@ -116,7 +116,7 @@ async def test_the_consumers_own_steps_fill_in_the_delivery_and_refuse_with_a_re
 
 
 async def test_without_verifier_nor_authorizer_those_steps_are_left_out_and_expired_is_not_handled(
-    fake: aioredis.Redis,
+    fake: RedisClient,
 ) -> None:
     handled: list[Delivery] = []
 
@@ -153,7 +153,7 @@ def test_l9_logs_installs_the_delivery_context_processor() -> None:
 
 @pytest.mark.parametrize("l9_logs", [True, False], ids=["delivery-context-processor", "plain-structlog"])
 async def test_a_handlers_log_lines_carry_the_delivery_with_or_without_the_l9_processor(
-    fake: aioredis.Redis, l9_logs: bool
+    fake: RedisClient, l9_logs: bool
 ) -> None:
     """With the processor ``l9.logs`` installs, one context variable per delivery; with any
     other structlog set-up that merges context variables, the five fields are bound as such."""

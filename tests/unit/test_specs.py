@@ -19,6 +19,7 @@ import yaml
 
 import l9.cli.agent
 from agents.runner import BUILTIN
+from bus import Keys
 from envelope import registry
 from governance import load_policy_file
 from l9.asyncapi import build_document, load_payload_modules
@@ -45,12 +46,14 @@ def known_agents() -> set[str]:
     return set(BUILTIN) | set(special)
 
 
-def agent_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Services whose command is ``agent run NAME``, by agent name."""
+def agent_services(compose: dict[str, Any], profile: str | None = None) -> dict[str, dict[str, Any]]:
+    """Services whose command is ``agent run NAME``, by agent name: those of the default deployment
+    (no profile), or those of ``profile`` (``cluster``: tests/unit/test_compose_cluster.py)."""
     return {
         svc["command"][2]: svc
         for svc in compose["services"].values()
         if svc.get("command", [])[:2] == ["agent", "run"]
+        and svc.get("profiles", []) == ([profile] if profile else [])
     }
 
 
@@ -178,7 +181,7 @@ def test_the_asyncapi_document_is_valid_and_lists_every_payload_type() -> None:
     task = document["components"]["messages"]["l9_demo_task_v1"]
     assert task["payload"]["properties"]["n"]["type"] == "integer"
     assert "l9_demo_task_v1" in document["channels"]["demo_tasks"]["messages"]
-    assert document["channels"]["demo_tasks"]["address"] == "l9:{demo.tasks}"
+    assert document["channels"]["demo_tasks"]["address"] == Keys().stream("demo.tasks")
     assert {op["action"] for op in document["operations"].values()} == {"send", "receive"}
 
 

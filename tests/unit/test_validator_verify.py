@@ -16,6 +16,10 @@ from pathlib import Path
 
 from agents.extraction import LockedPlan, load_collection, lock
 from agents.extraction.validator import findable, folder_files, import_cycles, import_graph, module_of, verify
+from bus import Keys
+
+#: the stream key the generated agent computes with the bus of this checkout
+JOB_KEY = Keys("t").stream("job")
 
 COLLECTION = """\
 system: Alpha Service
@@ -69,7 +73,7 @@ FILES: dict[str, str] = {
     "    return {'value': double(n), 'anchors': ANCHORS, 'stream': bus.keys.Keys('t').stream('job')}\n",
     "tests/beta/test_beta.py": "from L9.demo.beta.agent import handle\n\n\n"
     "def test_handle() -> None:\n"
-    "    assert handle(2) == {'value': 4, 'anchors': ('Compliance',), 'stream': 't:{job}'}\n",
+    f"    assert handle(2) == {{'value': 4, 'anchors': ('Compliance',), 'stream': {JOB_KEY!r}}}\n",
 }
 RUN = "0190a0b0-0000-7000-8000-000000000001"
 

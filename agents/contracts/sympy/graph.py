@@ -24,9 +24,9 @@ import ast
 import hashlib
 from collections.abc import Sequence
 
-import redis.asyncio as aioredis
 import structlog
 
+from bus.connection import RedisClient
 from memory.graph import BestEffort, ExpressionGraph, ExpressionNode, GraphSettings, open_graph
 
 from .payloads import CompileResult, Cse, CseResult, GenerateCodeResult, SymPyRequest, SymPyResult
@@ -115,7 +115,7 @@ class ExpressionGraphHook:
         self.writes = writes
 
     @classmethod
-    def open(cls, settings: GraphSettings, redis: aioredis.Redis) -> ExpressionGraphHook:
+    def open(cls, settings: GraphSettings, redis: RedisClient) -> ExpressionGraphHook:
         """Writing where ``settings`` say, FalkorDB through the worker's own Redis client."""
         graph = open_graph(settings, redis=redis)
         return cls(BestEffort(graph, timeout_s=settings.graph_hook_timeout_s))

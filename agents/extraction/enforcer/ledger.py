@@ -20,9 +20,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
-import redis.asyncio as aioredis
 
 from bus import Keys
+from bus.connection import RedisClient
 from envelope import PacketEnvelope
 
 #: How long the record of a handled envelope is kept (seconds).
@@ -42,7 +42,7 @@ def ledger_key(keys: Keys, envelope_id: str) -> str:
 
 
 class Ledger:
-    def __init__(self, redis: aioredis.Redis, key: str, ttl_s: int = LEDGER_TTL_S) -> None:
+    def __init__(self, redis: RedisClient, key: str, ttl_s: int = LEDGER_TTL_S) -> None:
         self.redis, self.key, self.ttl_s = redis, key, ttl_s
         self._own = redis.register_script(OWN_LOCK)
 
