@@ -41,7 +41,7 @@ from .errors import TRANSIENT, error_code, is_busygroup, is_missing_stream, is_n
 from .keys import Keys
 from .maintenance import Maintenance
 from .policy import DeliveryPolicy
-from .slots import SlotReads
+from .slots import SlotReads, read_in_slot, xreadgroup_command
 
 Fields = Mapping[bytes, bytes]
 #: An own pending entry taken into hand: its id, its fields and the number of its next try.
@@ -238,22 +238,27 @@ class GroupConsumer(abc.ABC):
     async def _xreadgroup(self, count: int) -> Any:
         """``XREADGROUP >`` on every stream, blocking at most until the next pending scan.
 
-        On a cluster, streams in several slots are read with one XREADGROUP per slot, all
-        blocking at once (``bus.slots``)."""
+        On a cluster, each slot's streams are read on the slot's master directly
+        (``bus.slots.read_in_slot``), those of several slots with one XREADGROUP per slot,
+        all blocking at once (``bus.slots.SlotReads``)."""
         block = max(1, min(self.policy.block_ms, int(self._scan_interval_s * 1000)))
-        if len(self._by_slot) > 1:
-            return await self._read_slots(max(1, count), block)
-        return await self.redis.xreadgroup(
-            self.group, self.consumer, self._read_ids, count=max(1, count), block=block
+        count = max(1, count)
+        if not self._cluster:
+            return await self.redis.xreadgroup(
+                self.group, self.consumer, self._read_ids, count=count, block=block
+            )
+        cluster: Any = self.redis
+
+        def reader(slot: int, ids: dict[Any, Any]) -> Callable[[], Awaitable[Any]]:
+            command = xreadgroup_command(self.group, self.consumer, ids, count, block)
+            return lambda: read_in_slot(cluster, slot, *command)
+
+        if len(self._by_slot) == 1:
+            ((slot, ids),) = self._by_slot.items()
+            return await reader(slot, ids)()
+        return await self._slot_reads.next(
+            {slot: reader(slot, dict(ids)) for slot, ids in self._by_slot.items()}
         )
-
-    async def _read_slots(self, count: int, block: int) -> Any:
-        """One blocking XREADGROUP per slot at once (``bus.slots``)."""
-
-        def reader(ids: dict[Any, Any]) -> Callable[[], Awaitable[Any]]:
-            return lambda: self.redis.xreadgroup(self.group, self.consumer, ids, count=count, block=block)
-
-        return await self._slot_reads.next({slot: reader(dict(ids)) for slot, ids in self._by_slot.items()})
 
     def _cancel_reads(self) -> None:
         self._slot_reads.cancel()

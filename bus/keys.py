@@ -153,9 +153,12 @@ class Keys:
 
     def family_pattern(self, pattern: str) -> str:
         """An ACL key pattern (``~...``) of the namespace, from the policy file's short form:
-        ``{ratelimit}:*`` is the rate-limit keys, ``{<stream>}:<rest>`` the keys of stream
-        ``<stream>``'s family (``{governance.resolutions}:*``: its pending and resolved
-        escalations), anything else is taken after ``<namespace>:`` as it is."""
+        ``streams`` is the streams index (of every partition), ``{ratelimit}:*`` the
+        rate-limit keys, ``{<stream>}:<rest>`` the keys of stream ``<stream>``'s family
+        (``{governance.resolutions}:*``: its pending and resolved escalations), anything
+        else is taken after ``<namespace>:`` as it is."""
+        if pattern == "streams":
+            return f"{self.namespace}:{{{self.namespace}.p*}}:streams"
         match = re.fullmatch(r"\{([^{}]+)\}(.*)", pattern)
         if match is None:
             return f"{self.namespace}:{pattern}"

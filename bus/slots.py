@@ -14,7 +14,10 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from .connection import slot_of
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import AskError, MovedError
+
+from .connection import REDIRECTS, slot_of
 
 K = TypeVar("K", str, bytes)
 
@@ -25,6 +28,47 @@ def by_slot(keys: Iterable[K]) -> dict[int, list[K]]:
     for key in keys:
         out.setdefault(slot_of(key), []).append(key)
     return out
+
+
+async def read_in_slot(cluster: RedisCluster, slot: int, *command: Any) -> Any:
+    """``command`` (an XREAD or XREADGROUP of keys of ``slot``) sent straight to the slot's
+    master. redis-py would first ask a node for the keys of such a command (``COMMAND
+    GETKEYS``: their key positions follow the ``STREAMS`` keyword, which its parser does not
+    compute), one more round trip before every read. MOVED updates the slot map and goes
+    again; ASK (the slot is migrating) goes through redis-py's own routing, which follows it."""
+    for _ in range(REDIRECTS):
+        node = cluster.nodes_manager.get_node_from_slot(slot)
+        try:
+            return await cluster.execute_command(*command, target_nodes=node)
+        except MovedError as exc:  # before AskError, its base class
+            await cluster.nodes_manager.move_slot(exc)
+        except AskError:
+            break
+    return await cluster.execute_command(*command)
+
+
+def xreadgroup_command(
+    group: str, consumer: str, streams: Mapping[Any, Any], count: int, block: int
+) -> tuple[Any, ...]:
+    """The words of ``XREADGROUP GROUP group consumer COUNT count BLOCK block STREAMS ...``."""
+    return (
+        "XREADGROUP",
+        "GROUP",
+        group,
+        consumer,
+        "COUNT",
+        count,
+        "BLOCK",
+        block,
+        "STREAMS",
+        *streams,
+        *streams.values(),
+    )
+
+
+def xread_command(streams: Mapping[Any, Any], count: int, block: int) -> tuple[Any, ...]:
+    """The words of ``XREAD COUNT count BLOCK block STREAMS ...``."""
+    return ("XREAD", "COUNT", count, "BLOCK", block, "STREAMS", *streams, *streams.values())
 
 
 class SlotReads:

@@ -146,8 +146,9 @@ class RedisUserSpec(_Model):
     consumes: tuple[str, ...] = ()
     produces: tuple[str, ...] = ()
     #: More key patterns under the namespace (``demo:*``), for the agent's own data;
-    #: ``{ratelimit}:*`` is the rate-limit keys, ``{<stream>}:*`` the keys beside stream
-    #: ``<stream>`` in its slot (``bus.Keys.family_pattern``).
+    #: ``streams`` is the streams index, ``{ratelimit}:*`` the rate-limit keys,
+    #: ``{<stream>}:*`` the keys beside stream ``<stream>`` in its slot
+    #: (``bus.Keys.family_pattern``).
     keys: tuple[str, ...] = ()
     #: May answer RPC requests (write to ``rpc.*`` reply streams).
     replies: bool = False

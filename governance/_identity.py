@@ -94,6 +94,7 @@ BUS_COMMANDS = (
     "script|load",  # redis-py's registered scripts reload themselves after NOSCRIPT
     # Redis Cluster: is it one (CLUSTER INFO), the slot map, key positions, redirections
     "cluster|info", "cluster|slots", "cluster|shards", "command", "asking", "readonly",
+    "wait",  # a publish that waits for replicas (L9_PUBLISH_REPLICAS)
 )  # fmt: skip
 RPC_CALL_COMMANDS = ("xread",)
 #: An agent's own data keys (``keys:``): data commands on those keys only, nothing dangerous.

@@ -35,7 +35,7 @@ from agents.extraction import (
 )
 from bus import Keys, as_text
 from bus.connection import RedisClient, is_cluster
-from bus.slots import SlotReads, by_slot
+from bus.slots import SlotReads, by_slot, read_in_slot, xread_command
 from envelope import EnvelopeError, PacketEnvelope, Payload, Verifier, decode
 from governance import DecisionMade, EscalationRequested, EscalationResolved, PolicyFile
 
@@ -79,9 +79,11 @@ class RunWatcher:
         """The run's next envelopes on any of the streams (waiting up to ``block_ms`` for one)."""
         replies: Any
         if len(self._slots) > 1:
-            replies = await self._reads.next(
-                {slot: self._reader(ks, block_ms) for slot, ks in self._slots.items()}
-            )
+            reads = {slot: self._reader(slot, slot_keys, block_ms) for slot, slot_keys in self._slots.items()}
+            replies = await self._reads.next(reads)
+        elif self._slots:
+            ((slot, slot_keys),) = self._slots.items()
+            replies = await self._reader(slot, slot_keys, block_ms)()
         else:
             replies = await self.redis.xread(self.positions, block=block_ms, count=500)  # type: ignore[arg-type]
         out = []
@@ -99,10 +101,11 @@ class RunWatcher:
         out.sort(key=lambda pair: pair[0].time)
         return out
 
-    def _reader(self, keys: list[str], block_ms: int) -> Callable[[], Awaitable[Any]]:
-        """An XREAD of ``keys`` (one slot) from their positions now."""
-        positions = {key: self.positions[key] for key in keys}
-        return lambda: self.redis.xread(positions, block=block_ms, count=500)  # type: ignore[arg-type]
+    def _reader(self, slot: int, keys: list[str], block_ms: int) -> Callable[[], Awaitable[Any]]:
+        """An XREAD of ``keys`` (of one slot, read on its master) from their positions now."""
+        command = xread_command({key: self.positions[key] for key in keys}, 500, block_ms)
+        cluster: Any = self.redis
+        return lambda: read_in_slot(cluster, slot, *command)
 
     def close(self) -> None:
         """Cancel the reads under way (on a cluster)."""

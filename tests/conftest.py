@@ -67,18 +67,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackEndpoints]:
     """Real Redis 8 + FalkorDB and PostgreSQL: the embedded stack, or the servers in the env;
     with ``L9_TEST_REDIS=cluster``, a local Redis Cluster beside the embedded PostgreSQL."""
     redis_url, database_url = os.environ.get("REDIS_URL"), os.environ.get("DATABASE_URL")
-    if redis_url and database_url:
-        yield StackEndpoints(redis_url, database_url)
-        return
     home = tmp_path_factory.mktemp("stack")
     embedded = EmbeddedStack(home)
-    if ON_CLUSTER:
+    if ON_CLUSTER:  # the local cluster, whatever REDIS_URL says
         cluster = LocalCluster(home)
         try:
-            yield StackEndpoints(cluster.up().redis_url, embedded.up_postgres())
+            yield StackEndpoints(cluster.up().redis_url, database_url or embedded.up_postgres())
         finally:
             cluster.down()
             embedded.down()
+        return
+    if redis_url and database_url:
+        yield StackEndpoints(redis_url, database_url)
         return
     try:
         yield embedded.up()

@@ -14,7 +14,7 @@ from envelope import PacketEnvelope, Signer, encode
 from tests.conftest import AgentProcess, stream_entries, wait_for
 from tests.integration.ledger import Work, attempts_key, effects_count_key, effects_key
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]  # also on the local cluster
 
 
 def work(n: int, **kw: object) -> PacketEnvelope:

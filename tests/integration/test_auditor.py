@@ -31,7 +31,7 @@ from memory.postgres import PostgresAuditStore, SigningKey, writer_dsn
 from tests.conftest import AgentProcess, stream_entries, wait_for
 from tests.integration.ledger import LedgerAgent, Ping
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]  # also on the local cluster
 
 STREAMS = ("plan", "artifact", "validation")
 

@@ -35,7 +35,7 @@ from envelope import PacketEnvelope, Signer, Verifier
 from tests.conftest import FAST, read_reply, stream_entries, wait_for
 from tests.integration.ledger import LedgerAgent, Ping, Pong, Work
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]  # also on the local cluster
 
 
 def on_test_stream(

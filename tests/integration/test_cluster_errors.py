@@ -32,7 +32,7 @@ from envelope import PacketEnvelope, Signer, Verifier
 from tests.conftest import FAST, wait_for
 from tests.integration.ledger import Work
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]  # also on the local cluster
 
 CLUSTER_STATES = [
     ClusterDownError("CLUSTERDOWN The cluster is down"),

@@ -16,7 +16,7 @@ from l9.dead import replay
 from tests.conftest import AgentProcess, run_l9, wait_for
 from tests.integration.ledger import Work, attempts_key, effects_count_key
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]  # also on the local cluster
 
 
 def work(n: int, fail_times: int = 0) -> PacketEnvelope:

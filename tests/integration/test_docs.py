@@ -54,6 +54,7 @@ BENCH_SIZES = {
     "benchmarks.validator": "--reps 1",
     # the 5-agent sample as documented (twice); the generated collection: 2 agents, not 50
     "benchmarks.extraction": "--waves 2 --per-wave 1",
+    "benchmarks.cluster": "--n 1000 --reps 1 --warmup 100",
 }
 #: Per command: catches a hang only (each takes well under a minute on a quiet machine).
 BENCH_TIMEOUT_S = 600

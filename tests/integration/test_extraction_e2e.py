@@ -24,7 +24,7 @@ from agents.runner import BUILTIN
 from memory.postgres import SigningKey
 from tests.conftest import ROOT, AgentProcess, run_l9
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]  # also on the local cluster
 
 SAMPLE = ROOT / "examples" / "tensoraios_ecosystem.md"
 BROKEN = sorted((ROOT / "examples" / "broken").iterdir())

@@ -24,7 +24,7 @@ from memory.graph import GraphError, SemanticGraph, graph_key
 from memory.graph.falkordb import FalkorBackend
 from tests.conftest import AgentProcess, free_port, run_l9, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]  # also on the local cluster
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TENSORAIOS = EXAMPLES / "tensoraios_ecosystem.md"
 

@@ -22,7 +22,7 @@ from envelope import PacketEnvelope, Signer, Verifier, decode
 from governance import DecisionMade, EscalationRequested, Escalations, PolicyEngine
 from tests.conftest import AgentProcess, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]  # also on the local cluster
 SLOW = {"L9_SYMPY_TIMEOUT_S": "2", "L9_SYMPY_WORKERS": "2", "L9_SYMPY_MEMORY_MB": "768"}
 
 

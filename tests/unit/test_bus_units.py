@@ -88,6 +88,7 @@ def test_acl_key_patterns_of_the_policy_file_follow_the_key_layout() -> None:
     assert keys.family_pattern("{ratelimit}:*") == "l9:{l9.ratelimit}:*"
     assert keys.family_pattern("{governance.resolutions}:*") == keys.stream("governance.resolutions") + ":*"
     assert keys.family_pattern("demo:*") == "l9:demo:*"
+    assert keys.family_pattern("streams") == "l9:{l9.p*}:streams"  # every partition's index
 
 
 def test_topology_routes_by_pattern_then_by_area() -> None:
