@@ -394,13 +394,14 @@ class GroupConsumer(abc.ABC):
         retried, self._retried = self._retried, {}
         riders, self._with_acks = self._with_acks, []
         emitting, self._emitting = self._emitting, []
-        if self._cluster and emitting:
-            try:
-                emitting = await self._emit_across_slots(emitting)
+        if self._cluster and (emitting or riders):
+            try:  # first what may sit on other nodes than the XACKs, whose order is not kept
+                emitting = await self._before_acks(riders, emitting)
             except TRANSIENT as exc:
                 self.log.warning(f"{self.event}.ack_failed", error=str(exc))
                 self._requeue(acks, retried, riders, emitting)
                 return False
+            riders = []  # sent
         commands = list(riders)
         execs: list[int] = []  # where the EXEC reply of each of ``emitting`` is
         for stream, entry_id, emits, was_retried in emitting:
@@ -414,14 +415,12 @@ class GroupConsumer(abc.ABC):
         for stream, ids in retried.items():
             commands.append(("HDEL", self.keys.errors(stream), *ids))
         try:
-            replies = await execute_many(self.redis, commands)
+            replies = await execute_many(self.redis, commands) if commands else []
         except TRANSIENT as exc:
             self.log.warning(f"{self.event}.ack_failed", error=str(exc))
             self._requeue(acks, retried, riders, emitting)
             return False
-        for command, reply in zip(riders, replies, strict=False):
-            if isinstance(reply, ResponseError):
-                self.log.error(f"{self.event}.after_ack_failed", command=str(command[0]), error=str(reply))
+        self._riders_done(riders, replies)
         done, in_flight = 0, self.in_flight
         for (stream, entry_id, emits, _), at in zip(emitting, execs, strict=True):
             self._emitted(stream, entry_id, len(emits), replies[at])
@@ -449,14 +448,21 @@ class GroupConsumer(abc.ABC):
         self._with_acks[:0] = riders
         self._emitting[:0] = emitting
 
-    async def _emit_across_slots(
-        self, emitting: list[tuple[str, str, list[tuple[Any, ...]], bool]]
+    def _riders_done(self, riders: Sequence[tuple[Any, ...]], replies: Sequence[Any]) -> None:
+        for command, reply in zip(riders, replies, strict=False):
+            if isinstance(reply, ResponseError):
+                self.log.error(f"{self.event}.after_ack_failed", command=str(command[0]), error=str(reply))
+
+    async def _before_acks(
+        self, riders: list[tuple[Any, ...]], emitting: list[tuple[str, str, list[tuple[Any, ...]], bool]]
     ) -> list[tuple[str, str, list[tuple[Any, ...]], bool]]:
-        """On a cluster a transaction keeps to one slot: an entry's envelopes to streams in
-        other slots than its own are published first, in one round trip (each node its own);
-        only the rest go in the MULTI/EXEC with its XACK. An entry one of whose envelopes was
-        refused is not acked (it is handled again, at least once); the others come back with
-        their same-slot envelopes only, so a retry of the flush does not publish twice."""
+        """On a cluster the nodes of one round trip apply their commands in no set order, and a
+        transaction keeps to one slot. So the commands riding with the acks, and an entry's
+        envelopes to streams in other slots than its own, go first, in one round trip (each
+        node its own); only an entry's same-slot envelopes go in the MULTI/EXEC with its XACK.
+        An entry one of whose envelopes was refused is not acked (it is handled again, at
+        least once); the others come back with their same-slot envelopes only, so a retry of
+        the flush does not publish twice."""
         outside: list[tuple[int, tuple[Any, ...]]] = []
         kept: list[tuple[str, str, list[tuple[Any, ...]], bool]] = []
         for at, (stream, entry_id, emits, was_retried) in enumerate(emitting):
@@ -464,11 +470,12 @@ class GroupConsumer(abc.ABC):
             inside = [c for c in emits if slot_of(c[1]) == home]
             outside += [(at, c) for c in emits if slot_of(c[1]) != home]
             kept.append((stream, entry_id, inside, was_retried))
-        if not outside:
+        if not outside and not riders:
             return emitting
-        replies = await execute_many(self.redis, [c for _, c in outside])
+        replies = await execute_many(self.redis, [*riders, *(c for _, c in outside)])
+        self._riders_done(riders, replies)
         refused: dict[int, Any] = {}
-        for (at, _), reply in zip(outside, replies, strict=True):
+        for (at, _), reply in zip(outside, replies[len(riders) :], strict=True):
             if isinstance(reply, ResponseError):
                 refused.setdefault(at, reply)
         for at, reply in refused.items():

@@ -19,6 +19,7 @@ from bus import (
     Entry,
     Handler,
     Keys,
+    NotReplicated,
     Publisher,
     Rejected,
     RemoteError,
@@ -26,6 +27,7 @@ from bus import (
     RpcTimeout,
     StreamConsumer,
     drop_finished_reply_streams,
+    is_cluster,
     safe_trim_boundary,
     trim_acknowledged,
 )
@@ -336,3 +338,14 @@ async def test_batch_consumer_isolates_a_poisoned_entry_and_acks_the_rest(
     assert b"cannot store this one" in dead[0][1][b"dl_detail"]
     for name in ("test", "test.later"):
         assert (await redis.xpending(keys.stream(name), "batch"))["pending"] == 0
+
+
+async def test_a_publish_asking_for_a_missing_replica_is_written_but_not_acknowledged(
+    redis: RedisClient, keys: Keys, signer: Signer
+) -> None:
+    if is_cluster(redis):
+        pytest.skip("a standalone server has no replica to wait for (the cluster's is tested apart)")
+    publisher = Publisher(redis, keys, signer, replicas=1, replica_timeout_ms=50)
+    with pytest.raises(NotReplicated, match=r"written to .+ but acknowledged by 0 of the 1 replica"):
+        await publisher.publish(work(1), "test")
+    assert await redis.xlen(keys.stream("test")) == 1, "on its master it is: publishing again may repeat it"

@@ -13,9 +13,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from agents.auditor.agent import Auditor
 from agents.extraction import ExtractRequest, PlanLocked, PlanResearch, load_file, research
-from agents.lineage import GROUP
-from bus import Keys, Publisher, as_text
+from agents.lineage import GROUP, Projector
+from bus import DEFAULT_TOPOLOGY, Keys, PartitionSet, Publisher, as_text
 from bus.connection import RedisClient
 from bus.index import known_streams
 from envelope import PacketEnvelope, Signer, Verifier, decode
@@ -239,3 +240,25 @@ async def test_a_graph_outage_leaves_entries_pending_and_the_projector_catches_u
     assert projector.terminate() == 0
     assert "batch_consumer.handler_failed" in [e.get("event") for e in projector.log_events()]
     assert planner.terminate() == 0
+
+
+async def test_projectors_and_auditors_split_the_streams_between_them_by_partition(
+    redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
+) -> None:
+    names = [f"s{i}" for i in range(40)]
+    publisher = Publisher(redis, keys, signer)
+    for name in names:
+        await publisher.publish(request_envelope(), name)
+    graph = SemanticGraph(FalkorBackend(redis, graph_key(keys.namespace), where="test"), keys.namespace)
+    shares = [PartitionSet.parse(f"{i}/3") for i in range(3)]
+    seen: list[set[str]] = []
+    for share in shares:
+        projector = Projector(redis, keys, graph, verifier, DEFAULT_TOPOLOGY, share)
+        mine = set(await projector.streams()) & set(names)
+        assert all(share.owns(name) for name in mine)
+        seen.append(mine)
+    assert set().union(*seen) == set(names) and sum(len(s) for s in seen) == len(names)  # each once
+    auditor = Auditor(redis, keys, None, verifier, None, None, DEFAULT_TOPOLOGY, shares[1])  # type: ignore[arg-type]
+    assert set(await auditor.streams()) & set(names) == seen[1]
+    everything = Projector(redis, keys, graph, verifier, DEFAULT_TOPOLOGY)
+    assert set(names) <= set(await everything.streams())
