@@ -228,9 +228,15 @@ def read_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: {exc}") from None
 
 
-def read_checkpoint_dir(directory: Path) -> list[Checkpoint]:
-    """The checkpoint files of ``directory``, by id (none when it does not exist)."""
+def read_checkpoint_files(directory: Path) -> list[tuple[Path, Checkpoint]]:
+    """Every checkpoint file of ``directory`` with what it holds, by the id it holds (none when
+    the directory does not exist). A file's name is not trusted: what it holds decides."""
     if not directory.is_dir():
         return []
-    found = [read_checkpoint(p) for p in sorted(directory.glob(f"{_FILE_PREFIX}*.json"))]
-    return sorted(found, key=lambda c: c.id)
+    found = [(p, read_checkpoint(p)) for p in sorted(directory.glob(f"{_FILE_PREFIX}*.json"))]
+    return sorted(found, key=lambda pc: pc[1].id)
+
+
+def read_checkpoint_dir(directory: Path) -> list[Checkpoint]:
+    """The checkpoints of ``directory``'s files, by id (none when it does not exist)."""
+    return [cp for _, cp in read_checkpoint_files(directory)]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from memory.chain import HASH_VERSION, HEADER_FIELDS, chain_hash, leaf_hash, pack, payload_hash
@@ -58,6 +59,8 @@ class Damage(StrEnum):
     CHECKPOINT_LINK_BROKEN = "checkpoint link broken"
     UNKNOWN_CHECKPOINT = "unknown checkpoint"
     ROLLED_BACK = "trail rolled back"
+    CHECKPOINT_FILE_MISSING = "checkpoint file missing"
+    CHECKPOINT_FILE_MISNAMED = "checkpoint file misnamed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +300,7 @@ def _moved_or_edited(s: int, window: Sequence[Row], head_seq: int) -> Problem:
         return Problem(Damage.INSERTED_ROW, s, f"seq {s} lies beyond the head (seq {head_seq})")
     home = _find_row_written_at(s, window[1:])
     if home is not None and _leaf(row, home[_SEQ]) == row[_LEAF]:
-        return Problem(Damage.ROWS_SWAPPED, s, f"the rows at seq {s} and {home[_SEQ]} were swapped")
+        return swapped(s, home[_SEQ])
     if _leaf(row, s - 1) == row[_LEAF]:
         return Problem(
             Damage.INSERTED_ROW,
@@ -318,6 +321,16 @@ def _moved_or_edited(s: int, window: Sequence[Row], head_seq: int) -> Problem:
         s,
         "the header fields (or payload hash) differ from what the leaf hash was computed over",
     )
+
+
+def swapped(seq: int, other: int) -> Problem:
+    return Problem(Damage.ROWS_SWAPPED, seq, f"the rows at seq {seq} and {other} were swapped")
+
+
+#: The leaf hash of a row's header as if it had been written at a given seq.
+leaf_of = _leaf
+#: Where a row's seq and leaf hash are.
+ROW_SEQ, ROW_LEAF = _SEQ, _LEAF
 
 
 def _find_row_written_at(seq: int, rows: Iterable[Row]) -> Row | None:
@@ -341,13 +354,18 @@ class CheckpointCheck:
 
 def check_checkpoints(
     in_trail: Sequence[Checkpoint],
-    files: Sequence[tuple[str, Checkpoint]],
+    files: Sequence[tuple[str, Checkpoint]] | None,
     presented: tuple[str, Checkpoint] | None,
     trusted_keys: Mapping[str, bytes] | None,
 ) -> CheckpointCheck:
     """Signatures and links of the trail's checkpoints; files (``(path, checkpoint)``) must
-    be checkpoints of this trail. Without ``trusted_keys`` signatures are not checked."""
+    be checkpoints of this trail, each in the file its id names, and every checkpoint of the
+    trail must have its file (``files`` None: no directory of files, nothing expected).
+    Without ``trusted_keys`` signatures are not checked."""
     out = CheckpointCheck()
+    if files is not None:
+        _check_files(in_trail, files, out.problems)
+    files = files or []
     previous: Checkpoint | None = None
     for cp in sorted(in_trail, key=lambda c: c.id):
         why = _untrusted(cp, trusted_keys)
@@ -369,6 +387,39 @@ def check_checkpoints(
         out.start = presented[1]
     out.anchors = list({(a.seq, a.chain_hash): a for a in out.anchors}.values())
     return out
+
+
+def _check_files(
+    in_trail: Sequence[Checkpoint], files: Sequence[tuple[str, Checkpoint]], problems: list[Problem]
+) -> None:
+    """Each file holds the checkpoint its name gives; each checkpoint of the trail has its file.
+    A newer checkpoint's file overwritten with an older one's content would otherwise read as
+    that older checkpoint, and the trail rolled back to it would pass; with the files gone, the
+    copy outside the database that detects a rollback is gone."""
+    names = set()
+    for path, cp in files:
+        name = Path(path).name
+        names.add(name)
+        if name != cp.file_name():
+            problems.append(
+                Problem(
+                    Damage.CHECKPOINT_FILE_MISNAMED,
+                    cp.seq,
+                    f"{path} holds checkpoint #{cp.id} (seq {cp.seq}), which belongs in {cp.file_name()}: "
+                    "a file overwritten with another checkpoint's content hides a rollback",
+                )
+            )
+    where = str(Path(files[0][0]).parent) if files else "the checkpoint directory"
+    for cp in in_trail:
+        if cp.file_name() not in names:
+            problems.append(
+                Problem(
+                    Damage.CHECKPOINT_FILE_MISSING,
+                    cp.seq,
+                    f"checkpoint #{cp.id} (seq {cp.seq}) has no file ({cp.file_name()}) in {where}: "
+                    "the copy outside the database is gone, so a rollback to before it goes unseen",
+                )
+            )
 
 
 def _untrusted(cp: Checkpoint, trusted_keys: Mapping[str, bytes] | None) -> str | None:

@@ -14,8 +14,20 @@ import structlog
 
 from memory.chain import GENESIS, HEADER_FIELDS
 
-from .checkpoints import Checkpoint, read_checkpoint, read_checkpoint_dir
-from .verify import ChainWalker, Damage, Problem, Row, VerifyReport, check_checkpoints, diagnose
+from .checkpoints import Checkpoint, read_checkpoint, read_checkpoint_files
+from .verify import (
+    ROW_LEAF,
+    ROW_SEQ,
+    ChainWalker,
+    Damage,
+    Problem,
+    Row,
+    VerifyReport,
+    check_checkpoints,
+    diagnose,
+    leaf_of,
+    swapped,
+)
 
 #: Rows hashed between two looks at the event loop (a driver reads what arrived meanwhile).
 SLICE = 256
@@ -53,10 +65,10 @@ class TrailSnapshot(Protocol):
 
 def checkpoint_files(
     directory: Path | None, from_checkpoint: Path | str | None
-) -> tuple[list[tuple[str, Checkpoint]], tuple[str, Checkpoint] | None]:
-    """The checkpoint files of ``directory`` and the one to start from, each with its path
-    (CheckpointError when one cannot be read)."""
-    files = [(str(directory / c.file_name()), c) for c in read_checkpoint_dir(directory)] if directory else []
+) -> tuple[list[tuple[str, Checkpoint]] | None, tuple[str, Checkpoint] | None]:
+    """The checkpoint files of ``directory`` (None without one: no file is expected) and the
+    one to start from, each with its path (CheckpointError when one cannot be read)."""
+    files = [(str(p), c) for p, c in read_checkpoint_files(directory)] if directory else None
     presented = (str(from_checkpoint), read_checkpoint(Path(from_checkpoint))) if from_checkpoint else None
     return files, presented
 
@@ -64,7 +76,7 @@ def checkpoint_files(
 async def verify_snapshot(
     snapshot: TrailSnapshot,
     *,
-    files: Sequence[tuple[str, Checkpoint]],
+    files: Sequence[tuple[str, Checkpoint]] | None,
     presented: tuple[str, Checkpoint] | None,
     trusted_keys: Mapping[str, bytes] | None,
     chunk_size: int,
@@ -93,7 +105,7 @@ class Walk:
 
     async def run(
         self,
-        files: Sequence[tuple[str, Checkpoint]],
+        files: Sequence[tuple[str, Checkpoint]] | None,
         presented: tuple[str, Checkpoint] | None,
         trusted_keys: Mapping[str, bytes] | None,
         started: float,
@@ -177,6 +189,28 @@ class Walk:
 
     async def _diagnose(self, walker: ChainWalker, bad_seq: int, head_seq: int) -> Problem:
         window = await self.snapshot.rows_from(bad_seq, DIAGNOSIS_WINDOW)
-        return diagnose(
+        problem = diagnose(
             walker.last_seq + 1, walker.chain_hash, window, head_seq=head_seq, redactions=walker.redactions
         )
+        if problem.kind == Damage.HEADER_CHANGED and window:
+            partner = await self._swapped_beyond(window[0], problem.seq + len(window), head_seq)
+            if partner is not None:
+                return swapped(problem.seq, partner)
+        return problem
+
+    async def _swapped_beyond(self, row: Row, first: int, head_seq: int) -> int | None:
+        """The seq beyond the diagnosis window ``row`` was written at, if the row there was
+        written at ``row``'s seq (two rows swapped far apart, not an edit). The seq is found
+        from the row's own leaf (one hash per candidate, no reading); only that row is read."""
+        seq = row[ROW_SEQ]
+        for at, candidate in enumerate(range(first, head_seq + 1)):
+            if at % 4096 == 0:
+                await asyncio.sleep(0)  # a long trail: let the loop breathe
+            if leaf_of(row, candidate) != row[ROW_LEAF]:
+                continue
+            found = await self.snapshot.rows_from(candidate, 1)
+            there = found[0] if found else None
+            if there is not None and there[ROW_SEQ] == candidate and leaf_of(there, seq) == there[ROW_LEAF]:
+                return candidate
+            return None
+        return None

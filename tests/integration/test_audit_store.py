@@ -724,6 +724,13 @@ async def _swap_rows(admin: str, trail: Trail) -> None:
     await _tamper(admin, *(sql.format(t) for t in ("entries", "payloads") for sql in (swap, back)))
 
 
+async def _swap_far_rows(admin: str, trail: Trail) -> None:
+    """Two rows 7,000 apart swapped: beyond the diagnosis window of rows read after the bad one."""
+    swap = f"UPDATE l9_audit.{{}} SET seq = {_PARK} + 11000 - seq WHERE seq IN (2000, 9000)"
+    back = f"UPDATE l9_audit.{{}} SET seq = seq - {_PARK} WHERE seq > {_PARK}"
+    await _tamper(admin, *(sql.format(t) for t in ("entries", "payloads") for sql in (swap, back)))
+
+
 async def _truncate_tail(admin: str, trail: Trail) -> None:
     await _tamper(admin, *(f"DELETE FROM l9_audit.{t} WHERE seq > 9000" for t in ("entries", "payloads")))
     await _tamper(
@@ -780,6 +787,7 @@ async def _rehash_a_foreign_checkpoint(admin: str, trail: Trail) -> None:
         (_delete_row_and_renumber, None, True, (Damage.MISSING_ROW, 3456)),
         (_insert_row, None, True, (Damage.INSERTED_ROW, 5001)),
         (_swap_rows, None, True, (Damage.ROWS_SWAPPED, 6000)),
+        (_swap_far_rows, None, True, (Damage.ROWS_SWAPPED, 2000)),
         (_truncate_tail, None, True, (Damage.TAIL_TRUNCATED, 9001)),
         (_rewrite_tail, None, True, (Damage.CHAIN_REWRITTEN, 8000)),
         (_rewrite_tail, 2, False, (Damage.CHAIN_REWRITTEN, 8000)),

@@ -20,8 +20,10 @@ from memory.audit import (
     AuditRecord,
     AuditRecorder,
     AuditStoreError,
+    Checkpoint,
     Damage,
     EntryFilter,
+    Head,
     InMemoryAuditRecorder,
     SigningKey,
     prepare_append,
@@ -304,3 +306,50 @@ async def test_both_adapters_implement_the_port() -> None:
         assert (await recorder.head()).seq == 0
     with pytest.raises(AuditStoreError, match="closed"):
         await recorder.head()
+
+
+async def checkpointed(tmp_path: Path) -> tuple[InMemoryAuditRecorder, list[Checkpoint]]:
+    """A trail of three checkpoints, their files in ``tmp_path``."""
+    recorder = InMemoryAuditRecorder(clock=ticking(), checkpoint_dir=tmp_path)
+    made = []
+    for i in range(3):
+        await recorder.append([record(10 * i + j) for j in range(2)])
+        made.append(await recorder.make_checkpoint(KEY))
+    assert (await recorder.verify(trusted_keys=KEY.trusted())).ok
+    return recorder, made
+
+
+async def test_a_rollback_hidden_by_files_overwritten_with_an_older_checkpoint_is_found(
+    tmp_path: Path,
+) -> None:
+    recorder, (first, second, third) = await checkpointed(tmp_path)
+    # The database is rolled back to the first checkpoint, and the newer checkpoints' files are
+    # overwritten with the first one's content: every file now holds a checkpoint of the trail.
+    del recorder.entries[first.seq :]
+    recorder._checkpoints[1:] = []
+    recorder._head = Head(first.seq, first.chain_hash, recorder._head.updated_at)
+    for newer in (second, third):
+        (tmp_path / newer.file_name()).write_text((tmp_path / first.file_name()).read_text())
+    report = await recorder.verify(trusted_keys=KEY.trusted())
+    assert not report.ok
+    misnamed = [p for p in report.problems if p.kind == Damage.CHECKPOINT_FILE_MISNAMED]
+    assert [p.detail.split(" holds")[0] for p in misnamed] == [
+        str(tmp_path / second.file_name()),
+        str(tmp_path / third.file_name()),
+    ]
+    assert all(f"holds checkpoint #{first.id}" in p.detail for p in misnamed)
+
+
+async def test_checkpoints_whose_files_are_gone_are_reported(tmp_path: Path) -> None:
+    recorder, made = await checkpointed(tmp_path)
+    for checkpoint in made:
+        (tmp_path / checkpoint.file_name()).unlink()
+    report = await recorder.verify(trusted_keys=KEY.trusted())
+    missing = [p for p in report.problems if p.kind == Damage.CHECKPOINT_FILE_MISSING]
+    assert not report.ok and [p.seq for p in missing] == [c.seq for c in made]
+    assert f"checkpoint #{made[0].id} (seq {made[0].seq}) has no file" in missing[0].detail
+    # without a directory of files nothing is expected: the database alone verifies
+    alone = InMemoryAuditRecorder(clock=ticking())
+    await alone.append([record(1)])
+    await alone.make_checkpoint(KEY)
+    assert (await alone.verify(trusted_keys=KEY.trusted())).ok
