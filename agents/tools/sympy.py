@@ -15,7 +15,9 @@ reply came before the deadline. Importing this module does not import SymPy.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
 
 from agents.contracts.sympy.errors import ToolError, error_from_reply
 from agents.contracts.sympy.payloads import (
@@ -45,6 +47,29 @@ from agents.contracts.sympy.payloads import (
 from bus import RemoteError, RpcClient
 
 R = TypeVar("R", bound=SymPyResult)
+Q = TypeVar("Q", bound=SymPyRequest)
+
+
+def _request(cls: type[Q], **fields: Any) -> Q:
+    """The request ``cls`` of the call's arguments. A bad argument is a :class:`ToolError`
+    (kind ``invalid``, rule ``bad_argument``) naming the argument and what it must be, raised
+    before anything is sent, as the worker would answer it, not a pydantic ValidationError."""
+    try:
+        return cls(**fields)
+    except ValidationError as exc:
+        raise ToolError("invalid", "bad_argument", _problems(exc)) from None
+
+
+def _problems(exc: ValidationError) -> str:
+    """``field: what is wrong (got 'value')``, one per problem, on one line."""
+    out = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "request"
+        got = error.get("input")
+        shown = repr(got) if isinstance(got, str | int | float) else type(got).__name__
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        out.append(f"{where}: {error['msg']} (got {shown})")
+    return "; ".join(out)
 
 
 class SymPyTool:
@@ -101,22 +126,24 @@ class SymPyTool:
         deadline_s: float | None = None,
     ) -> EvaluateResult:
         values = {name: [float(v) for v in vs] for name, vs in (points or {}).items()}
-        request = Evaluate(expr=expr, points=values, backend=backend, precision=precision)
+        request = _request(Evaluate, expr=expr, points=values, backend=backend, precision=precision)
         return await self.call(request, EvaluateResult, deadline_s=deadline_s)
 
     async def simplify(self, expr: str, *, deadline_s: float | None = None) -> ExpressionResult:
-        return await self.call(Simplify(expr=expr), ExpressionResult, deadline_s=deadline_s)
+        return await self.call(_request(Simplify, expr=expr), ExpressionResult, deadline_s=deadline_s)
 
     async def expand(self, expr: str, *, deadline_s: float | None = None) -> ExpressionResult:
-        return await self.call(Expand(expr=expr), ExpressionResult, deadline_s=deadline_s)
+        return await self.call(_request(Expand, expr=expr), ExpressionResult, deadline_s=deadline_s)
 
     async def factor(self, expr: str, *, deadline_s: float | None = None) -> ExpressionResult:
-        return await self.call(Factor(expr=expr), ExpressionResult, deadline_s=deadline_s)
+        return await self.call(_request(Factor, expr=expr), ExpressionResult, deadline_s=deadline_s)
 
     async def diff(
         self, expr: str, wrt: str | None = None, order: int = 1, *, deadline_s: float | None = None
     ) -> ExpressionResult:
-        return await self.call(Diff(expr=expr, wrt=wrt, order=order), ExpressionResult, deadline_s=deadline_s)
+        return await self.call(
+            _request(Diff, expr=expr, wrt=wrt, order=order), ExpressionResult, deadline_s=deadline_s
+        )
 
     async def integrate(
         self,
@@ -127,7 +154,7 @@ class SymPyTool:
         *,
         deadline_s: float | None = None,
     ) -> ExpressionResult:
-        request = Integrate(expr=expr, wrt=wrt, lower=lower, upper=upper)
+        request = _request(Integrate, expr=expr, wrt=wrt, lower=lower, upper=upper)
         return await self.call(request, ExpressionResult, deadline_s=deadline_s)
 
     async def series(
@@ -140,17 +167,17 @@ class SymPyTool:
         remove_order: bool = False,
         deadline_s: float | None = None,
     ) -> ExpressionResult:
-        request = Series(expr=expr, wrt=wrt, at=at, order=order, remove_order=remove_order)
+        request = _request(Series, expr=expr, wrt=wrt, at=at, order=order, remove_order=remove_order)
         return await self.call(request, ExpressionResult, deadline_s=deadline_s)
 
     async def solve(
         self, *equations: str, unknowns: Iterable[str] = (), deadline_s: float | None = None
     ) -> SolveResult:
-        request = Solve(equations=list(equations), unknowns=list(unknowns))
+        request = _request(Solve, equations=list(equations), unknowns=list(unknowns))
         return await self.call(request, SolveResult, deadline_s=deadline_s)
 
     async def cse(self, *exprs: str, basic: bool = False, deadline_s: float | None = None) -> CseResult:
-        request = Cse(exprs=list(exprs), optimizations="basic" if basic else "none")
+        request = _request(Cse, exprs=list(exprs), optimizations="basic" if basic else "none")
         return await self.call(request, CseResult, deadline_s=deadline_s)
 
     async def generate_code(
@@ -164,12 +191,12 @@ class SymPyTool:
         deadline_s: float | None = None,
     ) -> GenerateCodeResult:
         arg_list = None if args is None else list(args)
-        request = GenerateCode(expr=expr, language=language, name=name, args=arg_list, cse=cse)
+        request = _request(GenerateCode, expr=expr, language=language, name=name, args=arg_list, cse=cse)
         return await self.call(request, GenerateCodeResult, deadline_s=deadline_s)
 
     async def compile(
         self, expr: str, *, args: Iterable[str] | None = None, deadline_s: float | None = None
     ) -> CompileResult:
         """Build the kernel ``evaluate(..., backend="compiled")`` uses (or find it built)."""
-        request = Compile(expr=expr, args=None if args is None else list(args))
+        request = _request(Compile, expr=expr, args=None if args is None else list(args))
         return await self.call(request, CompileResult, deadline_s=deadline_s or max(self.deadline_s, 180.0))

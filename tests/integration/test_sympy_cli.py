@@ -71,3 +71,21 @@ async def _metric_rows(dsn: str, n: int) -> bool:
 async def test_no_worker_is_a_clear_exit_code(agent_env: dict[str, str]) -> None:
     code, _, err = await l9(agent_env, "expand", "(x+1)**2", "--deadline", "0.5")
     assert code == 2 and "no SymPy worker answered within 0.5s" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("codegen", "x + 1", "--name", 'os.system("id")'), "error: invalid: bad_argument: name: "),
+        (("diff", "x**2", "--wrt", "__class__"), "error: invalid: bad_argument: wrt: "),
+        (("simplify", "x\udc80"), "error: invalid: bad_argument: expr: "),
+    ],
+    ids=["name", "wrt", "lone-surrogate"],
+)
+async def test_a_bad_argument_is_one_line_naming_it(
+    agent_env: dict[str, str], args: tuple[str, ...], expected: str
+) -> None:
+    code, _, err = await l9(agent_env, *args, "--deadline", "0.5")
+    lines = [line for line in err.splitlines() if not line.startswith("{")]  # log lines are JSON
+    assert code == 1 and len(lines) == 1 and lines[0].startswith(expected), err
+    assert "Traceback" not in err and "pydantic" not in err
