@@ -31,6 +31,6 @@ if [ "$#" -gt 0 ]; then
   run t "$@"
   exit $?
 fi
-run t || exit $?
+run t --durations=15 || exit $?
 echo "run-tests: the tests marked 'cluster', again on a local Redis Cluster" >&2
-L9_TEST_REDIS=cluster run cluster -m cluster tests/integration
+L9_TEST_REDIS=cluster run cluster --durations=5 -m cluster tests/integration

@@ -40,6 +40,8 @@ CALIBRATION_POINTS = 10_000
 _FASTER: dict[str, str] = {}
 _CALLABLES: OrderedDict[tuple[str, str], Vectorised] = OrderedDict()
 _CALLABLES_MAX = 256
+#: Points without a finite value that a double-precision backend's answer is checked at.
+RECHECKED_POINTS = 64
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,9 @@ def _compiled(
         out = np.asarray(kernel(*[np.ascontiguousarray(a) for a in arrays[: len(free)]]))
     except Exception as exc:
         raise ToolError("invalid", "backend_failed", f"compiled: {type(exc).__name__}: {exc}") from None
-    return _values("compiled", np.broadcast_to(out, (n,)))
+    values = _values("compiled", np.broadcast_to(out, (n,)))
+    _check_non_finite("compiled", values, expr, free or [sympy.Dummy("unused")], arrays)
+    return values
 
 
 def _arrays(symbols: list[Any], points: Mapping[str, Sequence[float]], max_points: int) -> list[np.ndarray]:
@@ -179,7 +183,31 @@ def _vectorised(backend: str, expr: Any, symbols: list[Any], arrays: list[np.nda
     except Exception as exc:
         raise ToolError("invalid", "backend_failed", f"{backend}: {type(exc).__name__}: {exc}") from None
     out = np.broadcast_to(out.reshape(-1) if out.size == len(arrays[0]) else out, (len(arrays[0]),))
-    return _values(backend, out)
+    values = _values(backend, out)
+    _check_non_finite(backend, values, expr, symbols, arrays)
+    return values
+
+
+def _check_non_finite(
+    backend: str, values: Values, expr: Any, symbols: list[Any], arrays: list[np.ndarray]
+) -> None:
+    """A point where a double-precision backend has no finite value (null) must have none:
+    a pole, or a value beyond doubles. A value it lost on the way (``9**1000 / 7**1000``:
+    two overflows, one finite quotient) is an error, so ``auto`` goes on to the next backend
+    and a backend asked for by name does not answer null for a number. Up to
+    :data:`RECHECKED_POINTS` such points are evaluated again with ``evalf``."""
+    lost = [i for i, v in enumerate(values.real) if v is None][:RECHECKED_POINTS]
+    if not lost:
+        return
+    reference = _evalf(expr, symbols, [a[lost] for a in arrays], DOUBLE_DIGITS)
+    for at, value in zip(lost, reference.real, strict=True):
+        if value is not None:
+            raise ToolError(
+                "invalid",
+                "backend_lost_value",
+                f"{backend}: no finite value at point {at} (a double overflowed on the way) where "
+                f"evalf gives {value!r}; use backend evalf",
+            )
 
 
 def _values(backend: str, out: np.ndarray) -> Values:

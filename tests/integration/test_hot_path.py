@@ -88,9 +88,9 @@ async def test_a_handlers_emits_go_with_its_ack_in_one_multi_exec_and_a_failed_a
     round_trips: list[list[str]] = []
     real = bus.connection.execute_many
 
-    async def recorded(client: RedisClient, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    async def recorded(client: RedisClient, commands: Sequence[Sequence[Any]], **kw: Any) -> list[Any]:
         round_trips.append([str(c[0]) for c in commands])
-        return await real(client, commands)
+        return await real(client, commands, **kw)
 
     monkeypatch.setattr(bus.group, "execute_many", recorded)
     agent = FanOut(runtime(redis, keys, signer, verifier))
@@ -252,12 +252,12 @@ async def test_a_failed_publish_does_not_count_its_stream_as_indexed(
     real = bus.connection.execute_many
     calls = 0
 
-    async def first_fails(client: RedisClient, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    async def first_fails(client: RedisClient, commands: Sequence[Sequence[Any]], **kw: Any) -> list[Any]:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise ConnectionError("Redis went away")
-        return await real(client, commands)
+        return await real(client, commands, **kw)
 
     monkeypatch.setattr(bus.publisher, "execute_many", first_fails)
     with pytest.raises(ConnectionError):

@@ -160,3 +160,23 @@ def test_values_that_are_not_finite_reals_are_none_or_imaginary() -> None:
 def test_a_symbol_named_like_numpy_cannot_shadow_it() -> None:
     result = run(Evaluate(expr="numpy*2 + sin(numpy)", points={"numpy": [0.5]}, backend="numpy"))
     assert result["values"] == pytest.approx([1.0 + 0.479425538604203])
+
+
+def test_names_are_read_as_the_expression_is_full_width_letters_included() -> None:
+    wide_x = "\uff58"  # FULLWIDTH LATIN SMALL LETTER X: Python (and the parser) read it as x
+    assert run(Diff(expr=f"{wide_x}**2", wrt=wide_x))["expr"] == "2*x"
+    assert run(Evaluate(expr=f"{wide_x} + 1", points={wide_x: [1.0, 2.0]}))["values"] == [2.0, 3.0]
+    assert key(Diff(expr=f"{wide_x}*y", wrt=wide_x)) == key(Diff(expr="x*y", wrt="x"))
+
+
+def test_a_value_a_double_backend_loses_is_an_error_or_a_fallback_never_null() -> None:
+    big = "9**1000/7**1000"  # two overflows on the way, a finite quotient (about 1.39e109)
+    reference = run(Evaluate(expr=big, backend="evalf"))["values"][0]
+    assert reference == pytest.approx(1.3946634679473656e109)
+    with pytest.raises(ToolError) as caught:
+        run(Evaluate(expr=big, backend="symengine"))
+    assert caught.value.rule == "backend_lost_value" and "evalf gives" in caught.value.detail
+    chosen = run(Evaluate(expr=big))  # auto: the next backend that keeps it
+    assert chosen["values"][0] == pytest.approx(reference) and chosen["backend"] != "symengine"
+    # a pole has no value in any backend: null stays null
+    assert run(Evaluate(expr="1/x", points={"x": [0.0, 2.0]}, backend="symengine"))["values"] == [None, 0.5]

@@ -12,9 +12,10 @@ imaginary part in ``imag``.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from envelope import Payload, payload
 
@@ -22,8 +23,18 @@ from .errors import Kind
 
 EXPR_MAX = 1_000_000  # a hard cap on the wire; the parser's own limit (L9_SYMPY_MAX_CHARS) is lower
 Expr = str
-#: A symbol's name: a letter, then letters, digits or underscores (Unicode letters too).
-Name = Annotated[str, Field(pattern=r"^[^\W\d_]\w{0,63}$")]
+
+
+def _as_identifier(value: object) -> object:
+    """A name as Python reads identifiers, and so as the parser reads the expression (NFKC:
+    the full-width x, U+FF58, is x): a derivative of an expression written in full-width
+    letters with respect to a full-width variable is about one symbol, not two."""
+    return unicodedata.normalize("NFKC", value) if isinstance(value, str) else value
+
+
+#: A symbol's name: a letter, then letters, digits or underscores (Unicode letters too), in
+#: its NFKC form.
+Name = Annotated[str, BeforeValidator(_as_identifier), Field(pattern=r"^[^\W\d_]\w{0,63}$")]
 IDENTIFIER = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 Backend = Literal["auto", "evalf", "numpy", "symengine", "compiled"]
 Language = Literal["c", "fortran", "python", "cython"]
