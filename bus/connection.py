@@ -313,10 +313,13 @@ async def _execute_on_cluster(
     asked: dict[int, ClusterNode] = {}  # unit start -> the node an ASK named
     for round_ in range(REDIRECTS + 1):
         by_node: dict[ClusterNode, list[tuple[int, int, int]]] = {}
+        asking: set[int] = set()  # units sent to the node an ASK named, after ASKING
         for unit in todo:
-            node = asked.pop(unit[0], None) or cluster.nodes_manager.get_node_from_slot(unit[2])
+            target = asked.pop(unit[0], None)
+            if target is not None:
+                asking.add(unit[0])
+            node = target or cluster.nodes_manager.get_node_from_slot(unit[2])
             by_node.setdefault(node, []).append(unit)
-        asking = set(asked)
         wait = ("WAIT", replicas, replica_timeout_ms) if replicas else None
         results = await asyncio.gather(
             *(_on_node(cluster, node, units, commands, asking, wait) for node, units in by_node.items())

@@ -5,12 +5,16 @@ are published before the entry's MULTI/EXEC (a transaction cannot span slots).""
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
+from redis import Redis as SyncRedis
+from redis.exceptions import AskError, ResponseError
 from structlog.testing import capture_logs
 
 from bus import HiredisPackingConnection, Keys, NotReplicated, Publisher, is_cluster, partition_of
-from bus.connection import RedisClient, slot_of
+from bus.connection import RedisClient, execute_many, slot_of
 from envelope import Signer, Verifier
 from l9.status import collect_status
 from tests.conftest import wait_for
@@ -92,3 +96,38 @@ async def test_a_publish_asking_for_a_replica_returns_once_the_replica_has_it(
     assert len(ids) == 2 and await redis.xlen(keys.stream("test")) == 2
     with pytest.raises(NotReplicated, match="acknowledged by 1 of the 2 replica"):
         await Publisher(redis, keys, signer, replicas=2, replica_timeout_ms=50).publish(work(3), "test")
+
+
+def _node(address: str) -> SyncRedis:
+    host, port = address.split(":")
+    return SyncRedis(host=host, port=int(port), socket_timeout=10)
+
+
+async def test_execute_many_follows_ask_while_a_slot_migrates(redis: RedisClient, keys: Keys) -> None:
+    cluster: Any = redis
+    key = keys.stream("asked")
+    await execute_many(cluster, [("XADD", key, "*", "n", "1")])
+    slot = slot_of(key)
+    source = cluster.nodes_manager.get_node_from_slot(slot).name
+    target = next(n.name for n in cluster.get_primaries() if n.name != source)
+    masters = [n.name for n in cluster.get_primaries()]
+    with _node(source) as src, _node(target) as dst:
+        src_id, dst_id = (n.execute_command("CLUSTER MYID").decode() for n in (src, dst))
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+        try:
+            host, port = target.split(":")
+            while batch := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", host, int(port), "", 0, 10_000, "KEYS", *batch)
+            # the key is on the target now; the source answers ASK for it until the slot is moved
+            with pytest.raises(AskError) as asked:
+                src.xadd(key, {"n": "x"})
+            assert type(asked.value) is AskError, "ASK, not MOVED: the slot is migrating"
+            replies = await execute_many(cluster, [("XADD", key, "*", "n", "2"), ("XLEN", key)])
+            assert not any(isinstance(r, ResponseError) for r in replies), replies
+            assert replies[1] == 2, "both entries on the target: the second went there after ASKING"
+        finally:
+            for address in masters:
+                with _node(address) as node:
+                    node.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+    assert await cluster.xlen(key) == 2
