@@ -7,8 +7,8 @@
 # With no test paths (make test: the whole suite), a second pass runs the tests
 # marked `cluster` again on a local Redis Cluster (3 masters + 3 replicas,
 # L9_TEST_REDIS=cluster): delivery, reclaim, dead letters, RPC, retention, the
-# agents, the auditor, the SymPy worker, the lineage projector and the extraction
-# end to end.
+# agents, l9 health, the auditor, the SymPy worker, the lineage projector and the
+# extraction end to end.
 set -u
 pytest_bin=${1:-pytest}
 shift || true

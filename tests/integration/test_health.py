@@ -11,7 +11,7 @@ from bus import Keys
 from bus.connection import RedisClient
 from tests.conftest import AgentProcess, run_l9, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]  # also on the local cluster
 
 
 async def test_health_follows_the_agents_heartbeats(
