@@ -125,7 +125,7 @@ class GroupConsumer(abc.ABC):
             try:
                 await self._deliver()
             finally:
-                self._cancel_reads()
+                self._slot_reads.cancel()
             with anyio.CancelScope(shield=True):
                 await self._flush_acks()
             side.cancel_scope.cancel()
@@ -187,7 +187,7 @@ class GroupConsumer(abc.ABC):
         self._names.clear()
         self._read_ids.clear()
         self._by_slot.clear()
-        self._cancel_reads()
+        self._slot_reads.cancel()
 
     async def _create_group(self, stream: str, *, mkstream: bool) -> bool:
         """The group on ``stream``, from its first entry. With ``mkstream`` a missing stream is
@@ -253,15 +253,9 @@ class GroupConsumer(abc.ABC):
             command = xreadgroup_command(self.group, self.consumer, ids, count, block)
             return lambda: read_in_slot(cluster, slot, *command)
 
-        if len(self._by_slot) == 1:
-            ((slot, ids),) = self._by_slot.items()
-            return await reader(slot, ids)()
         return await self._slot_reads.next(
             {slot: reader(slot, dict(ids)) for slot, ids in self._by_slot.items()}
         )
-
-    def _cancel_reads(self) -> None:
-        self._slot_reads.cancel()
 
     async def _recover_group(self, exc: ResponseError, backoff: Backoff) -> None:
         """A group or stream vanished: what was in hand vanished with it; recreate, with backoff."""

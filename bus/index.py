@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .connection import RedisClient, as_text, execute_many, first_error
-from .keys import Keys, partition_of
+from .keys import Keys
 
 
 def index_commands(keys: Keys, names: Iterable[str]) -> list[tuple[Any, ...]]:
@@ -39,11 +39,3 @@ async def known_streams(redis: RedisClient, keys: Keys, partitions: Iterable[int
     replies = await execute_many(redis, [("SMEMBERS", index) for index in keys.indexes(partitions)])
     first_error(replies)
     return {as_text(name) for members in replies for name in members}
-
-
-def by_partition(names: Iterable[str]) -> dict[int, list[str]]:
-    """``names`` grouped by partition."""
-    out: dict[int, list[str]] = {}
-    for name in names:
-        out.setdefault(partition_of(name), []).append(name)
-    return out

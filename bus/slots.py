@@ -83,8 +83,13 @@ class SlotReads:
         list of ``(key, entries)`` (RESP2 replies and RESP3 maps alike). A read that failed
         raises here, once the others' answers are taken (their entries are then pending in
         their group, or read again from the same position by XREAD). Cancelled while
-        waiting, it cancels the reads under way."""
+        waiting, it cancels the reads under way. One slot with no read under way is read
+        here, without a task (the path of every reader of one slot)."""
         pending = self._reads
+        if len(reads) == 1 and not pending:
+            (start,) = reads.values()
+            reply = await start()
+            return list(reply.items()) if isinstance(reply, dict) else list(reply or ())
         for slot, start in reads.items():
             if slot not in pending:
                 pending[slot] = asyncio.ensure_future(start())

@@ -78,12 +78,9 @@ class RunWatcher:
     async def read(self, run: str, block_ms: int) -> list[tuple[PacketEnvelope, Payload]]:
         """The run's next envelopes on any of the streams (waiting up to ``block_ms`` for one)."""
         replies: Any
-        if len(self._slots) > 1:
+        if self._slots:
             reads = {slot: self._reader(slot, slot_keys, block_ms) for slot, slot_keys in self._slots.items()}
             replies = await self._reads.next(reads)
-        elif self._slots:
-            ((slot, slot_keys),) = self._slots.items()
-            replies = await self._reader(slot, slot_keys, block_ms)()
         else:
             replies = await self.redis.xread(self.positions, block=block_ms, count=500)  # type: ignore[arg-type]
         out = []
