@@ -12,16 +12,28 @@ Whatever a handler emits carries the run's ``correlation_id`` and points at
 the envelope it handled by ``causation_id``; nothing needs to set them. It is
 published with the delivery's acknowledgement, in the same round trip (see
 :meth:`Context.emit`).
+
+Its id is derived from the envelope handled (``bus.dedupe.derived_id``: that
+envelope's id, the agent, the emitted type, and how many envelopes of that type
+the handler emitted before), not drawn afresh: a handler retried after a crash
+between its emit and its ack emits the same ids, and the audit trail, the
+consumers' windows of handled ids and any idempotent reader drop the repeat. That
+holds for ``ctx.emit`` (``now=True`` too), ``ctx.reply`` and ``ctx.fail``, and for
+``agent.envelope_for(payload, cause=ctx.envelope)`` called while the handler runs
+(in any task it started). A handler that emits the same types in the same order
+on every attempt gets the same ids on every attempt.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, ClassVar, Generic, TypeVar
 
 import structlog
 
 from bus import Delivery, ErrorReply, send_reply
+from bus.dedupe import derived_id
 from envelope import Kind, PacketEnvelope, Payload
 
 from .runtime import Runtime
@@ -30,6 +42,8 @@ P = TypeVar("P", bound=Payload)
 A = TypeVar("A", bound="Agent")
 HandlerMethod = Callable[[A, "Context[Any]"], Awaitable[None]]
 log = structlog.get_logger("l9.agent")
+#: The handler invocation under way (``Agent.handle`` sets it): what it emits is numbered there.
+_HANDLING: ContextVar[Context[Any] | None] = ContextVar("l9_handling", default=None)
 
 
 def handles(*models: type[Payload]) -> Callable[[HandlerMethod[A]], HandlerMethod[A]]:
@@ -51,6 +65,21 @@ class Context(Generic[P]):
         self.envelope = delivery.envelope
         self.payload: P = delivery.payload  # type: ignore[assignment]
         self.attempt = delivery.attempt
+        self._emitted: dict[str, int] = {}  # envelope type -> how many this invocation emitted
+
+    def next_id(self, type_: str) -> str:
+        """The id of the next envelope of type ``type_`` this handler emits: derived from the
+        envelope handled, the agent, the type and how many of that type went before, so the
+        same on every attempt (see the module doc)."""
+        n = self._emitted.get(type_, 0)
+        self._emitted[type_] = n + 1
+        return derived_id(self.envelope.id, self.agent.runtime.agent, type_, n)
+
+    def envelope_for(self, payload: Payload, *, kind: Kind = "event", **fields: Any) -> PacketEnvelope:
+        """The envelope of ``payload`` as this handler emits it: in the run of the envelope
+        handled, pointing at it, its id derived (:meth:`next_id`). Not published."""
+        envelope = self.agent._envelope(payload, self.envelope, kind, fields)
+        return envelope.model_copy(update={"id": self.next_id(envelope.type)})
 
     async def emit(
         self, payload: Payload, *, stream: str | None = None, now: bool = False, **fields: Any
@@ -62,19 +91,19 @@ class Context(Generic[P]):
         it emits (:meth:`bus.Delivery.publish_with_ack`). A handler that fails publishes
         nothing, and a retry does not find a first attempt's envelopes already out.
         ``now=True`` publishes at once instead: progress that someone watching should see
-        before the handler ends.
+        before the handler ends. Either way its id is derived (:meth:`next_id`): a retry
+        emits the same envelope ids.
         """
+        envelope = self.envelope_for(payload, **fields)
         if now:
-            return await self.agent.emit(payload, cause=self.envelope, stream=stream, **fields)
-        envelope = self.agent.envelope_for(payload, cause=self.envelope, **fields)
-        self.delivery.publish_with_ack(self.agent.runtime.publisher, [envelope], stream)
+            await self.agent.runtime.publisher.publish(envelope, stream)
+        else:
+            self.delivery.publish_with_ack(self.agent.runtime.publisher, [envelope], stream)
         return envelope
 
     async def reply(self, payload: Payload, *, kind: Kind = "response") -> PacketEnvelope:
-        """Answer a request on its reply stream."""
-        envelope = self.agent.envelope_for(
-            payload, cause=self.envelope, kind=kind, in_reply_to=self.envelope.id
-        )
+        """Answer a request on its reply stream (its id derived, as for :meth:`emit`)."""
+        envelope = self.envelope_for(payload, kind=kind, in_reply_to=self.envelope.id)
         await send_reply(self.agent.runtime.publisher, self.envelope, envelope)
         return envelope
 
@@ -119,10 +148,31 @@ class Agent:
         if attr is None:
             self.log.debug("agent.not_handled", type=delivery.envelope.type)
             return
-        await getattr(self, attr)(Context(self, delivery))
+        ctx: Context[Any] = Context(self, delivery)
+        token = _HANDLING.set(ctx)
+        try:
+            await getattr(self, attr)(ctx)
+        finally:
+            _HANDLING.reset(token)
 
     def envelope_for(
         self, payload: Payload, *, cause: PacketEnvelope | None = None, kind: Kind = "event", **fields: Any
+    ) -> PacketEnvelope:
+        """The envelope of ``payload`` from this agent; with ``cause``, in its run and pointing
+        at it. Caused by the envelope a handler of this agent is handling, its id is derived
+        (:meth:`Context.next_id`); otherwise it is a fresh UUIDv7."""
+        handling = _HANDLING.get()
+        if (
+            cause is not None
+            and handling is not None
+            and handling.agent is self
+            and handling.envelope.id == cause.id
+        ):
+            return handling.envelope_for(payload, kind=kind, **fields)
+        return self._envelope(payload, cause, kind, fields)
+
+    def _envelope(
+        self, payload: Payload, cause: PacketEnvelope | None, kind: Kind, fields: dict[str, Any]
     ) -> PacketEnvelope:
         rt = self.runtime
         return PacketEnvelope.new(

@@ -1,7 +1,7 @@
 """Throughput, CPU and latency of the L9 bus against a bare redis-py Streams loop.
 
     .venv/bin/python -m benchmarks.bus_throughput [--n 100000] [--single-n 20000] [--batch 500]
-        [--reps 3] [--modes batched,single]
+        [--reps 3] [--modes batched,single] [--signing hmac,ed25519]
 
 Prints one JSON object on stdout; progress goes to stderr.
 
@@ -66,7 +66,7 @@ from redis.typing import EncodableT, FieldT
 
 from bus import Delivery, DeliveryPolicy, Keys, Publisher, StreamConsumer, connect
 from bus.connection import RedisClient
-from envelope import PacketEnvelope, Payload, Signer, Verifier, decode, encode, registry
+from envelope import Ed25519Signer, PacketEnvelope, Payload, Signer, Verifier, decode, encode, registry
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK_TYPE = "l9.bench.tick.v1"
@@ -74,6 +74,11 @@ SOURCE = "agent://bench/publisher-0"
 STREAM = "bench"
 GROUP = "bench"
 KEYRING = {"bench": b"benchmark-signing-key-0123456789abcdef"}
+#: The per-agent scheme (``--signing ed25519``): the publisher's private key, the consumer's
+#: public key; kind ``l9_ed25519`` publishes with it (a batch signed once, ``envelope._signing``).
+ED25519 = Ed25519Signer.from_seed("bench.ed25519", bytes(range(32)))
+PUBLIC_KEYS = {ED25519.key_id: ED25519.public_bytes}
+TARGET_ED25519_RATIO = 0.6
 MODES = ("batched", "single")
 DEFAULT_SINGLE_N = 20_000
 TARGET_BATCHED_RATIO = 0.75
@@ -174,7 +179,7 @@ async def consume_l9(redis: RedisClient, job: dict[str, Any], ready: Callable[[]
         consumer="bench-0",
         streams=[STREAM],
         handler=handler,
-        verifier=Verifier(KEYRING),
+        verifier=Verifier(KEYRING, public_keys=PUBLIC_KEYS),
         policy=policy(),
     )
     async with anyio.create_task_group() as tg:
@@ -204,7 +209,7 @@ async def codec_cpu(redis: RedisClient, key: str, sample: int = 5000) -> float:
     signature, the envelope's and the payload's validation (``envelope.decode``), one
     entry after another in a tight loop -- the part of a delivery no loop can avoid."""
     rows: list[tuple[bytes, dict[bytes, bytes]]] = cast(Any, await redis.xrange(key, count=sample))
-    verifier = Verifier(KEYRING)
+    verifier = Verifier(KEYRING, public_keys=PUBLIC_KEYS)
     cpu0 = time.process_time()
     for _, fields in rows:
         decode(fields, verifier)
@@ -562,19 +567,19 @@ class Bench:
         args, ns = self.args, self.namespace(f"{mode}-{kind}{'-lat' if latency else ''}")
         keys = Keys(ns)
         key = keys.stream(STREAM)
-        pub = Publisher(self.l9_redis, keys, self.signer)
+        pub = Publisher(self.l9_redis, keys, ED25519 if kind == "l9_ed25519" else self.signer)
         floor = await FloorClient.connect(self.redis_url) if kind == "floor" else None
         if floor is not None:
             await floor.command("PING")
         await self.settle()
         rewrites0 = (await self.persistence()).get("aof_rewrites", 0)
-        consumer_kind = "l9" if kind == "l9" else "bare"
+        consumer_kind = "l9" if kind.startswith("l9") else "bare"
         await side.start({"kind": consumer_kind, "ns": ns, "n": n, "latency": latency})
         redis_cpu0, cpu0 = await self.redis_cpu_s(), time.process_time()
         t0 = time.monotonic()
         pacing = None
         if latency:
-            if kind == "l9":
+            if kind.startswith("l9"):
 
                 async def send(first: int, count: int) -> None:
                     await pub.publish_many([make_envelope(i) for i in range(first, first + count)], STREAM)
@@ -592,9 +597,9 @@ class Bench:
             command = ("XADD", key, "*", *(x for kv in self.bare_fields.items() for x in kv))
             for _ in range(n):
                 await floor.command(*command)
-        elif kind == "l9" and mode == "batched":
+        elif kind.startswith("l9") and mode == "batched":
             await publish_l9_batched(pub, n, args.batch)
-        elif kind == "l9":
+        elif kind.startswith("l9"):
             await publish_l9_single(pub, n)
         elif mode == "batched":
             await publish_bare_batched(self.redis, key, n, args.batch, self.bare_fields)
@@ -649,21 +654,22 @@ class Bench:
         )
         self.persistence_note = await self.defer_aof_rewrites()
         floor = FloorClient.supports(self.redis_url)
-        runs: dict[str, dict[str, list[dict[str, Any]]]] = {m: {"l9": [], "bare": []} for m in args.modes}
+        kinds = ("l9", "bare", *(("l9_ed25519",) if "ed25519" in args.signing else ()))
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {m: {k: [] for k in kinds} for m in args.modes}
         floors: list[dict[str, Any]] = []
         await side.open()
         try:
             for mode in args.modes:
                 warm = min(args.warmup, self.mode_n(mode))
                 progress(f"warm-up {mode}: {warm} envelopes each of l9 and bare")
-                for kind in ("l9", "bare"):
+                for kind in kinds:
                     await self.measure(side, kind, mode, warm)
             if floor:
                 progress(f"warm-up round-trip floor: {min(args.warmup, args.single_n)} XADDs")
                 await self.measure(side, "floor", "single", min(args.warmup, args.single_n))
             for rep in range(args.reps):
                 for mode in args.modes:
-                    for kind in ("l9", "bare") if rep % 2 == 0 else ("bare", "l9"):
+                    for kind in kinds if rep % 2 == 0 else kinds[::-1]:
                         r = await self.measure(side, kind, mode, self.mode_n(mode))
                         runs[mode][kind].append(r)
                         progress(
@@ -700,6 +706,8 @@ class Bench:
             "l9_envelopes_per_s": best["l9"],
             "bare_envelopes_per_s": best["bare"],
             "ratio": round(best["l9"] / best["bare"], 3),
+            "ed25519_envelopes_per_s": best.get("l9_ed25519"),
+            "ed25519_ratio": round(best["l9_ed25519"] / best["bare"], 3) if "l9_ed25519" in best else None,
             "median_envelopes_per_s": {k: statistics.median(v) for k, v in rates.items()},
             "runs_envelopes_per_s": rates,
             "cpu_us_per_envelope_median": {k: cpu_keys(k) for k in runs},
@@ -718,6 +726,8 @@ class Bench:
             "l9_envelopes_per_s": None,
             "bare_envelopes_per_s": None,
             "ratio": None,
+            "ed25519_envelopes_per_s": None,
+            "ed25519_ratio": None,
             "median_envelopes_per_s": None,
             "runs_envelopes_per_s": None,
             "cpu_us_per_envelope_median": {},
@@ -747,6 +757,15 @@ class Bench:
         ratio, l9_rate = batched["ratio"], batched["l9_envelopes_per_s"]
         absolute = {
             "batched_ratio_ge_0.75": target(ratio, TARGET_BATCHED_RATIO, at_most=False),
+            **(
+                {
+                    "ed25519_batched_ratio_ge_0.6": target(
+                        batched["ed25519_ratio"], TARGET_ED25519_RATIO, at_most=False
+                    )
+                }
+                if "ed25519" in args.signing
+                else {}
+            ),
             "l9_ge_30000_per_s": target(l9_rate, TARGET_RATE, at_most=False),
             "p99_le_3ms_at_2000_per_s": target(p99, TARGET_P99_MS, at_most=True),
             "single_publish_publisher_cpu_le_40us": target(
@@ -781,6 +800,15 @@ class Bench:
             "l9_envelopes_per_s": l9_rate,
             "bare_envelopes_per_s": batched["bare_envelopes_per_s"],
             "ratio": ratio,
+            "ed25519_envelopes_per_s": batched["ed25519_envelopes_per_s"],
+            "ed25519_ratio": batched["ed25519_ratio"],
+            "single_ed25519_envelopes_per_s": single["ed25519_envelopes_per_s"],
+            "single_ed25519_ratio": single["ed25519_ratio"],
+            "signing": {
+                "l9": "HMAC-SHA256, one shared key (L9_SIGNING_SCHEME=hmac)",
+                "l9_ed25519": "Ed25519, the publisher's own key; publish_many signs one Merkle root per "
+                "batch, the consumer checks each entry's inclusion path and each batch signature once",
+            },
             "single_l9_envelopes_per_s": single["l9_envelopes_per_s"],
             "single_bare_envelopes_per_s": single["bare_envelopes_per_s"],
             "single_ratio": single["ratio"],
@@ -922,6 +950,12 @@ def main(argv: list[str] | None = None) -> None:
         help="publishing modes to measure, comma-separated (default: batched,single)",
     )
     parser.add_argument("--batch", type=int, default=500, help="envelopes per publish_many / pipeline")
+    parser.add_argument(
+        "--signing",
+        type=lambda v: tuple(v.split(",")),
+        default=("hmac", "ed25519"),
+        help="signing schemes to measure L9 with (hmac always; ed25519 adds the l9_ed25519 kind)",
+    )
     parser.add_argument("--reps", type=int, default=3, help="throughput runs of each of L9 and bare per mode")
     parser.add_argument("--warmup", type=int, default=5_000, help="warm-up envelopes of each kind per mode")
     parser.add_argument("--rate", type=float, default=2_000, help="envelopes/s of the latency run")

@@ -56,7 +56,8 @@ from agents.sympy.evaluate import _callable, evaluate
 from agents.sympy.parser import ParserLimits, canonical_hash, parse
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYRING = {"bench": "benchmark-signing-key-0123456789abcdef"}
+#: The development keyring's shared key id (the shipped policy's identity.shared_keys).
+KEYRING = {"dev": "benchmark-signing-key-0123456789abcdef"}
 TARGET_DEFAULT_RATIO = 1.5
 TARGET_ROUNDTRIP_P50_MS = 1.0
 TARGET_LOAD_MS = 5.0
@@ -195,7 +196,7 @@ def roundtrip(redis_url: str, database_url: str, home: Path, n: int) -> dict[str
         "L9_NAMESPACE": namespace,
         "L9_HOME": str(home),
         "L9_SIGNING_KEYS": json.dumps(KEYRING),
-        "L9_SIGNING_KEY_ID": "bench",
+        "L9_SIGNING_KEY_ID": "dev",
         "L9_LOG_LEVEL": "warning",
         "PYTHONPATH": str(ROOT),
     }
@@ -206,7 +207,7 @@ def roundtrip(redis_url: str, database_url: str, home: Path, n: int) -> dict[str
         redis, keys = connect(redis_url), Keys(namespace)
         try:
             async with RpcClient(
-                redis, Publisher(redis, keys, Signer(keyring, "bench")), Verifier(keyring)
+                redis, Publisher(redis, keys, Signer(keyring, "dev")), Verifier(keyring)
             ) as rpc:
                 tool = SymPyTool(rpc, source="agent://bench/caller", deadline_s=60)
                 points = {"x": [0.5, 1.5, 2.5], "y": [1.0, 2.0, 3.0]}

@@ -13,6 +13,12 @@ idempotent effects:
 * an entry is acked only after its handler returned (acks, ``Delivery.with_ack``
   commands and ``Delivery.publish_with_ack`` envelopes go out in batches, one round
   trip each; an entry's envelopes and its XACK in one MULTI/EXEC);
+* handlers are idempotent by default: the envelope ids of each read are looked up in
+  the group's window of handled ids (``bus.dedupe``; one ZMSCORE per stream, before any
+  is handled), and an entry whose id the group handled inside the window, or of which
+  another entry is in hand, is acked unhandled (``log_context`` logs it at info as
+  ``consumer.duplicate``); a handled entry's id goes into the window in the MULTI/EXEC
+  of its XACK (``DeliveryPolicy.dedupe_window_s``; 0: no window);
 * a failed entry stays pending and is retried with exponential backoff; its try count
   (``Delivery.attempt``) is the pending list's delivery count, and at the delivery cap
   it goes to the dead-letter stream (XADD + XACK in one MULTI);
@@ -38,13 +44,15 @@ from envelope import PacketEnvelope, Payload, PayloadRegistry, Verifier
 from envelope import registry as default_registry
 
 from .connection import RedisClient, as_text
+from .dedupe import HandledWindow, Repeat
 from .errors import TRANSIENT, DeadLetter
-from .group import Fields, GroupConsumer
+from .group import Emitting, Fields, GroupConsumer
 from .keys import Keys
 from .middleware import (
     Authorizer,
     Middleware,
     authorize,
+    check_step,
     compose,
     decode,
     delivery_log_context,
@@ -68,7 +76,9 @@ UNTYPED = Payload()
 class Delivery:
     """One entry handed to a handler. ``attempt`` is 1 on the first delivery, else the
     pending list's delivery count. ``envelope`` and ``payload`` are filled in by the
-    middleware chain (``bus.middleware``): its first steps see placeholders."""
+    middleware chain (``bus.middleware``): its first steps see placeholders. ``repeat``
+    is set when the entry's envelope id was handled already (``bus.dedupe``): the chain
+    acks it unhandled."""
 
     stream: str
     entry_id: str
@@ -81,6 +91,7 @@ class Delivery:
     after: list[tuple[Any, ...]] = field(default_factory=list, repr=False, compare=False)
     #: Envelopes to publish with the XACK, in one MULTI/EXEC (see :meth:`publish_with_ack`).
     emits: list[tuple[Any, ...]] = field(default_factory=list, repr=False, compare=False)
+    repeat: Repeat | None = field(default=None, compare=False)
 
     def with_ack(self, *commands: tuple[Any, ...]) -> None:
         """Send ``commands`` (e.g. ``("XADD", key, "*", ...)``) with this delivery's
@@ -178,6 +189,10 @@ class StreamConsumer(GroupConsumer):
         )
         self.handler, self.verifier, self.types = handler, verifier, types
         self.authorize = authorize
+        if self.policy.dedupe_window_s > 0:
+            self.window = HandledWindow(redis, keys, group, self.policy.dedupe_window_s, log=self.log)
+        #: (stream, envelope id) -> the entry of it in hand that passed the checks first
+        self._in_hand: dict[tuple[str, str], str] = {}
         #: The whole chain, the consumer's own steps first (see ``bus.middleware``).
         self.middlewares: list[Middleware] = [*self._own_steps(), *middlewares]
         self._chain = compose(self.middlewares, handler)
@@ -192,8 +207,26 @@ class StreamConsumer(GroupConsumer):
         steps.append(load_payload(self.types))
         if self.authorize is not None:
             steps.append(authorize(self.authorize))
+        if self.window is not None:
+            steps.append(check_step(self._repeat_in_hand))
         steps.append(log_context(self.log))
         return steps
+
+    def _repeat_in_hand(self, d: Delivery) -> None:
+        """Once ``d`` passed the checks: a repeat of an envelope another entry of which is in
+        hand here, checked too (acked unhandled by ``log_context``), or else that envelope's
+        entry in hand. Only checked entries count, so a forged entry that borrows a real
+        envelope's id cannot have the real one dropped."""
+        if d.repeat is not None:
+            return
+        at = (d.stream, d.envelope.id)
+        first = self._in_hand.get(at)
+        if first is not None and first != d.entry_id and (d.stream, first) in self.in_flight:
+            d.repeat = Repeat(in_hand=first)
+            return
+        self._in_hand[at] = d.entry_id
+        if len(self._in_hand) > 2 * self.policy.max_in_flight:  # forget those out of hand
+            self._in_hand = {k: e for k, e in self._in_hand.items() if (k[0], e) in self.in_flight}
 
     async def ensure_groups(self) -> None:
         for stream in self.streams:
@@ -222,21 +255,45 @@ class StreamConsumer(GroupConsumer):
 
     def _lost(self) -> None:
         self._released(self.policy.max_in_flight - self._free)
+        self._in_hand.clear()
 
-    def _enqueue(self, stream: str, entry_id: str, fields: Fields, attempt: int, now: float) -> None:
+    def _enqueue(self, d: Delivery, now: float) -> None:
         self._free -= 1
-        self.in_flight[(stream, entry_id)] = now
-        self._queue.put(Delivery(stream, entry_id, UNDECODED, UNTYPED, attempt, fields))
+        self.in_flight[(d.stream, d.entry_id)] = now
+        self._queue.put(d)
+
+    async def _hand(self, read: list[Delivery]) -> None:
+        """Take ``read`` into hand, an entry whose envelope id (its header's: ``decode`` checks
+        it) the group handled inside the window marked as a repeat (``bus.dedupe``)."""
+        if self.window is not None:
+            eids = [_header_id(d.raw) for d in read]
+            ids: dict[str, list[bytes | str]] = {}
+            for d, eid in zip(read, eids, strict=True):
+                if eid is not None:
+                    ids.setdefault(d.stream, []).append(eid)
+            handled = await self.window.lookup(ids)
+            if handled:
+                for d, eid in zip(read, eids, strict=True):
+                    if eid is not None and (when := handled.get((d.stream, eid))) is not None:
+                        d.repeat = Repeat(handled_at=when)
+        now = time.monotonic()
+        for d in read:
+            self._enqueue(d, now)
 
     async def _read_new(self) -> None:
         reply = await self._xreadgroup(self._free // len(self.streams))
         if not reply:
             return
-        now, names = time.monotonic(), self._names
-        for key, entries in reply:
-            stream = names[key]
-            for raw_id, fields in entries:
-                self._enqueue(stream, raw_id.decode() if type(raw_id) is bytes else raw_id, fields, 1, now)
+        names = self._names
+        await self._hand(
+            [
+                Delivery(
+                    names[key], raw_id.decode() if type(raw_id) is bytes else raw_id, UNDECODED, UNTYPED, 1, f
+                )
+                for key, entries in reply
+                for raw_id, f in entries
+            ]
+        )
         # Let the woken workers start on what was just queued before this loop spends
         # its turn issuing the next read: a handler's first step is on the latency path.
         await anyio.lowlevel.checkpoint()
@@ -247,10 +304,8 @@ class StreamConsumer(GroupConsumer):
 
     async def _take(self, stream: str, rows: Sequence[Mapping[str, Any]]) -> None:
         claimed = await self._claim(stream, rows, count_now=True)
-        now = time.monotonic()
-        for entry_id, fields, attempt in claimed:
-            self._enqueue(stream, entry_id, fields, attempt, now)
         if claimed:
+            await self._hand([Delivery(stream, e, UNDECODED, UNTYPED, n, f) for e, f, n in claimed])
             await anyio.lowlevel.checkpoint()
 
     async def _scan_pending(self) -> None:
@@ -280,15 +335,26 @@ class StreamConsumer(GroupConsumer):
         except Exception as exc:
             await self._failed(d, exc)
             return
+        handled = self._handled_id(d)
         if d.emits:  # acked in the MULTI/EXEC of its envelopes (its error note goes there too)
-            self._emitting.append((d.stream, d.entry_id, d.emits, d.attempt > 1))
+            self._emitting.append(Emitting(d.stream, d.entry_id, d.emits, d.attempt > 1, handled))
         else:
             self._acks.setdefault(d.stream, []).append(d.entry_id)
+            if handled is not None:
+                self._handled.setdefault(d.stream, []).append(handled)
             if d.attempt > 1:
                 self._retried.setdefault(d.stream, []).append(d.entry_id)
         if d.after:
             self._with_acks += d.after
         self._ack_wanted.set()
+
+    def _handled_id(self, d: Delivery) -> str | None:
+        """The envelope id its ack records in the window: that of an entry the chain went
+        through (not a repeat), when there is a window."""
+        window, eid = self.window, d.envelope.id
+        if window is None or d.repeat is not None or not eid or not window.on(d.stream):
+            return None
+        return eid
 
     def _context(self, d: Delivery) -> Any:
         return delivery_log_context(d) if d.envelope is not UNDECODED else nullcontext()
@@ -328,3 +394,12 @@ class StreamConsumer(GroupConsumer):
         """``d`` is out of hand without an ack of ours (dead-lettered, or left to a retry)."""
         if self.in_flight.pop((d.stream, d.entry_id), None) is not None:
             self._released(1)
+
+
+def _header_id(fields: Fields) -> bytes | str | None:
+    """The envelope id among an entry's plain header fields (checked against the envelope
+    by ``decode``), as Redis returned it; None if it has none."""
+    eid = fields.get(b"id")
+    if eid is None:
+        eid = fields.get("id")  # type: ignore[call-overload]  # a client with decode_responses
+    return eid

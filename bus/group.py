@@ -14,7 +14,9 @@ are both a :class:`GroupConsumer`, which owns everything that talks to the group
 * taking own pending entries into hand (``XCLAIM``): one already delivered
   ``max_deliveries`` times goes to the dead-letter stream unhandled, for the pending
   list's delivery count is the try count (``attempt``) in both loops;
-* acks, queued by the loops and flushed in one round trip (``execute_many``);
+* acks, queued by the loops and flushed in one round trip (``execute_many``), each with
+  the envelope ids it records in the group's window of handled ids (``bus.dedupe``) in
+  one MULTI/EXEC;
 * heartbeat, leases and the entries of dead consumers (``bus.maintenance``);
 * ``run`` / ``stop``: ``stop()`` stops reading; each loop finishes or abandons what it
   holds (see its module) and the rest stays pending for the next owner.
@@ -30,13 +32,14 @@ import abc
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 from redis.exceptions import ResponseError
 
 from .connection import RedisClient, as_text, execute_many, is_cluster, slot_of
 from .deadletter import DeadLetters
+from .dedupe import HandledWindow
 from .errors import TRANSIENT, error_code, is_busygroup, is_missing_stream, is_nogroup
 from .keys import Keys
 from .maintenance import Maintenance
@@ -46,6 +49,19 @@ from .slots import SlotReads, read_in_slot, xreadgroup_command
 Fields = Mapping[bytes, bytes]
 #: An own pending entry taken into hand: its id, its fields and the number of its next try.
 Claimed = tuple[str, Fields, int]
+
+
+class Emitting(NamedTuple):
+    """An entry acked in one MULTI/EXEC with the envelopes its handler emitted: its stream and
+    id, their XADDs (and streams-index SADDs), whether it was retried (its error note is
+    deleted there too), and its envelope id to record in the window of handled ids (None:
+    nothing to record)."""
+
+    stream: str
+    entry_id: str
+    emits: list[tuple[Any, ...]]
+    retried: bool
+    handled: str | None
 
 
 class Backoff:
@@ -96,10 +112,11 @@ class GroupConsumer(abc.ABC):
         self.in_flight: dict[tuple[str, str], float] = {}  # (stream, id) -> last lease time
         self._acks: dict[str, list[str]] = {}  # stream -> ids to XACK
         self._retried: dict[str, list[str]] = {}  # ... whose error note goes with the ack
+        self._handled: dict[str, list[str]] = {}  # stream -> envelope ids recorded with its XACK
         self._with_acks: list[tuple[Any, ...]] = []  # commands sent just before the XACKs
-        #: (stream, id, XADDs, retried): entries acked in one MULTI/EXEC with what their handler
-        #: emitted (and, for a retried entry, the deletion of its error note)
-        self._emitting: list[tuple[str, str, list[tuple[Any, ...]], bool]] = []
+        self._emitting: list[Emitting] = []
+        #: the group's window of handled ids, when the loop keeps one (``bus.dedupe``)
+        self.window: HandledWindow | None = None
         self._ack_wanted = anyio.Event()
         self._scan_interval_s = self.policy.scan_interval_s if scan_interval_s is None else scan_interval_s
         self._read_scope = anyio.CancelScope()
@@ -381,11 +398,13 @@ class GroupConsumer(abc.ABC):
         """XACK everything queued, after the commands riding with it (``Delivery.with_ack``),
         and each entry with envelopes to publish in one MULTI/EXEC with them
         (``Delivery.publish_with_ack``), all in one round trip; False if Redis failed
-        (everything stays queued for the next try)."""
+        (everything stays queued for the next try). The envelope ids an ack records in the
+        window of handled ids go in the MULTI/EXEC of its XACK."""
         if not self._acks and not self._emitting:
             return True
         acks, self._acks = self._acks, {}
         retried, self._retried = self._retried, {}
+        handled, self._handled = self._handled, {}
         riders, self._with_acks = self._with_acks, []
         emitting, self._emitting = self._emitting, []
         if self._cluster and (emitting or riders):
@@ -393,33 +412,26 @@ class GroupConsumer(abc.ABC):
                 emitting = await self._before_acks(riders, emitting)
             except TRANSIENT as exc:
                 self.log.warning(f"{self.event}.ack_failed", error=str(exc))
-                self._requeue(acks, retried, riders, emitting)
+                self._requeue(acks, retried, handled, riders, emitting)
                 return False
             riders = []  # sent
-        commands = list(riders)
-        execs: list[int] = []  # where the EXEC reply of each of ``emitting`` is
-        for stream, entry_id, emits, was_retried in emitting:
-            commands += [("MULTI",), *emits, ("XACK", self.keys.stream(stream), self.group, entry_id)]
-            if was_retried:
-                commands.append(("HDEL", self.keys.errors(stream), entry_id))
-            execs.append(len(commands))
-            commands.append(("EXEC",))
-        for stream, ids in acks.items():
-            commands.append(("XACK", self.keys.stream(stream), self.group, *ids))
-        for stream, ids in retried.items():
-            commands.append(("HDEL", self.keys.errors(stream), *ids))
+        commands, execs, recording = self._ack_commands(riders, emitting, acks, retried, handled)
         try:
             replies = await execute_many(self.redis, commands) if commands else []
         except TRANSIENT as exc:
             self.log.warning(f"{self.event}.ack_failed", error=str(exc))
-            self._requeue(acks, retried, riders, emitting)
+            self._requeue(acks, retried, handled, riders, emitting)
             return False
         self._riders_done(riders, replies)
         done, in_flight = 0, self.in_flight
-        for (stream, entry_id, emits, _), at in zip(emitting, execs, strict=True):
-            self._emitted(stream, entry_id, len(emits), replies[at])
-            if in_flight.pop((stream, entry_id), None) is not None:
+        for e, at in zip(emitting, execs, strict=True):
+            self._emitted(e.stream, e.entry_id, len(e.emits), replies[at])
+            if in_flight.pop((e.stream, e.entry_id), None) is not None:
                 done += 1  # acked, or left pending for a retry: out of hand either way
+        for stream, at in recording.items():
+            if not self._recorded(stream, replies[at]):  # nothing ran: acked again, plainly
+                self._acks.setdefault(stream, []).extend(acks.pop(stream))
+                self._ack_wanted.set()
         for stream, ids in acks.items():
             for entry_id in ids:
                 if in_flight.pop((stream, entry_id), None) is not None:
@@ -427,18 +439,75 @@ class GroupConsumer(abc.ABC):
         self._released(done)
         return True
 
+    def _ack_commands(
+        self,
+        riders: list[tuple[Any, ...]],
+        emitting: list[Emitting],
+        acks: dict[str, list[str]],
+        retried: dict[str, list[str]],
+        handled: dict[str, list[str]],
+    ) -> tuple[list[tuple[Any, ...]], list[int], dict[str, int]]:
+        """The commands of one flush: the riders; each entry with emits in a MULTI/EXEC with
+        them; each stream's XACK, in a MULTI/EXEC with the ids it records in the window if it
+        records any; the error notes' HDELs. With where the EXEC reply of each of
+        ``emitting`` is, and that of each stream whose XACK records ids."""
+        commands = list(riders)
+        execs: list[int] = []
+        for e in emitting:
+            records = self._records(e.stream, [e.handled] if e.handled is not None else [])
+            xack: tuple[Any, ...] = ("XACK", self.keys.stream(e.stream), self.group, e.entry_id)
+            commands += [("MULTI",), *e.emits, *records, xack]
+            if e.retried:
+                commands.append(("HDEL", self.keys.errors(e.stream), e.entry_id))
+            execs.append(len(commands))
+            commands.append(("EXEC",))
+        recording: dict[str, int] = {}
+        for stream, ids in acks.items():
+            xack = ("XACK", self.keys.stream(stream), self.group, *ids)
+            records = self._records(stream, handled.get(stream, []))
+            if records:
+                commands += [("MULTI",), *records, xack]
+                recording[stream] = len(commands)
+                commands.append(("EXEC",))
+            else:
+                commands.append(xack)
+        for stream, ids in retried.items():
+            commands.append(("HDEL", self.keys.errors(stream), *ids))
+        return commands, execs, recording
+
+    def _records(self, stream: str, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        """The commands that record ``ids`` in the window of handled ids (none without one)."""
+        return self.window.record(stream, ids) if ids and self.window is not None else []
+
+    def _recorded(self, stream: str, reply: Any) -> bool:
+        """Whether the MULTI/EXEC that recorded ids of ``stream`` and acked their entries ran.
+        A refused one (an out-of-memory Redis refuses the ZADD, not the XACK) acked nothing:
+        its entries are acked again without it, and a repeat of them is handled again."""
+        if isinstance(reply, list):
+            failed = [_described(r) for r in reply if isinstance(r, ResponseError)]
+            if failed:  # a runtime error (the key of another type): the XACK ran
+                self.log.warning(f"{self.event}.window_failed", stream=stream, error=failed[0])
+            return True
+        self.log.error(
+            f"{self.event}.window_failed",
+            stream=stream,
+            error=_described(reply),
+            hint="the entries are acked again without recording their ids: a repeat may be handled",
+        )
+        return False
+
     def _requeue(
         self,
         acks: dict[str, list[str]],
         retried: dict[str, list[str]],
+        handled: dict[str, list[str]],
         riders: list[tuple[Any, ...]],
-        emitting: list[tuple[str, str, list[tuple[Any, ...]], bool]],
+        emitting: list[Emitting],
     ) -> None:
         """Put back what a failed flush took, for the next one."""
-        for stream, ids in acks.items():
-            self._acks.setdefault(stream, []).extend(ids)
-        for stream, ids in retried.items():
-            self._retried.setdefault(stream, []).extend(ids)
+        for queued, taken in ((self._acks, acks), (self._retried, retried), (self._handled, handled)):
+            for stream, ids in taken.items():
+                queued.setdefault(stream, []).extend(ids)
         self._with_acks[:0] = riders
         self._emitting[:0] = emitting
 
@@ -447,9 +516,7 @@ class GroupConsumer(abc.ABC):
             if isinstance(reply, ResponseError):
                 self.log.error(f"{self.event}.after_ack_failed", command=str(command[0]), error=str(reply))
 
-    async def _before_acks(
-        self, riders: list[tuple[Any, ...]], emitting: list[tuple[str, str, list[tuple[Any, ...]], bool]]
-    ) -> list[tuple[str, str, list[tuple[Any, ...]], bool]]:
+    async def _before_acks(self, riders: list[tuple[Any, ...]], emitting: list[Emitting]) -> list[Emitting]:
         """On a cluster the nodes of one round trip apply their commands in no set order, and a
         transaction keeps to one slot. So the commands riding with the acks, and an entry's
         envelopes to streams in other slots than its own, go first, in one round trip (each
@@ -458,12 +525,12 @@ class GroupConsumer(abc.ABC):
         least once); the others come back with their same-slot envelopes only, so a retry of
         the flush does not publish twice."""
         outside: list[tuple[int, tuple[Any, ...]]] = []
-        kept: list[tuple[str, str, list[tuple[Any, ...]], bool]] = []
-        for at, (stream, entry_id, emits, was_retried) in enumerate(emitting):
-            home = slot_of(self._key.get(stream) or self.keys.stream(stream))
-            inside = [c for c in emits if slot_of(c[1]) == home]
-            outside += [(at, c) for c in emits if slot_of(c[1]) != home]
-            kept.append((stream, entry_id, inside, was_retried))
+        kept: list[Emitting] = []
+        for at, e in enumerate(emitting):
+            home = slot_of(self._key.get(e.stream) or self.keys.stream(e.stream))
+            inside = [c for c in e.emits if slot_of(c[1]) == home]
+            outside += [(at, c) for c in e.emits if slot_of(c[1]) != home]
+            kept.append(e._replace(emits=inside))
         if not outside and not riders:
             return emitting
         replies = await execute_many(self.redis, [*riders, *(c for _, c in outside)])
@@ -473,7 +540,7 @@ class GroupConsumer(abc.ABC):
             if isinstance(reply, ResponseError):
                 refused.setdefault(at, reply)
         for at, reply in refused.items():
-            stream, entry_id, _, _ = emitting[at]
+            stream, entry_id = emitting[at].stream, emitting[at].entry_id
             self.log.error(
                 f"{self.event}.emit_failed",
                 stream=stream,

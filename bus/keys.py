@@ -7,12 +7,14 @@ of its family carries the partition's hash tag ``{<namespace>.p<K>}``::
     l9:{l9.p17}:plan            the stream
     l9:{l9.p17}:plan:dead       its dead letters
     l9:{l9.p17}:plan:errors     its error notes (entry id -> last handler error)
+    l9:{l9.p17}:plan:handled:sympy   the ids group ``sympy`` handled lately (``bus.dedupe``)
     l9:{l9.p17}:streams         the index of partition 17's streams
     l9:{l9.p17}:governance.resolutions:pending   escalations, beside their resolutions
 
-so on Redis Cluster a stream, its dead letters, error notes, escalations and index entry
-share one slot (one MULTI or Lua script may touch them all), and the streams of a
-namespace spread over up to 64 slots: those of different namespaces over different ones.
+so on Redis Cluster a stream, its dead letters, error notes, windows of handled ids,
+escalations and index entry share one slot (one MULTI or Lua script may touch them all),
+and the streams of a namespace spread over up to 64 slots: those of different namespaces
+over different ones.
 Readers of many streams read partition by partition, and work can be split between
 processes by partition (:class:`PartitionSet`). The partition count is part of the key
 layout: every process of a namespace must use the same one, so it is fixed.
@@ -97,6 +99,12 @@ class Keys:
     def errors(self, name: str) -> str:
         """Hash: entry id -> last handler error, kept until the entry is acked or dead."""
         return f"{self.stream(name)}:errors"
+
+    def handled(self, name: str, group: str) -> str:
+        """Sorted set: envelope id -> when group ``group`` handled it (Unix ms), the group's
+        window of handled ids on stream ``name`` (``bus.dedupe``). In the stream's slot: it is
+        written in the MULTI/EXEC of the XACK."""
+        return f"{self.stream(name)}:handled:{group}"
 
     def streams_index(self, partition: int) -> str:
         """Set of the names of partition ``partition``'s streams ever published to."""

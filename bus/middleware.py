@@ -11,13 +11,15 @@ then acked unhandled. ``raise DeadLetter(reason, detail)`` refuses the entry for
 up to the delivery cap.
 
 :class:`~bus.StreamConsumer` runs, in this order: :func:`decode` -> :func:`verify` ->
-:func:`load_payload` -> :func:`authorize` -> :func:`log_context` (every log line of the
-delivery carries its envelope; an expired envelope is acked unhandled) -> the consumer's
-own ``middlewares=`` (tracing, metrics, idempotence...) -> the handler. A step the
-consumer has no use for (no verifier, no authorizer) is left out. The chain is composed
-once, when the consumer is built: a delivery costs one coroutine per step (~0.2 us) and
-allocates nothing else; the consumer's own checks (decode, verify, load, authorize: steps
-made by :func:`check_step`) run as plain calls in one link, not a coroutine each.
+:func:`load_payload` -> :func:`authorize` -> (with a window of handled ids) its check for a
+repeat of an entry in hand -> :func:`log_context` (every log line of the delivery carries
+its envelope; an expired envelope, and a repeat of one the group handled or holds, are
+acked unhandled) -> the consumer's own ``middlewares=`` (tracing, metrics...) -> the
+handler. A step the consumer has no use for (no verifier, no authorizer) is left out. The
+chain is composed once, when the consumer is built: a delivery costs one coroutine per
+step (~0.2 us) and allocates nothing else; the consumer's own checks (decode, verify,
+load, authorize, the repeat check: steps made by :func:`check_step`) run as plain calls in
+one link, not a coroutine each.
 
 The signature is checked over the ``env`` bytes as they travelled, after :func:`decode`
 has read the envelope's own fields from them (the key id is one of them) and before
@@ -226,9 +228,17 @@ def _processor_installed() -> bool:
 
 def log_context(log: Any) -> Middleware:
     """Every log line of the delivery carries its envelope id, correlation id, type, stream
-    and attempt; an expired envelope is logged on ``log`` and acked unhandled."""
+    and attempt. An expired envelope, and a repeat of an envelope the group handled already
+    (``Delivery.repeat``, see ``bus.dedupe``; checked here, once the envelope is known to be
+    what its header id says), are logged on ``log`` and acked unhandled."""
 
-    def expired(d: Delivery) -> bool:
+    def skipped(d: Delivery) -> bool:
+        repeat = d.repeat
+        if repeat is not None:
+            log.info(
+                "consumer.duplicate", envelope_id=d.envelope.id, entry_id=d.entry_id, **repeat.log_fields()
+            )
+            return True
         if not d.envelope.expired():
             return False
         expires_at = d.envelope.expires_at
@@ -238,7 +248,7 @@ def log_context(log: Any) -> Middleware:
     async def in_log_context(d: Delivery, call_next: Handler) -> None:
         tokens = _bind(d)
         try:
-            if not expired(d):
+            if not skipped(d):
                 await call_next(d)
         finally:
             _unbind(tokens)
@@ -246,7 +256,7 @@ def log_context(log: Any) -> Middleware:
     async def in_delivery_context(d: Delivery, call_next: Handler) -> None:
         token = _CURRENT.set(d)
         try:
-            if not expired(d):
+            if not skipped(d):
                 await call_next(d)
         finally:
             _CURRENT.reset(token)

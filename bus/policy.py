@@ -11,6 +11,11 @@ class DeliveryPolicy:
 
     ``max_in_flight`` bounds entries read but not yet acked (COUNT never exceeds
     the free slots); ``concurrency`` is how many handlers run at once.
+
+    ``dedupe_window_s``: how long the per-entry loop remembers, per stream and group, the
+    envelope ids it handled, so that another entry of one of them is acked unhandled
+    (``bus.dedupe``); 0 turns the window off (every entry is handled). The batch loop
+    (``bus.batch``) has none: its handlers dedupe in their own store.
     """
 
     max_in_flight: int = 256
@@ -22,6 +27,7 @@ class DeliveryPolicy:
     lease_ms: int = 30_000
     heartbeat_ms: int = 2_000
     drain_timeout_s: float = 10.0
+    dedupe_window_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.max_in_flight < self.concurrency:
@@ -32,6 +38,8 @@ class DeliveryPolicy:
             raise ValueError("max_deliveries must be >= 1")
         if self.heartbeat_ms * 2 >= self.lease_ms:
             raise ValueError("heartbeat_ms must be under half of lease_ms")
+        if not self.dedupe_window_s >= 0:  # NaN too
+            raise ValueError(f"dedupe_window_s must be >= 0 (0: no window), not {self.dedupe_window_s}")
 
     def backoff_ms(self, deliveries: int) -> int:
         """Wait before delivery ``deliveries + 1``: exponential, capped."""

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from envelope import PacketEnvelope, Signer, entry_args
+from envelope import PacketEnvelope, Signer, batch_entry_args, entry_args
 
 from .connection import RedisClient, as_text, execute_many, first_error
 from .index import index_commands
@@ -60,7 +60,8 @@ class Publisher:
         return (await self.publish_many((envelope,), stream))[0]
 
     async def publish_many(self, envelopes: Sequence[PacketEnvelope], stream: str | None = None) -> list[str]:
-        """Append a batch in one pipelined round trip; entry ids in input order."""
+        """Append a batch in one pipelined round trip; entry ids in input order. The batch is
+        signed as one (an Ed25519 signer signs it once: ``envelope._signing``)."""
         if len(envelopes) == 1:  # the path of every emit and RPC: one XADD, one reply
             envelope = envelopes[0]
             name = stream or self.stream_of(envelope)
@@ -97,10 +98,10 @@ class Publisher:
         commands: list[tuple[Any, ...]] = []
         names: set[str] = set()
         key_of = self._key
-        for envelope in envelopes:
+        for envelope, args in zip(envelopes, batch_entry_args(envelopes, self.signer), strict=True):
             name = stream or self.stream_of(envelope)
             names.add(name)
-            commands.append(("XADD", key_of(name), "*", *entry_args(envelope, self.signer)))
+            commands.append(("XADD", key_of(name), "*", *args))
         due = self._index_due(names)
         if due:
             commands += index_commands(self.keys, due)

@@ -5,14 +5,15 @@ Wire format (v2) of one stream entry:
 * ``env``: the envelope as one msgpack blob, exactly :func:`canonical_bytes` --
   an array of the values of every field but ``signature``, in
   :data:`SIGNED_FIELDS` order (``key_id`` included), times as ISO-8601 strings;
-* ``sig``: hex HMAC-SHA256 of the ``env`` bytes as they travel; absent when unsigned;
+* ``sig``: the signature of the ``env`` bytes as they travel (hex HMAC-SHA256, or
+  ``ed25519:...``: see ``envelope._signing``); absent when unsigned;
 * ``id``, ``type``, ``source``, ``correlation_id``: plain, unsigned copies of
   envelope fields so ``redis-cli XRANGE`` is readable; checked against ``env``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "ENVELOPE_FIELD",
     "HEADER_FIELDS",
     "SIGNATURE_FIELD",
+    "batch_entry_args",
     "decode",
     "decode_envelope",
     "encode",
@@ -56,29 +58,51 @@ _KEY_ID = SIGNED_FIELDS.index("key_id")
 _NOT_DEFAULTED_AT = tuple((name, SIGNED_FIELDS.index(name)) for name in _NOT_DEFAULTED)
 
 
-def signed_blob(envelope: PacketEnvelope, signer: Signer | None = None) -> tuple[bytes, str | None]:
-    """The ``env`` bytes of ``envelope`` and their signature (None when unsigned).
-
-    An envelope that already carries a signature keeps it (and its key id)."""
-    # == canonical_bytes(to_wire_map(envelope)), without building the map
+def _blob(envelope: PacketEnvelope, key_id: str | None) -> bytes:
+    """The ``env`` bytes of ``envelope``, with ``key_id`` in place of its own when given:
+    == canonical_bytes(to_wire_map(envelope)), without building the map."""
     values = list(signed_values(envelope.__dict__))
     for i in (_TIME, _EXPIRES):
         value = values[i]
         if isinstance(value, datetime):
             values[i] = value.isoformat()
-    signature = envelope.signature
-    if signature is None and signer is not None:
-        values[_KEY_ID] = signer.key_id
-        blob: bytes = msgpack.packb(values, use_bin_type=True)
+    if key_id is not None:
+        values[_KEY_ID] = key_id
+    blob: bytes = msgpack.packb(values, use_bin_type=True)
+    return blob
+
+
+def signed_blob(envelope: PacketEnvelope, signer: Signer | None = None) -> tuple[bytes, str | None]:
+    """The ``env`` bytes of ``envelope`` and their signature (None when unsigned).
+
+    An envelope that already carries a signature keeps it (and its key id)."""
+    if envelope.signature is None and signer is not None:
+        blob = _blob(envelope, signer.key_id)
         return blob, signer.sign_bytes(blob)
-    blob = msgpack.packb(values, use_bin_type=True)
-    return blob, signature
+    return _blob(envelope, None), envelope.signature
 
 
 def entry_args(envelope: PacketEnvelope, signer: Signer | None = None) -> list[str | bytes]:
     """The stream entry of ``envelope`` as XADD's field/value arguments, in the order of
     :func:`encode`'s map (what a publisher sends, without building the map first)."""
-    blob, signature = signed_blob(envelope, signer)
+    return _args(envelope, *signed_blob(envelope, signer))
+
+
+def batch_entry_args(envelopes: Sequence[PacketEnvelope], signer: Signer | None) -> list[list[str | bytes]]:
+    """:func:`entry_args` of each of ``envelopes``, the unsigned ones signed as one batch
+    (:meth:`Signer.sign_batch`: one Ed25519 signature for all of them)."""
+    if signer is None or len(envelopes) == 1:
+        return [entry_args(envelope, signer) for envelope in envelopes]
+    blobs = [_blob(e, signer.key_id if e.signature is None else None) for e in envelopes]
+    signatures = [e.signature for e in envelopes]
+    to_sign = [i for i, signature in enumerate(signatures) if signature is None]
+    if to_sign:
+        for i, signature in zip(to_sign, signer.sign_batch([blobs[i] for i in to_sign]), strict=True):
+            signatures[i] = signature
+    return [_args(e, b, s) for e, b, s in zip(envelopes, blobs, signatures, strict=True)]
+
+
+def _args(envelope: PacketEnvelope, blob: bytes, signature: str | None) -> list[str | bytes]:
     args: list[str | bytes] = [
         "id",
         envelope.id,

@@ -3,7 +3,8 @@
 The policy engine is a pure function (``PolicyEngine.evaluate``) shared by the
 enforcer agent and the SymPy worker; decisions and escalations travel on the bus
 (``Escalations``), to observing anchors filtered by audit scope (``AuditScope``);
-rate limits are atomic in Redis (``RateLimiter``); ``SignerACL`` decides which
+rate limits are atomic in Redis (``RateLimiter``), applied where their types are
+consumed (``RateLimitGate``, a consumer middleware); ``SignerACL`` decides which
 signing key may emit which envelope types. ``governance`` never imports ``agents`` nor the ``l9`` CLI.
 """
 
@@ -35,8 +36,10 @@ from ._escalation import (
     Escalations,
     NotAnAnchor,
     Pending,
+    Raised,
     cli_source,
 )
+from ._gate import RATE_LIMITED, RateLimitGate
 from ._identity import (
     SignerACL,
     acl_rules,
@@ -53,6 +56,7 @@ from ._subjects import Artifact, ArtifactSet, Request, Subject, agent_of
 __all__ = [
     "DEADLINE",
     "DEFAULT_POLICY_FILE",
+    "RATE_LIMITED",
     "RULES",
     "STRICT_RULE",
     "AlreadyResolved",
@@ -79,6 +83,8 @@ __all__ = [
     "PolicyFile",
     "PolicyFileError",
     "PolicySpec",
+    "Raised",
+    "RateLimitGate",
     "RateLimitSpec",
     "RateLimited",
     "RateLimiter",

@@ -117,6 +117,10 @@ class EscalationSpec(_Model):
     decisions: str = "governance.decisions"
     #: No answer by then means deny.
     deadline_s: float = Field(default=3600.0, gt=0)
+    #: Coalesced escalations (refused SymPy requests): one pending per origin and policy, and at
+    #: most ``source_limit`` opened by one origin per ``source_window_s``; beyond, a denial.
+    source_limit: int = Field(default=10, ge=1, le=1_000_000)
+    source_window_s: float = Field(default=3600.0, gt=0, le=7 * 86400)
 
     @field_validator("stream", "resolutions", "decisions")
     @classmethod
@@ -162,8 +166,10 @@ class RedisUserSpec(_Model):
 
 
 class IdentitySpec(_Model):
-    #: Signing key id -> envelope types (globs) it may emit. Empty: the check is off.
+    #: Agent (or one key id) -> envelope types (globs) its keys may emit. Empty: the check is off.
     signers: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    #: HMAC key ids every process of a development setup shares: they may emit any type.
+    shared_keys: tuple[str, ...] = ()
     #: Agent name -> its Redis user's rights.
     redis_users: dict[str, RedisUserSpec] = Field(default_factory=dict)
 

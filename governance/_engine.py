@@ -81,7 +81,8 @@ class PolicyEngine:
         self.policies: tuple[Policy, ...] = tuple(Policy.build(p) for p in enabled)
         self._anchors_of = {p.ref: p.anchors for p in self.policies}
         self._by_type: dict[str, tuple[Policy, ...]] = {}
-        self.signer_acl = SignerACL(spec.identity.signers) if spec.identity.signers else None
+        identity = spec.identity
+        self.signer_acl = SignerACL(identity.signers, identity.shared_keys) if identity.signers else None
 
     @classmethod
     def load(cls, path: Path | None = None, *, strict_mode: bool = True) -> PolicyEngine:

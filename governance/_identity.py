@@ -1,9 +1,16 @@
 """Agent identity: which signing key may emit which envelope types, and each agent's Redis user.
 
-The table comes from the policy file (``identity.signers``: key id -> type
-globs). The delivery loop calls ``SignerACL.authorize`` on every envelope after
-its signature checked out and before any handler sees it; an envelope whose
-signer may not emit its type is dead-lettered as ``unauthorized_signer``.
+The table comes from the policy file (``identity.signers``: agent -> type globs).
+A signing key belongs to the agent its id names before the first dot (``planner.k2026...``
+is the planner's; an entry may also name one key id exactly). The delivery loop calls
+``SignerACL.authorize`` on every envelope after its signature checked out and before any
+handler sees it; an envelope whose signer may not emit its type is dead-lettered as
+``unauthorized_signer``.
+
+``identity.shared_keys`` names HMAC keys shared by every process of a development setup
+(``dev``, the default keyring's): whoever holds one can sign as anyone, so the table cannot
+tell agents apart by it, and an HMAC signature with such a key may emit any type. An Ed25519
+signature is always judged by the table (docs/SECURITY.md: which mode guarantees what).
 
 The check is one dict lookup per envelope: the answer for each (key id, type)
 pair is computed once from precompiled globs and cached. Unsigned envelopes
@@ -26,7 +33,7 @@ from pathlib import Path
 
 from bus import Keys
 from bus.keys import RPC_PREFIX
-from envelope import EnvelopeError, ErrorReason, PacketEnvelope
+from envelope import ED25519_PREFIX, EnvelopeError, ErrorReason, PacketEnvelope, agent_of_key
 
 from ._config import RedisUserSpec, load_policy_file
 from ._rules import glob_regex
@@ -35,9 +42,10 @@ _CACHE_MAX = 65_536
 
 
 class SignerACL:
-    def __init__(self, table: Mapping[str, Sequence[str]]) -> None:
+    def __init__(self, table: Mapping[str, Sequence[str]], shared_keys: Iterable[str] = ()) -> None:
         self.table = {key_id: tuple(globs) for key_id, globs in table.items()}
-        self._may_emit: dict[str, re.Pattern[str]] = {k: glob_regex(g) for k, g in self.table.items()}
+        self.shared_keys = frozenset(shared_keys)
+        self._may_emit = {k: _allowed(globs) for k, globs in self.table.items()}
         self._cache: dict[tuple[str | None, str], bool] = {}
 
     def allows(self, key_id: str | None, type_: str) -> bool:
@@ -51,13 +59,27 @@ class SignerACL:
             self._cache[key] = allowed
         return allowed
 
+    def _entry(self, key_id: str) -> str | None:
+        """The table entry of ``key_id``: the key id itself, else its agent."""
+        if key_id in self.table:
+            return key_id
+        agent = agent_of_key(key_id)
+        return agent if agent in self.table else None
+
     def _decide(self, key_id: str | None, type_: str) -> bool:
-        pattern = self._may_emit.get(key_id) if key_id is not None else None
-        return pattern is not None and pattern.fullmatch(type_) is not None
+        entry = self._entry(key_id) if key_id is not None else None
+        globs = self._may_emit.get(entry) if entry is not None else None
+        if globs is None:
+            return False
+        allowed, excluded = globs
+        return allowed.fullmatch(type_) is not None and excluded.fullmatch(type_) is None
 
     def authorize(self, envelope: PacketEnvelope) -> None:
         """Raise EnvelopeError(unauthorized_signer) unless the envelope's signer may emit its type."""
         if self._cache.get((envelope.key_id, envelope.type)) or self.allows(envelope.key_id, envelope.type):
+            return
+        signature = envelope.signature
+        if envelope.key_id in self.shared_keys and signature and not signature.startswith(ED25519_PREFIX):
             return
         raise EnvelopeError(
             ErrorReason.UNAUTHORIZED_SIGNER,
@@ -68,19 +90,32 @@ class SignerACL:
     def explain(self, key_id: str | None, type_: str) -> str:
         if key_id is None:
             return f"unsigned envelope of type {type_!r}: the identity table admits signed envelopes only"
-        globs = self.table.get(key_id)
-        if globs is None:
-            return f"signing key {key_id!r} has no entry in the identity table (known: {sorted(self.table)})"
+        entry = self._entry(key_id)
+        if entry is None:
+            return (
+                f"signing key {key_id!r} (agent {agent_of_key(key_id)!r}) has no entry in the identity "
+                f"table (known: {sorted(self.table)})"
+            )
+        globs = self.table[entry]
         return f"signing key {key_id!r} may not emit {type_!r} (it may emit: {', '.join(globs) or 'nothing'})"
 
     def types_of(self, key_id: str) -> tuple[str, ...]:
-        return self.table.get(key_id, ())
+        entry = self._entry(key_id)
+        return self.table[entry] if entry is not None else ()
+
+
+def _allowed(globs: Sequence[str]) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """(what the globs allow, what their ``!`` globs take out again)."""
+    return (
+        glob_regex([g for g in globs if not g.startswith("!")]),
+        glob_regex([g[1:] for g in globs if g.startswith("!")]),
+    )
 
 
 def load_signer_acl(path: Path | None = None) -> SignerACL | None:
     """The signer table of the policy file at ``path``; None (no check) when it has none."""
-    signers = load_policy_file(path).identity.signers
-    return SignerACL(signers) if signers else None
+    identity = load_policy_file(path).identity
+    return SignerACL(identity.signers, identity.shared_keys) if identity.signers else None
 
 
 # -- Redis users, one per agent (``l9 acl render``) ------------------------------------------
@@ -91,6 +126,7 @@ BUS_COMMANDS = (
     "xgroup|create", "xgroup|delconsumer", "xreadgroup", "xack", "xclaim", "xpending", "xrange",
     "xinfo|consumers", "xinfo|stream", "xinfo|groups", "xadd",
     "hset", "hget", "hdel", "pexpire", "set", "del", "exists", "sadd", "multi", "exec", "discard",
+    "zmscore", "zadd", "zremrangebyscore",  # a group's window of handled ids (bus/dedupe)
     "script|load",  # redis-py's registered scripts reload themselves after NOSCRIPT
     # Redis Cluster: is it one (CLUSTER INFO), the slot map, key positions, redirections
     "cluster|info", "cluster|slots", "cluster|shards", "command", "asking", "readonly",
@@ -98,7 +134,11 @@ BUS_COMMANDS = (
 )  # fmt: skip
 RPC_CALL_COMMANDS = ("xread",)
 #: An agent's own data keys (``keys:``): data commands on those keys only, nothing dangerous.
-DATA_RULES = ("+@hash", "+@string", "+@set", "+@sortedset", "+@list", "+eval", "+evalsha", "-@dangerous")
+DATA_RULES = (
+    "+@hash", "+@string", "+@set", "+@sortedset", "+@list", "+eval", "+evalsha",
+    "+time", "+pexpire",  # the scripts' clock, and the expiry of their keys (rate limits, escalations)
+    "-@dangerous",
+)  # fmt: skip
 
 
 def redis_user_name(namespace: str, agent: str) -> str:
@@ -119,7 +159,11 @@ def acl_rules(agent: str, spec: RedisUserSpec, keys: Keys, password: str) -> lis
     every_partition = f"{ns}:{{{ns}.p*}}"
     for stream in spec.consumes:
         key = f"{every_partition}:*" if stream == "*" else keys.stream(stream)
-        rules += [f"~{key}"] if stream == "*" else [f"~{key}", f"~{key}:dead", f"~{key}:errors"]
+        rules += (
+            [f"~{key}"]
+            if stream == "*"
+            else [f"~{key}", f"~{key}:dead", f"~{key}:errors", f"~{keys.handled(stream, agent)}"]
+        )
     rules += [f"%W~{every_partition}:*" if s == "*" else f"%W~{keys.stream(s)}" for s in spec.produces]
     if spec.produces or spec.replies or spec.calls:
         # the index entry of a stream is in its partition; reply streams can be in any

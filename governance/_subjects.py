@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import PurePosixPath
 from typing import Any
 
-from envelope import PacketEnvelope
+from envelope import ED25519_PREFIX, PacketEnvelope, agent_of_key
 
 #: The artifact kind implied by a file suffix when none is given.
 KIND_BY_SUFFIX = {
@@ -130,11 +130,15 @@ class Request:
 
     @classmethod
     def from_envelope(cls, envelope: PacketEnvelope) -> Request:
+        """The request of a (verified) envelope. Its agent is the one whose Ed25519 key signed
+        it, when one did (an identity no sender can claim), else the one its source names."""
+        key_id, signature = envelope.key_id, envelope.signature or ""
+        agent = agent_of_key(key_id) if key_id and signature.startswith(ED25519_PREFIX) else None
         return cls(
             type=envelope.type,
             data=envelope.data,
             requester=envelope.auth or envelope.source,
-            agent=agent_of(envelope.source),
+            agent=agent or agent_of(envelope.source),
             key_id=envelope.key_id,
             envelope_id=envelope.id,
         )

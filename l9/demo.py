@@ -25,7 +25,7 @@ from agents.auditor.report import render, report_from_trail
 from agents.demo import Task, handled_key, results_key
 from bus import Keys, Publisher, as_text, open_client
 from bus.connection import RedisClient
-from envelope import PacketEnvelope, Signer, new_id
+from envelope import PacketEnvelope, new_id
 from l9.devstack import StackEndpoints
 from l9.settings import Settings
 from l9.trail import open_trail
@@ -106,7 +106,7 @@ async def _exchange(
     redis: RedisClient, keys: Keys, settings: Settings, console: Console, count: int
 ) -> DemoResult:
     run = new_id()
-    publisher = Publisher(redis, keys, Signer(settings.keyring(), settings.signing_key_id))
+    publisher = Publisher(redis, keys, settings.signer())
     tasks = [
         PacketEnvelope.new(
             type="l9.demo.task.v1", source="agent://cli/demo", data=Task(n=i).model_dump(), correlation_id=run

@@ -6,10 +6,15 @@ the sample collection (the live table), then checks the result as a user would:
 ``l9 audit verify`` (the whole hash chain) and ``l9 report verify`` (the run's signed
 report against the trail). Prints the extraction folder and the report path and stops
 every agent with SIGTERM.
+
+``signing="ed25519"`` runs it as a multi-tenant deployment signs: each agent process holds
+its own Ed25519 key (``l9.devkeys``), everyone else only the public keys, and the shipped
+policy's signer table decides who may emit what.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +28,7 @@ from rich.console import Console
 from agents.runner import BUILTIN
 from bus import Keys, open_client
 from l9.demo import spawn_agent, stop_agents
+from l9.devkeys import ed25519_env, key_path, local_agent_keys
 from l9.devstack import StackEndpoints
 from l9.extract_run import Options, Outcome, build_request, check_file, default_requester, extract
 from l9.settings import Settings
@@ -40,6 +46,8 @@ PIPELINE: tuple[tuple[str, int], ...] = (
 )
 #: How long the agents may take to start (imports, migrations, the SymPy worker pool).
 START_TIMEOUT_S = 90.0
+#: The key of the demo itself, which publishes the extraction request as ``l9 extract`` does.
+CLI_KEY = "cli"
 
 
 class DemoError(RuntimeError):
@@ -103,17 +111,45 @@ async def wait_started(
         raise DemoError(f"no heartbeat after {START_TIMEOUT_S:g} s from: {', '.join(waiting)}")
 
 
-def start_agents(env: dict[str, str], log_dir: Path) -> dict[str, subprocess.Popen[bytes]]:
+def start_agents(
+    env: dict[str, str], log_dir: Path, key_files: dict[str, Path] | None = None
+) -> dict[str, subprocess.Popen[bytes]]:
+    """Every agent process of the pipeline; with ``key_files``, each with its own signing key."""
     missing = [name for name, _ in PIPELINE if name != "auditor" and name not in BUILTIN]
     if missing:
         raise DemoError(f"agent(s) not built in: {', '.join(missing)} (agents/runner.py BUILTIN)")
+
+    def env_of(name: str) -> dict[str, str]:
+        return env if key_files is None else {**env, "L9_SIGNING_KEY_FILE": str(key_files[name])}
+
     # Each process is given its consumer name (--instance): two processes of one agent starting
     # at once never end up with the same name, however slowly either one starts.
     return {
-        f"{name}#{i}": spawn_agent(name, env, log_dir, "--instance", str(i))
+        f"{name}#{i}": spawn_agent(name, env_of(name), log_dir, "--instance", str(i))
         for name, count in PIPELINE
         for i in range(count)
     }
+
+
+def with_agent_keys(settings: Settings, env: dict[str, str]) -> tuple[Settings, dict[str, Path]]:
+    """Per-agent Ed25519 keys for the demo: the settings it signs with itself (as ``cli``) and
+    each agent's key file; ``env`` gets the scheme and the public keys."""
+    home = settings.home_dir
+    keys = local_agent_keys(home, [*(name for name, _ in PIPELINE), CLI_KEY])
+    shared = ed25519_env(home, keys)
+    env.update(shared)
+    env.pop("L9_SIGNING_KEYS", None)
+    env["L9_SIGNING_KEY_FILE"] = str(key_path(home, CLI_KEY))  # the checks run as the operator
+    public = json.loads(shared["L9_PUBLIC_KEYS"])
+    own = settings.model_copy(
+        update={
+            "signing_scheme": "ed25519",
+            "signing_keys": {},
+            "signing_key_file": key_path(home, CLI_KEY),
+            "public_keys": public,
+        }
+    )
+    return own, {name: key_path(home, name) for name, _ in PIPELINE}
 
 
 def check(command: list[str], env: dict[str, str], console: Console) -> int:
@@ -124,13 +160,23 @@ def check(command: list[str], env: dict[str, str], console: Console) -> int:
 
 
 async def run_extraction_demo(
-    settings: Settings, endpoints: StackEndpoints, console: Console, *, file: Path, timeout_s: float
+    settings: Settings,
+    endpoints: StackEndpoints,
+    console: Console,
+    *,
+    file: Path,
+    timeout_s: float,
+    signing: str = "hmac",
 ) -> ExtractionDemo:
     result = ExtractionDemo()
     env = agent_env(settings, endpoints)
+    key_files = None
+    if signing == "ed25519":
+        settings, key_files = with_agent_keys(settings, env)
+        console.print(f"signing: Ed25519, one key per agent ({settings.home_dir / 'agent-keys'})")
     log_dir = settings.home_dir / "logs"
     text = check_file(file)
-    procs = start_agents(env, log_dir)
+    procs = start_agents(env, log_dir, key_files)
     console.print(
         f"started {len(procs)} agent processes: "
         + ", ".join(f"{n} (pid {p.pid})" for n, p in procs.items())

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from agents.extraction import ExtractRequest, load_collection
 from bus import Keys, Publisher, open_client
-from envelope import PacketEnvelope, Payload, Signer, Verifier
+from envelope import PacketEnvelope, Payload
 from governance import load_policy_file
 from l9.devstack import resolve_endpoints
 from l9.extract_progress import (
@@ -96,13 +96,11 @@ async def extract(options: Options, settings: Settings, request: PacketEnvelope,
     endpoints = resolve_endpoints(settings)
     redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)
     keys = Keys(settings.namespace)
-    keyring = settings.keyring()
-    watcher = RunWatcher(redis, keys, Verifier(keyring), run_streams(load_policy_file(settings.policy_file)))
+    streams = run_streams(load_policy_file(settings.policy_file))
+    watcher = RunWatcher(redis, keys, settings.verifier(), streams)
     try:
         await watcher.mark()
-        publisher = Publisher(
-            redis, keys, Signer(keyring, settings.signing_key_id), replicas=settings.publish_replicas
-        )
+        publisher = Publisher(redis, keys, settings.signer(), replicas=settings.publish_replicas)
         await publisher.publish(request)
         if not options.wait:
             return Outcome(PASSED, RunProgress(request.correlation_id))

@@ -19,6 +19,7 @@ from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bus.keys import PartitionSet
+from envelope import Ed25519Signer, Signer, Verifier
 from memory.postgres import SigningKey
 
 if TYPE_CHECKING:  # built on demand: reading the settings imports no agent
@@ -66,9 +67,18 @@ class Settings(BaseSettings):
     lineage_batch_size: int = Field(default=500, ge=1, le=10_000)
     home: Path = Path(".l9")
     namespace: str = Field(default="l9", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    #: JSON object ``{"key id": "secret"}``; empty means the key file under ``home``.
+    #: How envelopes are signed (docs/SECURITY.md): ``hmac``, a keyring shared by every process
+    #: (any holder can sign as any agent: development, one tenant), or ``ed25519``, one private
+    #: key per agent (``signing_key_file``) and public keys for everyone else (``public_keys``).
+    signing_scheme: Literal["hmac", "ed25519"] = "hmac"
+    #: hmac: JSON object ``{"key id": "secret"}``; empty means the key file under ``home``.
     signing_keys: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    #: hmac: the key of ``signing_keys`` this process signs with.
     signing_key_id: str = "dev"
+    #: ed25519: this process's own key, a JSON file ``{"key_id": ..., "seed": ...}`` (``l9 deploy``).
+    signing_key_file: Path | None = None
+    #: ed25519: the public keys this process trusts, JSON ``{"key id": "hex public key"}``.
+    public_keys: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     log_level: str = "info"
 
     # Delivery loop defaults (a handler spec may override each).
@@ -81,6 +91,9 @@ class Settings(BaseSettings):
     lease_ms: int = Field(default=30_000, ge=100)
     heartbeat_ms: int = Field(default=2_000, ge=50)
     drain_timeout_s: float = Field(default=10.0, ge=0)
+    #: How long a consumer group remembers the envelope ids it handled, so a repeat of one is
+    #: acked unhandled (bus/dedupe.py); 0: no window. Redis keeps ~110 bytes per id per group.
+    dedupe_window_s: float = Field(default=3600.0, ge=0, le=30 * 86_400)
 
     # The auditor and the trail.
     #: Signed checkpoint files, kept outside the database; unset: ``home/checkpoints``.
@@ -106,7 +119,7 @@ class Settings(BaseSettings):
     sympy_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     #: Address space a worker subprocess may add to its size at start (RLIMIT_AS).
     sympy_memory_mb: int = Field(default=1024, ge=64)
-    sympy_max_chars: int = Field(default=2000, ge=1, le=1_000_000)
+    sympy_max_chars: int = Field(default=2000, ge=1, le=2000)  # the wire bounds each field there
     sympy_max_nodes: int = Field(default=2000, ge=1)
     sympy_max_depth: int = Field(default=60, ge=1, le=200)
     sympy_max_exponent: int = Field(default=1000, ge=1)
@@ -153,7 +166,7 @@ class Settings(BaseSettings):
     def partition_set(self) -> PartitionSet:
         return PartitionSet.parse(self.partitions)
 
-    @field_validator("signing_keys", "audit_trusted_keys", mode="before")
+    @field_validator("signing_keys", "audit_trusted_keys", "public_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: object, info: ValidationInfo) -> object:
         if isinstance(value, str):
@@ -163,6 +176,24 @@ class Settings(BaseSettings):
                 raise ValueError(f"L9_{str(info.field_name).upper()} is not a JSON object: {exc}") from exc
             return parsed
         return value
+
+    @model_validator(mode="after")
+    def _check_signing(self) -> Settings:
+        if self.signing_scheme == "ed25519":
+            if self.signing_keys:
+                raise ValueError(
+                    "L9_SIGNING_KEYS is set with L9_SIGNING_SCHEME=ed25519: a shared HMAC key would let "
+                    "every holder sign as any agent; unset it"
+                )
+            if not self.public_keys:
+                raise ValueError("L9_SIGNING_SCHEME=ed25519 needs L9_PUBLIC_KEYS (key id -> hex public key)")
+            for key_id, hex_key in self.public_keys.items():
+                try:
+                    if len(bytes.fromhex(hex_key)) != 32:
+                        raise ValueError("not 32 bytes")
+                except ValueError as exc:
+                    raise ValueError(f"L9_PUBLIC_KEYS[{key_id!r}] is not a 32-byte hex key ({exc})") from None
+        return self
 
     @model_validator(mode="after")
     def _check_timings(self) -> Settings:
@@ -179,10 +210,34 @@ class Settings(BaseSettings):
         return self.home.expanduser().resolve()
 
     def keyring(self) -> dict[str, bytes]:
-        """Signing secrets by key id; created under ``home`` on first use if none is set."""
+        """HMAC signing secrets by key id; created under ``home`` on first use if none is set.
+        Empty with the ed25519 scheme."""
+        if self.signing_scheme == "ed25519":
+            return {}
         if self.signing_keys:
             return {kid: secret.encode() for kid, secret in self.signing_keys.items()}
         return {kid: secret.encode() for kid, secret in _key_file(self.home_dir).items()}
+
+    def signer(self) -> Signer:
+        """What this process signs its envelopes with: the HMAC key ``signing_key_id`` of the
+        keyring, or (ed25519) the agent's own key from ``signing_key_file``."""
+        if self.signing_scheme == "hmac":
+            return Signer(self.keyring(), self.signing_key_id)
+        if self.signing_key_file is None:
+            raise ValueError("L9_SIGNING_SCHEME=ed25519: this process signs, set L9_SIGNING_KEY_FILE")
+        signer = Ed25519Signer.from_key_file(self.signing_key_file.expanduser())
+        if signer.key_id not in self.public_keys:
+            raise ValueError(
+                f"the key {signer.key_id!r} of {self.signing_key_file} is not in L9_PUBLIC_KEYS: "
+                "no consumer would accept what it signs"
+            )
+        return signer
+
+    def verifier(self, *, full_proofs: bool = False) -> Verifier:
+        """What this process checks signatures with: the HMAC keyring, or the public keys
+        (``full_proofs``: every entry's own batch proof in full, as the auditor stores it)."""
+        public = {kid: bytes.fromhex(hex_key) for kid, hex_key in self.public_keys.items()}
+        return Verifier(self.keyring(), public_keys=public, full_proofs=full_proofs)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -233,6 +288,7 @@ class Settings(BaseSettings):
             lease_ms=self.lease_ms,
             heartbeat_ms=self.heartbeat_ms,
             drain_timeout_s=self.drain_timeout_s,
+            dedupe_window_s=self.dedupe_window_s,
         )
 
     def graph_config(self) -> GraphConfig:

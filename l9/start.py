@@ -38,8 +38,7 @@ from bus import (
     open_client,
 )
 from bus.connection import RedisClient
-from envelope import Signer, Verifier
-from governance import load_signer_acl
+from governance import RateLimitGate, load_policy_file, load_signer_acl
 from memory.audit import AuditRecorder, AuditStoreUnavailable
 
 from .devstack import StackEndpoints, resolve_endpoints
@@ -107,8 +106,12 @@ async def run_agent(
 ) -> None:
     endpoints = agent_endpoints(settings, database=needs_database(agent_cls, settings))
     keys, policy = Keys(settings.namespace), policy_from(settings, concurrency)
-    keyring = settings.keyring()
+    signer, verifier = settings.signer(), settings.verifier()
     acl = load_signer_acl(settings.policy_file)  # None unless the policy file has a signer table
+    # The policy file's rate limits, applied where their types are consumed: by this agent's
+    # consumer, unless its handler applies them itself (the planner).
+    own_limits = getattr(agent_cls, "checks_own_rate_limits", False)
+    limits = () if own_limits else load_policy_file(settings.policy_file).rate_limits
     redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)  # after the checks
     try:
         name = await claim_consumer_name(
@@ -117,13 +120,14 @@ async def run_agent(
         runtime = Runtime(
             redis=redis,
             keys=keys,
-            signer=Signer(keyring, settings.signing_key_id),
-            verifier=Verifier(keyring),
+            signer=signer,
+            verifier=verifier,
             agent=agent_cls.name,
             instance=name,
             replicas=settings.publish_replicas,
         )
         agent = build_agent(agent_cls, runtime, settings, endpoints)
+        gate = RateLimitGate(redis, keys, limits, runtime.publisher, source=runtime.source)
         consumer = StreamConsumer(
             redis,
             keys,
@@ -134,6 +138,7 @@ async def run_agent(
             verifier=runtime.verifier,
             policy=policy,
             authorize=acl.authorize if acl is not None else None,
+            middlewares=[gate] if gate.limits else [],
         )
         structlog.contextvars.bind_contextvars(agent=agent_cls.name, consumer=name)
         await _serve(agent, consumer)
@@ -200,7 +205,7 @@ async def run_lineage(settings: Settings, *, instance: str | None = None) -> Non
         name = await claim_consumer_name(redis, keys, GROUP, policy.heartbeat_ttl_ms, instance=instance)
         structlog.contextvars.bind_contextvars(agent=GROUP, consumer=name, partitions=settings.partitions)
         projector = Projector(
-            redis, keys, graph, Verifier(settings.keyring()), DEFAULT_TOPOLOGY, settings.partition_set()
+            redis, keys, graph, settings.verifier(), DEFAULT_TOPOLOGY, settings.partition_set()
         )
         consumer = BatchConsumer(
             redis,
@@ -234,14 +239,14 @@ async def run_auditor(settings: Settings, *, instance: str | None = None) -> Non
     endpoints = resolve_endpoints(settings)
     redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)
     keys, policy = Keys(settings.namespace), policy_from(settings)
-    keyring = settings.keyring()
+    signer, verifier = settings.signer(), settings.verifier(full_proofs=True)  # it stores the proofs
     failpoint = Failpoint(settings.audit_failpoint)
     store = await _open_trail(settings, endpoints, failpoint)
     try:
         name = await claim_consumer_name(redis, keys, GROUP, policy.heartbeat_ttl_ms, instance=instance)
         structlog.contextvars.bind_contextvars(agent=GROUP, consumer=name, partitions=settings.partitions)
         source = f"agent://{GROUP}/{name}"
-        stream = AuditStream(redis, keys, store, Signer(keyring, settings.signing_key_id), source)
+        stream = AuditStream(redis, keys, store, signer, source)
         checkpointer = Checkpointer(
             store,
             settings.audit_signing_key(),
@@ -252,7 +257,7 @@ async def run_auditor(settings: Settings, *, instance: str | None = None) -> Non
             redis,
             keys,
             store,
-            Verifier(keyring),
+            verifier,
             stream,
             checkpointer,
             DEFAULT_TOPOLOGY,
@@ -322,8 +327,7 @@ async def _reporter(
     # so the auditor's Redis user (``l9 acl render``) covers both consumers of the process.
     base = f"{group}-{REPORTER_GROUP}"
     name = await claim_consumer_name(redis, keys, base, policy.heartbeat_ttl_ms, instance=instance)
-    keyring = settings.keyring()
-    publisher = Publisher(redis, keys, Signer(keyring, settings.signing_key_id))
+    publisher = Publisher(redis, keys, settings.signer())
     reporter = Reporter(
         redis,
         keys,
@@ -340,6 +344,6 @@ async def _reporter(
         consumer=name,
         streams=(RUN_STREAM,),
         handler=reporter.handle,
-        verifier=Verifier(keyring),
+        verifier=settings.verifier(),
         policy=policy,
     )

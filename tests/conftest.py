@@ -36,7 +36,8 @@ FAST = DeliveryPolicy(
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYRING = {"test": b"integration-test-secret"}
+#: The shared development key (the default policy's identity.shared_keys): the HMAC mode.
+KEYRING = {"dev": b"integration-test-secret"}
 
 StreamEntry = tuple[bytes, dict[bytes, bytes]]
 """A stream entry as the tests' clients (no ``decode_responses``) return it: its id and its fields."""
@@ -110,7 +111,7 @@ async def redis(stack: StackEndpoints, keys: Keys) -> AsyncIterator[RedisClient]
 
 @pytest.fixture
 def signer() -> Signer:
-    return Signer(KEYRING, "test")
+    return Signer(KEYRING, "dev")
 
 
 @pytest.fixture
@@ -128,7 +129,7 @@ def agent_env(stack: StackEndpoints, namespace: str, tmp_path: Path) -> dict[str
         "L9_NAMESPACE": namespace,
         "L9_HOME": str(tmp_path / "home"),
         "L9_SIGNING_KEYS": json.dumps({k: v.decode() for k, v in KEYRING.items()}),
-        "L9_SIGNING_KEY_ID": "test",
+        "L9_SIGNING_KEY_ID": "dev",
         "L9_HEARTBEAT_MS": "200",
         "L9_LEASE_MS": "5000",
         "L9_RETRY_BACKOFF_MS": "50",

@@ -11,8 +11,8 @@ For each ``l9.run.completed.v1``:
    it, and that record's commit time as the build time;
 3. write ``<L9_HOME>/reports/<run>.md`` and ``.json`` (each written to a temporary file,
    then renamed over the old one);
-4. emit ``l9.report.ready.v1`` caused by the run's completion, with an id derived from
-   the completion's id.
+4. emit ``l9.report.ready.v1`` caused by the run's completion, its id derived from the
+   completion's as every agent's emits are (``bus.dedupe.derived_id``, scope ``reporter``).
 
 Redelivered (a crash before the ack), the same steps run again: the report is rebuilt on
 the same head, so the files get the same bytes, and the notice has the same id, so the
@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -37,6 +36,7 @@ import structlog
 from agents.contracts.extraction.phases import ReportReady, RunCompleted
 from bus import Delivery, Keys, Publisher, as_text
 from bus.connection import RedisClient
+from bus.dedupe import derived_id
 from bus.index import known_streams
 from bus.topology import AUDIT_STREAM
 from envelope import PacketEnvelope, registry
@@ -81,11 +81,8 @@ def report_name(run: str) -> str:
 
 
 def notice_id(completion_id: str) -> str:
-    """The id of the report notice for one completion: the same on every redelivery (UUIDv8)."""
-    digest = bytearray(hashlib.sha256(f"l9.report.ready:{completion_id}".encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x80
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    return str(uuid.UUID(bytes=bytes(digest)))
+    """The id of the report notice for one completion: the same on every redelivery."""
+    return derived_id(completion_id, GROUP, registry.type_of(ReportReady))
 
 
 def write_atomic(path: Path, text: str) -> None:

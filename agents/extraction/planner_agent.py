@@ -16,7 +16,9 @@ After a rejection it also ends the run: ``l9.run.completed.v1`` (failed, phase
 ``plan``). A request over the policy file's rate limit for its requester
 (``rate_limits``, e.g. ``extraction-requests-per-requester@1``) is rejected at
 stage ``request`` ("rate limited by ..., retry after N s") before anything is
-planned; a redelivered request is not counted twice.
+planned; a redelivered request is not counted twice. The planner applies the limits
+on its requests itself (``checks_own_rate_limits``), so its consumer runs without the
+consume-side ``governance.RateLimitGate``: a request is counted once.
 
 :func:`plan_request` computes these from the request alone (the probes and
 anchors given), so it is tested without a bus. The handler publishes them in
@@ -29,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Set
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
+from typing import ClassVar
 
 import anyio
 
@@ -174,6 +177,9 @@ def planner_probes(config: PlannerConfig) -> dict[str, Probe]:
 class PlannerAgent(Agent):
     name = "planner"
     consumes = (REQUEST_STREAM,)
+    #: The handler applies the policy file's rate limits itself, answering with a rejection
+    #: (``refusal_payloads``): ``l9 agent run`` installs no ``RateLimitGate`` before it.
+    checks_own_rate_limits: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -1,13 +1,21 @@
 """The SymPy worker agent (``l9 agent run sympy``): requests on the tool stream, answers by RPC.
 
 Each request is parsed and computed in the worker pool (never in this
-process) within ``min(L9_SYMPY_TIMEOUT_S, the request's remaining deadline)``;
-results are cached in Redis under the canonical form (:mod:`.cache`). A result is
+process) within one deadline: ``L9_SYMPY_TIMEOUT_S`` (within the request's own
+deadline) bounds the key parse, the parse and the computation together; a kernel's
+compilers run outside the pool, in build slots, within ``L9_SYMPY_COMPILE_TIMEOUT_S``
+(:mod:`.service`, :mod:`.builds`). Results are cached in Redis under the canonical
+form (:mod:`.cache`). A result is
 the typed reply; a failure is an ``ErrorReply`` (``sympy.<kind>``, see
 :mod:`.errors`). Forbidden constructs, limit breaches and runaways are governance
 events besides: before the caller hears, the policy engine's decision on the
-request (``l9.governance.decision.v1``) and, when a policy escalates, the escalation
-to its anchors are published, caused by the request (:mod:`.violations`).
+request (``l9.governance.decision.v1``), caused by the request, is published and, when a
+policy escalates, an escalation to its anchors opened, or the requester's pending one
+under that policy counted on (:mod:`.violations`): a hostile batch leaves one escalation.
+
+A request over one of the policy file's rate limits (``sympy-requests-per-agent@1``)
+never reaches this handler: ``l9 agent run`` puts ``governance.RateLimitGate`` before it,
+which answers ``governance.rate_limited`` at once, the count shared by every worker process.
 
 Once the caller has its answer, every operation is published on ``sympy.events``
 (:mod:`.telemetry`), its reply copied to ``sympy.results`` (so the audit trail
@@ -20,18 +28,13 @@ by :class:`memory.postgres.metrics.MetricsWriter`; PostgreSQL away never slows a
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import time
-from collections import OrderedDict
 from functools import partial
 
 from agents.contracts.sympy.errors import ToolError
 from agents.contracts.sympy.graph import ExpressionGraphHook
 from agents.contracts.sympy.payloads import (
-    REPLY_FOR,
     Compile,
-    CompileResult,
     Cse,
     Diff,
     Evaluate,
@@ -49,7 +52,7 @@ from bus import TRANSIENT
 from bus.topology import SYMPY_EVENTS_STREAM as EVENTS_STREAM
 from bus.topology import SYMPY_RESULTS_STREAM as RESULTS_STREAM
 from bus.topology import SYMPY_STREAM as TOOL_STREAM
-from envelope import PacketEnvelope, utcnow
+from envelope import PacketEnvelope
 from governance import Escalations, PolicyEngine
 from memory.postgres.metrics import MetricsWriter
 
@@ -57,14 +60,11 @@ from ..base import Agent, Context, handles
 from ..runtime import Runtime
 from .cache import ResultCache
 from .config import SymPyConfig
-from .keys import compiled_key
-from .operations import Job, execute
+from .operations import execute
 from .pool import WorkerPool
+from .service import SymPyService
 from .telemetry import OperationEvent, metric_rows
 from .violations import ViolationDesk
-
-#: Request texts whose canonical digest is remembered (a hit then never touches the pool).
-DIGEST_MEMO = 4096
 
 
 class SymPyAgent(Agent):
@@ -87,8 +87,8 @@ class SymPyAgent(Agent):
             ttl_s=self.config.cache_ttl_s,
             max_bytes=self.config.cache_max_bytes,
         )
-        #: request text digest -> canonical digest: the same text is parsed once.
-        self._digests: OrderedDict[bytes, str] = OrderedDict()
+        #: the cache, one deadline per request, the pool and the build slots
+        self.service = SymPyService(self.pool, self.cache, self.config, runtime.redis, runtime.keys)
         engine = PolicyEngine.load(self.config.policy_file, strict_mode=self.config.strict_mode)
         desk = Escalations(
             runtime.redis,
@@ -173,49 +173,8 @@ class SymPyAgent(Agent):
         self.log.debug("sympy.served", op=request.op, ms=ms, cached=event.cached, outcome=event.outcome)
 
     async def compute(self, request: SymPyRequest, envelope: PacketEnvelope) -> SymPyResult:
-        """The reply to ``request``: from the cache, or computed in the pool within its deadline."""
-        model, backend = REPLY_FOR[type(request)], request.backend_name
-        if not request.cacheable:
-            return await self._run(request, envelope)
-        digest = await self._digest(request, envelope)
-        hit = await self.cache.get(digest, request.op, backend)
-        if hit is not None:
-            return model.model_validate({**hit, "cached": True})
-        reply = await self._run(request, envelope)
-        await self.cache.put(digest, request.op, backend, reply.model_dump(mode="json", exclude={"cached"}))
-        return reply
-
-    async def _run(self, request: SymPyRequest, envelope: PacketEnvelope) -> SymPyResult:
-        fields = await self.pool.run(Job("run", request), timeout_s=self._bound(envelope, request))
-        reply = REPLY_FOR[type(request)].model_validate(fields)
-        if isinstance(reply, CompileResult):
-            entry = {**reply.model_dump(mode="json", exclude={"cached"}), "indexed_at": utcnow().isoformat()}
-            await self.runtime.redis.set(
-                compiled_key(self.runtime.keys, reply.kernel_hash), json.dumps(entry)
-            )
-        return reply
-
-    async def _digest(self, request: SymPyRequest, envelope: PacketEnvelope) -> str:
-        """The canonical cache digest: parsed in the pool once per distinct request text."""
-        text = hashlib.sha256(f"{request.op}\0{request.model_dump_json()}".encode()).digest()
-        digest = self._digests.get(text)
-        if digest is None:
-            keyed = await self.pool.run(Job("key", request), timeout_s=self._bound(envelope))
-            digest = self._digests[text] = str(keyed["key"])
-            if len(self._digests) > DIGEST_MEMO:
-                self._digests.popitem(last=False)
-        else:
-            self._digests.move_to_end(text)
-        return digest
-
-    def _bound(self, envelope: PacketEnvelope, request: SymPyRequest | None = None) -> float:
-        """The wall-clock bound of one job: the setting (a build's own for kernels), within the deadline."""
-        bound = self.config.timeout_s
-        if isinstance(request, Compile) or (isinstance(request, Evaluate) and request.backend == "compiled"):
-            bound = self.config.tool.compile_timeout_s
-        if envelope.expires_at is not None:
-            bound = min(bound, max((envelope.expires_at - utcnow()).total_seconds(), 0.05))
-        return bound
+        """The reply to ``request``: from the cache, or computed within one deadline (:mod:`.service`)."""
+        return await self.service.compute(request, envelope)
 
     async def _refuse(self, ctx: Context[SymPyRequest], exc: ToolError) -> PacketEnvelope:
         """Governance first for a violation (when the caller hears, the decision is out), then fail."""

@@ -9,7 +9,12 @@ runs in a temporary directory beside the cache and is renamed into place, so
 two workers building the same kernel never load half a file. The agent
 indexes built kernels in Redis (``sympy:compiled:{hash}``, see :mod:`.keys`).
 
-Runs only in the worker subprocesses.
+A build has two halves. :meth:`KernelStore.prepare` generates the source (SymPy: it runs
+in the worker subprocesses, within a request's compute budget) and returns a
+:class:`BuildPlan`, plain data; running the compilers on a plan (:func:`build_commands`,
+:func:`install`) needs no SymPy. In the agent the worker answers the plan and the agent
+builds it outside the pool (:mod:`.builds`); :meth:`KernelStore.ensure` does both halves
+in one process (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +41,7 @@ from agents.contracts.sympy.errors import ToolError
 from . import codegen
 
 #: Part of every kernel hash: a change to the generated source gets new kernels.
-GENERATOR = "cython-1"
+GENERATOR = "cython-2"
 SUFFIX = str(sysconfig.get_config_var("EXT_SUFFIX") or ".so")
 Kernel = Callable[..., np.ndarray]
 _LOADED: dict[str, Kernel] = {}
@@ -62,32 +67,85 @@ class Built:
         }
 
 
+@dataclass(frozen=True)
+class BuildPlan:
+    """A kernel to build: its generated source, where it goes and its parameters (plain data)."""
+
+    kernel_hash: str
+    directory: str
+    source: str
+    params: list[str]
+    args: list[str]
+
+    @property
+    def path(self) -> Path:
+        return Path(self.directory) / self.kernel_hash / f"l9k_{self.kernel_hash}{SUFFIX}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BuildPlan:
+        return cls(**data)
+
+    def found(self) -> Built | None:
+        """The kernel, when it is on disk already (another build finished it)."""
+        if not (self.path.exists() and self.path.with_name("meta.json").exists()):
+            return None
+        params = json.loads(self.path.with_name("meta.json").read_text())["params"]
+        return Built(self.kernel_hash, str(self.path), params, self.args, 0.0, False)
+
+
+class BuildNeeded(Exception):
+    """The kernel is not on disk and this store does not build (the agent builds ``plan``)."""
+
+    def __init__(self, plan: BuildPlan) -> None:
+        super().__init__(f"kernel {plan.kernel_hash} is to be built")
+        self.plan = plan
+
+
 class KernelStore:
     """The on-disk kernel cache of one worker: build, find, load.
 
     Kernels are named from the canonical hash of the expression (``expr_hash``,
-    computed once per request by the operations) and the parameter order.
+    computed once per request by the operations) and the parameter order. With
+    ``defer_builds`` a kernel that is not on disk is a :class:`BuildNeeded`
+    carrying its plan, not a build in this process.
     """
 
-    def __init__(self, directory: str | Path, timeout_s: float) -> None:
-        self.directory, self.timeout_s = Path(directory), timeout_s
+    def __init__(self, directory: str | Path, timeout_s: float, *, defer_builds: bool = False) -> None:
+        self.directory, self.timeout_s, self.defer_builds = Path(directory), timeout_s, defer_builds
 
     def path_of(self, kernel_hash: str) -> Path:
         return self.directory / kernel_hash / f"l9k_{kernel_hash}{SUFFIX}"
 
+    def prepare(self, expr: Any, args: Sequence[str], expr_hash: str) -> Built | BuildPlan:
+        """The kernel if it is on disk, else the plan to build it (its source generated)."""
+        digest = kernel_hash(expr_hash, args)
+        found = BuildPlan(digest, str(self.directory), "", [], list(args)).found()
+        if found is not None:
+            return found
+        generated = codegen.generate(expr, "cython", "kernel", list(args), True)
+        return BuildPlan(digest, str(self.directory), generated["source"], generated["params"], list(args))
+
     def ensure(self, expr: Any, args: Sequence[str], expr_hash: str) -> Built:
         """The kernel of ``expr`` with parameters ``args``, built unless it is on disk."""
-        digest = kernel_hash(expr_hash, args)
-        path, meta = self.path_of(digest), self.path_of(digest).with_name("meta.json")
-        if path.exists() and meta.exists():
-            params = json.loads(meta.read_text())["params"]
-            return Built(digest, str(path), params, list(args), 0.0, False)
-        generated = codegen.generate(expr, "cython", "kernel", list(args), True)
+        prepared = self.prepare(expr, args, expr_hash)
+        if isinstance(prepared, Built):
+            return prepared
+        if self.defer_builds:
+            raise BuildNeeded(prepared)
+        return self.build(prepared)
+
+    def build(self, plan: BuildPlan) -> Built:
+        """Run the compilers on ``plan`` here, each within this store's timeout."""
         started = time.perf_counter()
-        self._build(digest, generated["source"], path)
-        meta.write_text(json.dumps({"params": generated["params"], "args": list(args)}))
-        ms = round((time.perf_counter() - started) * 1000, 1)
-        return Built(digest, str(path), generated["params"], list(args), ms, True)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".build-{plan.kernel_hash}-", dir=self.directory) as tmp:
+            work = Path(tmp)
+            for command in build_commands(plan, work):
+                self._run(command, work)
+            return install(plan, work, time.perf_counter() - started)
 
     def exists(self, expr_hash: str, args: Sequence[str]) -> bool:
         return self.path_of(kernel_hash(expr_hash, args)).exists()
@@ -103,34 +161,49 @@ class KernelStore:
             loaded = _LOADED[digest] = load_module(path, digest)
         return loaded
 
-    def _build(self, digest: str, source: str, target: Path) -> None:
-        compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-        include = sysconfig.get_paths()["include"]
-        if compiler is None or not Path(include, "Python.h").exists():
-            raise ToolError(
-                "invalid", "no_compiler", "no C compiler or Python headers on the worker's machine"
-            )
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".build-{digest}-", dir=self.directory) as tmp:
-            work = Path(tmp)
-            (work / f"l9k_{digest}.pyx").write_text(source)
-            c_file, so_file = work / f"l9k_{digest}.c", work / f"l9k_{digest}{SUFFIX}"
-            self._run([sys.executable, "-m", "cython", "-3", f"l9k_{digest}.pyx", "-o", c_file.name], work)
-            flags = ["-shared", "-fPIC", "-O3", "-fno-math-errno", f"-I{include}"]
-            self._run([compiler, *flags, c_file.name, "-o", so_file.name, "-lm"], work)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(so_file, target)  # atomic: a concurrent builder's rename wins, both are equal
-
     def _run(self, command: list[str], cwd: Path) -> None:
         try:
-            done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=self.timeout_s)
+            done = subprocess.run(
+                command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=self.timeout_s
+            )
         except subprocess.TimeoutExpired:
-            raise ToolError(
-                "timeout", "compile_timeout", f"{command[0]} ran past {self.timeout_s:g}s"
-            ) from None
+            raise build_timeout(command, self.timeout_s) from None
         if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip()[-800:]
-            raise ToolError("failed", "compile_failed", f"{Path(command[0]).name} failed: {tail}")
+            raise build_failed(command, done.stdout)
+
+
+def build_commands(plan: BuildPlan, work: Path) -> list[list[str]]:
+    """Cython, then the C compiler, to run in ``work`` (where the source is written now)."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    include = sysconfig.get_paths()["include"]
+    if compiler is None or not Path(include, "Python.h").exists():
+        raise ToolError("invalid", "no_compiler", "no C compiler or Python headers on the worker's machine")
+    name = f"l9k_{plan.kernel_hash}"
+    (work / f"{name}.pyx").write_text(plan.source)
+    flags = ["-shared", "-fPIC", "-O3", "-fno-math-errno", f"-I{include}"]
+    return [
+        [sys.executable, "-m", "cython", "-3", f"{name}.pyx", "-o", f"{name}.c"],
+        [compiler, *flags, f"{name}.c", "-o", f"{name}{SUFFIX}", "-lm"],
+    ]
+
+
+def install(plan: BuildPlan, work: Path, seconds: float) -> Built:
+    """Move the module built in ``work`` into place (atomic: a concurrent builder's rename wins,
+    both are equal) and write its ``meta.json``."""
+    target = plan.path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(work / f"l9k_{plan.kernel_hash}{SUFFIX}", target)
+    target.with_name("meta.json").write_text(json.dumps({"params": plan.params, "args": plan.args}))
+    return Built(plan.kernel_hash, str(target), plan.params, plan.args, round(seconds * 1000, 1), True)
+
+
+def build_timeout(command: list[str], bound_s: float) -> ToolError:
+    return ToolError("timeout", "compile_timeout", f"{Path(command[0]).name} ran past {bound_s:g}s")
+
+
+def build_failed(command: list[str], output: bytes) -> ToolError:
+    tail = output.decode(errors="replace").strip()[-800:]
+    return ToolError("failed", "compile_failed", f"{Path(command[0]).name} failed: {tail}")
 
 
 def kernel_hash(expr_hash: str, args: Sequence[str]) -> str:

@@ -23,8 +23,11 @@ class MetricsConfig:
 class SymPyConfig:
     tool: ToolConfig = field(default_factory=ToolConfig)
     workers: int = 2
+    #: One request's pool work together (parse, key, compute), within its own deadline.
     timeout_s: float = 10.0
     memory_mb: int = 1024
+    #: Kernel builds at a time, in the agent, outside the pool (:mod:`.builds`).
+    builds: int = 1
     cache_ttl_s: int = 86_400
     cache_max_bytes: int = 1_000_000
     policy_file: Path | None = None

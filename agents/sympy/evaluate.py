@@ -42,6 +42,9 @@ _CALLABLES: OrderedDict[tuple[str, str], Vectorised] = OrderedDict()
 _CALLABLES_MAX = 256
 #: Points without a finite value that a double-precision backend's answer is checked at.
 RECHECKED_POINTS = 64
+#: Never "this backend failed": the worker is out of memory (a C extension that cannot
+#: allocate often returns NULL without an exception: a SystemError); the pool replaces it.
+_OUT_OF_MEMORY = (MemoryError, SystemError)
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,8 @@ def _compiled(
     n = len(arrays[0])
     try:
         out = np.asarray(kernel(*[np.ascontiguousarray(a) for a in arrays[: len(free)]]))
+    except _OUT_OF_MEMORY:
+        raise
     except Exception as exc:
         raise ToolError("invalid", "backend_failed", f"compiled: {type(exc).__name__}: {exc}") from None
     values = _values("compiled", np.broadcast_to(out, (n,)))
@@ -180,6 +185,8 @@ def _vectorised(backend: str, expr: Any, symbols: list[Any], arrays: list[np.nda
     try:
         with np.errstate(all="ignore"):
             out = np.asarray(function(arrays))
+    except _OUT_OF_MEMORY:
+        raise
     except Exception as exc:
         raise ToolError("invalid", "backend_failed", f"{backend}: {type(exc).__name__}: {exc}") from None
     out = np.broadcast_to(out.reshape(-1) if out.size == len(arrays[0]) else out, (len(arrays[0]),))
@@ -230,6 +237,8 @@ def _callable(backend: str, expr: Any, symbols: list[Any], key: str) -> Vectoris
         raise ToolError("invalid", "unknown_backend", f"no backend {backend!r}")
     try:
         function = build(expr, symbols)
+    except _OUT_OF_MEMORY:
+        raise
     except Exception as exc:
         raise ToolError("invalid", "backend_unsupported", f"{backend}: {type(exc).__name__}: {exc}") from None
     _CALLABLES[(key, backend)] = function

@@ -3,7 +3,10 @@
 A :class:`Job` has two phases. ``key`` only parses and returns the canonical
 hash of the expressions and the cache key digest of the whole request (the
 canonical forms plus every other parameter), so the parent can look in the
-cache before anything expensive runs. ``run`` computes the reply's fields.
+cache before anything expensive runs. ``run`` computes the reply's fields; a
+job of the agent (``defer_builds``) that needs a kernel not yet built answers
+its build plan instead, and the agent runs the compilers outside the pool
+(:mod:`.builds`).
 
 Everything returned is plain data (str, int, float, lists, dicts): SymPy
 objects never leave the subprocess.
@@ -11,6 +14,7 @@ objects never leave the subprocess.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -21,7 +25,7 @@ import sympy
 
 from agents.contracts.sympy.errors import ParseRejected, ToolError
 from agents.contracts.sympy.payloads import (
-    EXPR_MAX,
+    RESULT_MAX,
     Compile,
     Cse,
     Diff,
@@ -34,7 +38,7 @@ from agents.contracts.sympy.payloads import (
 )
 
 from . import codegen
-from .compiled import KernelStore
+from .compiled import BuildNeeded, KernelStore
 from .evaluate import evaluate
 from .parser import ParserLimits, canonical_hash, parse
 
@@ -51,19 +55,30 @@ class ToolConfig:
     #: Compiled kernels on disk; None: no ``compiled`` backend, no ``compile`` operation.
     kernel_dir: str | None = None
     compile_timeout_s: float = 120.0
+    #: True: a kernel to build is answered as its plan (``{"build": ...}``), not built here.
+    defer_builds: bool = False
 
     def kernels(self) -> KernelStore | None:
-        return None if self.kernel_dir is None else KernelStore(self.kernel_dir, self.compile_timeout_s)
+        if self.kernel_dir is None:
+            return None
+        return KernelStore(self.kernel_dir, self.compile_timeout_s, defer_builds=self.defer_builds)
 
 
 @dataclass(frozen=True)
 class Job:
     phase: Literal["key", "run"]
     request: SymPyRequest
+    #: The agent's jobs: a kernel is built by the agent, outside the pool (:mod:`.builds`).
+    defer_builds: bool = False
 
 
 def execute(limits: ToolConfig, job: Job) -> dict[str, Any]:
-    """The handler of the worker pool (``functools.partial(execute, limits)``)."""
+    """The handler of the worker pool (``functools.partial(execute, limits)``).
+
+    With ``job.defer_builds`` an operation that needs a kernel not yet built answers
+    ``{"expr_hash": ..., "build": <BuildPlan as a dict>}`` instead of its fields: its
+    source is generated here, the compiler is the caller's to run.
+    """
     fields = _parse_fields(job.request, limits.parser)
     expr_hash = canonical_hash(*(e for exprs in fields.values() for e in exprs))
     if job.phase == "key":
@@ -71,7 +86,12 @@ def execute(limits: ToolConfig, job: Job) -> dict[str, Any]:
     operation = OPERATIONS.get(job.request.op)
     if operation is None:
         raise ToolError("invalid", "unknown_operation", f"no operation {job.request.op!r}")
-    return {"expr_hash": expr_hash, **operation(job.request, fields, limits, expr_hash)}
+    if job.defer_builds:
+        limits = dataclasses.replace(limits, defer_builds=True)
+    try:
+        return {"expr_hash": expr_hash, **operation(job.request, fields, limits, expr_hash)}
+    except BuildNeeded as needed:
+        return {"expr_hash": expr_hash, "build": needed.plan.as_dict()}
 
 
 def request_key(request: SymPyRequest, fields: Fields) -> str:
@@ -101,9 +121,9 @@ def _parse_one(text: str, limits: ParserLimits, where: str) -> Any:
 # -- the operations ------------------------------------------------------------------------
 def _expression(value: Any) -> dict[str, Any]:
     text = sympy.sstr(value)
-    if len(text) > EXPR_MAX:
+    if len(text) > RESULT_MAX:
         raise ToolError(
-            "limit", "max_result_size", f"the result has {len(text)} characters (over {EXPR_MAX})"
+            "limit", "max_result_size", f"the result has {len(text)} characters (over {RESULT_MAX})"
         )
     return {"expr": text, "ops": int(sympy.count_ops(value))}
 

@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 import sympy
 
 from agents.contracts.sympy.errors import Kind, ParseRejected, Position
+from agents.contracts.sympy.payloads import EXPR_MAX
 
 from .grammar import CONSTANTS, DANGEROUS_NAMES, FUNCTIONS, MATRIX, Function
 
@@ -47,7 +48,8 @@ _ARITH = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)
 class ParserLimits:
     """Bounds on what one expression may ask of SymPy (settings ``L9_SYMPY_MAX_*``)."""
 
-    max_chars: int = 2000
+    #: The wire refuses longer fields (``payloads.EXPR_MAX``): a larger setting changes nothing.
+    max_chars: int = EXPR_MAX
     max_nodes: int = 2000
     max_depth: int = 60
     max_exponent: int = 1000
@@ -297,7 +299,7 @@ class _Builder:
             raise
         except RecursionError:
             self._limit("max_depth", "the expression is nested too deeply", node)
-        except MemoryError:
+        except (MemoryError, SystemError):  # out of memory (in C, a SystemError): the pool's to handle
             raise
         except Exception as exc:
             self._invalid("invalid_operation", f"{type(exc).__name__}: {exc}", node)

@@ -4,7 +4,8 @@ An in-process alarm does not stop SymPy (long C-level integer arithmetic, a
 ``MemoryError`` caught somewhere inside), so each job runs in a subprocess
 with a wall-clock bound (enforced by the parent: past it the process is
 SIGKILLed and replaced) and an address-space cap (``RLIMIT_AS`` set in the
-child: SymPy gets a ``MemoryError``, the child reports it and exits).
+child: SymPy gets a ``MemoryError``, or a C extension a ``SystemError`` "error
+return without exception set"; the child reports either as ``limit.memory`` and exits).
 
 Processes come from a ``forkserver`` that preloads SymPy once, so a
 replacement is ready in milliseconds instead of the second an import takes.
@@ -201,14 +202,21 @@ def _serve(conn: Connection, handler: Handler, memory_bytes: int) -> None:
 
 
 def _answer(handler: Handler, job: Any, memory_bytes: int) -> tuple[tuple[str, Any], bool]:
-    """``(reply, fatal)``: after a MemoryError the process is not trusted with another job."""
+    """``(reply, fatal)``: after running out of memory the process is not trusted with another job.
+
+    Out of memory is a ``MemoryError``, or a ``SystemError`` ("error return without exception
+    set"): a C extension (gmpy2, symengine, numpy) whose allocation failed under the cap and
+    returned NULL without setting the MemoryError. Either is the ``limit.memory`` error and the
+    end of this process.
+    """
     try:
         return ("ok", handler(job)), False
     except ToolError as exc:
         return ("error", exc.to_wire()), False
-    except MemoryError:
+    except (MemoryError, SystemError) as exc:
         mb = memory_bytes // (1024 * 1024)
-        error = ToolError("limit", "memory", f"the operation needed more than the worker's {mb} MB")
+        how = "" if isinstance(exc, MemoryError) else f" (in C: {type(exc).__name__}: {exc})"
+        error = ToolError("limit", "memory", f"the operation needed more than the worker's {mb} MB{how}")
         return ("error", {**error.to_wire(), "fatal": True}), True
     except RecursionError:
         error = ToolError("limit", "recursion", "the operation recursed too deeply")

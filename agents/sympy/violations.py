@@ -9,12 +9,18 @@ policy that governs its kind (length limits: the ``expression_length`` rule;
 forbidden names, number and power bombs, memory and time: ``expression_functions``),
 so the outcome is that policy's (``deny``, or ``escalate`` to its anchors).
 
-The decision is published as ``l9.governance.decision.v1`` and, when escalated,
-an ``l9.governance.escalation.v1`` goes to the anchors, both caused by the
-request; the escalation is keyed by the request id, so a redelivered request
-raises none anew. The caller's typed error does not wait for any anchor: the request is
-refused either way; an escalation asks the anchor to review the requester
-(approve: a harmless mistake; deny: an attempt to act on).
+The decision is published as ``l9.governance.decision.v1``, caused by the
+request. An escalation is coalesced (``Escalations.escalate_coalesced``): the
+first violation of a requester (the request's ``auth``, else its source) under a
+policy opens an ``l9.governance.escalation.v1`` to the anchors, caused by it; while
+that one is pending, the requester's later violations under the policy are counted
+on it (each decision names it: ``escalation_id``), a redelivered request is not
+counted twice, and a requester opens at most ``escalation.source_limit`` escalations
+per ``source_window_s``, beyond which its violations are denials that ask nobody. So
+a hostile batch leaves one escalation, not one per request. The caller's typed error
+does not wait for any anchor: the request is refused either way; an escalation asks
+the anchor to review the requester (approve: a harmless mistake; deny: an attempt
+to act on).
 """
 
 from __future__ import annotations
@@ -36,10 +42,12 @@ DEFAULT_POLICY_RULE = "expression_functions"
 
 @dataclass(frozen=True)
 class Reported:
-    """What governance was told: the decision envelope, and the escalation envelope if any."""
+    """What governance was told: the decision envelope, and the escalation envelope if any
+    (``opened`` by this request, else the pending one it was counted on)."""
 
     decision: PacketEnvelope
     escalation: PacketEnvelope | None
+    opened: bool = False
 
 
 def worker_finding(error: ToolError) -> Finding:
@@ -74,24 +82,29 @@ class ViolationDesk:
         return decide(subject.describe(), judged.policies, findings, anchors)
 
     async def report(self, error: ToolError, request: PacketEnvelope) -> Reported:
-        """Publish the decision on ``request`` (and its escalation), both caused by it."""
+        """Publish the decision on ``request``, caused by it, after its escalation is opened or
+        counted (module docstring)."""
         decision = self.decide(error, request)
-        recorded = await self.escalations.record(decision, cause=request)
-        escalation = None
+        requester = request.auth or request.source
+        escalation, opened = None, False
         if decision.escalated and decision.anchors:
-            escalation = await self.escalations.escalate(decision, cause=request, key=f"sympy:{request.id}")
+            raised = await self.escalations.escalate_coalesced(decision, cause=request, origin=requester)
+            decision, escalation, opened = raised.decision, raised.escalation, raised.opened
+        escalation_id = escalation.id if escalation is not None else None
+        recorded = await self.escalations.record(decision, cause=request, escalation_id=escalation_id)
         log.warning(
             "sympy.violation",
             request_id=request.id,
             correlation_id=request.correlation_id,
-            requester=request.auth or request.source,
+            requester=requester,
             kind=error.kind,
             rule=error.rule,
             outcome=decision.outcome.value,
             policy=decision.policy,
-            escalation_id=escalation.id if escalation is not None else None,
+            escalation_id=escalation_id,
+            escalation_opened=opened,
         )
-        return Reported(recorded, escalation)
+        return Reported(recorded, escalation, opened)
 
 
 def _answering(policies: list[Policy], error: ToolError) -> Policy | None:

@@ -60,16 +60,29 @@ def _request(cls: type[Q], **fields: Any) -> Q:
         raise ToolError("invalid", "bad_argument", _problems(exc)) from None
 
 
+#: Problems named one by one in a bad-argument error; the rest are counted.
+PROBLEMS_LISTED = 3
+
+
 def _problems(exc: ValidationError) -> str:
-    """``field: what is wrong (got 'value')``, one per problem, on one line."""
+    """``field: what is wrong (got 'value')``, for the first few problems, on one line.
+
+    A refusal of the whole request (sizes and text checked before the fields: its message
+    names the field) shows no value: the value is the request.
+    """
+    errors = exc.errors(include_url=False)
     out = []
-    for error in exc.errors(include_url=False):
+    for error in errors[:PROBLEMS_LISTED]:
         where = ".".join(str(part) for part in error["loc"]) or "request"
+        if not error["loc"]:
+            out.append(f"{where}: {error['msg']}")
+            continue
         got = error.get("input")
         shown = repr(got) if isinstance(got, str | int | float) else type(got).__name__
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
         out.append(f"{where}: {error['msg']} (got {shown})")
-    return "; ".join(out)
+    more = len(errors) - len(out)
+    return "; ".join(out) + (f" (and {more} more)" if more else "")
 
 
 class SymPyTool:

@@ -5,6 +5,7 @@ afterwards if they started it."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
@@ -20,6 +21,13 @@ if TYPE_CHECKING:
     from l9.demo_extraction import ExtractionDemo
 
 T = TypeVar("T")
+
+
+class Signing(StrEnum):
+    hmac = "hmac"
+    ed25519 = "ed25519"
+
+
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tensoraios_ecosystem.md"
 demo_app = typer.Typer(
     name="demo",
@@ -58,6 +66,10 @@ def extraction(
     keep_stack: Annotated[
         bool, typer.Option(help="leave the embedded stack running (a stack already up is always left)")
     ] = False,
+    signing: Annotated[
+        Signing,
+        typer.Option(help="hmac: the shared development key; ed25519: one private key per agent process"),
+    ] = Signing.hmac,
 ) -> None:
     """Start the stack and every agent as a process, extract FILE, verify the trail and the report."""
     if ctx.invoked_subcommand is not None:
@@ -71,7 +83,9 @@ def extraction(
             settings,
             keep_stack,
             lambda endpoints: run(
-                lambda: run_extraction_demo(settings, endpoints, console, file=file, timeout_s=timeout)
+                lambda: run_extraction_demo(
+                    settings, endpoints, console, file=file, timeout_s=timeout, signing=signing.value
+                )
             ),
         )
     except (DemoError, SchemaErrors, OSError) as exc:

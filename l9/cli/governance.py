@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -12,7 +13,7 @@ import typer
 from rich.console import Console
 
 from bus import Keys, Publisher, open_client
-from envelope import Signer, utcnow
+from envelope import Ed25519Signer, Signer, agent_of_key, utcnow
 from governance import (
     EscalationError,
     Escalations,
@@ -106,25 +107,35 @@ def governance_check(
         console.print(f"policy {policy.ref}: {policy.rule_name}, {policy.outcome.value}{anchors}")
     for limit in engine.rate_limits:
         console.print(f"rate limit {limit.id}: {limit.limit} per {limit.window_s:g} s per {limit.per}")
+    esc = engine.escalation
+    console.print(
+        f"escalations: deadline {esc.deadline_s:g} s; coalesced per origin and policy, "
+        f"at most {esc.source_limit} per origin per {esc.source_window_s:g} s"
+    )
     for anchor in engine.anchors:
         console.print(f"anchor {anchor.name}: {anchor.channel} ({anchor.receives})")
     acl = engine.signer_acl
-    console.print(
-        f"signer table: {len(acl.table)} keys" if acl else "signer table: none (consumers do not check)"
-    )
+    if acl:
+        shared = f"; shared HMAC keys: {', '.join(sorted(acl.shared_keys))}" if acl.shared_keys else ""
+        console.print(f"signer table: {len(acl.table)} agents ({', '.join(acl.table)}){shared}")
+    else:
+        console.print("signer table: none (consumers do not check)")
     if not settings.strict_mode:
         console.print("strict mode is off (L9_STRICT_MODE=false): placeholder policies are not applied")
 
 
-def _with_escalations(who: str, work: Callable[[Escalations], Awaitable[T]]) -> T:
-    """Run ``work`` with an Escalations desk on the configured Redis, signing as this CLI."""
+def _with_escalations(
+    who: str, work: Callable[[Escalations], Awaitable[T]], signer: Signer | None = None
+) -> T:
+    """Run ``work`` with an Escalations desk on the configured Redis, signing as this CLI (or
+    with ``signer``: an anchor's own key)."""
     settings = load_settings()
     try:
         engine = PolicyEngine.load(settings.policy_file, strict_mode=settings.strict_mode)
     except PolicyFileError as exc:
         raise fail(str(exc), 2) from None
     endpoints = resolve_endpoints(settings)
-    signer = Signer(settings.keyring(), settings.signing_key_id)
+    signer = signer or settings.signer()
 
     async def main() -> T:
         redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)
@@ -155,42 +166,81 @@ def governance_pending(
             f"{row.id}  {row.policy}  anchors: {', '.join(row.anchors)}  deadline in {left:.0f} s\n"
             f"    {row.subject}\n    {row.reason}"
         )
+        if row.origin is not None:
+            latest = ", ".join(row.latest[-3:])
+            console.print(f"    {row.count} violation(s) from {row.origin}; latest requests: {latest}")
     if not rows and not as_json:
         console.print("no pending escalations")
 
 
-def _answer(escalation_id: str, name: str, reason: str, *, approved: bool) -> None:
+def anchor_signer(name: str | None, key_file: Path | None) -> tuple[str, Signer | None]:
+    """(the anchor answering, the key it signs with). An anchor's key file names the anchor
+    (key id ``<anchor>.<version>``): ``--as``, when given too, must agree. Without a key file
+    the answer is signed as this CLI (``L9_SIGNING_*``): with the development keyring that
+    is all there is; with per-agent keys the enforcer will not accept such an approval."""
+    if key_file is None:
+        if name is None:
+            raise fail("give --as NAME (the anchor answering) or --key-file (the anchor's key)", 2)
+        return name, None
+    try:
+        if str(key_file) == "-":  # from standard input: the key never sits in a container's files
+            signer = Ed25519Signer.from_key_text(sys.stdin.read(), "<stdin>")
+        else:
+            signer = Ed25519Signer.from_key_file(key_file)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    owner = agent_of_key(signer.key_id)
+    if name is not None and name.casefold() != owner.casefold():
+        raise fail(f"--as {name!r}, but the key {signer.key_id!r} of {key_file} is {owner!r}'s", 2)
+    return owner, signer
+
+
+def _answer(
+    escalation_id: str, name: str | None, key_file: Path | None, reason: str, *, approved: bool
+) -> None:
+    who, signer = anchor_signer(name, key_file)
+
     async def work(desk: Escalations) -> None:
-        await desk.resolve(escalation_id, approved=approved, by=name, reason=reason)
+        await desk.resolve(escalation_id, approved=approved, by=who, reason=reason)
 
     try:
-        _with_escalations(name, work)
+        _with_escalations(who, work, signer)
     except NotAnAnchor as exc:
         raise fail(str(exc), 2) from None
     except EscalationError as exc:
         raise fail(str(exc), 1) from None
-    console.print(f"escalation {escalation_id} {'approved' if approved else 'denied'} by {name}: {reason}")
+    key = f" (signed with {signer.key_id})" if signer is not None else ""
+    console.print(
+        f"escalation {escalation_id} {'approved' if approved else 'denied'} by {who}{key}: {reason}"
+    )
 
 
 AS_OPTION = typer.Option("--as", help="the anchor answering (one of the escalation's anchors)")
+KEY_OPTION = typer.Option(
+    "--key-file",
+    help="the anchor's own signing key (l9 deploy anchor-key; - reads it from standard input): "
+    "what makes an approval count",
+)
 REASON_OPTION = typer.Option(help="why; recorded in the audit trail")
 
 
 @governance_app.command("approve")
 def governance_approve(
     escalation_id: Annotated[str, typer.Argument(help="the escalation id (l9 governance pending)")],
-    name: Annotated[str, AS_OPTION],
     reason: Annotated[str, REASON_OPTION],
+    name: Annotated[str | None, AS_OPTION] = None,
+    key_file: Annotated[Path | None, KEY_OPTION] = None,
 ) -> None:
-    """Approve an escalation as one of its anchors."""
-    _answer(escalation_id, name, reason, approved=True)
+    """Approve an escalation as one of its anchors, signed with the anchor's key."""
+    _answer(escalation_id, name, key_file, reason, approved=True)
 
 
 @governance_app.command("deny")
 def governance_deny(
     escalation_id: Annotated[str, typer.Argument(help="the escalation id (l9 governance pending)")],
-    name: Annotated[str, AS_OPTION],
     reason: Annotated[str, REASON_OPTION],
+    name: Annotated[str | None, AS_OPTION] = None,
+    key_file: Annotated[Path | None, KEY_OPTION] = None,
 ) -> None:
     """Deny an escalation as one of its anchors."""
-    _answer(escalation_id, name, reason, approved=False)
+    _answer(escalation_id, name, key_file, reason, approved=False)

@@ -1,5 +1,5 @@
 """Operating a deployment: ``l9 status``, ``l9 health``, ``l9 trim``, ``l9 asyncapi``,
-``l9 dead list|replay`` and ``l9 deploy env|rotate-*``."""
+``l9 dead list|replay`` and ``l9 deploy env|agent-keys|rotate-*|retire-agent-key``."""
 
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ from l9.cli.common import err, fail, load_settings, run
 from l9.dead import DeadLetter, NotDead, list_dead, replay
 from l9.deploy import (
     DeployError,
+    agent_keys,
+    anchor_key,
     prepare_env,
-    retire_signing_key,
+    retire_agent_key,
+    rotate_agent_key,
     rotate_audit_key,
     rotate_redis_password,
-    rotate_signing_key,
 )
 from l9.devstack import resolve_endpoints
 from l9.health import health_of
@@ -49,6 +51,9 @@ AGENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
 ENV_FILE = Annotated[Path, typer.Option("--env-file", help="the compose deployment's .env")]
 AUDIT_KEY = Annotated[Path, typer.Option("--audit-key", help="the audit key file the compose file mounts")]
+AGENT_KEYS = Annotated[
+    Path, typer.Option("--agent-keys", help="the folder of the agents' key files the compose file mounts")
+]
 PASSWORDS = Annotated[
     Path | None,
     typer.Option(help="the agents' Redis passwords (default: L9_HOME/redis-passwords.json)"),
@@ -236,37 +241,72 @@ def _passwords_path(passwords: Path | None) -> Path:
 def deploy_env(
     env_file: ENV_FILE = Path(".env"),
     audit_key: AUDIT_KEY = Path("secrets/audit-key.hex"),
+    keys: AGENT_KEYS = Path("secrets/agent-keys"),
     passwords: PASSWORDS = None,
 ) -> None:
-    """Write what docker-compose.yml needs and is missing: .env (passwords, signing key), the audit key.
+    """Write what docker-compose.yml needs and is missing: .env, the audit key, the agents' keys.
 
-    Existing values are kept; the agents' Redis passwords follow the passwords file of
-    ``l9 acl render``. Secrets are never printed.
+    .env: passwords, L9_PUBLIC_KEYS, L9_SIGNING_SCHEME=ed25519 (a shared L9_SIGNING_KEYS is
+    removed). One Ed25519 key file per agent of the passwords file, and one for ``cli`` (the
+    tools service). Existing values and key files are kept; the agents' Redis passwords
+    follow the passwords file of ``l9 acl render``. Secrets are never printed.
     """
-    done = _deploy(lambda: prepare_env(env_file, _passwords_path(passwords), audit_key))
+    done = _deploy(lambda: prepare_env(env_file, _passwords_path(passwords), audit_key, keys))
     for name, what in done.items():
         plain.print(f"{name}: {what}")
     plain.print(f"{env_file}: up to date ({len(done)} change(s))")
 
 
-@deploy_app.command("rotate-signing-key")
-def deploy_rotate_signing_key(
+@deploy_app.command("agent-keys")
+def deploy_agent_keys(
+    agent: Annotated[str | None, typer.Argument(help="only this agent's keys")] = None,
+    old: Annotated[bool, typer.Option("--old", help="only the ids of keys no longer signing")] = False,
     env_file: ENV_FILE = Path(".env"),
-    key_id: Annotated[str | None, typer.Option("--id", help="the new key's id (default: k<time>)")] = None,
+    keys: AGENT_KEYS = Path("secrets/agent-keys"),
 ) -> None:
-    """Add a new envelope signing key and sign with it; older keys stay to verify (then recreate)."""
-    new, kept = _deploy(lambda: rotate_signing_key(env_file, key_id))
-    plain.print(f"signing with {new}; still verifying {', '.join(kept)}")
+    """The keys of L9_PUBLIC_KEYS: whose each is, and whether its agent signs with it."""
+    found = [k for k in _deploy(lambda: agent_keys(env_file, keys)) if agent in (None, k.agent)]
+    for key in found:
+        if not old:
+            plain.print(f"{key.key_id}  {key.agent}  {'signs' if key.signs else 'old, still trusted'}")
+        elif not key.signs:
+            plain.print(key.key_id)
 
 
-@deploy_app.command("retire-signing-key")
-def deploy_retire_signing_key(
-    key_id: Annotated[str, typer.Argument(help="the old key's id")],
+@deploy_app.command("rotate-agent-key")
+def deploy_rotate_agent_key(
+    agent: Annotated[str, typer.Argument(help="the agent (or cli) whose key changes")],
+    env_file: ENV_FILE = Path(".env"),
+    keys: AGENT_KEYS = Path("secrets/agent-keys"),
+) -> None:
+    """A new envelope signing key for one agent; its old key stays trusted (then recreate)."""
+    before, new = _deploy(lambda: rotate_agent_key(env_file, keys, agent))
+    plain.print(f"{agent} signs with {new} once recreated; {before} stays in L9_PUBLIC_KEYS until retired")
+
+
+@deploy_app.command("anchor-key")
+def deploy_anchor_key(
+    anchor: Annotated[str, typer.Argument(help="the governance anchor (a name of the policy's anchors)")],
+    out: Annotated[Path, typer.Option("--out", help="the new private key file (the anchor keeps it)")],
     env_file: ENV_FILE = Path(".env"),
 ) -> None:
-    """Remove an old signing key once nothing it signed is still to be read."""
-    left = _deploy(lambda: retire_signing_key(env_file, key_id))
-    plain.print(f"retired {key_id}; keys left: {', '.join(left)}")
+    """A signing key for a governance anchor: its approvals count only when signed with it."""
+    key_id = _deploy(lambda: anchor_key(env_file, out, anchor))
+    plain.print(
+        f"{anchor}'s key {key_id} is in {out} and trusted in L9_PUBLIC_KEYS (recreate the agents); "
+        f"approve with: l9 governance approve ID --key-file {out} --reason ..."
+    )
+
+
+@deploy_app.command("retire-agent-key")
+def deploy_retire_agent_key(
+    key_id: Annotated[str, typer.Argument(help="an old key's id (l9 deploy agent-keys --old)")],
+    env_file: ENV_FILE = Path(".env"),
+    keys: AGENT_KEYS = Path("secrets/agent-keys"),
+) -> None:
+    """Stop trusting an old agent key once nothing it signed is still to be read (then recreate)."""
+    left = _deploy(lambda: retire_agent_key(env_file, keys, key_id))
+    plain.print(f"retired {key_id}; {len(left)} key(s) left in L9_PUBLIC_KEYS")
 
 
 @deploy_app.command("rotate-audit-key")

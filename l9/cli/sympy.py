@@ -39,7 +39,7 @@ from agents.sympy.session import export as export_session
 from agents.sympy.telemetry import WINDOW_S, read_window
 from agents.sympy.telemetry import summarise as summarise_window
 from bus import Keys, Publisher, RpcClient, RpcTimeout, open_client
-from envelope import EnvelopeError, PacketEnvelope, Signer, Verifier, new_id
+from envelope import EnvelopeError, PacketEnvelope, Verifier, new_id
 from l9.cli.common import duration_option, fail, load_settings, run
 from l9.devstack import resolve_endpoints
 from l9.settings import Settings
@@ -63,13 +63,13 @@ NO_WORKER_HINT = "is `l9 agent run sympy` running?"
 def _with_rpc(settings: Settings, work: Callable[[RpcClient], Awaitable[T]]) -> T:
     """Run ``work`` with an RpcClient on the configured Redis, signing as this CLI."""
     endpoints = resolve_endpoints(settings)
-    keyring = settings.keyring()
+    signer, verifier = settings.signer(), settings.verifier()
 
     async def main() -> T:
         redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)
-        publisher = Publisher(redis, Keys(settings.namespace), Signer(keyring, settings.signing_key_id))
+        publisher = Publisher(redis, Keys(settings.namespace), signer)
         try:
-            async with RpcClient(redis, publisher, Verifier(keyring)) as rpc:
+            async with RpcClient(redis, publisher, verifier) as rpc:
                 return await work(rpc)
         finally:
             await redis.aclose()
@@ -210,7 +210,7 @@ def stats(
     with --since, the totals of ``l9_metrics.sympy_metrics`` (and code generation) since then."""
     settings = load_settings()
     endpoints = resolve_endpoints(settings)
-    keys, verifier = Keys(settings.namespace), Verifier(settings.keyring())
+    keys, verifier = Keys(settings.namespace), settings.verifier()
 
     async def read() -> dict[str, Any]:
         redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)
@@ -317,7 +317,7 @@ def export_(
     l9.bus.error.v1 {error, detail}. SESSION is the correlation id the calls carried
     (--session, SymPyTool(session=...)). Described in agents/sympy/session.py."""
     settings = load_settings()
-    verifier = Verifier(settings.keyring())
+    verifier = settings.verifier()
 
     async def read() -> list[StoredEntry]:
         store = await open_trail(settings, max_size=1)

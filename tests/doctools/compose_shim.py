@@ -103,8 +103,10 @@ class Project:
         for volume in svc.get("volumes", []):  # "source:target[:mode]", as docker-compose config prints
             source, target = volume.split(":")[:2]
             out[target] = Path(source) if source.startswith("/") else self.state / "volumes" / source
-        for secret in svc.get("secrets", []):
-            out[f"/run/secrets/{secret['source']}"] = Path(self.config["secrets"][secret["source"]]["file"])
+        for secret in svc.get("secrets", []):  # at /run/secrets/TARGET, TARGET defaulting to SOURCE
+            target = secret.get("target") or secret["source"]
+            target = target if target.startswith("/") else f"/run/secrets/{target}"
+            out[target] = Path(self.config["secrets"][secret["source"]]["file"])
         for target, host in out.items():
             if host.suffix == "" and not host.exists():
                 host.mkdir(parents=True, exist_ok=True)

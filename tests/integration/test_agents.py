@@ -131,7 +131,7 @@ async def test_poison_and_garbage_are_dead_lettered_and_the_group_moves_on(
     await redis.xadd(stream, {"id": "junk", "env": b"\xc1\x00not msgpack"})
     unknown = PacketEnvelope.new(type="l9.test.nobody_knows.v1", source="agent://test/x", data={})
     await redis.xadd(stream, encode(unknown, signer))  # type: ignore[arg-type]
-    forged = encode(work(101), Signer({"test": b"wrong secret"}, "test"))
+    forged = encode(work(101), Signer({"dev": b"wrong secret"}, "dev"))
     await redis.xadd(stream, forged)  # type: ignore[arg-type]
     await publisher.publish_many([work(i) for i in range(5, 10)])
 

@@ -68,7 +68,7 @@ def make_records(
     n: int, *, correlation_id: str | None = None, stream: str = "t:audit", ids: list[str] | None = None
 ) -> list[AuditRecord]:
     """``n`` signed envelopes as read from ``stream``."""
-    signer = Signer(KEYRING, "test")
+    signer = Signer(KEYRING, "dev")
     run = correlation_id or str(uuid.uuid4())
     out = []
     for i in range(n):
@@ -128,7 +128,7 @@ def test_writer_dsn_is_the_admin_url_as_l9_writer_unless_overridden(monkeypatch:
 
 def test_record_from_a_stream_entry_takes_the_signed_header() -> None:
     (record,) = make_records(1, correlation_id="run-1")
-    assert record.correlation_id == "run-1" and record.key_id == "test" and record.sig
+    assert record.correlation_id == "run-1" and record.key_id == "dev" and record.sig
     entry = {b"env": record.env, b"sig": record.sig.encode() if record.sig else b"", b"type": b"lies"}
     again = AuditRecord.from_stream_entry("t:audit", b"1000-0", entry)
     assert again == record

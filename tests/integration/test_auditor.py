@@ -112,7 +112,7 @@ async def test_every_stream_is_audited_once_new_streams_too_and_fed_to_the_audit
     await wait_for(lambda: _no_pending(redis, keys))
     await publisher.publish_many(late)
     # forged: right key id, wrong signature; and an entry with no envelope at all
-    forged = encode(envelope(999), Signer({"test": b"not the secret"}, "test"))
+    forged = encode(envelope(999), Signer({"dev": b"not the secret"}, "dev"))
     await redis.xadd(keys.stream("plan"), forged)  # type: ignore[arg-type]
     await redis.xadd(keys.stream("plan"), {"junk": "1"})
     await wait_for(lambda: stored_count(admin_dsn, 350), timeout=120)

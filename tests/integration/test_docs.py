@@ -27,7 +27,7 @@ import pytest
 
 from bus import DeadLetters, Keys, Publisher
 from bus.connection import RedisClient
-from envelope import PacketEnvelope, Signer
+from envelope import Ed25519Signer, PacketEnvelope
 from governance import Escalations, PolicyEngine, Request
 from l9.deploy import read_env
 from l9.devstack import StackEndpoints
@@ -188,10 +188,9 @@ def prepare(project: Path, env: dict[str, str]) -> None:
 
 async def given_a_running_deployment(project: Path, redis: RedisClient, keys: Keys) -> dict[str, str]:
     """A pending escalation and a dead SymPy request, signed with the deployment's key."""
-    env = read_env(project / ".env")
-    keyring = {k: v.encode() for k, v in json.loads(env["L9_SIGNING_KEYS"]).items()}
-    signer = Signer(keyring, env["L9_SIGNING_KEY_ID"])
-    publisher = Publisher(redis, keys, signer)
+    agent_keys = project / "secrets" / "agent-keys"
+    publisher = Publisher(redis, keys, Ed25519Signer.from_key_file(agent_keys / "enforcer.json"))
+    caller = Publisher(redis, keys, Ed25519Signer.from_key_file(agent_keys / "cli.json"))
     engine = PolicyEngine.load(None)
     desk = Escalations(
         redis, publisher, spec=engine.escalation, anchors=engine.anchors, source="agent://enforcer/e-0"
@@ -207,7 +206,7 @@ async def given_a_running_deployment(project: Path, redis: RedisClient, keys: Ke
     )
     stream = keys.stream("sympy")
     await redis.xgroup_create(stream, "sympy", id="$", mkstream=True)
-    entry_id = await publisher.publish(request, "sympy")
+    entry_id = await caller.publish(request, "sympy")
     read: Any = await redis.xreadgroup("sympy", "sympy-9", {stream: ">"})
     fields = read[0][1][0][1]
     dead = DeadLetters(redis, keys, "sympy", "sympy-9")
@@ -267,6 +266,8 @@ async def _check_operations(
     raw: Any = await redis.hget(keys.escalations_resolved("governance.resolutions"), given["escalation"])
     resolution = json.loads(raw)
     assert resolution["data"]["approved"] is True and resolution["data"]["by"] == "Igor", resolution
+    assert resolution["key_id"].startswith("Igor.k"), resolution  # the anchor's own key signed it
+    assert resolution["data"]["signed_by"] == resolution["key_id"]
     assert await redis.xlen(keys.dead("sympy")) == 0
     # the replayed request was answered: its result is in the trail (the reply stream is trimmed later)
     trail = run_l9(
@@ -277,7 +278,8 @@ async def _check_operations(
     assert [e["type"] for e in replies] == ["l9.sympy.expression_result.v1"], trail.stdout + trail.stderr
     assert "expr=2*x" in replies[0]["summary"]
     env = read_env(project / ".env")
-    assert len(json.loads(env["L9_SIGNING_KEYS"])) == 1, "rotated, then the old key retired"
+    sympy_keys = [k for k in json.loads(env["L9_PUBLIC_KEYS"]) if k.startswith("sympy.")]
+    assert sympy_keys == [json.loads((project / "secrets/agent-keys/sympy.json").read_text())["key_id"]]
     trusted = json.loads(env["L9_AUDIT_TRUSTED_KEYS"])
     assert len(trusted) == 1, "the old audit key stays trusted"
     checkpoints = (project.parent / "state/volumes/audit-checkpoints").glob("*.json")

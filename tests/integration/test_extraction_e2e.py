@@ -94,10 +94,23 @@ def check_folder(folder: Path) -> int:
 def test_the_demo_extracts_the_sample_and_verifies_trail_and_report(
     env: dict[str, str], tmp_path: Path
 ) -> None:
+    """With per-agent Ed25519 keys (``--signing ed25519``): each agent signs with its own key
+    and the shipped policy's signer table admits every envelope of the run."""
     out = tmp_path / "extractions"
-    done = run_l9("demo", "--timeout", "180", env={**env, "L9_EXTRACTIONS_DIR": str(out)}, timeout=600)
+    home = tmp_path / "home"
+    done = run_l9(
+        "demo",
+        "--timeout",
+        "180",
+        "--signing",
+        "ed25519",
+        env={**env, "L9_EXTRACTIONS_DIR": str(out), "L9_HOME": str(home)},
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "demo passed" in done.stdout
+    assert "demo passed" in done.stdout and "signing: Ed25519, one key per agent" in done.stdout
+    keys = {p.stem: json.loads(p.read_text())["key_id"] for p in (home / "agent-keys").glob("*.json")}
+    assert keys["planner"] == "planner.dev" and len(set(keys.values())) == len(keys) == 7
     assert "checks (exit codes): {'audit verify': 0, 'report verify': 0}" in done.stdout
     assert "trail intact" in done.stdout and "OK: " in done.stdout
     folder, report = Path(printed("extraction folder", done.stdout)), printed("evidence report", done.stdout)

@@ -16,7 +16,7 @@ import pytest
 
 from bus import Keys, Publisher
 from bus.connection import RedisClient
-from envelope import SIGNED_FIELDS, PacketEnvelope, Signer
+from envelope import SIGNED_FIELDS, Ed25519Signer, PacketEnvelope, Signer, Verifier
 from governance import DEADLINE, Escalations, PolicyEngine, Request
 from memory.postgres import SigningKey
 from tests.conftest import ROOT, AgentProcess, stream_entries, wait_for
@@ -227,3 +227,78 @@ async def test_a_late_answer_is_refused_and_the_deadline_denial_stands(
     answer = await desk.outcome(escalation.id)
     assert answer is not None and (answer.approved, answer.by) == (False, DEADLINE)
     assert await redis.xlen(keys.stream("governance.resolutions")) == 1
+
+
+async def test_an_approval_counts_only_when_the_anchors_own_key_signed_it(
+    redis: RedisClient, keys: Keys, agent_env: dict[str, str], tmp_path: Path
+) -> None:
+    """With per-agent keys the enforcer's desk (a verifier, public keys only) accepts an approval
+    signed with the anchor's key, and reads one signed with any other key as a denial; the
+    record names the key. ``l9 deploy anchor-key`` makes the key, ``--key-file`` signs with it."""
+    env_file, igor_file = tmp_path / ".env", tmp_path / "igor.json"
+    env_file.write_text("L9_PUBLIC_KEYS='{}'\n")
+    code, out = await l9(
+        agent_env, "deploy", "anchor-key", "Igor", "--out", str(igor_file), "--env-file", str(env_file)
+    )
+    assert code == 0 and "Igor.k" in out, out
+    igor = Ed25519Signer.from_key_file(igor_file)
+    cli = Ed25519Signer.generate("cli.k1")
+    public = {igor.key_id: igor.public_bytes, cli.key_id: cli.public_bytes}
+    enforcer = Escalations(
+        redis,
+        Publisher(redis, keys, Ed25519Signer.generate("enforcer.k1")),
+        spec=ENGINE.escalation,
+        anchors=ENGINE.anchors,
+        source="agent://enforcer/enforcer-0",
+        verifier=Verifier({}, public_keys=public),
+        shared_keys=["dev"],
+    )
+    requests = [sympy_request("__import__('os')", f"run-keys-{i}") for i in range(2)]
+    decision = ENGINE.evaluate(Request.from_envelope(requests[0]))
+    by_cli = await enforcer.escalate(decision, cause=requests[0], deadline_s=600)
+    by_igor = await enforcer.escalate(decision, cause=requests[1], deadline_s=600)
+
+    # the operator's CLI key, claiming to be Igor: recorded, but not an approval
+    as_cli = Escalations(
+        redis,
+        Publisher(redis, keys, cli),
+        spec=ENGINE.escalation,
+        anchors=ENGINE.anchors,
+        source="agent://governance-cli/Igor",
+    )
+    await as_cli.resolve(by_cli.id, approved=True, by="Igor", reason="trust me")
+    refused = await enforcer.wait(by_cli.id, poll_s=0.05)
+    assert (refused.approved, refused.signed_by) == (False, "cli.k1")
+    assert "approval refused: signed with key 'cli.k1', not a key of anchor 'Igor'" in refused.reason
+
+    # Igor's own key, through the CLI: an approval, naming the key
+    code, out = await l9(
+        agent_env, "governance", "approve", by_igor.id, "--key-file", str(igor_file), "--reason", "ok"
+    )
+    assert code == 0 and f"approved by Igor (signed with {igor.key_id})" in out, out
+    approved = await enforcer.wait(by_igor.id, poll_s=0.05)
+    assert (approved.approved, approved.by, approved.signed_by) == (True, "Igor", igor.key_id)
+
+    # a stored answer changed afterwards no longer verifies: a denial
+    resolved = keys.escalations_resolved(ENGINE.escalation.resolutions)
+    raw = await redis.hget(resolved, by_igor.id)
+    assert raw is not None
+    stored = json.loads(raw)
+    stored["data"]["reason"] = "edited"
+    await redis.hset(resolved, by_igor.id, json.dumps(stored))
+    edited = await enforcer.outcome(by_igor.id)
+    assert edited is not None and not edited.approved and "signature does not match" in edited.reason
+
+    code, out = await l9(
+        agent_env,
+        "governance",
+        "approve",
+        by_igor.id,
+        "--as",
+        "Compliance",
+        "--key-file",
+        str(igor_file),
+        "--reason",
+        "x",
+    )
+    assert code == 2 and "--as 'Compliance', but the key" in out, out

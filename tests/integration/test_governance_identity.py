@@ -15,7 +15,7 @@ from redis.exceptions import NoPermissionError
 from agents.demo import Task, results_key
 from bus import Delivery, DeliveryPolicy, Keys, Publisher, StreamConsumer, connect
 from bus.connection import RedisClient
-from envelope import PacketEnvelope, Signer, Verifier
+from envelope import Ed25519Signer, PacketEnvelope, Signer, Verifier
 from governance import SignerACL
 from l9.devstack import StackEndpoints
 from tests.conftest import ROOT, AgentProcess, stream_entries, wait_for
@@ -85,6 +85,56 @@ async def test_forged_envelopes_are_dead_lettered_before_any_handler(
         "signing key 'ledger' may not emit 'l9.test.work.v1' (it may emit: l9.test.pong.*)",
     }
     assert ledger.terminate() == 0
+
+
+async def test_with_ed25519_a_consumer_holding_public_keys_only_cannot_pass_as_an_agent(
+    redis: RedisClient, keys: Keys, spawn: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    """The ledger agent runs as a multi-tenant deployment does (L9_SIGNING_SCHEME=ed25519): its own
+    private key, everyone's public keys. What a consumer could make from what it holds is refused;
+    the planner's genuine envelopes, batched under one signature, are handled."""
+    planner, ledger = Ed25519Signer.generate("planner.k1"), Ed25519Signer.generate("ledger.k1")
+    key_file = tmp_path / "ledger.json"
+    key_file.write_text(ledger.key_file_text())
+    public = {s.key_id: s.public_hex for s in (planner, ledger)}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(json.dumps({"identity": {"signers": {"planner": ["l9.test.work.*"]}}}))
+    process = spawn(
+        "tests.integration.ledger:LedgerAgent",
+        env={
+            "L9_POLICY_FILE": str(policy),
+            "L9_SIGNING_SCHEME": "ed25519",
+            "L9_SIGNING_KEYS": "",  # the test stack's shared keyring: not in this deployment
+            "L9_SIGNING_KEY_FILE": str(key_file),
+            "L9_PUBLIC_KEYS": json.dumps(public),
+        },
+    )
+    batch = [work(i) for i in range(4)]
+    await Publisher(redis, keys, planner).publish_many(batch, "test")
+    legit = [e.id for e in batch]
+    as_planner = {"planner.k1": bytes.fromhex(public["planner.k1"])}
+    forged = {
+        # an HMAC keyed with the planner's public key, under the planner's key id
+        await publish(redis, keys, Signer(as_planner, "planner.k1"), work(100)): "bad_signature",
+        # a key of its own under the planner's key id
+        await publish(redis, keys, Ed25519Signer.generate("planner.k1"), work(101)): "bad_signature",
+        # the ledger's own genuine key: it may not emit work
+        await publish(redis, keys, ledger, work(102)): "unauthorized_signer",
+        # the shared development key is not trusted at all here
+        await publish(redis, keys, Signer({"dev": b"x"}, "dev"), work(103)): "bad_signature",
+    }
+
+    async def settled() -> bool:
+        return (
+            int(await redis.get(effects_count_key(keys)) or 0) == 4
+            and len(await dead_reasons(redis, keys)) == 4
+        )
+
+    await wait_for(settled)
+    assert await dead_reasons(redis, keys) == forged
+    attempted = cast(list[bytes], await redis.hkeys(attempts_key(keys)))
+    assert sorted(k.decode() for k in attempted) == sorted(legit)
+    assert process.terminate() == 0
 
 
 FAST = DeliveryPolicy(max_in_flight=16, concurrency=2, block_ms=100, heartbeat_ms=100, lease_ms=1500)

@@ -100,7 +100,7 @@ async def test_lineage_of_an_envelope_walks_back_to_its_extraction_request(
     )
     publisher = Publisher(redis, keys, signer)
     await publisher.publish_many(chain)
-    await Publisher(redis, keys, Signer({"test": b"not the key"}, "test")).publish(forged)
+    await Publisher(redis, keys, Signer({"dev": b"not the key"}, "dev")).publish(forged)
     projector = spawn("lineage")
     graph = graph_of(redis, namespace)
     await wait_for(lambda: complete(graph, chain[-1].id), timeout=120)

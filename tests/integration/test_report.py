@@ -50,7 +50,7 @@ Spec = tuple[str, dict[str, Any], str]
 
 
 def records(specs: Sequence[Spec], run: str) -> list[AuditRecord]:
-    signer = Signer(KEYRING, "test")
+    signer = Signer(KEYRING, "dev")
     out = []
     for type_, data, kind in specs:
         envelope = PacketEnvelope.new(

@@ -60,8 +60,9 @@ async def test_injections_are_typed_errors_and_governance_decisions_caused_by_th
     spawn: Callable[..., AgentProcess], redis: RedisClient, keys: Keys, signer: Signer, verifier: Verifier
 ) -> None:
     """Forbidden input and limit breaches: the caller's error at once, and, already when it
-    arrives, the policy's decision (escalate to Igor by default) and the escalation, each
-    caused by the offending request. An invalid request is no governance event."""
+    arrives, the policy's decision (escalate to Igor by default), caused by the offending
+    request, and the escalation: opened by the first, caused by it, and the second counted on
+    it (one caller, one policy). An invalid request is no governance event."""
     spawn("sympy")
     async with sympy_tool(redis, keys, signer, verifier, session="refusals") as tool:
         await _refusals(tool)
@@ -70,6 +71,7 @@ async def test_injections_are_typed_errors_and_governance_decisions_caused_by_th
         escalations = await _envelopes(redis, keys, verifier, "governance.escalations")
     forbidden, limit, invalid = (r for r in requests if r.correlation_id == "refusals")
     made = {d.causation_id: DecisionMade.model_validate(d.data).decision for d in decisions}
+    counted_on = {d.causation_id: DecisionMade.model_validate(d.data).escalation_id for d in decisions}
     assert set(made) == {forbidden.id, limit.id}, "one decision per violation, none for the invalid request"
     for request in (forbidden, limit):
         decision = made[request.id]
@@ -78,7 +80,8 @@ async def test_injections_are_typed_errors_and_governance_decisions_caused_by_th
     assert "forbidden.forbidden_name at 1:8" in made[forbidden.id].reason
     assert "limit.max_factorial at 1:1" in made[limit.id].reason
     raised = {e.causation_id: EscalationRequested.model_validate(e.data) for e in escalations}
-    assert set(raised) == {forbidden.id, limit.id} and invalid.id not in made
+    assert set(raised) == {forbidden.id} and invalid.id not in made
+    assert counted_on == {forbidden.id: escalations[0].id, limit.id: escalations[0].id}
     engine = PolicyEngine.load()
     desk = Escalations(redis, Publisher(redis, keys, signer), spec=engine.escalation, anchors=engine.anchors,
                        source="agent://test/igor")  # fmt: skip
@@ -86,6 +89,7 @@ async def test_injections_are_typed_errors_and_governance_decisions_caused_by_th
     assert {e.id for e in escalations} == set(pending) and all(
         p.anchors == ("Igor",) for p in pending.values()
     )
+    assert [(p.count, p.latest) for p in pending.values()] == [(2, (forbidden.id, limit.id))]
 
 
 async def _envelopes(

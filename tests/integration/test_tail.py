@@ -36,7 +36,7 @@ AGENTS = ("planner", "coder", "planner", "plan_er", "planner-x")
 
 def records(start: int, n: int, run: str = "run-a", stream: str = "t:audit") -> list[AuditRecord]:
     """Signed envelopes ``start..start+n-1`` (``data.i`` is the index) from several agents."""
-    signer = Signer(KEYRING, "test")
+    signer = Signer(KEYRING, "dev")
     out = []
     for i in range(start, start + n):
         agent = AGENTS[i % len(AGENTS)]

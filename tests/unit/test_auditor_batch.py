@@ -10,7 +10,7 @@ import anyio
 import fakeredis
 import pytest
 
-from agents.auditor.agent import Auditor, Checkpointer
+from agents.auditor.agent import Auditor, Checkpointer, prepare_batch
 from agents.auditor.stream import AuditStream
 from bus import DEFAULT_TOPOLOGY, Keys
 from bus.batch import Entry
@@ -145,3 +145,20 @@ async def test_a_checkpoint_follows_every_n_entries(
             tg.cancel_scope.cancel()
     assert checkpoint is not None and (checkpoint.id, checkpoint.seq) == (1, 4)
     assert checkpoint.chain_hash == (await recorder.head()).chain_hash
+
+
+def test_validly_signed_invalid_envelopes_are_kept_as_evidence_under_their_signed_headers() -> None:
+    """The trail keeps what a key holder really sent, even an envelope no consumer accepts (an
+    unknown type, a payload failing its model): attributable evidence. Its header columns
+    come from the signed body, never from the plain copies beside it."""
+    unknown = PacketEnvelope.new(type="l9.nobody.knows.v9", source="agent://planner/0", data={"x": 1})
+    bad_payload = PacketEnvelope.new(type="l9.plan.locked.v1", source="agent://planner/0", data={"no": 1})
+    lying = wire(envelope(1)) | {b"type": b"l9.report.ready.v1", b"source": b"agent://auditor/0"}
+    entries = [entry("s", 1, wire(unknown)), entry("s", 2, wire(bad_payload)), entry("s", 3, lying)]
+    batch = prepare_batch(entries, Verifier(KEYRING))
+    assert batch.rejected == []
+    records = batch.append.records
+    assert [r.type for r in records] == ["l9.nobody.knows.v9", "l9.plan.locked.v1", "l9.plan.locked.v1"]
+    assert records[2].source == "agent://planner/0"  # the signed body's, not the plain header's
+    unsigned = prepare_batch([entry("s", 4, wire(envelope(2), None))], Verifier(KEYRING))
+    assert [r.reason for r in unsigned.rejected] == ["bad_signature"]  # what no key vouches for: refused

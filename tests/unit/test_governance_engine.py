@@ -70,7 +70,14 @@ def test_the_shipped_policy_file_loads() -> None:
     assert {a.name for a in spec.anchors} == {"Igor", "Compliance"}
     refs = [p.id for p in spec.policies]
     assert "no-placeholders@1" in refs and "forbidden-calls@1" in refs
-    assert PolicyEngine(spec).signer_acl is None  # no signer table by default: the check is off
+    acl = PolicyEngine(spec).signer_acl
+    assert acl is not None  # every built-in agent's emits are named
+    assert set(acl.table) >= {"planner", "generator", "enforcer", "validator", "auditor", "sympy", "cli"}
+    assert acl.allows("generator.k1", "l9.sympy.diff.v1")
+    assert not acl.allows("generator.k1", "l9.sympy.expression_result.v1")  # only the worker answers
+    assert not acl.allows("cli.k1", "l9.governance.resolution.v1")  # approvals are the anchors'
+    assert acl.allows("Igor.k1", "l9.governance.resolution.v1")
+    assert acl.shared_keys == {"dev"}
 
 
 def test_policy_refs() -> None:
@@ -203,7 +210,11 @@ def _env(type_: str, key_id: str | None) -> PacketEnvelope:
             "l9.artifact.generated.v1",
             "signing key 'planner' may not emit 'l9.artifact.generated.v1'",
         ),
-        ("stranger", "l9.plan.locked.v1", "signing key 'stranger' has no entry in the identity table"),
+        (
+            "stranger",
+            "l9.plan.locked.v1",
+            "signing key 'stranger' (agent 'stranger') has no entry in the identity table",
+        ),
         (None, "l9.plan.locked.v1", "unsigned envelope"),
     ],
 )
@@ -243,7 +254,8 @@ def test_governance_check_names_file_and_line_of_a_bad_policy(tmp_path: Path) ->
     good = _l9("governance", "check", str(DEFAULT_POLICY_FILE), home=tmp_path)
     assert good.returncode == 0, good.stderr
     assert "policy forbidden-calls@1: forbidden_calls, deny" in good.stdout
-    assert "signer table: none" in good.stdout
+    assert "signer table: 10 agents (planner, generator, " in good.stdout
+    assert "shared HMAC keys: dev" in good.stdout
 
 
 def test_acl_rules_give_each_agent_its_own_streams_only() -> None:
@@ -268,3 +280,36 @@ def test_except_types_carve_out_of_a_type_glob() -> None:
     assert engine.evaluate(Request(type="l9.sympy.simplify.v1", data={"expr": "x" * 3000})).escalated
     result = engine.evaluate(Request(type="l9.sympy.expression_result.v1", data={"expr": "x" * 3000}))
     assert result.allowed and result.policies == ()
+
+
+def test_a_shared_hmac_key_may_emit_anything_but_an_ed25519_signature_is_judged() -> None:
+    acl = SignerACL({"planner": ["l9.plan.*"]}, shared_keys=["dev"])
+    hmac_signed = PacketEnvelope.new(
+        type="l9.x.y.v1", source="agent://x/x-0", key_id="dev", signature="ab" * 32
+    )
+    acl.authorize(hmac_signed)  # a development keyring: membership only, no identity to check
+    ed_signed = hmac_signed.model_copy(update={"signature": "ed25519:" + "ab" * 64})
+    with pytest.raises(EnvelopeError, match=r"'dev' .* has no entry"):
+        acl.authorize(ed_signed)
+    with pytest.raises(EnvelopeError, match="unsigned envelope"):
+        acl.authorize(hmac_signed.model_copy(update={"key_id": None, "signature": None}))
+
+
+def test_keys_belong_to_the_agent_their_id_names_and_bang_globs_take_types_out() -> None:
+    acl = SignerACL(
+        {"generator": ["l9.sympy.*", "!l9.sympy.*_result.*"], "sympy.k7": ["l9.sympy.*_result.*"]}
+    )
+    assert acl.allows("generator.k20261207", "l9.sympy.diff.v1")
+    assert not acl.allows("generator.k20261207", "l9.sympy.diff_result.v1")
+    assert acl.allows("sympy.k7", "l9.sympy.diff_result.v1")  # an entry naming one key exactly
+    assert not acl.allows("sympy.k8", "l9.sympy.diff_result.v1")
+    assert acl.types_of("generator.k1") == ("l9.sympy.*", "!l9.sympy.*_result.*")
+
+
+def test_a_requests_agent_is_its_ed25519_signer_not_the_source_it_claims() -> None:
+    claimed = PacketEnvelope.new(type="l9.sympy.diff.v1", source="agent://planner/p-0", data={})
+    assert Request.from_envelope(claimed).agent == "planner"
+    signed = claimed.model_copy(update={"key_id": "generator.k1", "signature": "ed25519:" + "A" * 88})
+    assert Request.from_envelope(signed).agent == "generator"  # whose budget a limit per agent spends
+    shared = claimed.model_copy(update={"key_id": "dev", "signature": "ab" * 32})
+    assert Request.from_envelope(shared).agent == "planner"  # HMAC: no identity beyond the source

@@ -13,10 +13,12 @@ import fakeredis
 import pytest
 import structlog
 from redis.exceptions import ResponseError
+from structlog.testing import capture_logs
 
 from bus import DeadLetter, Delivery, Handler, Keys, StreamConsumer
 from bus.connection import RedisClient
 from bus.consumer import UNDECODED, UNTYPED
+from bus.dedupe import Repeat
 from bus.errors import error_code, is_busygroup, is_missing_stream, is_nogroup
 from bus.middleware import add_delivery_context, compose
 from envelope import EnvelopeError, ErrorReason, PacketEnvelope, Payload, Signer, Verifier, encode, payload
@@ -127,11 +129,51 @@ async def test_without_verifier_nor_authorizer_those_steps_are_left_out_and_expi
         await call_next(d)
 
     consumer = consumer_with(fake, handler, verifier=None, middlewares=[traced])
-    assert len(consumer.middlewares) == 4 and consumer.middlewares[-1] is traced
+    # decode, load, the repeat check (a window of handled ids is on by default), log context
+    assert len(consumer.middlewares) == 5 and consumer.middlewares[-1] is traced
     chain = compose(consumer.middlewares, handler)
     await chain(undecoded(raw(parcel(), None)))
     await chain(undecoded(raw(parcel(ttl=timedelta(seconds=-1)))))
     assert len(handled) == 1
+
+
+async def test_a_repeat_is_checked_like_any_entry_then_acked_unhandled_and_logged_at_info(
+    fake: RedisClient,
+) -> None:
+    """A repeat is decoded and verified like any entry (a forged one is refused), then skipped:
+    one the window marked at read time, or one of an envelope another checked entry of which
+    is in hand. A forged entry borrowing the envelope's id is no entry in hand of it."""
+    handled: list[str] = []
+
+    async def handler(d: Delivery) -> None:
+        handled.append(d.entry_id)
+
+    consumer = consumer_with(fake, handler, verifier=Verifier(KEYRING))
+    chain = compose(consumer.middlewares, handler)
+    good = parcel()
+
+    def entry(entry_id: str, signer: Signer = SIGNER) -> Delivery:
+        consumer.in_flight[("unit", entry_id)] = 0.0  # read: in hand
+        return Delivery("unit", entry_id, UNDECODED, UNTYPED, 1, raw(good, signer))
+
+    marked = entry("1-0")
+    marked.repeat = Repeat(handled_at=1_800_000_000.0)
+    forged = entry("2-0", Signer({"k": b"wrong"}, "k"))
+    with capture_logs() as logs:
+        await chain(marked)  # the window's repeat
+        with pytest.raises(DeadLetter, match="bad_signature"):
+            await chain(forged)
+        await chain(entry("3-0"))  # the first checked entry of the envelope: handled
+        await chain(entry("4-0"))  # while 3-0 is in hand: a repeat of it
+        consumer.in_flight.pop(("unit", "3-0"))  # 3-0 acked
+        await chain(entry("5-0"))  # the window has it once acked; without one, handled again
+    assert handled == ["3-0", "5-0"]
+    repeats = [e for e in logs if e["event"] == "consumer.duplicate"]
+    assert [(e["entry_id"], e["log_level"], e["envelope_id"]) for e in repeats] == [
+        ("1-0", "info", good.id),
+        ("4-0", "info", good.id),
+    ]
+    assert "handled_at" in repeats[0] and repeats[1]["in_hand"] == "3-0"
 
 
 def test_redis_error_replies_are_told_apart_by_their_code() -> None:

@@ -103,7 +103,7 @@ def test_redis_keeps_an_aof_and_loads_the_rendered_acl_file() -> None:
     assert "/run/secrets/redis_users" in (ROOT / "deploy/redis-entrypoint.sh").read_text()
     auditor = compose["services"]["auditor"]
     assert auditor["environment"]["L9_AUDIT_KEY_FILE"] == "/run/secrets/audit_key"
-    assert auditor["secrets"] == ["audit_key"]
+    assert auditor["secrets"] == ["audit_key", {"source": "auditor_key", "target": "agent_key"}]
     checkpoints = next(v for v in auditor["volumes"] if v.endswith(":/checkpoints"))
     assert checkpoints.split(":")[0] in compose["volumes"]
     assert checkpoints.split(":")[0] != compose["services"]["postgres"]["volumes"][0].split(":")[0]
@@ -154,7 +154,8 @@ def test_docker_compose_config_accepts_the_file_with_the_env_l9_deploy_writes(tm
     password = json.loads((tmp_path / ".l9/redis-passwords.json").read_text())["sympy"]
     sympy = resolved["services"]["sympy"]["environment"]
     assert sympy["REDIS_URL"] == f"redis://l9-sympy:{password}@redis:6379/0"
-    assert list(json.loads(sympy["L9_SIGNING_KEYS"])) == [sympy["L9_SIGNING_KEY_ID"]]
+    assert (sympy["L9_SIGNING_SCHEME"], sympy["L9_SIGNING_KEY_FILE"]) == ("ed25519", "/run/secrets/agent_key")
+    assert [k for k in json.loads(sympy["L9_PUBLIC_KEYS"]) if k.startswith("sympy.")] != []
     (tmp_path / ".env").unlink()
     missing = subprocess.run(
         [str(DOCKER_COMPOSE), "config", "-q"],

@@ -37,6 +37,8 @@ def work(job: tuple[str, Any]) -> Any:
         return len(blocks)
     if kind == "die":
         os._exit(9)
+    if kind == "c_null":  # what a C extension that could not allocate under the cap raises
+        raise SystemError("error return without exception set")
     if kind == "parse":
         return str(parse(arg))
     if kind == "pid":
@@ -140,6 +142,20 @@ async def test_the_memory_cap_is_a_limit_error_and_the_worker_is_replaced() -> N
         assert (caught.value.kind, caught.value.rule) == ("limit", "memory"), "not the wall-clock bound"
         assert await pool.run(("hog", 2)) == 2, "a fresh worker must have its full allowance"
         assert await pool.run(("pid", None)) != before
+        assert _gone(before)
+
+
+async def test_a_c_level_memory_failure_is_a_memory_limit_and_the_worker_is_replaced() -> None:
+    """``SystemError: error return without exception set`` under the cap is a MemoryError in
+    all but name: the same typed error, and the process is not trusted with another job."""
+    async with pool_of(1) as pool:
+        before = await pool.run(("pid", None))
+        with pytest.raises(ToolError) as caught:
+            await pool.run(("c_null", None))
+        assert (caught.value.kind, caught.value.rule) == ("limit", "memory")
+        assert "SystemError: error return without exception set" in caught.value.detail
+        assert caught.value.violation
+        assert await pool.run(("pid", None)) != before and pool.stats.replaced == 1
         assert _gone(before)
 
 

@@ -84,19 +84,15 @@ def test_with_no_sympy_policy_the_refusal_stands_as_a_denial() -> None:
     assert "no policy governs l9.sympy.simplify.v1" in decision.reason
 
 
-async def test_report_publishes_the_decision_and_the_escalation_caused_by_the_request() -> None:
-    violations = desk()
+async def test_a_denial_is_reported_as_a_decision_caused_by_the_request_and_escalates_nothing() -> None:
+    """(Escalated reports are coalesced by a Redis script: tests/integration/test_governance_coalesce.py.)"""
     offending = request("__import__('os')")
     error = ParseRejected("forbidden", "forbidden_name", "__import__ is not allowed", Position(1, 1, 0))
-    reported = await violations.report(error, offending)
-    assert reported.decision.type == "l9.governance.decision.v1"
-    assert reported.escalation is not None and reported.escalation.type == "l9.governance.escalation.v1"
-    for envelope in (reported.decision, reported.escalation):
-        assert (envelope.causation_id, envelope.correlation_id) == (offending.id, "s1")
-    pending = await violations.escalations.pending(expire=False)
-    assert [p.id for p in pending] == [reported.escalation.id]
-    redelivered = await violations.report(error, offending)
-    assert redelivered.escalation is not None and redelivered.escalation.id == reported.escalation.id
-    assert len(await violations.escalations.pending(expire=False)) == 1, "a redelivery raises nothing anew"
-    denied = await desk(DENYING).report(error, offending)
-    assert denied.escalation is None and denied.decision.data["decision"]["outcome"] == "deny"
+    denying = desk(DENYING)
+    denied = await denying.report(error, offending)
+    assert denied.escalation is None and not denied.opened
+    assert denied.decision.type == "l9.governance.decision.v1"
+    assert (denied.decision.causation_id, denied.decision.correlation_id) == (offending.id, "s1")
+    data = denied.decision.data
+    assert data["decision"]["outcome"] == "deny" and data["escalation_id"] is None
+    assert await denying.escalations.pending(expire=False) == []

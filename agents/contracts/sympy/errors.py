@@ -26,6 +26,8 @@ from typing import Any, Literal, cast, get_args
 
 Kind = Literal["syntax", "forbidden", "limit", "timeout", "invalid", "failed"]
 KINDS: frozenset[str] = frozenset(get_args(Kind))
+#: Timeout rules that are waits for capacity (a pool worker, a build slot), never a violation.
+WAITS = frozenset({"queue", "build_queue"})
 ERROR_PREFIX = "sympy."
 _DETAIL = re.compile(
     r"^(?P<rule>[a-z0-9_]+)(?: at (?P<line>\d+):(?P<col>\d+) \(offset (?P<offset>\d+)\))?: (?P<message>.*)$",
@@ -57,7 +59,8 @@ class ToolError(Exception):
     def violation(self) -> bool:
         """True for what governance judges: forbidden constructs, limit breaches and runaways
         (not a wait for a free worker: that is the worker's load, not the request's doing)."""
-        return self.kind in ("forbidden", "limit") or (self.kind == "timeout" and self.rule != "queue")
+        # nor a wait for a build slot (WAITS)
+        return self.kind in ("forbidden", "limit") or (self.kind == "timeout" and self.rule not in WAITS)
 
     def to_wire(self) -> dict[str, Any]:
         """Plain data that crosses a pipe or a queue (exceptions do not pickle reliably)."""

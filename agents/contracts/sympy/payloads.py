@@ -8,20 +8,48 @@ parse them, with the safe parser. Nothing in this module imports SymPy.
 A value that is not a finite real number (``nan``, ``oo``, ``zoo``, an
 overflow) is ``None`` in ``EvaluateResult.values``; a complex value has its
 imaginary part in ``imag``.
+
+Sizes are bounded here, on the wire, by what the worker would accept anyway: an
+expression field holds at most :data:`EXPR_MAX` characters (the parser's limit), lists
+are bounded (:data:`EQUATIONS_MAX`, :data:`CSE_EXPRS_MAX`, :data:`ARGS_MAX`,
+:data:`POINT_SYMBOLS_MAX`, :data:`POINTS_MAX`) and so is a whole request
+(:data:`REQUEST_CHARS_MAX` of expression text, :data:`POINT_VALUES_MAX` values). The raw
+lengths are checked before any field is validated, so an oversized request is a
+``too_large`` validation error naming the field (the client's ``ToolError``
+``invalid.bad_argument``; on the worker an invalid payload, dead-lettered) before any
+work is done on its content.
 """
 
 from __future__ import annotations
 
 import unicodedata
-from typing import Annotated, ClassVar, Literal
+from collections.abc import Mapping, Sized
+from typing import Annotated, Any, ClassVar, Literal, NoReturn
 
-from pydantic import BeforeValidator, Field
+from annotated_types import MaxLen
+from pydantic import BeforeValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from envelope import Payload, payload
 
 from .errors import Kind
 
-EXPR_MAX = 1_000_000  # a hard cap on the wire; the parser's own limit (L9_SYMPY_MAX_CHARS) is lower
+#: Characters of one expression field: what the parser accepts (``ParserLimits.max_chars``,
+#: the default of ``L9_SYMPY_MAX_CHARS``). The models refuse more before anything is parsed.
+EXPR_MAX = 2000
+#: Expression text of one request, every field together: 64 expressions of the longest.
+REQUEST_CHARS_MAX = 64 * EXPR_MAX
+#: Equations (and unknowns) of one solve; expressions of one cse; parameters of one kernel.
+EQUATIONS_MAX = 64
+CSE_EXPRS_MAX = 256
+ARGS_MAX = 256
+#: Symbols given values in one evaluate; values of one symbol (``L9_SYMPY_MAX_POINTS``'
+#: default); values of one request, every symbol together.
+POINT_SYMBOLS_MAX = 256
+POINTS_MAX = 1_000_000
+POINT_VALUES_MAX = 2_000_000
+#: Characters of one expression in a reply (a result may be far longer than its request).
+RESULT_MAX = 1_000_000
 Expr = str
 
 
@@ -66,6 +94,77 @@ class SymPyRequest(Payload):
         """Everything but the expression text: what else a result depends on."""
         return self.model_dump(mode="json", exclude=set(self.expr_fields))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _size_first(cls, data: Any) -> Any:
+        """The sizes of the raw input, before any field is validated: a 256 MB request is
+        refused on its lengths alone, naming the field, without a look at its content."""
+        if isinstance(data, Mapping):
+            check_sizes(cls, data)
+        return data
+
+
+def check_sizes(model: type[SymPyRequest], data: Mapping[str, Any]) -> None:
+    """PydanticCustomError ``too_large`` for the first field over its bound, or a request over
+    :data:`REQUEST_CHARS_MAX` / :data:`POINT_VALUES_MAX` in all: ``len`` of what came, and
+    only then an expression's characters (``string_unicode``: a lone surrogate)."""
+    for name, field in model.model_fields.items():
+        value, limit = data.get(name), _max_length(field.metadata)
+        if limit is not None and isinstance(value, Sized) and len(value) > limit:
+            unit = "characters" if isinstance(value, str) else "items"
+            _too_large(f"{name}: {len(value)} {unit}, over {limit}")
+    chars = 0
+    for name in model.expr_fields:
+        texts = data.get(name)
+        items = [texts] if isinstance(texts, str) else texts if isinstance(texts, list | tuple) else []
+        for i, text in enumerate(items):
+            if not isinstance(text, str):
+                continue
+            where = name if isinstance(texts, str) else f"{name}.{i}"
+            if len(text) > EXPR_MAX:
+                _too_large(f"{where}: {len(text)} characters, over {EXPR_MAX}")
+            if not isinstance(texts, str):  # pydantic checks a field of its own, not a list item
+                _check_encodable(where, text)
+            chars += len(text)
+    if chars > REQUEST_CHARS_MAX:
+        fields = ", ".join(model.expr_fields)
+        _too_large(f"{fields}: {chars} characters of expressions in all, over {REQUEST_CHARS_MAX}")
+    points = data.get("points")
+    if isinstance(points, Mapping):
+        _check_points(points)
+
+
+def _check_points(points: Mapping[Any, Any]) -> None:
+    total = 0
+    for name, values in points.items():
+        n = len(values) if isinstance(values, Sized) else 0
+        if n > POINTS_MAX:
+            _too_large(f"points.{name}: {n} values, over {POINTS_MAX}")
+        total += n
+    if total > POINT_VALUES_MAX:
+        _too_large(f"points: {total} values in all, over {POINT_VALUES_MAX}")
+
+
+def _check_encodable(where: str, text: str) -> None:
+    """A lone surrogate is no text (a list item would pass pydantic's ``str`` unchecked, then
+    fail to encode on the way out): refused as a constrained string field refuses it."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise PydanticCustomError(
+            "string_unicode",
+            "{where}: a lone surrogate {char} at {at} is not text",
+            {"where": where, "char": f"U+{ord(text[exc.start]):04X}", "at": exc.start},
+        ) from None
+
+
+def _max_length(metadata: list[Any]) -> int | None:
+    return next((m.max_length for m in metadata if isinstance(m, MaxLen)), None)
+
+
+def _too_large(message: str) -> NoReturn:
+    raise PydanticCustomError("too_large", "{message}", {"message": message})
+
 
 class _OneExpr(SymPyRequest):
     expr: Expr = Field(max_length=EXPR_MAX)
@@ -76,7 +175,7 @@ class Evaluate(_OneExpr):
     """Numeric values of ``expr`` at ``points`` (symbol -> values, all of one length)."""
 
     op: ClassVar[str] = "evaluate"
-    points: dict[Name, list[float]] = Field(default_factory=dict)
+    points: dict[Name, list[float]] = Field(default_factory=dict, max_length=POINT_SYMBOLS_MAX)
     backend: Backend = "auto"
     #: Significant digits (``evalf``); above 15 the auto backend is ``evalf``.
     precision: int = Field(default=15, ge=1, le=1000)
@@ -138,8 +237,8 @@ class Solve(SymPyRequest):
     """Solutions of equations (``Eq(a, b)``, ``a == b``, or an expression meaning ``= 0``)."""
 
     op: ClassVar[str] = "solve"
-    equations: list[Expr] = Field(min_length=1, max_length=64)
-    unknowns: list[Name] = Field(default_factory=list, max_length=64)
+    equations: list[Expr] = Field(min_length=1, max_length=EQUATIONS_MAX)
+    unknowns: list[Name] = Field(default_factory=list, max_length=EQUATIONS_MAX)
     expr_fields: ClassVar[tuple[str, ...]] = ("equations",)
 
 
@@ -148,7 +247,7 @@ class Cse(SymPyRequest):
     """Common subexpression elimination, with operation counts before and after."""
 
     op: ClassVar[str] = "cse"
-    exprs: list[Expr] = Field(min_length=1, max_length=256)
+    exprs: list[Expr] = Field(min_length=1, max_length=CSE_EXPRS_MAX)
     optimizations: Literal["none", "basic"] = "none"
     expr_fields: ClassVar[tuple[str, ...]] = ("exprs",)
 
@@ -161,7 +260,7 @@ class GenerateCode(_OneExpr):
     language: Language
     name: str = Field(default="kernel", pattern=IDENTIFIER)
     #: Parameter order; default: the expression's symbols sorted by name.
-    args: list[Name] | None = None
+    args: list[Name] | None = Field(default=None, max_length=ARGS_MAX)
     cse: bool = True
 
     @property
@@ -176,7 +275,7 @@ class Compile(_OneExpr):
     op: ClassVar[str] = "compile"
     cacheable: ClassVar[bool] = False
     #: Parameter order; default: the expression's symbols sorted by name (what ``evaluate`` uses).
-    args: list[Name] | None = None
+    args: list[Name] | None = Field(default=None, max_length=ARGS_MAX)
 
     @property
     def backend_name(self) -> str:

@@ -136,8 +136,15 @@ class EnforcerAgent(Agent):
 
     def desk(self) -> Escalations:
         rt, engine = self.runtime, self.engine
+        acl = engine.signer_acl
         return Escalations(
-            rt.redis, rt.publisher, spec=engine.escalation, anchors=engine.anchors, source=rt.source
+            rt.redis,
+            rt.publisher,
+            spec=engine.escalation,
+            anchors=engine.anchors,
+            source=rt.source,
+            verifier=rt.verifier,  # an approval counts only if its anchor's own key signed it
+            shared_keys=acl.shared_keys if acl is not None else (),
         )
 
     @handles(GenerationCompleted)
