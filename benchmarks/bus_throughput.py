@@ -124,9 +124,10 @@ def progress(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def policy() -> DeliveryPolicy:
-    """The delivery policy agents get from the default settings (batch_size 256, concurrency 16)."""
-    return DeliveryPolicy(max_in_flight=256, concurrency=16)
+def policy(dedupe_window_s: float = DeliveryPolicy.dedupe_window_s) -> DeliveryPolicy:
+    """The delivery policy agents get from the default settings (batch_size 256, concurrency 16,
+    the window of handled ids on unless ``--dedupe-window-s 0``)."""
+    return DeliveryPolicy(max_in_flight=256, concurrency=16, dedupe_window_s=dedupe_window_s)
 
 
 def make_envelope(seq: int) -> PacketEnvelope:
@@ -180,7 +181,7 @@ async def consume_l9(redis: RedisClient, job: dict[str, Any], ready: Callable[[]
         streams=[STREAM],
         handler=handler,
         verifier=Verifier(KEYRING, public_keys=PUBLIC_KEYS),
-        policy=policy(),
+        policy=policy(job["dedupe_window_s"]),
     )
     async with anyio.create_task_group() as tg:
         tg.start_soon(consumer.run)
@@ -574,7 +575,15 @@ class Bench:
         await self.settle()
         rewrites0 = (await self.persistence()).get("aof_rewrites", 0)
         consumer_kind = "l9" if kind.startswith("l9") else "bare"
-        await side.start({"kind": consumer_kind, "ns": ns, "n": n, "latency": latency})
+        await side.start(
+            {
+                "kind": consumer_kind,
+                "ns": ns,
+                "n": n,
+                "latency": latency,
+                "dedupe_window_s": args.dedupe_window_s,
+            }
+        )
         redis_cpu0, cpu0 = await self.redis_cpu_s(), time.process_time()
         t0 = time.monotonic()
         pacing = None
@@ -859,7 +868,11 @@ class Bench:
             "warmup": args.warmup,
             "batch_size": args.batch,
             "xreadgroup_count": policy().max_in_flight,
-            "delivery_policy": {"max_in_flight": policy().max_in_flight, "concurrency": policy().concurrency},
+            "delivery_policy": {
+                "max_in_flight": policy().max_in_flight,
+                "concurrency": policy().concurrency,
+                "dedupe_window_s": args.dedupe_window_s,
+            },
             "entry_field_bytes": self.entry_bytes,
             "rate_per_s": args.rate,
             "latency_seconds": args.latency_s,
@@ -950,6 +963,12 @@ def main(argv: list[str] | None = None) -> None:
         help="publishing modes to measure, comma-separated (default: batched,single)",
     )
     parser.add_argument("--batch", type=int, default=500, help="envelopes per publish_many / pipeline")
+    parser.add_argument(
+        "--dedupe-window-s",
+        type=float,
+        default=DeliveryPolicy.dedupe_window_s,
+        help="the L9 consumer's window of handled ids (bus/dedupe.py); 0: none",
+    )
     parser.add_argument(
         "--signing",
         type=lambda v: tuple(v.split(",")),
