@@ -122,6 +122,9 @@ class Agent:
 
     name: ClassVar[str] = "agent"
     consumes: ClassVar[tuple[str, ...]] = ()
+    #: True: its handlers apply the policy's rate limits themselves (the planner), so its
+    #: consumer runs without the rate-limit gate (``governance.RateLimitGate``).
+    checks_own_rate_limits: ClassVar[bool] = False
     _handlers: ClassVar[dict[type[Payload], str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

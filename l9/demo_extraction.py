@@ -28,7 +28,7 @@ from rich.console import Console
 from agents.runner import BUILTIN
 from bus import Keys, open_client
 from l9.demo import spawn_agent, stop_agents
-from l9.devkeys import ed25519_env, key_path, local_agent_keys
+from l9.devkeys import key_path, local_agent_keys, public_keys
 from l9.devstack import StackEndpoints
 from l9.extract_run import Options, Outcome, build_request, check_file, default_requester, extract
 from l9.settings import Settings
@@ -135,12 +135,10 @@ def with_agent_keys(settings: Settings, env: dict[str, str]) -> tuple[Settings, 
     """Per-agent Ed25519 keys for the demo: the settings it signs with itself (as ``cli``) and
     each agent's key file; ``env`` gets the scheme and the public keys."""
     home = settings.home_dir
-    keys = local_agent_keys(home, [*(name for name, _ in PIPELINE), CLI_KEY])
-    shared = ed25519_env(home, keys)
-    env.update(shared)
+    public = public_keys(local_agent_keys(home, [*(name for name, _ in PIPELINE), CLI_KEY]))
     env.pop("L9_SIGNING_KEYS", None)
+    env["L9_SIGNING_SCHEME"], env["L9_PUBLIC_KEYS"] = "ed25519", json.dumps(public, sort_keys=True)
     env["L9_SIGNING_KEY_FILE"] = str(key_path(home, CLI_KEY))  # the checks run as the operator
-    public = json.loads(shared["L9_PUBLIC_KEYS"])
     own = settings.model_copy(
         update={
             "signing_scheme": "ed25519",

@@ -7,7 +7,6 @@ compose deployment (``l9 deploy env``), made for the processes of one machine.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -36,7 +35,6 @@ def key_path(home: Path, agent: str) -> Path:
     return home / "agent-keys" / f"{agent}.json"
 
 
-def ed25519_env(home: Path, keys: Mapping[str, Ed25519Signer]) -> dict[str, str]:
-    """The environment every process shares: the scheme and the public keys (no private key)."""
-    public = {signer.key_id: signer.public_hex for signer in keys.values()}
-    return {"L9_SIGNING_SCHEME": "ed25519", "L9_PUBLIC_KEYS": json.dumps(public, sort_keys=True)}
+def public_keys(keys: Mapping[str, Ed25519Signer]) -> dict[str, str]:
+    """``L9_PUBLIC_KEYS`` of ``keys``: key id -> hex public key (what every process may hold)."""
+    return {signer.key_id: signer.public_hex for signer in keys.values()}

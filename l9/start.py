@@ -110,8 +110,7 @@ async def run_agent(
     acl = load_signer_acl(settings.policy_file)  # None unless the policy file has a signer table
     # The policy file's rate limits, applied where their types are consumed: by this agent's
     # consumer, unless its handler applies them itself (the planner).
-    own_limits = getattr(agent_cls, "checks_own_rate_limits", False)
-    limits = () if own_limits else load_policy_file(settings.policy_file).rate_limits
+    limits = () if agent_cls.checks_own_rate_limits else load_policy_file(settings.policy_file).rate_limits
     redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)  # after the checks
     try:
         name = await claim_consumer_name(
