@@ -45,12 +45,13 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import asyncpg
 
-from agents.auditor.agent import GROUP, Auditor, Checkpointer, is_transient, tune_gc
+from agents.auditor.agent import GROUP, Auditor, Checkpointer, is_transient
 from agents.auditor.stream import AuditStream
 from benchmarks.bus_throughput import code_version, percentile, progress
 from bus import DEFAULT_TOPOLOGY, BatchConsumer, DeliveryPolicy, Keys, Publisher, connect
 from envelope import PacketEnvelope, Signer, Verifier
 from l9.logs import configure_logging
+from l9.process import AUDITOR_YOUNG, settle_heap
 from memory.audit import Committed, PreparedAppend, SigningKey
 from memory.postgres import PostgresAuditStore, migrate, writer_dsn
 
@@ -117,7 +118,7 @@ async def run_auditor(redis: Any, keys: Keys, writer: str, n: int, batch: int) -
         batch_size=batch,
         is_transient=is_transient,
     )
-    tune_gc()  # as the auditor process does
+    settle_heap(AUDITOR_YOUNG, 20, 10)  # as the auditor process does
     started = time.perf_counter()
     async with anyio.create_task_group() as tg:
         tg.start_soon(checkpointer.run)

@@ -67,6 +67,8 @@ from redis.typing import EncodableT, FieldT
 from bus import Delivery, DeliveryPolicy, Keys, Publisher, StreamConsumer, connect
 from bus.connection import RedisClient
 from envelope import Ed25519Signer, PacketEnvelope, Payload, Signer, Verifier, decode, encode, registry
+from l9.logs import configure_logging
+from l9.process import settle_heap
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK_TYPE = "l9.bench.tick.v1"
@@ -272,7 +274,9 @@ def emit_line(obj: dict[str, Any]) -> None:
 
 
 async def child_main(redis_url: str) -> None:
-    """Consumer role: one JSON job per stdin line; replies ``{"ready"}`` then the result."""
+    """Consumer role: one JSON job per stdin line; replies ``{"ready"}`` then the result.
+    Its heap is settled once started, as an agent process's is (``l9.process.settle_heap``)."""
+    settle_heap()
     redis = Clients(redis_url)
     try:
         while True:
@@ -993,8 +997,6 @@ def main(argv: list[str] | None = None) -> None:
         args.single_n = min(DEFAULT_SINGLE_N, args.n)
     if min(args.n, args.single_n, args.reps, args.batch) < 1:
         parser.error("--n, --single-n, --reps and --batch must be at least 1")
-
-    from l9.logs import configure_logging
 
     configure_logging("warning")  # structlog to stderr: stdout carries only JSON
     if args.role == "consumer":

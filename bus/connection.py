@@ -33,6 +33,8 @@ from typing import Any, Literal, TypeAlias
 
 import hiredis
 import redis.asyncio as aioredis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NO_REPLY
+from redis._parsers.hiredis import _AsyncHiredisParser
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection
 from redis.crc import key_slot
@@ -218,15 +220,52 @@ async def execute_many(
 
 
 async def _on_connection(conn: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
-    """``commands`` in one write on ``conn``, every reply read (an error reply in the list)."""
+    """``commands`` in one write on ``conn``, every reply read (an error reply in the list).
+
+    A reply the parser already holds whole is taken from it directly (hiredis' ``gets``): the
+    replies of a batch mostly arrive together, and redis-py's ``read_response`` costs some
+    3 us a reply in layers (a timeout scope, the parser's coroutine, push-message checks)
+    that only matter while waiting for the socket. Waiting is left to ``read_response``, as
+    is every connection whose parser is not hiredis. A RESP3 push message met on the way is
+    handed to the parser's push handler, as ``read_response`` does."""
     await conn.send_packed_command(conn.pack_commands(commands))
     replies: list[Any] = []
+    parser = _buffering_parser(conn)
+    gets = None if parser is None else parser._reader.gets
+    push = None if parser is None else parser._hiredis_PushNotificationType
     for _ in commands:
-        try:
-            replies.append(await conn.read_response())
-        except ResponseError as exc:
-            replies.append(exc)
+        reply = _NO_REPLY if gets is None else gets()
+        while push is not None and isinstance(reply, push):
+            await parser.handle_push_response(reply)
+            reply = gets()  # type: ignore[misc]
+        if reply is _NO_REPLY:
+            try:
+                reply = await conn.read_response()
+            except ResponseError as exc:
+                reply = exc
+        elif isinstance(reply, RedisConnectionError) or (
+            type(reply) is list and reply and isinstance(reply[0], RedisConnectionError)
+        ):  # what read_response raises (a server still loading, say), the connection dropped
+            await conn.disconnect(nowait=True)
+            raise reply if isinstance(reply, RedisConnectionError) else reply[0]
+        replies.append(reply)
     return replies
+
+
+def _buffering_parser(conn: Any) -> Any:
+    """``conn``'s hiredis parser, whose reader's ``gets`` gives the next whole reply it holds
+    (or ``_NO_REPLY``); None where :func:`_on_connection` must read every reply with
+    ``read_response``."""
+    parser = getattr(conn, "_parser", None)
+    if (
+        type(parser) is not _AsyncHiredisParser
+        or not parser._connected
+        or getattr(parser, "_reader", None) is None
+        or conn.health_check_interval  # read_response also schedules the next check
+        or (conn.protocol not in (2, "2") and parser._hiredis_PushNotificationType is None)
+    ):  # (an old hiredis could not tell a RESP3 push message from a reply)
+        return None
+    return parser
 
 
 def _where(redis: aioredis.Redis) -> str:

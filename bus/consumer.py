@@ -15,10 +15,10 @@ idempotent effects:
   trip each; an entry's envelopes and its XACK in one MULTI/EXEC);
 * handlers are idempotent by default: the envelope ids of each read are looked up in
   the group's window of handled ids (``bus.dedupe``; one ZMSCORE per stream, before any
-  is handled), and an entry whose id the group handled inside the window, or of which
-  another entry is in hand, is acked unhandled (``log_context`` logs it at info as
-  ``consumer.duplicate``); a handled entry's id goes into the window in the MULTI/EXEC
-  of its XACK (``DeliveryPolicy.dedupe_window_s``; 0: no window);
+  is handled, by a task beside the read loop), and an entry whose id the group handled
+  inside the window, or of which another entry is in hand, is acked unhandled
+  (``log_context`` logs it at info as ``consumer.duplicate``); a handled entry's id goes
+  into the window in the MULTI/EXEC of its XACK (``DeliveryPolicy.dedupe_window_s``; 0: no window);
 * a failed entry stays pending and is retried with exponential backoff; its try count
   (``Delivery.attempt``) is the pending list's delivery count, and at the delivery cap
   it goes to the dead-letter stream (XADD + XACK in one MULTI);
@@ -39,8 +39,9 @@ from typing import Any
 
 import anyio
 import structlog
+from anyio.abc import TaskGroup
 
-from envelope import PacketEnvelope, Payload, PayloadRegistry, Verifier
+from envelope import ENVELOPE_FIELD, SIGNATURE_FIELD, PacketEnvelope, Payload, PayloadRegistry, Verifier
 from envelope import registry as default_registry
 
 from .connection import RedisClient, as_text
@@ -64,6 +65,7 @@ from .policy import DeliveryPolicy
 from .publisher import Publisher
 
 log = structlog.get_logger("l9.bus.consumer")
+_ENV_KEY, _SIG_KEY = ENVELOPE_FIELD.encode(), SIGNATURE_FIELD.encode()
 
 #: What a delivery holds until the chain's ``decode`` / ``load_payload`` steps ran.
 UNDECODED = PacketEnvelope.model_construct(
@@ -92,6 +94,9 @@ class Delivery:
     #: Envelopes to publish with the XACK, in one MULTI/EXEC (see :meth:`publish_with_ack`).
     emits: list[tuple[Any, ...]] = field(default_factory=list, repr=False, compare=False)
     repeat: Repeat | None = field(default=None, compare=False)
+    #: What the lookup of its read's envelope ids in the group's window found, when there is
+    #: a window ((stream, envelope id) -> when it was handled; ``StreamConsumer._hand``).
+    looked: Mapping[tuple[str, str], float] | None = field(default=None, repr=False, compare=False)
 
     def with_ack(self, *commands: tuple[Any, ...]) -> None:
         """Send ``commands`` (e.g. ``("XADD", key, "*", ...)``) with this delivery's
@@ -134,14 +139,27 @@ class _WorkQueue:
         self._items: deque[Delivery] = deque()
         self._wake = anyio.Event()
         self._closed = False
+        self._closing: set[Any] | None = None
 
-    def put(self, item: Delivery) -> None:
-        self._items.append(item)
+    def put(self, items: Sequence[Delivery]) -> None:
+        self._items.extend(items)
         self._wake.set()
 
     def close(self) -> None:
         self._closed = True
         self._wake.set()
+
+    def close_after(self, pending: set[Any]) -> None:
+        """Close once ``pending`` (reads on their way to the queue, the caller's set) is empty:
+        the last one to arrive closes it (:meth:`arrived`)."""
+        self._closing = pending
+        if not pending:
+            self.close()
+
+    def arrived(self) -> None:
+        """A read left ``pending`` (see :meth:`close_after`): put, or never to be."""
+        if self._closing is not None and not self._closing:
+            self.close()
 
     async def get(self) -> Delivery | None:
         """The next delivery, or None once closed and empty."""
@@ -199,6 +217,16 @@ class StreamConsumer(GroupConsumer):
         self._free = self.policy.max_in_flight
         self._freed = anyio.Event()
         self._queue = _WorkQueue()
+        #: reads whose window lookup is in flight (they reach the queue once it answers)
+        self._looking: set[object] = set()
+        self._prepare = verifier.prepare if verifier is not None and verifier.checks_ed25519 else None
+        #: where a read's window lookup runs (the workers' task group, set by ``_deliver``)
+        self._tasks: TaskGroup
+        #: The most one read takes: with a window, three quarters of the slots, so the workers
+        #: have entries in hand while the next read's lookup is in flight.
+        self._read_most = self.policy.max_in_flight
+        if self.window is not None:
+            self._read_most = max(1, self._read_most - self._read_most // 4)
 
     def _own_steps(self) -> list[Middleware]:
         steps: list[Middleware] = [decode]
@@ -208,18 +236,21 @@ class StreamConsumer(GroupConsumer):
         if self.authorize is not None:
             steps.append(authorize(self.authorize))
         if self.window is not None:
-            steps.append(check_step(self._repeat_in_hand))
+            steps.append(check_step(self._repeat))
         steps.append(log_context(self.log))
         return steps
 
-    def _repeat_in_hand(self, d: Delivery) -> None:
-        """Once ``d`` passed the checks: a repeat of an envelope another entry of which is in
-        hand here, checked too (acked unhandled by ``log_context``), or else that envelope's
-        entry in hand. Only checked entries count, so a forged entry that borrows a real
-        envelope's id cannot have the real one dropped."""
-        if d.repeat is not None:
-            return
+    def _repeat(self, d: Delivery) -> None:
+        """Once ``d`` passed the checks: a repeat of an envelope the group handled inside the
+        window (its read's lookup, done before the entry was queued: ``_look``), or of one another
+        entry of which is in hand here, checked too (acked unhandled by ``log_context``); or
+        else that envelope's entry in hand. Only checked entries count, so a forged entry
+        that borrows a real envelope's id cannot have the real one dropped."""
         at = (d.stream, d.envelope.id)
+        looked = d.looked
+        if looked and (when := looked.get(at)) is not None:
+            d.repeat = Repeat(handled_at=when)
+            return
         first = self._in_hand.get(at)
         if first is not None and first != d.entry_id and (d.stream, first) in self.in_flight:
             d.repeat = Repeat(in_hand=first)
@@ -234,13 +265,15 @@ class StreamConsumer(GroupConsumer):
 
     async def _deliver(self) -> None:
         async with anyio.create_task_group() as workers:
+            self._tasks = workers
             for _ in range(self.policy.concurrency):
                 workers.start_soon(self._worker)
             try:
                 await self._read_loop()
             finally:
-                self._queue.close()
-            # No more reads: the workers finish what is queued, within the drain timeout.
+                self._queue.close_after(self._looking)
+            # No more reads: the workers finish what is queued (and what the lookups still in
+            # flight hand over), within the drain timeout.
             workers.cancel_scope.deadline = anyio.current_time() + self.policy.drain_timeout_s
 
     # -- taking entries into hand --------------------------------------------------------------
@@ -257,35 +290,61 @@ class StreamConsumer(GroupConsumer):
         self._released(self.policy.max_in_flight - self._free)
         self._in_hand.clear()
 
-    def _enqueue(self, d: Delivery, now: float) -> None:
-        self._free -= 1
-        self.in_flight[(d.stream, d.entry_id)] = now
-        self._queue.put(d)
-
-    async def _hand(self, read: list[Delivery]) -> None:
-        """Take ``read`` into hand, an entry whose envelope id (its header's: ``decode`` checks
-        it) the group handled inside the window marked as a repeat (``bus.dedupe``)."""
-        if self.window is not None:
-            eids = [_header_id(d.raw) for d in read]
+    def _hand(self, read: list[Delivery]) -> None:
+        """Take ``read`` into hand. With a window, its envelope ids (their headers': ``decode``
+        checks them) are looked up in it (``bus.dedupe``) by a task of their own, which then
+        hands the entries to the workers (``_repeat`` reads what it found): the read loop goes
+        on to its next read while the lookup is in flight."""
+        if self._prepare is not None:  # Ed25519 batches: their trees, from the entries read together
+            self._prepare([(d.raw.get(_ENV_KEY), d.raw.get(_SIG_KEY)) for d in read])
+        self._take_in(read)
+        window = self.window
+        if window is not None:
             ids: dict[str, list[bytes | str]] = {}
-            for d, eid in zip(read, eids, strict=True):
-                if eid is not None:
-                    ids.setdefault(d.stream, []).append(eid)
-            handled = await self.window.lookup(ids)
-            if handled:
-                for d, eid in zip(read, eids, strict=True):
-                    if eid is not None and (when := handled.get((d.stream, eid))) is not None:
-                        d.repeat = Repeat(handled_at=when)
-        now = time.monotonic()
+            if len(self.streams) == 1:
+                one = [eid for d in read if (eid := _header_id(d.raw)) is not None]
+                if one:
+                    ids[read[0].stream] = one
+            else:
+                for d in read:
+                    if (eid := _header_id(d.raw)) is not None:
+                        ids.setdefault(d.stream, []).append(eid)
+            if ids:
+                token = object()
+                self._looking.add(token)
+                self._tasks.start_soon(self._look, window, ids, read, token)
+                return
+        self._queue.put(read)
+
+    def _take_in(self, read: list[Delivery]) -> None:
+        """``read`` is in hand: in flight, its slots taken."""
+        now, in_flight = time.monotonic(), self.in_flight
         for d in read:
-            self._enqueue(d, now)
+            in_flight[(d.stream, d.entry_id)] = now
+        self._free -= len(read)
+
+    async def _look(
+        self, window: HandledWindow, ids: dict[str, list[bytes | str]], read: list[Delivery], token: object
+    ) -> None:
+        """The lookup of ``read``'s envelope ids, then ``read`` to the workers, however the lookup
+        ends (one cut short finds nothing: the entries are handled, at least once)."""
+        found: dict[tuple[str, str], float] = {}
+        try:
+            found = await window.lookup(ids)
+        finally:
+            if found:
+                for d in read:
+                    d.looked = found
+            self._queue.put(read)
+            self._looking.discard(token)
+            self._queue.arrived()
 
     async def _read_new(self) -> None:
-        reply = await self._xreadgroup(self._free // len(self.streams))
+        reply = await self._xreadgroup(min(self._free, self._read_most) // len(self.streams))
         if not reply:
             return
         names = self._names
-        await self._hand(
+        self._hand(
             [
                 Delivery(
                     names[key], raw_id.decode() if type(raw_id) is bytes else raw_id, UNDECODED, UNTYPED, 1, f
@@ -305,7 +364,7 @@ class StreamConsumer(GroupConsumer):
     async def _take(self, stream: str, rows: Sequence[Mapping[str, Any]]) -> None:
         claimed = await self._claim(stream, rows, count_now=True)
         if claimed:
-            await self._hand([Delivery(stream, e, UNDECODED, UNTYPED, n, f) for e, f, n in claimed])
+            self._hand([Delivery(stream, e, UNDECODED, UNTYPED, n, f) for e, f, n in claimed])
             await anyio.lowlevel.checkpoint()
 
     async def _scan_pending(self) -> None:
@@ -350,11 +409,9 @@ class StreamConsumer(GroupConsumer):
 
     def _handled_id(self, d: Delivery) -> str | None:
         """The envelope id its ack records in the window: that of an entry the chain went
-        through (not a repeat), when there is a window."""
-        window, eid = self.window, d.envelope.id
-        if window is None or d.repeat is not None or not eid or not window.on(d.stream):
-            return None
-        return eid
+        through (not a repeat), when there is a window (``GroupConsumer._records`` leaves out
+        a stream whose window is off)."""
+        return d.envelope.id or None if self.window is not None and d.repeat is None else None
 
     def _context(self, d: Delivery) -> Any:
         return delivery_log_context(d) if d.envelope is not UNDECODED else nullcontext()

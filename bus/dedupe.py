@@ -12,9 +12,10 @@ reply to a publish adds the entry again. Two things make the repeat harmless:
 * :class:`HandledWindow`: the envelope ids a consumer group handled on a stream in the
   last ``DeliveryPolicy.dedupe_window_s`` seconds, a sorted set in the stream's slot
   (``Keys.handled``: envelope id -> Unix ms it was handled), shared by every consumer
-  of the group. The per-entry loop (``bus.consumer``) looks the ids of each read up with
-  one ZMSCORE per stream before any of them is handled, acks an entry whose id is in
-  the window unhandled (``consumer.duplicate``, at info), and records the id (ZADD)
+  of the group. The per-entry loop (``bus.consumer``) looks the ids of each read up
+  with one ZMSCORE per stream before any of them is handled (a task beside its read
+  loop), acks an entry whose id is in the window unhandled (``consumer.duplicate``, at
+  info), and records the id (ZADD)
   in the MULTI/EXEC of the entry's XACK: an id is in the window once an entry of it was
   acked after its handler returned, so a handler that fails marks nothing and an
   envelope accepted is never dropped. Ids older than the window are trimmed
@@ -107,9 +108,9 @@ class HandledWindow:
         """Whether ids of ``stream`` are looked up and recorded (not after a NOPERM)."""
         return stream not in self._off
 
-    async def lookup(self, ids: Mapping[str, Sequence[bytes | str]]) -> dict[tuple[str, bytes | str], float]:
+    async def lookup(self, ids: Mapping[str, Sequence[bytes | str]]) -> dict[tuple[str, str], float]:
         """Of the envelope ids read on each stream (as Redis returned them), those the group
-        handled inside the window: (stream, id) -> when (Unix s). One round trip, one ZMSCORE
+        handled inside the window: (stream, id as text) -> when (Unix s). One round trip, one ZMSCORE
         per stream. Redis trouble is logged and finds nothing: the entries are handled (at
         least once)."""
         streams = [s for s, some in ids.items() if some and s not in self._off]
@@ -121,14 +122,16 @@ class HandledWindow:
             self.log.warning("consumer.window_unavailable", error=str(exc), hint="handled without a look")
             return {}
         since_ms = self.clock() * 1000 - self.ttl_ms
-        found: dict[tuple[str, bytes | str], float] = {}
+        found: dict[tuple[str, str], float] = {}
         for stream, reply in zip(streams, replies, strict=True):
             if isinstance(reply, ResponseError):
                 self._refused(stream, reply)
                 continue
+            if not any(reply):  # the usual case: none of them
+                continue
             for eid, score in zip(ids[stream], reply, strict=True):
                 if score is not None and (ms := float(score)) > since_ms:
-                    found[(stream, eid)] = ms / 1000
+                    found[(stream, eid.decode() if isinstance(eid, bytes) else eid)] = ms / 1000
         return found
 
     def record(self, stream: str, ids: Sequence[str]) -> list[tuple[Any, ...]]:
@@ -136,9 +139,7 @@ class HandledWindow:
         MULTI/EXEC of their XACK): a ZADD, the key's expiry and, when due, the trim."""
         now_ms = int(self.clock() * 1000)
         key = self.key(stream)
-        scored: list[Any] = []
-        for eid in ids:
-            scored += (now_ms, eid)
+        scored = [x for eid in ids for x in (now_ms, eid)]
         commands: list[tuple[Any, ...]] = [("ZADD", key, *scored), ("PEXPIRE", key, self.ttl_ms)]
         due = time.monotonic()
         if self._next_trim.get(stream, 0.0) <= due:

@@ -477,7 +477,8 @@ class GroupConsumer(abc.ABC):
 
     def _records(self, stream: str, ids: Sequence[str]) -> list[tuple[Any, ...]]:
         """The commands that record ``ids`` in the window of handled ids (none without one)."""
-        return self.window.record(stream, ids) if ids and self.window is not None else []
+        window = self.window
+        return window.record(stream, ids) if ids and window is not None and window.on(stream) else []
 
     def _recorded(self, stream: str, reply: Any) -> bool:
         """Whether the MULTI/EXEC that recorded ids of ``stream`` and acked their entries ran.

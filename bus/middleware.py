@@ -12,9 +12,9 @@ up to the delivery cap.
 
 :class:`~bus.StreamConsumer` runs, in this order: :func:`decode` -> :func:`verify` ->
 :func:`load_payload` -> :func:`authorize` -> (with a window of handled ids) its check for a
-repeat of an entry in hand -> :func:`log_context` (every log line of the delivery carries
-its envelope; an expired envelope, and a repeat of one the group handled or holds, are
-acked unhandled) -> the consumer's own ``middlewares=`` (tracing, metrics...) -> the
+repeat (of an envelope the group handled, or of an entry in hand) -> :func:`log_context`
+(every log line of the delivery carries its envelope; an expired envelope, and a repeat,
+are acked unhandled) -> the consumer's own ``middlewares=`` (tracing, metrics...) -> the
 handler. A step the consumer has no use for (no verifier, no authorizer) is left out. The
 chain is composed once, when the consumer is built: a delivery costs one coroutine per
 step (~0.2 us) and allocates nothing else; the consumer's own checks (decode, verify,

@@ -14,9 +14,18 @@ envelope carries its index, the batch size and its path, so it can be checked al
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Container, Sequence
+from collections.abc import Container, Mapping, Sequence
 
-__all__ = ["climb", "inclusion_paths", "leaf_hash", "node_hash", "root_from_path", "tree_root"]
+__all__ = [
+    "ancestors",
+    "climb",
+    "inclusion_paths",
+    "known_nodes",
+    "leaf_hash",
+    "node_hash",
+    "root_from_path",
+    "tree_root",
+]
 
 _sha256 = hashlib.sha256
 
@@ -70,6 +79,57 @@ def root_from_path(leaf: bytes, index: int, size: int, path: bytes) -> bytes | N
     one of such a tree (RFC 9162 section 2.1.3.2)."""
     climbed = climb(leaf, index, size, path)
     return None if climbed is None else climbed[0]
+
+
+def known_nodes(size: int, leaves: Mapping[int, bytes]) -> list[dict[int, bytes]]:
+    """The nodes of a tree of ``size`` leaves that some of its leaf hashes (``leaves``: index ->
+    hash) determine alone, level by level from the leaves (position -> hash): a node is known
+    when its two children are, or its left child when it has no right one (it moves up
+    unchanged, as in :func:`inclusion_paths`). The children of position ``p`` are ``2p`` and
+    ``2p + 1`` one level down, so the leaves under ``(level, p)`` are ``p << level`` up to
+    ``(p + 1) << level``."""
+    levels = [dict(leaves)]
+    width = size
+    while width > 1:
+        below, up = levels[-1], {}
+        for position, node in below.items():
+            if position & 1:
+                continue
+            if position + 1 < width:
+                right = below.get(position + 1)
+                if right is not None:
+                    up[position >> 1] = _sha256(b"\x01" + node + right).digest()
+            else:
+                up[position >> 1] = node
+        if not up:
+            break
+        levels.append(up)
+        width = (width + 1) >> 1
+    return levels
+
+
+def ancestors(leaf: bytes, index: int, size: int, path: bytes) -> list[bytes] | None:
+    """``leaf`` and every node :func:`climb` computes from it up to the root (the root last), or
+    None when ``path`` cannot be a proof of ``index`` in a tree of ``size``."""
+    if not 0 <= index < size or len(path) % 32:
+        return None
+    fn, sn, r = index, size - 1, leaf
+    chain = [leaf]
+    for start in range(0, len(path), 32):
+        if sn == 0:
+            return None
+        p = path[start : start + 32]
+        if fn & 1 or fn == sn:
+            r = _sha256(b"\x01" + p + r).digest()
+            while not fn & 1 and fn:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = _sha256(b"\x01" + r + p).digest()
+        chain.append(r)
+        fn >>= 1
+        sn >>= 1
+    return chain if sn == 0 else None
 
 
 def climb(

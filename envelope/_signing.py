@@ -45,8 +45,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from ._canonical import SIGNED_FIELDS, canonical_bytes, to_wire_map
 from ._errors import EnvelopeError, ErrorReason
-from ._merkle import climb, inclusion_paths, leaf_hash
+from ._merkle import ancestors, climb, inclusion_paths, known_nodes, leaf_hash
 from ._model import PacketEnvelope
+
+_sha256 = hashlib.sha256
+#: What :meth:`Verifier.prepare` found of a batch: its size, its root, the nodes under it and
+#: the signed bytes of its entries under them.
+_Prepared = tuple[int, bytes, set[bytes], set[bytes]]
 
 __all__ = [
     "ED25519_PREFIX",
@@ -224,6 +229,13 @@ class Verifier:
         #: (key id, signature head) of a signed batch -> its nodes proven so far: its root and
         #: the nodes of the proofs that led there (the batches met lately)
         self._proven: dict[tuple[str, bytes], set[bytes]] = {}
+        #: signature head of a batch -> (its size, its root, nodes under it, the signed bytes of
+        #: its entries under them) that entries read together determined (:meth:`prepare`),
+        #: trusted once the root's signature holds
+        self._prepared: dict[bytes, _Prepared] = {}
+        #: (key id, signature head) -> the signed bytes of entries :meth:`prepare` proved to be
+        #: in that batch, each checked once without hashing it again
+        self._ahead: dict[tuple[str, bytes], set[bytes]] = {}
         self.required = required
         self.full_proofs = full_proofs
 
@@ -248,6 +260,104 @@ class Verifier:
                 self._check_ed25519(blob, key_id, signature, envelope_id)
                 return
         self._slow_check(blob, key_id, signature, envelope_id)
+
+    @property
+    def checks_ed25519(self) -> bool:
+        """Whether it holds public keys (and :meth:`prepare` has something to do)."""
+        return bool(self._public) and not self.full_proofs
+
+    def prepare(self, entries: Sequence[tuple[Any, Any]]) -> None:
+        """Ahead of the checks of entries read together ((signed bytes, signature) of each, as
+        read from a stream): for each Ed25519 batch several of them are from, the nodes of its
+        tree their leaves determine together, linked to the batch's root by as few of their
+        inclusion paths as it takes (one per run of neighbours, instead of one for every
+        other entry). Nothing is trusted here: the first check of an entry of the batch
+        verifies the root's signature with its own key id's key, once, and the entries
+        prepared are then proven at their leaf. An entry that does not fit (damaged, of
+        another tree) is left to its own check. Nothing to do with ``full_proofs``."""
+        if not self.checks_ed25519:
+            return
+        batches: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        for blob, signature in entries:
+            if type(signature) is bytes and type(blob) is bytes and signature.startswith(_ED_PREFIX):
+                batches.setdefault(signature[:_HEAD], []).append((blob, signature))
+        for head, batch in batches.items():
+            if len(batch) > 1:
+                self._prepare_batch(head, batch)
+
+    def _prepare_batch(self, head: bytes, batch: Sequence[tuple[bytes, bytes]]) -> None:
+        size = 0
+        leaves: dict[int, bytes] = {}
+        entries: dict[int, tuple[bytes, bytes]] = {}
+        for entry in batch:
+            position, colon, _ = entry[1][_HEAD + 1 :].partition(b":")
+            index_text, _, size_text = position.partition(b"/")
+            if not (colon and index_text.isdigit() and size_text.isdigit()):
+                continue
+            index, of = int(index_text), int(size_text)
+            size = size or of
+            if of != size or index >= size or index in leaves:
+                continue
+            leaves[index] = _sha256(b"\x00" + entry[0]).digest()
+            entries[index] = entry
+        if len(leaves) < 2:
+            return
+        levels = known_nodes(size, leaves)
+        root: bytes | None = None
+        nodes: set[bytes] = set()
+        blobs: set[bytes] = set()
+        covered: set[int] = set()
+        for index in sorted(leaves):
+            if index in covered:
+                continue
+            parsed = _parse_ed25519(entries[index][1])
+            if parsed is None or parsed[:2] != (index, size):
+                continue
+            path = parsed[2]
+            chain = ancestors(leaves[index], index, size, path)
+            if chain is None or (root is not None and chain[-1] != root):
+                continue
+            root = chain[-1]
+            on_chain = set(chain)
+            nodes |= on_chain
+            nodes.update([path[i : i + 32] for i in range(0, len(path), 32)])
+            for level in range(len(levels) - 1, -1, -1):  # the highest known ancestor on the chain
+                if levels[level].get(index >> level) in on_chain:
+                    first = (index >> level) << level
+                    for under in range(first, min(size, first + (1 << level))):
+                        covered.add(under)  # every leaf under it is known: they determined it
+                        blobs.add(entries[under][0])
+                    break
+        if root is not None:
+            if len(self._prepared) >= _PROVEN_BATCHES:
+                self._prepared.clear()
+            self._prepared[head] = (size, root, nodes, blobs)
+
+    def _adopt(
+        self, owner: tuple[str, bytes], public: Ed25519PublicKey, signature: bytes, prepared: _Prepared
+    ) -> None:
+        """What :meth:`prepare` found, proven for ``owner`` when the root is (already, or by the
+        batch signature under the owner's key); else dropped, each entry's check deciding."""
+        size, root, nodes, blobs = prepared
+        proven = self._proven.get(owner)
+        if proven is None or root not in proven:
+            if not _signed(public, signature, size, root):
+                return  # not this key's batch
+            if proven is None:
+                if len(self._proven) >= _PROVEN_BATCHES:
+                    self._proven.clear()
+                    self._ahead.clear()
+                proven = self._proven[owner] = set()
+            proven.add(root)
+        proven |= nodes
+        ahead = self._ahead.get(owner)
+        if ahead is None:
+            self._ahead[owner] = blobs
+        elif len(ahead) > _PROVEN_NODES:
+            ahead.clear()
+            ahead |= blobs
+        else:
+            ahead |= blobs
 
     def verify(self, fields: Mapping[str, Any]) -> None:
         """Check the ``signature`` of a wire map over its canonical bytes."""
@@ -298,8 +408,17 @@ class Verifier:
             raise EnvelopeError(
                 ErrorReason.BAD_SIGNATURE, f"unknown signing key id {key_id!r}", envelope_id=eid
             )
-        leaf = leaf_hash(blob)
         owner = (key_id, signature[:_HEAD])
+        if self._prepared:
+            prepared = self._prepared.pop(owner[1], None)
+            if prepared is not None:
+                self._adopt(owner, public, signature, prepared)
+        if self._ahead:
+            ahead = self._ahead.get(owner)
+            if ahead is not None and blob in ahead:
+                ahead.discard(blob)
+                return  # proven with the entries read with it (prepare)
+        leaf = _sha256(b"\x00" + blob).digest()  # envelope._merkle.leaf_hash, inline: every entry
         proven = None if self.full_proofs else self._proven.get(owner)
         if proven is not None and leaf in proven:
             return  # a leaf the proof of another entry of its batch showed to be in it
@@ -317,21 +436,20 @@ class Verifier:
                 envelope_id=eid,
             )
         top, used = climbed
-        self._remember(owner, leaf, top, path[:used])
-
-    def _remember(self, owner: tuple[str, bytes], leaf: bytes, top: bytes, path: bytes) -> None:
-        """``leaf``, ``top`` and the hashes of ``path`` are proven nodes of ``owner``'s batch: the
-        climbs of the next entries of the batch stop at them."""
-        proven = self._proven.get(owner)
         if proven is None:
             if len(self._proven) >= _PROVEN_BATCHES:
                 self._proven.clear()
             proven = self._proven[owner] = set()
         elif len(proven) > _PROVEN_NODES:
             proven.clear()
+        # ``leaf``, ``top`` and the hashes of the path below it are proven nodes of the batch:
+        # the climbs of its next entries stop at them.
         proven.add(leaf)
         proven.add(top)
-        proven.update(path[i : i + 32] for i in range(0, len(path), 32))
+        if used == 32:
+            proven.add(path[:32])
+        else:
+            proven.update([path[i : i + 32] for i in range(0, used, 32)])
 
 
 def _malformed(key_id: str, eid: str | None) -> EnvelopeError:
@@ -362,15 +480,15 @@ def _parse_ed25519(signature: bytes) -> tuple[int, int, bytes] | None:
     itself is decoded only when a root is to be verified."""
     if len(signature) == _HEAD:
         return 0, 1, b""
-    parts = signature[_HEAD:].split(b":")
-    if len(parts) != 3 or parts[0]:
+    if signature[_HEAD : _HEAD + 1] != b":":
         return None
-    index_text, _, size_text = parts[1].partition(b"/")
-    if not (index_text.isdigit() and size_text.isdigit()):
+    position, colon, path_text = signature[_HEAD + 1 :].partition(b":")
+    index_text, _, size_text = position.partition(b"/")
+    if not (colon and index_text.isdigit() and size_text.isdigit()) or b":" in path_text:
         return None
     index, size = int(index_text), int(size_text)
     try:
-        path = binascii.a2b_base64(parts[2], strict_mode=True)
+        path = binascii.a2b_base64(path_text, strict_mode=True)
     except binascii.Error:
         return None
     if not index < size <= _MAX_BATCH or len(path) % 32 or len(path) > 32 * _MAX_PATH:

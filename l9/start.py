@@ -42,6 +42,7 @@ from governance import RateLimitGate, load_policy_file, load_signer_acl
 from memory.audit import AuditRecorder, AuditStoreUnavailable
 
 from .devstack import StackEndpoints, resolve_endpoints
+from .process import AUDITOR_YOUNG, settle_heap
 from .settings import Settings
 
 log = structlog.get_logger("l9.agent.runner")
@@ -158,6 +159,7 @@ async def _serve(agent: Agent, consumer: StreamConsumer) -> None:
             )
             await agent.on_start()
             holding.cancel_scope.cancel()
+        settle_heap()
         log.info("agent.started", concurrency=consumer.policy.concurrency, streams=consumer.streams)
         await consumer.run()
         with anyio.CancelScope(shield=True):
@@ -217,6 +219,7 @@ async def run_lineage(settings: Settings, *, instance: str | None = None) -> Non
             batch_size=settings.lineage_batch_size,
             is_transient=is_transient,
         )
+        settle_heap()
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop_on_signal, consumer, tg.cancel_scope)
             log.info("agent.started", batch_size=consumer.batch_size, graph=graph.kind, graph_at=graph.where)
@@ -232,7 +235,7 @@ async def run_lineage(settings: Settings, *, instance: str | None = None) -> Non
 
 
 async def run_auditor(settings: Settings, *, instance: str | None = None) -> None:
-    from agents.auditor.agent import GROUP, Auditor, Checkpointer, Failpoint, is_transient, tune_gc
+    from agents.auditor.agent import GROUP, Auditor, Checkpointer, Failpoint, is_transient
     from agents.auditor.stream import AuditStream
 
     endpoints = resolve_endpoints(settings)
@@ -275,7 +278,7 @@ async def run_auditor(settings: Settings, *, instance: str | None = None) -> Non
             before_ack=lambda: failpoint("before_xack"),
         )
         reporter = await _reporter(redis, keys, store, settings, policy, instance, GROUP)
-        tune_gc()
+        settle_heap(AUDITOR_YOUNG, 20, 10)
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop_on_signal, consumer, tg.cancel_scope)
             tg.start_soon(auditor.checkpointer.run)

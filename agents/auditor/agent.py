@@ -17,7 +17,6 @@ checkpoint follows every ``L9_AUDIT_CHECKPOINT_EVERY`` entries or
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import signal
 from collections.abc import Iterable, Sequence
@@ -91,22 +90,6 @@ def prepare_batch(entries: Sequence[Entry], verifier: Verifier) -> AuditBatch:
         records.append(record)
         summaries.append(summarize(values[_DATA], values[_KIND]))
     return AuditBatch(prepare_append(records), rejected, summaries)
-
-
-def tune_gc() -> None:
-    """Garbage collection for an auditor process: call once, after start-up.
-
-    The auditor holds a few thousand entries in flight (read ahead, being prepared,
-    being committed), each a handful of containers, and makes a dozen more per
-    envelope that die young. With CPython's default thresholds (700, 10, 10) that
-    means a young collection every few dozen envelopes and a pass over the whole
-    heap every few thousand: 15-20 % of the auditor's CPU, measured. So what
-    start-up made (modules, models, settings: never garbage) is frozen out of every
-    collection, and young collections wait for 50,000 net new objects.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 10)
 
 
 def is_transient(exc: BaseException) -> bool:

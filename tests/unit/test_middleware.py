@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import anyio
 import fakeredis
 import pytest
 import structlog
@@ -16,9 +17,8 @@ from redis.exceptions import ResponseError
 from structlog.testing import capture_logs
 
 from bus import DeadLetter, Delivery, Handler, Keys, StreamConsumer
-from bus.connection import RedisClient
+from bus.connection import RedisClient, execute_many
 from bus.consumer import UNDECODED, UNTYPED
-from bus.dedupe import Repeat
 from bus.errors import error_code, is_busygroup, is_missing_stream, is_nogroup
 from bus.middleware import add_delivery_context, compose
 from envelope import EnvelopeError, ErrorReason, PacketEnvelope, Payload, Signer, Verifier, encode, payload
@@ -156,8 +156,8 @@ async def test_a_repeat_is_checked_like_any_entry_then_acked_unhandled_and_logge
         consumer.in_flight[("unit", entry_id)] = 0.0  # read: in hand
         return Delivery("unit", entry_id, UNDECODED, UNTYPED, 1, raw(good, signer))
 
-    marked = entry("1-0")
-    marked.repeat = Repeat(handled_at=1_800_000_000.0)
+    marked = entry("1-0")  # its read's lookup found the envelope in the window
+    marked.looked = {("unit", good.id): 1_800_000_000.0}
     forged = entry("2-0", Signer({"k": b"wrong"}, "k"))
     with capture_logs() as logs:
         await chain(marked)  # the window's repeat
@@ -174,6 +174,46 @@ async def test_a_repeat_is_checked_like_any_entry_then_acked_unhandled_and_logge
         ("4-0", "info", good.id),
     ]
     assert "handled_at" in repeats[0] and repeats[1]["in_hand"] == "3-0"
+
+
+async def test_a_reads_entries_reach_the_workers_once_its_window_lookup_ends_however_it_ends(
+    fake: RedisClient,
+) -> None:
+    """The lookup of a read's envelope ids runs beside the read loop, then hands the read to
+    the workers with what it found; one cut short (the consumer stopping) finds nothing and
+    hands the read over all the same: those entries are handled, at least once."""
+
+    async def handler(d: Delivery) -> None:
+        raise AssertionError("not run here")
+
+    consumer = consumer_with(fake, handler, verifier=None)
+    window = consumer.window
+    assert window is not None
+    await execute_many(fake, window.record("unit", ["seen"]))
+    read = [undecoded(raw(parcel(), None)), undecoded(raw(parcel(), None))]
+    await consumer._look(window, {"unit": [b"seen", b"new"]}, read, object())
+    assert [await consumer._queue.get() for _ in read] == read
+    assert read[0].looked is read[1].looked and set(read[0].looked or {}) == {("unit", "seen")}
+
+    window.lookup = _never_answered  # type: ignore[method-assign]
+    cut = [undecoded(raw(parcel(), None))]
+    with anyio.move_on_after(0.05) as scope:
+        await consumer._look(window, {"unit": [b"seen"]}, cut, object())
+    assert scope.cancelled_caught and await consumer._queue.get() is cut[0] and cut[0].looked is None
+
+    # stopping: the queue closes once the last lookup in flight handed its read over
+    del window.lookup  # answered again
+    token = object()
+    consumer._looking.add(token)
+    consumer._queue.close_after(consumer._looking)
+    last = [undecoded(raw(parcel(), None))]
+    await consumer._look(window, {"unit": [b"new"]}, last, token)
+    assert await consumer._queue.get() is last[0] and await consumer._queue.get() is None
+
+
+async def _never_answered(ids: object) -> dict[tuple[str, str], float]:
+    await anyio.sleep_forever()
+    raise AssertionError("unreachable")
 
 
 def test_redis_error_replies_are_told_apart_by_their_code() -> None:

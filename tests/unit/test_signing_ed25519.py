@@ -30,7 +30,15 @@ from envelope import (
     entry_args,
     to_wire_map,
 )
-from envelope._merkle import inclusion_paths, leaf_hash, node_hash, root_from_path, tree_root
+from envelope._merkle import (
+    ancestors,
+    inclusion_paths,
+    known_nodes,
+    leaf_hash,
+    node_hash,
+    root_from_path,
+    tree_root,
+)
 
 TYPE = "l9.demo.ping.v1"
 SOURCE = "agent://demo/pinger"
@@ -318,3 +326,110 @@ def test_full_proofs_refuse_a_damaged_proof_even_after_its_batch_was_met() -> No
     damaged = entries[5] | {b"sig": b":".join((head, sig, b"4/8", path))}
     assert "does not match" in refused(damaged, auditor)
     assert decode_envelope(damaged, consumer).data == {"n": 5}
+
+
+# -- entries read together (Verifier.prepare) ----------------------------------------------------
+def read_of(entries: list[dict[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(e[b"env"], e[b"sig"]) for e in entries]
+
+
+class CountingParse:
+    """Counts the inclusion paths a verifier decodes (``envelope._signing._parse_ed25519``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import envelope._signing as signing
+
+        self.calls, real = 0, signing._parse_ed25519
+
+        def counted(signature: bytes) -> Any:
+            self.calls += 1
+            return real(signature)
+
+        monkeypatch.setattr(signing, "_parse_ed25519", counted)
+
+
+@pytest.mark.parametrize(("size", "start", "read"), [(500, 0, 128), (500, 100, 128), (37, 0, 37), (9, 3, 5)])
+def test_entries_read_together_are_proven_with_a_few_paths_and_one_signature_check(
+    monkeypatch: pytest.MonkeyPatch, size: int, start: int, read: int
+) -> None:
+    entries = [entry_of(a) for a in batch_entry_args([make(i) for i in range(size)], PLANNER)]
+    verifier = Verifier({}, public_keys=PUBLIC)
+    counting = CountingKey(verifier._public["planner.k1"])
+    verifier._public["planner.k1"] = counting  # type: ignore[assignment]
+    parses = CountingParse(monkeypatch)
+    chunk = entries[start : start + read]
+    verifier.prepare(read_of(chunk))
+    assert [decode_envelope(e, verifier).data for e in chunk] == [
+        {"n": i} for i in range(start, start + read)
+    ]
+    assert counting.calls == 1
+    # one path per run of neighbours under one node (at most two a level), not one every other entry
+    assert parses.calls <= 2 * max(1, (size - 1).bit_length())
+
+
+def test_a_damaged_entry_read_with_good_ones_is_refused_and_theirs_are_not() -> None:
+    entries = [entry_of(a) for a in batch_entry_args([make(i) for i in range(16)], PLANNER)]
+    other = entry_of(entry_args(make(99), PLANNER))
+    damaged = dict(entries[5]) | {b"env": other[b"env"], b"id": other[b"id"]}
+    read = [*entries[:5], damaged, *entries[6:]]
+    verifier = Verifier({}, public_keys=PUBLIC)
+    verifier.prepare(read_of(read))
+    for i, entry in enumerate(read):
+        if i == 5:
+            assert "does not match" in refused(entry, verifier)
+        else:
+            assert decode_envelope(entry, verifier).data == {"n": i}
+
+
+def test_a_batch_prepared_under_one_key_is_not_taken_for_another_keys() -> None:
+    """Entries signed with another key under the planner's key id: what prepare found is trusted
+    only once the root's signature holds under the key the entries name."""
+    mallory = Ed25519Signer.generate("planner.k1")
+    entries = [entry_of(a) for a in batch_entry_args([make(i) for i in range(8)], mallory)]
+    verifier = Verifier({}, public_keys=PUBLIC)
+    verifier.prepare(read_of(entries))
+    for entry in entries:
+        assert "does not match" in refused(entry, verifier)
+
+
+def test_a_signature_copied_onto_other_content_is_refused_after_prepare() -> None:
+    entries = [entry_of(a) for a in batch_entry_args([make(i) for i in range(8)], PLANNER)]
+    forged = dict(entries[3]) | {b"env": entry_of(entry_args(make(99), PLANNER))[b"env"]}
+    verifier = Verifier({}, public_keys=PUBLIC)
+    verifier.prepare(read_of([*entries, forged]))
+    assert [decode_envelope(e, verifier).data["n"] for e in entries] == list(range(8))
+    assert "does not match" in refused(forged, verifier)
+
+
+def test_full_proofs_prepare_nothing() -> None:
+    entries = [entry_of(a) for a in batch_entry_args([make(i) for i in range(8)], PLANNER)]
+    auditor = Verifier({}, public_keys=PUBLIC, full_proofs=True)
+    auditor.prepare(read_of(entries))
+    assert not auditor._prepared and not auditor.checks_ed25519
+    head, sig, _, path = entries[5][b"sig"].split(b":")
+    assert "does not match" in refused(entries[5] | {b"sig": b":".join((head, sig, b"4/8", path))}, auditor)
+
+
+@given(st.integers(1, 70), st.data())
+def test_known_nodes_are_the_trees_and_the_leaves_under_them_all_known(n: int, data: st.DataObject) -> None:
+    leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(n)]
+    some = {i: leaves[i] for i in data.draw(st.sets(st.integers(0, n - 1)))}
+    levels, whole = known_nodes(n, some), _tree_levels(leaves)
+    for level, nodes in enumerate(levels):
+        for position, node in nodes.items():
+            assert whole[level][position] == node
+            assert all(i in some for i in range(position << level, min(n, (position + 1) << level)))
+    root, paths = inclusion_paths(leaves)
+    for i in some:
+        chain = ancestors(leaves[i], i, n, b"".join(paths[i]))
+        assert chain is not None and chain[0] == leaves[i] and chain[-1] == root
+        assert all(whole[level][i >> level] in chain for level in range(len(whole)))
+
+
+def _tree_levels(leaves: list[bytes]) -> list[list[bytes]]:
+    levels = [leaves]
+    while len(levels[-1]) > 1:
+        below = levels[-1]
+        up = [node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
+        levels.append(up + ([below[-1]] if len(below) % 2 else []))
+    return levels
