@@ -111,32 +111,22 @@ def known_nodes(size: int, leaves: Mapping[int, bytes]) -> list[dict[int, bytes]
 def ancestors(leaf: bytes, index: int, size: int, path: bytes) -> list[bytes] | None:
     """``leaf`` and every node :func:`climb` computes from it up to the root (the root last), or
     None when ``path`` cannot be a proof of ``index`` in a tree of ``size``."""
-    if not 0 <= index < size or len(path) % 32:
-        return None
-    fn, sn, r = index, size - 1, leaf
     chain = [leaf]
-    for start in range(0, len(path), 32):
-        if sn == 0:
-            return None
-        p = path[start : start + 32]
-        if fn & 1 or fn == sn:
-            r = _sha256(b"\x01" + p + r).digest()
-            while not fn & 1 and fn:
-                fn >>= 1
-                sn >>= 1
-        else:
-            r = _sha256(b"\x01" + r + p).digest()
-        chain.append(r)
-        fn >>= 1
-        sn >>= 1
-    return chain if sn == 0 else None
+    return chain if climb(leaf, index, size, path, chain=chain) is not None else None
 
 
 def climb(
-    leaf: bytes, index: int, size: int, path: bytes, known: Container[bytes] | None = None
+    leaf: bytes,
+    index: int,
+    size: int,
+    path: bytes,
+    known: Container[bytes] | None = None,
+    *,
+    chain: list[bytes] | None = None,
 ) -> tuple[bytes, int] | None:
     """:func:`root_from_path`, stopping at the first node (``leaf`` excluded) in ``known``
-    (nodes already proven): (that node or the root, bytes of ``path`` used), or None."""
+    (nodes already proven): (that node or the root, bytes of ``path`` used), or None.
+    ``chain`` gets every node computed on the way appended."""
     if not 0 <= index < size or len(path) % 32:
         return None
     fn, sn, r = index, size - 1, leaf
@@ -151,6 +141,8 @@ def climb(
                 sn >>= 1
         else:
             r = _sha256(b"\x01" + r + p).digest()
+        if chain is not None:
+            chain.append(r)
         fn >>= 1
         sn >>= 1
         if known is not None and r in known:
