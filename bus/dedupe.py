@@ -15,12 +15,12 @@ reply to a publish adds the entry again. Two things make the repeat harmless:
   of the group. The per-entry loop (``bus.consumer``) looks the ids of each read up
   with one ZMSCORE per stream before any of them is handled (a task beside its read
   loop), acks an entry whose id is in the window unhandled (``consumer.duplicate``, at
-  info), and records the id (ZADD)
-  in the MULTI/EXEC of the entry's XACK: an id is in the window once an entry of it was
-  acked after its handler returned, so a handler that fails marks nothing and an
-  envelope accepted is never dropped. Ids older than the window are trimmed
-  (ZREMRANGEBYSCORE) every ``trim_every_s`` and count as not handled until then; the
-  key expires a window after its last write.
+  info), and records the id (ZADD) in the round trip of the entry's XACK, just before
+  it (in the MULTI/EXEC of its emits when it has some): an id is in the window once an
+  entry of it was handled and its handler returned, so a handler that fails marks
+  nothing and an envelope accepted is never dropped. Ids older than the window are
+  trimmed (ZREMRANGEBYSCORE) every ``trim_every_s`` and count as not handled until then;
+  the key's expiry is set at each trim, a window and a trim interval ahead.
 
 What the window does not cover: two entries of one id handled at the same time by two
 consumers of the group (each looked before the other acked). Their emits carry the
@@ -135,15 +135,17 @@ class HandledWindow:
         return found
 
     def record(self, stream: str, ids: Sequence[str]) -> list[tuple[Any, ...]]:
-        """The commands that put ``ids`` in the window of ``stream`` as handled now (for the
-        MULTI/EXEC of their XACK): a ZADD, the key's expiry and, when due, the trim."""
+        """The commands that put ``ids`` in the window of ``stream`` as handled now (sent just
+        before their XACK): a ZADD and, every ``trim_every_s``, the key's expiry (a window and a
+        trim interval ahead) and the trim of ids older than the window."""
         now_ms = int(self.clock() * 1000)
         key = self.key(stream)
         scored = [x for eid in ids for x in (now_ms, eid)]
-        commands: list[tuple[Any, ...]] = [("ZADD", key, *scored), ("PEXPIRE", key, self.ttl_ms)]
+        commands: list[tuple[Any, ...]] = [("ZADD", key, *scored)]
         due = time.monotonic()
         if self._next_trim.get(stream, 0.0) <= due:
             self._next_trim[stream] = due + self.trim_every_s
+            commands.append(("PEXPIRE", key, self.ttl_ms + int(self.trim_every_s * 1000)))
             commands.append(("ZREMRANGEBYSCORE", key, "-inf", f"({now_ms - self.ttl_ms}"))
         return commands
 

@@ -429,9 +429,7 @@ class GroupConsumer(abc.ABC):
             if in_flight.pop((e.stream, e.entry_id), None) is not None:
                 done += 1  # acked, or left pending for a retry: out of hand either way
         for stream, at in recording.items():
-            if not self._recorded(stream, replies[at]):  # nothing ran: acked again, plainly
-                self._acks.setdefault(stream, []).extend(acks.pop(stream))
-                self._ack_wanted.set()
+            self._recorded(stream, replies[at])
         for stream, ids in acks.items():
             for entry_id in ids:
                 if in_flight.pop((stream, entry_id), None) is not None:
@@ -448,9 +446,15 @@ class GroupConsumer(abc.ABC):
         handled: dict[str, list[str]],
     ) -> tuple[list[tuple[Any, ...]], list[int], dict[str, int]]:
         """The commands of one flush: the riders; each entry with emits in a MULTI/EXEC with
-        them; each stream's XACK, in a MULTI/EXEC with the ids it records in the window if it
+        them; each stream's XACK, after the commands that record its ids in the window if it
         records any; the error notes' HDELs. With where the EXEC reply of each of
-        ``emitting`` is, and that of each stream whose XACK records ids."""
+        ``emitting`` is, and the ZADD reply of each stream whose XACK records ids.
+
+        A record needs no transaction with its XACK: its ids are of handlers that returned,
+        so a record whose XACK is lost (the connection cut between them) leaves an entry
+        pending that its redelivery finds handled and acks, and a refused record (an
+        out-of-memory Redis refuses the ZADD, not the XACK) leaves the entries acked and a
+        repeat of them handled again."""
         commands = list(riders)
         execs: list[int] = []
         for e in emitting:
@@ -465,12 +469,10 @@ class GroupConsumer(abc.ABC):
         for stream, ids in acks.items():
             xack = ("XACK", self.keys.stream(stream), self.group, *ids)
             records = self._records(stream, handled.get(stream, []))
-            if records:
-                commands += [("MULTI",), *records, xack]
+            if records:  # before the XACK, not in a MULTI: an id recorded is that of a handler done
                 recording[stream] = len(commands)
-                commands.append(("EXEC",))
-            else:
-                commands.append(xack)
+                commands += records
+            commands.append(xack)
         for stream, ids in retried.items():
             commands.append(("HDEL", self.keys.errors(stream), *ids))
         return commands, execs, recording
@@ -480,22 +482,16 @@ class GroupConsumer(abc.ABC):
         window = self.window
         return window.record(stream, ids) if ids and window is not None and window.on(stream) else []
 
-    def _recorded(self, stream: str, reply: Any) -> bool:
-        """Whether the MULTI/EXEC that recorded ids of ``stream`` and acked their entries ran.
-        A refused one (an out-of-memory Redis refuses the ZADD, not the XACK) acked nothing:
-        its entries are acked again without it, and a repeat of them is handled again."""
-        if isinstance(reply, list):
-            failed = [_described(r) for r in reply if isinstance(r, ResponseError)]
-            if failed:  # a runtime error (the key of another type): the XACK ran
-                self.log.warning(f"{self.event}.window_failed", stream=stream, error=failed[0])
-            return True
-        self.log.error(
-            f"{self.event}.window_failed",
-            stream=stream,
-            error=_described(reply),
-            hint="the entries are acked again without recording their ids: a repeat may be handled",
-        )
-        return False
+    def _recorded(self, stream: str, reply: Any) -> None:
+        """The ZADD reply of the ids of ``stream`` an ack recorded: an error is logged (its
+        entries are acked all the same, and a repeat of them is handled again)."""
+        if isinstance(reply, ResponseError):
+            self.log.error(
+                f"{self.event}.window_failed",
+                stream=stream,
+                error=_described(reply),
+                hint="the entries are acked without their ids recorded: a repeat may be handled",
+            )
 
     def _requeue(
         self,
