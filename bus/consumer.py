@@ -18,7 +18,7 @@ idempotent effects:
   is handled, by a task beside the read loop), and an entry whose id the group handled
   inside the window, or of which another entry is in hand, is acked unhandled
   (``log_context`` logs it at info as ``consumer.duplicate``); a handled entry's id goes
-  into the window in the MULTI/EXEC of its XACK (``DeliveryPolicy.dedupe_window_s``; 0: no window);
+  into the window just before its XACK (``DeliveryPolicy.dedupe_window_s``; 0: no window);
 * a failed entry stays pending and is retried with exponential backoff; its try count
   (``Delivery.attempt``) is the pending list's delivery count, and at the delivery cap
   it goes to the dead-letter stream (XADD + XACK in one MULTI);
@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -63,6 +63,9 @@ from .middleware import (
 )
 from .policy import DeliveryPolicy
 from .publisher import Publisher
+
+if TYPE_CHECKING:
+    from .metrics import DeliveryMetrics
 
 log = structlog.get_logger("l9.bus.consumer")
 _ENV_KEY, _SIG_KEY = ENVELOPE_FIELD.encode(), SIGNATURE_FIELD.encode()
@@ -174,7 +177,9 @@ class _WorkQueue:
 
 class StreamConsumer(GroupConsumer):
     """Consumer ``consumer`` of ``group`` on ``streams``: each entry, decoded and checked by
-    the middleware chain, to ``handler``; ``middlewares`` run last, around the handler."""
+    the middleware chain, to ``handler``; ``middlewares`` run last, around the handler.
+    ``metrics`` (``bus.metrics``, for an admin port) goes first among them, and hears of
+    failed attempts and dead letters."""
 
     event = "consumer"
 
@@ -192,6 +197,7 @@ class StreamConsumer(GroupConsumer):
         policy: DeliveryPolicy | None = None,
         authorize: Authorizer | None = None,
         middlewares: Sequence[Middleware] = (),
+        metrics: DeliveryMetrics | None = None,
     ) -> None:
         if not streams:
             raise ValueError("a consumer needs at least one stream")
@@ -206,13 +212,14 @@ class StreamConsumer(GroupConsumer):
             log=log,
         )
         self.handler, self.verifier, self.types = handler, verifier, types
-        self.authorize = authorize
+        self.authorize, self.metrics = authorize, metrics
         if self.policy.dedupe_window_s > 0:
             self.window = HandledWindow(redis, keys, group, self.policy.dedupe_window_s, log=self.log)
         #: (stream, envelope id) -> the entry of it in hand that passed the checks first
         self._in_hand: dict[tuple[str, str], str] = {}
         #: The whole chain, the consumer's own steps first (see ``bus.middleware``).
-        self.middlewares: list[Middleware] = [*self._own_steps(), *middlewares]
+        measured = [] if metrics is None else [metrics]
+        self.middlewares: list[Middleware] = [*self._own_steps(), *measured, *middlewares]
         self._chain = compose(self.middlewares, handler)
         self._free = self.policy.max_in_flight
         self._freed = anyio.Event()
@@ -278,6 +285,8 @@ class StreamConsumer(GroupConsumer):
 
     # -- taking entries into hand --------------------------------------------------------------
     async def _wait_for_room(self) -> None:
+        if self.metrics is not None:  # the read loop goes round (an admin port's /healthz)
+            self.metrics.went_round()
         while self._free <= 0:
             self._freed = anyio.Event()
             await self._freed.wait()
@@ -421,12 +430,16 @@ class StreamConsumer(GroupConsumer):
         with self._context(d), anyio.CancelScope(shield=True):
             try:
                 await self.dead.letter(d.stream, d.entry_id, d.raw, refusal.reason, refusal.detail, d.attempt)
+                if self.metrics is not None:
+                    self.metrics.dead_lettered(d, refusal.reason)
             except TRANSIENT as err:  # still pending: refused again when retried
                 self.log.warning("consumer.redis_unavailable", error=str(err))
         self._settled(d)
 
     async def _failed(self, d: Delivery, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"
+        if self.metrics is not None:
+            self.metrics.failed(d)
         with self._context(d):
             cap = self.policy.max_deliveries
             self.log.warning("consumer.handler_failed", error=error, max_deliveries=cap)
@@ -441,6 +454,8 @@ class StreamConsumer(GroupConsumer):
                             f"failed {d.attempt} time(s); last error: {error}",
                             d.attempt,
                         )
+                        if self.metrics is not None:
+                            self.metrics.dead_lettered(d, "delivery_cap")
                     else:
                         await self.dead.note_error(d.stream, d.entry_id, error)
                 except TRANSIENT as err:

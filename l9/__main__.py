@@ -1,3 +1,3 @@
-from l9.cli import main
+from l9.entry import main
 
 main()

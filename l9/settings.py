@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     #: ed25519: the public keys this process trusts, JSON ``{"key id": "hex public key"}``.
     public_keys: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     log_level: str = "info"
+    #: The agent process's admin HTTP port (l9/admin.py: /metrics, /healthz, /readyz); unset: none.
+    admin_port: int | None = Field(default=None, ge=1, le=65_535)
+    #: The address the admin port listens on: loopback unless set (``0.0.0.0`` in a container).
+    admin_host: str = Field(default="127.0.0.1", min_length=1)
 
     # Delivery loop defaults (a handler spec may override each).
     concurrency: int = Field(default=16, ge=1, le=10_000)

@@ -6,6 +6,10 @@ only to an agent that needs one), each agent gets its own frozen config built
 from the settings, its consumer name is claimed and held (heartbeat) while it
 starts, and SIGTERM/SIGINT stop reading and drain; a second signal aborts.
 
+With ``L9_ADMIN_PORT`` set, each process also serves ``/metrics``, ``/healthz`` and
+``/readyz`` there (``l9.admin``), from before its agent starts until it stopped; the auditor's
+also exports every group's lag and pending (``bus.metrics.GroupStats``).
+
 Several processes of one agent share its consumer group, so they share the
 work. The auditor (group ``auditor``, plus the reporter, group ``reporter`` on
 stream ``run``) and the lineage projector run batch loops; the chain lock of the
@@ -17,8 +21,9 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import structlog
@@ -38,12 +43,18 @@ from bus import (
     open_client,
 )
 from bus.connection import RedisClient
+from envelope import Signer, Verifier
 from governance import RateLimitGate, load_policy_file, load_signer_acl
 from memory.audit import AuditRecorder, AuditStoreUnavailable
 
 from .devstack import StackEndpoints, resolve_endpoints
 from .process import AUDITOR_YOUNG, settle_heap
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from bus.metrics import BatchMetrics, DeliveryMetrics, GroupStats
+
+    from .admin import Admin, Check
 
 log = structlog.get_logger("l9.agent.runner")
 
@@ -112,6 +123,7 @@ async def run_agent(
     # The policy file's rate limits, applied where their types are consumed: by this agent's
     # consumer, unless its handler applies them itself (the planner).
     limits = () if agent_cls.checks_own_rate_limits else load_policy_file(settings.policy_file).rate_limits
+    admin = open_admin(settings)
     redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)  # after the checks
     try:
         name = await claim_consumer_name(
@@ -139,15 +151,20 @@ async def run_agent(
             policy=policy,
             authorize=acl.authorize if acl is not None else None,
             middlewares=[gate] if gate.limits else [],
+            metrics=delivery_metrics(admin, agent_cls.name),
         )
+        if admin is not None:
+            admin.watch_stream(consumer)
         structlog.contextvars.bind_contextvars(agent=agent_cls.name, consumer=name)
-        await _serve(agent, consumer)
+        await _serve(agent, consumer, admin)
     finally:
         await redis.aclose()
+        if admin is not None:
+            admin.close()
 
 
-async def _serve(agent: Agent, consumer: StreamConsumer) -> None:
-    async with anyio.create_task_group() as tg:
+async def _serve(agent: Agent, consumer: StreamConsumer, admin: Admin | None = None) -> None:
+    async with serving(admin), anyio.create_task_group() as tg:
         tg.start_soon(stop_on_signal, consumer, tg.cancel_scope)
         async with anyio.create_task_group() as holding:  # the name stays ours while starting
             holding.start_soon(
@@ -166,6 +183,44 @@ async def _serve(agent: Agent, consumer: StreamConsumer) -> None:
             await agent.on_stop()
         log.info("agent.stopped")
         tg.cancel_scope.cancel()
+
+
+def open_admin(settings: Settings) -> Admin | None:
+    """The admin port (``L9_ADMIN_PORT``), bound now; None when unset. One in use (or not an
+    address of this machine) stops the process here, before it connects anywhere: exit 2,
+    the reason logged (``agent.admin_port_unavailable``)."""
+    if settings.admin_port is None:
+        return None
+    from .admin import Admin, AdminPortError  # late: start-up speed (uvicorn, starlette, prometheus)
+
+    try:
+        return Admin(settings.admin_host, settings.admin_port)
+    except AdminPortError as exc:
+        log.error("agent.admin_port_unavailable", error=str(exc), setting="L9_ADMIN_PORT")
+        raise SystemExit(2) from None
+
+
+def serving(admin: Admin | None) -> AbstractAsyncContextManager[None]:
+    """The admin server for the block (nothing without an admin port)."""
+    return nullcontext() if admin is None else admin.serving()
+
+
+def delivery_metrics(admin: Admin | None, group: str) -> DeliveryMetrics | None:
+    """A ``StreamConsumer``'s metrics when there is an admin port to show them."""
+    if admin is None:
+        return None
+    from bus.metrics import DeliveryMetrics
+
+    return DeliveryMetrics(group)
+
+
+def batch_metrics(admin: Admin | None, group: str) -> BatchMetrics | None:
+    """A ``BatchConsumer``'s metrics when there is an admin port to show them."""
+    if admin is None:
+        return None
+    from bus.metrics import BatchMetrics
+
+    return BatchMetrics(group)
 
 
 class Stoppable(Protocol):
@@ -199,6 +254,7 @@ async def run_lineage(settings: Settings, *, instance: str | None = None) -> Non
     from memory.graph import open_graph
 
     endpoints = agent_endpoints(settings, database=False)
+    admin = open_admin(settings)
     redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)
     keys, policy = Keys(settings.namespace), policy_from(settings)
     graph = open_graph(settings.graph_config(), redis=redis)
@@ -208,19 +264,22 @@ async def run_lineage(settings: Settings, *, instance: str | None = None) -> Non
         projector = Projector(
             redis, keys, graph, settings.verifier(), DEFAULT_TOPOLOGY, settings.partition_set()
         )
+        metrics = batch_metrics(admin, GROUP)
         consumer = BatchConsumer(
             redis,
             keys,
             group=GROUP,
             consumer=name,
-            streams=projector.streams,
-            handler=projector.handle,
+            streams=projector.streams if metrics is None else metrics.source(projector.streams),
+            handler=projector.handle if metrics is None else metrics.handler(projector.handle),
             policy=policy,
             batch_size=settings.lineage_batch_size,
             is_transient=is_transient,
         )
+        if admin is not None and metrics is not None:
+            admin.watch_batch(consumer, metrics)
         settle_heap()
-        async with anyio.create_task_group() as tg:
+        async with serving(admin), anyio.create_task_group() as tg:
             tg.start_soon(stop_on_signal, consumer, tg.cancel_scope)
             log.info("agent.started", batch_size=consumer.batch_size, graph=graph.kind, graph_at=graph.where)
             await consumer.run()
@@ -229,71 +288,121 @@ async def run_lineage(settings: Settings, *, instance: str | None = None) -> Non
     finally:
         await graph.close()
         await redis.aclose()
+        if admin is not None:
+            admin.close()
 
 
 # The auditor: ``l9 agent run auditor`` (the trail in PostgreSQL, and the reporter).
 
 
 async def run_auditor(settings: Settings, *, instance: str | None = None) -> None:
-    from agents.auditor.agent import GROUP, Auditor, Checkpointer, Failpoint, is_transient
-    from agents.auditor.stream import AuditStream
+    from agents.auditor.agent import Failpoint
 
     endpoints = resolve_endpoints(settings)
+    admin = open_admin(settings)
     redis = await open_client(endpoints.redis_url, cluster=settings.redis_cluster)
-    keys, policy = Keys(settings.namespace), policy_from(settings)
     signer, verifier = settings.signer(), settings.verifier(full_proofs=True)  # it stores the proofs
     failpoint = Failpoint(settings.audit_failpoint)
-    store = await _open_trail(settings, endpoints, failpoint)
     try:
-        name = await claim_consumer_name(redis, keys, GROUP, policy.heartbeat_ttl_ms, instance=instance)
-        structlog.contextvars.bind_contextvars(agent=GROUP, consumer=name, partitions=settings.partitions)
-        source = f"agent://{GROUP}/{name}"
-        stream = AuditStream(redis, keys, store, signer, source)
-        checkpointer = Checkpointer(
-            store,
-            settings.audit_signing_key(),
-            settings.audit_checkpoint_every,
-            settings.audit_checkpoint_interval_s,
-        )
-        auditor = Auditor(
-            redis,
-            keys,
-            store,
-            verifier,
-            stream,
-            checkpointer,
-            DEFAULT_TOPOLOGY,
-            settings.partition_set(),
-        )
-        consumer = BatchConsumer(
-            redis,
-            keys,
-            group=GROUP,
-            consumer=name,
-            streams=auditor.streams,
-            handler=auditor.handle,
-            policy=policy,
-            batch_size=settings.audit_batch_size,
-            is_transient=is_transient,
-            before_ack=lambda: failpoint("before_xack"),
-        )
-        reporter = await _reporter(redis, keys, store, settings, policy, instance, GROUP)
-        settle_heap(AUDITOR_YOUNG, 20, 10)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stop_on_signal, consumer, tg.cancel_scope)
-            tg.start_soon(auditor.checkpointer.run)
-            tg.start_soon(auditor.catch_up_loop)
-            tg.start_soon(auditor.publish_loop)
-            log.info("agent.started", batch_size=consumer.batch_size, reporter=reporter.consumer)
-            async with anyio.create_task_group() as reporting:
-                reporting.start_soon(reporter.run)
-                await consumer.run()
-                reporter.stop()  # drains the reports in hand, like the audit batch
-            log.info("agent.stopped", **auditor.stats)
-            tg.cancel_scope.cancel()
+        async with serving(admin):  # already while the trail's store is awaited
+            if admin is not None:
+                admin.ready_when("postgres", _postgres_answers(settings, endpoints))
+            store = await _open_trail(settings, endpoints, failpoint)
+            try:
+                await _audit(settings, redis, store, (signer, verifier), failpoint, admin, instance)
+            finally:
+                await store.close()
     finally:
-        await store.close()
         await redis.aclose()
+        if admin is not None:
+            admin.close()
+
+
+async def _audit(
+    settings: Settings,
+    redis: RedisClient,
+    store: AuditRecorder,
+    keyring: tuple[Signer, Verifier],
+    failpoint: Callable[[str], None],
+    admin: Admin | None,
+    instance: str | None,
+) -> None:
+    """The auditor's consumer and the reporter's (``keyring``: what signs the audit stream,
+    what checks the envelopes), until stopped."""
+    from agents.auditor.agent import GROUP, Auditor, Checkpointer, is_transient
+    from agents.auditor.stream import AuditStream
+
+    keys, policy = Keys(settings.namespace), policy_from(settings)
+    signer, verifier = keyring
+    name = await claim_consumer_name(redis, keys, GROUP, policy.heartbeat_ttl_ms, instance=instance)
+    structlog.contextvars.bind_contextvars(agent=GROUP, consumer=name, partitions=settings.partitions)
+    source = f"agent://{GROUP}/{name}"
+    stream = AuditStream(redis, keys, store, signer, source)
+    checkpointer = Checkpointer(
+        store,
+        settings.audit_signing_key(),
+        settings.audit_checkpoint_every,
+        settings.audit_checkpoint_interval_s,
+    )
+    auditor = Auditor(
+        redis,
+        keys,
+        store,
+        verifier,
+        stream,
+        checkpointer,
+        DEFAULT_TOPOLOGY,
+        settings.partition_set(),
+    )
+    metrics = batch_metrics(admin, GROUP)
+    consumer = BatchConsumer(
+        redis,
+        keys,
+        group=GROUP,
+        consumer=name,
+        streams=auditor.streams if metrics is None else metrics.source(auditor.streams),
+        handler=auditor.handle if metrics is None else metrics.handler(auditor.handle),
+        policy=policy,
+        batch_size=settings.audit_batch_size,
+        is_transient=is_transient,
+        before_ack=lambda: failpoint("before_xack"),
+    )
+    reporter = await _reporter(redis, keys, store, settings, policy, instance, GROUP, admin)
+    if admin is not None and metrics is not None:
+        admin.watch_batch(consumer, metrics)
+        admin.watch_stream(reporter)
+    settle_heap(AUDITOR_YOUNG, 20, 10)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_on_signal, consumer, tg.cancel_scope)
+        tg.start_soon(auditor.checkpointer.run)
+        tg.start_soon(auditor.catch_up_loop)
+        tg.start_soon(auditor.publish_loop)
+        if admin is not None:
+            tg.start_soon(_group_stats(redis, keys, settings).run)
+        log.info("agent.started", batch_size=consumer.batch_size, reporter=reporter.consumer)
+        async with anyio.create_task_group() as reporting:
+            reporting.start_soon(reporter.run)
+            await consumer.run()
+            reporter.stop()  # drains the reports in hand, like the audit batch
+        log.info("agent.stopped", **auditor.stats)
+        tg.cancel_scope.cancel()
+
+
+def _postgres_answers(settings: Settings, endpoints: StackEndpoints) -> Check:
+    """/readyz's check of the trail's PostgreSQL, as the auditor's writer connects to it."""
+    from memory.postgres import writer_dsn
+
+    from .admin import postgres_answers
+
+    return postgres_answers(writer_dsn(endpoints.database_url, settings.database_writer_url))
+
+
+def _group_stats(redis: RedisClient, keys: Keys, settings: Settings) -> GroupStats:
+    """Every group's lag and pending, exported by the auditor's process (of its partitions:
+    the auditors of a deployment export each stream once)."""
+    from bus.metrics import GroupStats
+
+    return GroupStats(redis, keys, settings.partition_set().partitions())
 
 
 async def _open_trail(
@@ -319,6 +428,7 @@ async def _reporter(
     policy: DeliveryPolicy,
     instance: str | None,
     group: str,
+    admin: Admin | None = None,
 ) -> StreamConsumer:
     """The reporter's consumer (group ``reporter`` on stream ``run``) of this process."""
     from agents.auditor.reporter import GROUP as REPORTER_GROUP
@@ -348,4 +458,5 @@ async def _reporter(
         handler=reporter.handle,
         verifier=settings.verifier(),
         policy=policy,
+        metrics=delivery_metrics(admin, REPORTER_GROUP),
     )

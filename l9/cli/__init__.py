@@ -4,8 +4,8 @@ Each module (``agent``, ``audit``, ``demo``, ``dev``, ``extract``, ``governance`
 ``graph``, ``ops``, ``report``, ``sympy``) defines typer apps and never imports this
 one: a named app (``typer.Typer(name="audit")``) is a group, ``l9 audit ...``; an
 unnamed one (``commands``) holds top-level commands (``l9 tail``). What they share is
-:mod:`l9.cli.common`. The console script is ``l9 = "l9.cli:main"``; ``python -m l9``
-runs :func:`main` too.
+:mod:`l9.cli.common`. The console script (and ``python -m l9``) is ``l9.entry:main``: it
+answers ``l9 health`` itself and hands everything else to :func:`main`.
 """
 
 from __future__ import annotations

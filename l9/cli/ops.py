@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ from rich.console import Console
 from bus import Keys, check_stream_name, drop_finished_reply_streams, open_client, trim_acknowledged
 from bus.connection import RedisClient
 from l9.asyncapi import build_document, load_payload_modules
-from l9.cli.common import err, fail, load_settings, run
+from l9.cli.common import fail, load_settings, run
 from l9.dead import DeadLetter, NotDead, list_dead, replay
 from l9.deploy import (
     DeployError,
@@ -30,7 +29,7 @@ from l9.deploy import (
     rotate_redis_password,
 )
 from l9.devstack import resolve_endpoints
-from l9.health import health_of
+from l9.health import AGENT_NAME, Target, health_of, report
 from l9.status import collect_status, render_status, stream_names
 
 commands = typer.Typer()
@@ -47,7 +46,6 @@ plain = Console(highlight=False, soft_wrap=True)
 T = TypeVar("T")
 #: ``l9 trim`` deletes RPC reply streams that every group consumed and that were idle this long.
 REPLY_STREAM_IDLE_S = 600.0
-AGENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
 ENV_FILE = Annotated[Path, typer.Option("--env-file", help="the compose deployment's .env")]
 AUDIT_KEY = Annotated[Path, typer.Option("--audit-key", help="the audit key file the compose file mounts")]
@@ -93,18 +91,15 @@ def health(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a line")] = False,
 ) -> None:
     """Exit 0 when a consumer of AGENT has a fresh heartbeat, else 1 with the reason (health checks)."""
+    # The console script answers a plain one itself, before this CLI loads (l9.entry); what
+    # reaches this command is the rest (--help, usage errors, settings it refuses) or python -m l9.
     if not AGENT_NAME.fullmatch(agent):
         raise fail(f"{agent!r} is not an agent name (letters, digits, '_', '.', '-')", 2)
-    settings = load_settings()
-    result = anyio.run(lambda: health_of(settings, agent, minimum=minimum, instances=instance or ()))
-    if as_json:
-        print(json.dumps(result.to_dict()))
-    else:
-        (console if result.healthy else err).print(
-            result.reason, markup=False, highlight=False, soft_wrap=True
-        )
-    if not result.healthy:
-        raise typer.Exit(1)
+    target = Target.of(load_settings())
+    result = anyio.run(lambda: health_of(target, agent, minimum=minimum, instances=instance or ()))
+    code = report(result, as_json=as_json)
+    if code:
+        raise typer.Exit(code)
 
 
 @commands.command()
