@@ -213,6 +213,8 @@ class StreamConsumer(GroupConsumer):
         )
         self.handler, self.verifier, self.types = handler, verifier, types
         self.authorize, self.metrics = authorize, metrics
+        if metrics is not None:  # when the read loop went round (an admin port's /healthz)
+            self.on_round = metrics.went_round
         if self.policy.dedupe_window_s > 0:
             self.window = HandledWindow(redis, keys, group, self.policy.dedupe_window_s, log=self.log)
         #: (stream, envelope id) -> the entry of it in hand that passed the checks first
@@ -285,8 +287,6 @@ class StreamConsumer(GroupConsumer):
 
     # -- taking entries into hand --------------------------------------------------------------
     async def _wait_for_room(self) -> None:
-        if self.metrics is not None:  # the read loop goes round (an admin port's /healthz)
-            self.metrics.went_round()
         while self._free <= 0:
             self._freed = anyio.Event()
             await self._freed.wait()

@@ -117,6 +117,9 @@ class GroupConsumer(abc.ABC):
         self._emitting: list[Emitting] = []
         #: the group's window of handled ids, when the loop keeps one (``bus.dedupe``)
         self.window: HandledWindow | None = None
+        #: called at the top of every round of the read loop, a round that backs off from an
+        #: unreachable Redis included (``bus.metrics``: when the loop last went round)
+        self.on_round: Callable[[], None] | None = None
         self._ack_wanted = anyio.Event()
         self._scan_interval_s = self.policy.scan_interval_s if scan_interval_s is None else scan_interval_s
         self._read_scope = anyio.CancelScope()
@@ -228,6 +231,8 @@ class GroupConsumer(abc.ABC):
         next_scan = time.monotonic() + self._scan_interval_s
         with self._read_scope:
             while not self._stopping:
+                if self.on_round is not None:
+                    self.on_round()
                 await self._wait_for_room()
                 try:
                     if not drained or time.monotonic() >= next_scan:

@@ -134,9 +134,10 @@ class Admin:
         self._watch(consumer, consumer.metrics, policy.max_in_flight, policy.block_ms / 1000)
 
     def watch_batch(self, consumer: BatchConsumer, metrics: BatchMetrics) -> None:
-        """``consumer`` (its source and handler wrapped by ``metrics``) on the three endpoints. It
-        is seen going round when it looks its streams up (a read that is due) or commits: not
-        while it backs off from an unreachable Redis (its /healthz fails after a while then)."""
+        """``consumer`` (its source and handler wrapped by ``metrics``) on the three endpoints; its
+        read loop tells ``metrics`` when it goes round (``on_round``), backing off from an
+        unreachable Redis included."""
+        consumer.on_round = metrics.went_round
         longest = max(consumer.policy.block_ms / 1000, consumer.discover_interval_s)
         self._watch(consumer, metrics, None, longest)
 

@@ -144,8 +144,9 @@ async def test_without_metrics_nothing_is_added_to_the_chain(fake: RedisClient, 
     assert consumer.metrics is None
     names = [getattr(step, "__name__", None) for step in consumer.middlewares]
     assert [getattr(step, "__name__", None) for step in with_metrics.middlewares] == [*names, None]
-    assert metrics.last_round is None
-    await with_metrics._wait_for_room()  # the top of each round of the read loop
+    assert metrics.last_round is None and consumer.on_round is None
+    assert with_metrics.on_round is not None
+    with_metrics.on_round()  # what the read loop calls at the top of each round
     assert metrics.last_round is not None
 
 
