@@ -27,5 +27,11 @@ WORKDIR /var/lib/l9
 ENV L9_HOME=/var/lib/l9 \
     PYTHONUNBUFFERED=1
 
+# An agent's admin port (l9/admin.py) when L9_ADMIN_PORT is 9464, as in the compose file;
+# its /healthz is the health check (a container without the port, a CLI run, has none).
+EXPOSE 9464
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:9464/healthz', timeout=4)"
+
 ENTRYPOINT ["l9"]
 CMD ["--help"]

@@ -17,9 +17,11 @@ option or service fails the test. docker-compose 1.29 lives in its own virtualen
 
 What cannot be the same here: the processes connect to the test's Redis and
 PostgreSQL (``L9_DOC_REDIS_URL``, ``L9_DOC_DATABASE_URL``) as administrator, in the
-test's namespace, the graph goes to the Redis graph module instead of Neo4j, and
+test's namespace, the graph goes to the Redis graph module instead of Neo4j,
 container paths (volumes, secrets, ``/var/lib/l9``) map to folders under
-``L9_DOC_STATE``. The ACL users themselves are tested in test_compose_acl.py.
+``L9_DOC_STATE``, and no process serves the admin port (the containers' each have
+their own network; here the replicas would share one; tests/integration/test_admin_port.py
+tests the port). The ACL users themselves are tested in test_compose_acl.py.
 """
 
 from __future__ import annotations
@@ -136,7 +138,8 @@ class Project:
         for item in extra or []:
             key, _, value = item.partition("=")
             env[key] = value
-        for key in ("NEO4J_URL", "NEO4J_USER", "NEO4J_PASSWORD"):
+        # each container has its own network; here the replicas would share one admin port
+        for key in ("NEO4J_URL", "NEO4J_USER", "NEO4J_PASSWORD", "L9_ADMIN_PORT", "L9_ADMIN_HOST"):
             env.pop(key, None)
         env |= {
             "REDIS_URL": os.environ["L9_DOC_REDIS_URL"],
