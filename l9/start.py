@@ -34,10 +34,12 @@ from bus import (
     DEFAULT_TOPOLOGY,
     Backoff,
     BatchConsumer,
+    BatchHandler,
     DeliveryPolicy,
     Keys,
     Publisher,
     StreamConsumer,
+    StreamSource,
     claim_consumer_name,
     hold_consumer_name,
     open_client,
@@ -214,13 +216,17 @@ def delivery_metrics(admin: Admin | None, group: str) -> DeliveryMetrics | None:
     return DeliveryMetrics(group)
 
 
-def batch_metrics(admin: Admin | None, group: str) -> BatchMetrics | None:
-    """A ``BatchConsumer``'s metrics when there is an admin port to show them."""
+def metered(
+    admin: Admin | None, group: str, source: StreamSource, handler: BatchHandler
+) -> tuple[StreamSource, BatchHandler, BatchMetrics | None]:
+    """A ``BatchConsumer``'s stream source and handler, wrapped by its metrics when there is an
+    admin port to show them (``Admin.watch_batch`` then watches the loop)."""
     if admin is None:
-        return None
+        return source, handler, None
     from bus.metrics import BatchMetrics
 
-    return BatchMetrics(group)
+    metrics = BatchMetrics(group)
+    return metrics.source(source), metrics.handler(handler), metrics
 
 
 class Stoppable(Protocol):
@@ -264,14 +270,14 @@ async def run_lineage(settings: Settings, *, instance: str | None = None) -> Non
         projector = Projector(
             redis, keys, graph, settings.verifier(), DEFAULT_TOPOLOGY, settings.partition_set()
         )
-        metrics = batch_metrics(admin, GROUP)
+        streams, handle, metrics = metered(admin, GROUP, projector.streams, projector.handle)
         consumer = BatchConsumer(
             redis,
             keys,
             group=GROUP,
             consumer=name,
-            streams=projector.streams if metrics is None else metrics.source(projector.streams),
-            handler=projector.handle if metrics is None else metrics.handler(projector.handle),
+            streams=streams,
+            handler=handle,
             policy=policy,
             batch_size=settings.lineage_batch_size,
             is_transient=is_transient,
@@ -354,14 +360,14 @@ async def _audit(
         DEFAULT_TOPOLOGY,
         settings.partition_set(),
     )
-    metrics = batch_metrics(admin, GROUP)
+    streams, handle, metrics = metered(admin, GROUP, auditor.streams, auditor.handle)
     consumer = BatchConsumer(
         redis,
         keys,
         group=GROUP,
         consumer=name,
-        streams=auditor.streams if metrics is None else metrics.source(auditor.streams),
-        handler=auditor.handle if metrics is None else metrics.handler(auditor.handle),
+        streams=streams,
+        handler=handle,
         policy=policy,
         batch_size=settings.audit_batch_size,
         is_transient=is_transient,

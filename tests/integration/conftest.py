@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -12,6 +12,7 @@ import pytest
 
 from l9.devstack import StackEndpoints
 from memory.postgres import PostgresAuditStore, migrate, writer_dsn
+from tests.integration.own_redis import OwnRedis
 
 
 def database_url_named(url: str, name: str) -> str:
@@ -53,3 +54,12 @@ async def store(admin_dsn: str, tmp_path: Path) -> AsyncIterator[PostgresAuditSt
     opened = await PostgresAuditStore.open(writer_dsn(admin_dsn), checkpoint_dir=tmp_path / "checkpoints")
     yield opened
     await opened.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A redis-server of this test alone (AOF on), to stop and start."""
+    server = OwnRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()

