@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import fakeredis
 import pytest
 from prometheus_client import REGISTRY, generate_latest
@@ -254,3 +255,31 @@ async def test_readyz_names_a_loop_not_started_and_a_failing_check() -> None:
         assert body["failed"] == ["delivery", "postgres"]
     finally:
         admin.close()
+
+
+async def test_a_read_loop_tells_its_rounds_while_it_backs_off_from_an_absent_redis(group: str) -> None:
+    """``/healthz`` stays 200 through a Redis outage: the loop goes round, backing off."""
+    server = fakeredis.FakeServer()
+    redis: RedisClient = fakeredis.FakeAsyncRedis(server=server)
+    metrics = DeliveryMetrics(group)
+
+    async def handler(d: Delivery) -> None:
+        raise AssertionError("nothing is read")
+
+    consumer = StreamConsumer(
+        redis, Keys("u"), group=group, consumer="c-1", streams=["unit"], handler=handler,
+        verifier=None, policy=POLICY, metrics=metrics,
+    )  # fmt: skip
+    rounds: list[float] = []
+    consumer.on_round = lambda: rounds.append(anyio.current_time())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consumer.run)
+        await consumer.wait_started()
+        server.connected = False  # Redis away: every read fails, the loop backs off and goes on
+        seen = len(rounds)
+        with anyio.fail_after(60):  # only catches a hang
+            while len(rounds) < seen + 3:
+                await anyio.sleep(0.05)
+        server.connected = True
+        consumer.stop()
+    assert len(rounds) >= seen + 3
