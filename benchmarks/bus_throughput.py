@@ -47,6 +47,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -54,7 +55,8 @@ import tempfile
 import time
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, cast
 
@@ -62,11 +64,17 @@ import anyio
 import hiredis
 import redis.asyncio as aioredis
 import redis.utils
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from redis.typing import EncodableT, FieldT
 
+import bus.tracing
 from bus import Delivery, DeliveryPolicy, Keys, Publisher, StreamConsumer, connect
 from bus.connection import RedisClient
+from bus.metrics import DeliveryMetrics
 from envelope import Ed25519Signer, PacketEnvelope, Payload, Signer, Verifier, decode, encode, registry
+from l9.admin import Admin
 from l9.logs import configure_logging
 from l9.process import settle_heap
 
@@ -76,6 +84,8 @@ SOURCE = "agent://bench/publisher-0"
 STREAM = "bench"
 GROUP = "bench"
 KEYRING = {"bench": b"benchmark-signing-key-0123456789abcdef"}
+#: Kinds measured with telemetry on (``--telemetry``), each against plain ``l9`` in the same run.
+TELEMETRY_KINDS = {"l9_metrics": "metrics", "l9_tracing": "tracing"}
 #: The per-agent scheme (``--signing ed25519``): the publisher's private key, the consumer's
 #: public key; kind ``l9_ed25519`` publishes with it (a batch signed once, ``envelope._signing``).
 ED25519 = Ed25519Signer.from_seed("bench.ed25519", bytes(range(32)))
@@ -163,6 +173,48 @@ def latency_summary(lat_s: list[float]) -> dict[str, float]:
 
 
 async def consume_l9(redis: RedisClient, job: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    with telemetry(job.get("telemetry")) as admin:
+        return await _consume_l9(redis, job, ready, admin)
+
+
+@contextlib.contextmanager
+def telemetry(what: str | None) -> Iterator[Admin | None]:
+    """Kind ``l9_metrics``: an admin port on loopback serving /metrics, the consumer metered as
+    an agent's is (``l9.start.delivery_metrics``); kind ``l9_tracing``: ``bus.tracing`` on,
+    every envelope sampled, its spans batched to an exporter that drops them (what the SDK
+    costs, without a collector's). The kinds' publisher side does the same in its process."""
+    if what == "tracing":
+        provider = TracerProvider(sampler=ALWAYS_ON)
+        provider.add_span_processor(BatchSpanProcessor(DroppingExporter()))
+        bus.tracing.enable(provider)
+        try:
+            yield None
+        finally:
+            bus.tracing.disable()
+            provider.shutdown()
+    elif what == "metrics":
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        admin = Admin("127.0.0.1", port)
+        try:
+            yield admin
+        finally:
+            admin.close()
+    else:
+        yield None
+
+
+class DroppingExporter(SpanExporter):
+    """Takes every span batch and keeps none (``--telemetry tracing``)."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+async def _consume_l9(
+    redis: RedisClient, job: dict[str, Any], ready: Callable[[], None], admin: Admin | None
+) -> dict[str, Any]:
     n, latency = job["n"], job["latency"]
     count, lats = 0, []
     done = anyio.Event()
@@ -184,8 +236,14 @@ async def consume_l9(redis: RedisClient, job: dict[str, Any], ready: Callable[[]
         handler=handler,
         verifier=Verifier(KEYRING, public_keys=PUBLIC_KEYS),
         policy=policy(job["dedupe_window_s"]),
+        metrics=None if admin is None else DeliveryMetrics(GROUP),
     )
-    async with anyio.create_task_group() as tg:
+    if admin is not None:
+        admin.watch_stream(consumer)
+    async with (
+        nullcontext() if admin is None else admin.serving(),
+        anyio.create_task_group() as tg,
+    ):
         tg.start_soon(consumer.run)
         await consumer.wait_started()
         cpu0 = time.process_time()
@@ -586,6 +644,7 @@ class Bench:
                 "n": n,
                 "latency": latency,
                 "dedupe_window_s": args.dedupe_window_s,
+                "telemetry": TELEMETRY_KINDS.get(kind),
             }
         )
         redis_cpu0, cpu0 = await self.redis_cpu_s(), time.process_time()
@@ -611,9 +670,11 @@ class Bench:
             for _ in range(n):
                 await floor.command(*command)
         elif kind.startswith("l9") and mode == "batched":
-            await publish_l9_batched(pub, n, args.batch)
+            with telemetry(TELEMETRY_KINDS.get(kind)) if side.separate_cpu else nullcontext():
+                await publish_l9_batched(pub, n, args.batch)
         elif kind.startswith("l9"):
-            await publish_l9_single(pub, n)
+            with telemetry(TELEMETRY_KINDS.get(kind)) if side.separate_cpu else nullcontext():
+                await publish_l9_single(pub, n)
         elif mode == "batched":
             await publish_bare_batched(self.redis, key, n, args.batch, self.bare_fields)
         else:
@@ -667,7 +728,12 @@ class Bench:
         )
         self.persistence_note = await self.defer_aof_rewrites()
         floor = FloorClient.supports(self.redis_url)
-        kinds = ("l9", "bare", *(("l9_ed25519",) if "ed25519" in args.signing else ()))
+        kinds = (
+            "l9",
+            "bare",
+            *(("l9_ed25519",) if "ed25519" in args.signing else ()),
+            *(f"l9_{t}" for t in args.telemetry),
+        )
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {m: {k: [] for k in kinds} for m in args.modes}
         floors: list[dict[str, Any]] = []
         await side.open()
@@ -721,6 +787,8 @@ class Bench:
             "ratio": round(best["l9"] / best["bare"], 3),
             "ed25519_envelopes_per_s": best.get("l9_ed25519"),
             "ed25519_ratio": round(best["l9_ed25519"] / best["bare"], 3) if "l9_ed25519" in best else None,
+            "metrics_on_ratio": round(best["l9_metrics"] / best["l9"], 3) if "l9_metrics" in best else None,
+            "tracing_on_ratio": round(best["l9_tracing"] / best["l9"], 3) if "l9_tracing" in best else None,
             "median_envelopes_per_s": {k: statistics.median(v) for k, v in rates.items()},
             "runs_envelopes_per_s": rates,
             "cpu_us_per_envelope_median": {k: cpu_keys(k) for k in runs},
@@ -817,6 +885,14 @@ class Bench:
             "ed25519_ratio": batched["ed25519_ratio"],
             "single_ed25519_envelopes_per_s": single["ed25519_envelopes_per_s"],
             "single_ed25519_ratio": single["ed25519_ratio"],
+            "metrics_on_ratio": batched["metrics_on_ratio"],
+            "tracing_on_ratio": batched["tracing_on_ratio"],
+            "telemetry": {
+                "l9_metrics": "l9 with the admin port on (loopback): /metrics served, the consumer metered "
+                "as an agent's (bus.metrics.DeliveryMetrics); metrics_on_ratio = its best / l9's best",
+                "l9_tracing": "l9 with bus.tracing on in both processes, every envelope sampled, spans "
+                "batched to an exporter that drops them; tracing_on_ratio = its best / l9's best",
+            },
             "signing": {
                 "l9": "HMAC-SHA256, one shared key (L9_SIGNING_SCHEME=hmac)",
                 "l9_ed25519": "Ed25519, the publisher's own key; publish_many signs one Merkle root per "
@@ -979,6 +1055,13 @@ def main(argv: list[str] | None = None) -> None:
         default=("hmac", "ed25519"),
         help="signing schemes to measure L9 with (hmac always; ed25519 adds the l9_ed25519 kind)",
     )
+    parser.add_argument(
+        "--telemetry",
+        type=lambda v: tuple(t for t in v.split(",") if t),
+        default=("metrics", "tracing"),
+        help="telemetry kinds to measure against plain l9 (metrics: l9_metrics, the admin port on; "
+        "tracing: l9_tracing, every envelope traced; '' for none)",
+    )
     parser.add_argument("--reps", type=int, default=3, help="throughput runs of each of L9 and bare per mode")
     parser.add_argument("--warmup", type=int, default=5_000, help="warm-up envelopes of each kind per mode")
     parser.add_argument("--rate", type=float, default=2_000, help="envelopes/s of the latency run")
@@ -997,6 +1080,9 @@ def main(argv: list[str] | None = None) -> None:
         args.single_n = min(DEFAULT_SINGLE_N, args.n)
     if min(args.n, args.single_n, args.reps, args.batch) < 1:
         parser.error("--n, --single-n, --reps and --batch must be at least 1")
+    unknown = set(args.telemetry) - set(TELEMETRY_KINDS.values())
+    if unknown:
+        parser.error(f"--telemetry: unknown {', '.join(sorted(unknown))} (metrics, tracing)")
 
     configure_logging("warning")  # structlog to stderr: stdout carries only JSON
     if args.role == "consumer":

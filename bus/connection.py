@@ -42,6 +42,7 @@ from redis.exceptions import AskError, MovedError, NoPermissionError, ResponseEr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import tracing
 from .errors import NotReplicated
 
 #: A client of a standalone Redis or of a Redis Cluster: the commands L9 sends are the same.
@@ -177,10 +178,19 @@ async def execute_many(
     of its replicas within ``replica_timeout_ms`` (a ``WAIT`` after them, its reply not
     returned), else :class:`~bus.errors.NotReplicated` is raised.
     """
+    if tracing.tracer() is not None:
+        with tracing.redis_span(commands):
+            return await _execute_many(redis, commands, replicas, replica_timeout_ms)
+    return await _execute_many(redis, commands, replicas, replica_timeout_ms)
+
+
+async def _execute_many(
+    redis: RedisClient, commands: Sequence[Sequence[Any]], replicas: int, replica_timeout_ms: int
+) -> list[Any]:
     if isinstance(redis, RedisCluster):
         return await _execute_on_cluster(redis, commands, replicas, replica_timeout_ms)
     if replicas:
-        waited = await execute_many(redis, [*commands, ("WAIT", replicas, replica_timeout_ms)])
+        waited = await _execute_many(redis, [*commands, ("WAIT", replicas, replica_timeout_ms)], 0, 0)
         _check_replicated(waited.pop(), replicas, replica_timeout_ms, _where(redis))
         return waited
     pool = redis.connection_pool

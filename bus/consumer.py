@@ -44,6 +44,7 @@ from anyio.abc import TaskGroup
 from envelope import ENVELOPE_FIELD, SIGNATURE_FIELD, PacketEnvelope, Payload, PayloadRegistry, Verifier
 from envelope import registry as default_registry
 
+from . import tracing
 from .connection import RedisClient, as_text
 from .dedupe import HandledWindow, Repeat
 from .errors import TRANSIENT, DeadLetter
@@ -241,6 +242,8 @@ class StreamConsumer(GroupConsumer):
         steps: list[Middleware] = [decode]
         if self.verifier is not None:
             steps.append(verify(self.verifier))
+        if tracing.tracer() is not None:  # on when the consumer is built: else no step at all
+            steps.append(tracing.trace_step(self.group))  # once signed: no span in a forged trace
         steps.append(load_payload(self.types))
         if self.authorize is not None:
             steps.append(authorize(self.authorize))
@@ -432,6 +435,8 @@ class StreamConsumer(GroupConsumer):
                 await self.dead.letter(d.stream, d.entry_id, d.raw, refusal.reason, refusal.detail, d.attempt)
                 if self.metrics is not None:
                     self.metrics.dead_lettered(d, refusal.reason)
+                if d.envelope is not UNDECODED:
+                    tracing.dead_lettered(d, self.group, refusal.reason, refusal.detail)
             except TRANSIENT as err:  # still pending: refused again when retried
                 self.log.warning("consumer.redis_unavailable", error=str(err))
         self._settled(d)
@@ -456,6 +461,8 @@ class StreamConsumer(GroupConsumer):
                         )
                         if self.metrics is not None:
                             self.metrics.dead_lettered(d, "delivery_cap")
+                        if d.envelope is not UNDECODED:
+                            tracing.dead_lettered(d, self.group, "delivery_cap", error)
                     else:
                         await self.dead.note_error(d.stream, d.entry_id, error)
                 except TRANSIENT as err:

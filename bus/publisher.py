@@ -18,6 +18,7 @@ from typing import Any
 
 from envelope import PacketEnvelope, Signer, batch_entry_args, entry_args
 
+from . import tracing
 from .connection import RedisClient, as_text, execute_many, first_error
 from .index import index_commands
 from .keys import Keys
@@ -61,7 +62,25 @@ class Publisher:
 
     async def publish_many(self, envelopes: Sequence[PacketEnvelope], stream: str | None = None) -> list[str]:
         """Append a batch in one pipelined round trip; entry ids in input order. The batch is
-        signed as one (an Ed25519 signer signs it once: ``envelope._signing``)."""
+        signed as one (an Ed25519 signer signs it once: ``envelope._signing``). With tracing
+        on, in a PRODUCER span whose context the envelopes carry (``bus.tracing``)."""
+        if tracing.tracer() is not None and envelopes:
+            streams, by_stream = self._destinations(envelopes, stream)
+            with tracing.send_spans(by_stream) as carried:
+                return await self._publish_many(tracing.traced(envelopes, streams, carried), stream)
+        return await self._publish_many(envelopes, stream)
+
+    def _destinations(
+        self, envelopes: Sequence[PacketEnvelope], stream: str | None
+    ) -> tuple[list[str], dict[str, list[PacketEnvelope]]]:
+        """The stream each of ``envelopes`` goes to, and the envelopes by stream (for spans)."""
+        streams = [stream or self.stream_of(e) for e in envelopes]
+        by_stream: dict[str, list[PacketEnvelope]] = {}
+        for envelope, name in zip(envelopes, streams, strict=True):
+            by_stream.setdefault(name, []).append(envelope)
+        return streams, by_stream
+
+    async def _publish_many(self, envelopes: Sequence[PacketEnvelope], stream: str | None) -> list[str]:
         if len(envelopes) == 1:  # the path of every emit and RPC: one XADD, one reply
             envelope = envelopes[0]
             name = stream or self.stream_of(envelope)
@@ -89,7 +108,12 @@ class Publisher:
         self, envelopes: Sequence[PacketEnvelope], stream: str | None = None
     ) -> list[tuple[Any, ...]]:
         """The Redis commands that publish ``envelopes``: one XADD each (signed), then, when
-        one of their streams is due in the streams index, the SADD that lists it there."""
+        one of their streams is due in the streams index, the SADD that lists it there. With
+        tracing on, they carry the context of a PRODUCER span made now."""
+        if tracing.tracer() is not None and envelopes:
+            streams, by_stream = self._destinations(envelopes, stream)
+            with tracing.send_spans(by_stream) as carried:
+                return self._commands(tracing.traced(envelopes, streams, carried), stream)[0]
         return self._commands(envelopes, stream)[0]
 
     def _commands(

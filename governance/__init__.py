@@ -5,7 +5,9 @@ enforcer agent and the SymPy worker; decisions and escalations travel on the bus
 (``Escalations``), to observing anchors filtered by audit scope (``AuditScope``);
 rate limits are atomic in Redis (``RateLimiter``), applied where their types are
 consumed (``RateLimitGate``, a consumer middleware); ``SignerACL`` decides which
-signing key may emit which envelope types. ``governance`` never imports ``agents`` nor the ``l9`` CLI.
+signing key may emit which envelope types. Its Prometheus metrics (decisions by outcome
+and policy, escalations pending) are in ``governance.metrics``. ``governance`` never imports
+``agents`` nor the ``l9`` CLI.
 """
 
 from . import _calls, _limits, _placeholders, _secrets  # noqa: F401 -- registers the built-in rules

@@ -63,6 +63,7 @@ from ._auditscope import AuditScope
 from ._config import AnchorSpec, EscalationSpec
 from ._decision import Decision, Outcome
 from ._subjects import Subject
+from .metrics import count_decisions
 
 DEADLINE = "deadline"
 #: How long an escalation key outlives its escalation's deadline (a late redelivery still finds it).
@@ -310,15 +311,19 @@ class Escalations:
         return self._new(data, cause)
 
     async def publish_decisions(self, envelopes: Sequence[PacketEnvelope]) -> None:
-        """Publish decision envelopes to their observers' channels (or the decisions stream), batched."""
+        """Publish decision envelopes to their observers' channels (or the decisions stream), batched;
+        once all are published, each is counted (``l9_governance_decisions_total``)."""
         by_channel: dict[str, list[PacketEnvelope]] = {}
+        decisions: list[Decision] = []
         for envelope in envelopes:
-            observers = DecisionMade.model_validate(envelope.data).observers
-            channels = [self.anchors[a].channel for a in observers if a in self.anchors]
+            made = DecisionMade.model_validate(envelope.data)
+            decisions.append(made.decision)
+            channels = [self.anchors[a].channel for a in made.observers if a in self.anchors]
             for channel in dict.fromkeys(channels or [self.spec.decisions]):
                 by_channel.setdefault(channel, []).append(envelope)
         for channel, batch in by_channel.items():
             await self.publisher.publish_many(batch, channel)
+        count_decisions(decisions)
 
     async def record(
         self,

@@ -30,6 +30,7 @@ from ._config import RateLimitSpec
 from ._decision import Decision, Finding, Outcome
 from ._rules import glob_regex
 from ._subjects import Request
+from .metrics import count_decision
 
 log = structlog.get_logger("l9.governance.ratelimit")
 
@@ -103,7 +104,8 @@ class RateLimiter:
         """Admit ``request`` (spending one slot of every matching limit) or refuse it, atomically.
 
         A request with an ``envelope_id`` already admitted within the window is admitted again
-        without spending a slot, so a redelivered envelope is not counted twice."""
+        without spending a slot, so a redelivered envelope is not counted twice. A decision under
+        a limit is counted (``l9_governance_decisions_total``); a type no limit matches is not."""
         limits = self.limits_for(request.type)
         refs = tuple(s.id for s in limits)
         if not limits:
@@ -117,13 +119,16 @@ class RateLimiter:
         admitted, wait_ms, refusing, now_ms = await self._script(keys=keys, args=args)
         self.last_now_ms = int(now_ms)
         if admitted:
-            return Decision(
+            decision = Decision(
                 outcome=Outcome.ALLOW,
                 subject=request.describe(),
                 reason="allowed: within rate limits",
                 policies=refs,
             )
-        return self._refusal(request, limits[int(refusing) - 1], int(wait_ms), refs)
+        else:
+            decision = self._refusal(request, limits[int(refusing) - 1], int(wait_ms), refs)
+        count_decision(decision)
+        return decision
 
     def _refusal(
         self, request: Request, spec: RateLimitSpec, wait_ms: int, refs: tuple[str, ...]

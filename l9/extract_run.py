@@ -17,6 +17,7 @@ import re
 import socket
 import sys
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+import bus.tracing
 from agents.extraction import ExtractRequest, load_collection
-from bus import Keys, Publisher, open_client
+from bus import Keys, Publisher, RedisClient, open_client
 from envelope import PacketEnvelope, Payload
 from governance import load_policy_file
 from l9.devstack import resolve_endpoints
@@ -101,21 +103,51 @@ async def extract(options: Options, settings: Settings, request: PacketEnvelope,
     try:
         await watcher.mark()
         publisher = Publisher(redis, keys, settings.signer(), replicas=settings.publish_replicas)
-        await publisher.publish(request)
-        if not options.wait:
-            return Outcome(PASSED, RunProgress(request.correlation_id))
-        missing = await missing_consumers(redis, keys)
-        if missing and not options.as_json:
-            console.print(f"[yellow]warning:[/yellow] no live consumer in: {', '.join(missing)}")
-        outcome = await _follow(watcher, request.correlation_id, options, console)
-        if outcome.code == STUCK:
-            outcome.stuck = _stuck_message(
-                outcome.progress, options.timeout_s, await missing_consumers(redis, keys)
-            )
-        return outcome
+        with run_span(request, options):  # the run's trace, when tracing is on (l9.telemetry)
+            return await _publish_and_follow(redis, keys, watcher, publisher, request, options, console)
     finally:
         watcher.close()
         await redis.aclose()
+
+
+def run_span(request: PacketEnvelope, options: Options) -> AbstractContextManager[object]:
+    """The root span of one extraction run (``extract FILE``) while tracing is on: the
+    request's send span is its child, and every agent's spans of the run follow from it."""
+    tracer = bus.tracing.tracer()
+    if tracer is None:
+        return nullcontext()
+    return tracer.start_as_current_span(
+        f"extract {options.file.name}",
+        attributes={
+            "l9.run": request.correlation_id,
+            "l9.request.id": request.id,
+            "l9.file": str(options.file),
+            "l9.requester": options.requester,
+        },
+    )
+
+
+async def _publish_and_follow(
+    redis: RedisClient,
+    keys: Keys,
+    watcher: RunWatcher,
+    publisher: Publisher,
+    request: PacketEnvelope,
+    options: Options,
+    console: Console,
+) -> Outcome:
+    await publisher.publish(request)
+    if not options.wait:
+        return Outcome(PASSED, RunProgress(request.correlation_id))
+    missing = await missing_consumers(redis, keys)
+    if missing and not options.as_json:
+        console.print(f"[yellow]warning:[/yellow] no live consumer in: {', '.join(missing)}")
+    outcome = await _follow(watcher, request.correlation_id, options, console)
+    if outcome.code == STUCK:
+        outcome.stuck = _stuck_message(
+            outcome.progress, options.timeout_s, await missing_consumers(redis, keys)
+        )
+    return outcome
 
 
 async def _follow(watcher: RunWatcher, run: str, options: Options, console: Console) -> Outcome:

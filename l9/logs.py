@@ -8,6 +8,7 @@ import sys
 import structlog
 
 from bus.middleware import add_delivery_context
+from bus.tracing import add_trace_ids
 
 
 def configure_logging(level: str = "info", **context: str) -> None:
@@ -18,6 +19,7 @@ def configure_logging(level: str = "info", **context: str) -> None:
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         add_delivery_context,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -8,7 +8,8 @@ starts, and SIGTERM/SIGINT stop reading and drain; a second signal aborts.
 
 With ``L9_ADMIN_PORT`` set, each process also serves ``/metrics``, ``/healthz`` and
 ``/readyz`` there (``l9.admin``), from before its agent starts until it stopped; the auditor's
-also exports every group's lag and pending (``bus.metrics.GroupStats``).
+also exports every group's lag and pending (``bus.metrics.GroupStats``), the enforcer's the
+escalations pending (``governance.metrics.EscalationStats``).
 
 Several processes of one agent share its consumer group, so they share the
 work. The auditor (group ``auditor``, plus the reporter, group ``reporter`` on
@@ -55,6 +56,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from bus.metrics import BatchMetrics, DeliveryMetrics, GroupStats
+    from governance.metrics import EscalationStats
 
     from .admin import Admin, Check
 
@@ -158,16 +160,24 @@ async def run_agent(
         if admin is not None:
             admin.watch_stream(consumer)
         structlog.contextvars.bind_contextvars(agent=agent_cls.name, consumer=name)
-        await _serve(agent, consumer, admin)
+        exports = admin is not None and agent_cls.name == "enforcer"  # it waits for the answers
+        await _serve(agent, consumer, admin, _escalation_stats(redis, keys, settings) if exports else None)
     finally:
         await redis.aclose()
         if admin is not None:
             admin.close()
 
 
-async def _serve(agent: Agent, consumer: StreamConsumer, admin: Admin | None = None) -> None:
+async def _serve(
+    agent: Agent,
+    consumer: StreamConsumer,
+    admin: Admin | None = None,
+    escalation_stats: EscalationStats | None = None,
+) -> None:
     async with serving(admin), anyio.create_task_group() as tg:
         tg.start_soon(stop_on_signal, consumer, tg.cancel_scope)
+        if escalation_stats is not None:
+            tg.start_soon(escalation_stats.run)
         async with anyio.create_task_group() as holding:  # the name stays ours while starting
             holding.start_soon(
                 hold_consumer_name,
@@ -401,6 +411,13 @@ def _postgres_answers(settings: Settings, endpoints: StackEndpoints) -> Check:
     from .admin import postgres_answers
 
     return postgres_answers(writer_dsn(endpoints.database_url, settings.database_writer_url))
+
+
+def _escalation_stats(redis: RedisClient, keys: Keys, settings: Settings) -> EscalationStats:
+    """The escalations pending, exported by the enforcer's process (it waits for the answers)."""
+    from governance.metrics import EscalationStats
+
+    return EscalationStats.of(redis, keys, load_policy_file(settings.policy_file))
 
 
 def _group_stats(redis: RedisClient, keys: Keys, settings: Settings) -> GroupStats:

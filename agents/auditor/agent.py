@@ -26,6 +26,7 @@ import anyio
 import anyio.lowlevel
 import structlog
 
+import bus.tracing
 from bus import TRANSIENT, Entry, Keys, PartitionSet, Rejected, Staged, Topology
 from bus.connection import RedisClient
 from bus.index import known_streams
@@ -44,12 +45,15 @@ from memory.audit import (
 )
 from memory.summary import summarize
 
+from . import metrics
 from .stream import AuditStream
 
 GROUP = "auditor"
 log = structlog.get_logger("l9.auditor")
 _SIG_KEY = SIGNATURE_FIELD.encode()
 _DATA, _KIND = SIGNED_FIELDS.index("data"), SIGNED_FIELDS.index("kind")
+_ID = SIGNED_FIELDS.index("id")
+_TRACEPARENT, _TRACESTATE = SIGNED_FIELDS.index("traceparent"), SIGNED_FIELDS.index("tracestate")
 #: Entries prepared between two checkpoints (see :meth:`Auditor.prepare`).
 PREPARE_SLICE = 100
 
@@ -61,6 +65,8 @@ class AuditBatch:
     append: PreparedAppend  # the records whose envelope decodes and whose signature holds
     rejected: list[Rejected]  # the others, each with its reason
     summaries: list[str]  # one line per record, for the audit stream
+    #: (envelope id, traceparent, tracestate) of each record, while tracing is on (else empty)
+    traced: list[tuple[str, str, str | None]]
 
     @classmethod
     def join(cls, parts: Sequence[AuditBatch]) -> AuditBatch:
@@ -69,6 +75,7 @@ class AuditBatch:
             PreparedAppend.join([p.append for p in parts]),
             [r for p in parts for r in p.rejected],
             [s for p in parts for s in p.summaries],
+            [t for p in parts for t in p.traced],
         )
 
 
@@ -77,6 +84,8 @@ def prepare_batch(entries: Sequence[Entry], verifier: Verifier) -> AuditBatch:
     records: list[AuditRecord] = []
     rejected: list[Rejected] = []
     summaries: list[str] = []
+    traced: list[tuple[str, str, str | None]] = []
+    tracing = bus.tracing.tracer() is not None
     for entry in entries:
         try:
             record, values = decode_entry(entry.stream, entry.entry_id, entry.fields)
@@ -89,7 +98,9 @@ def prepare_batch(entries: Sequence[Entry], verifier: Verifier) -> AuditBatch:
             continue
         records.append(record)
         summaries.append(summarize(values[_DATA], values[_KIND]))
-    return AuditBatch(prepare_append(records), rejected, summaries)
+        if tracing and values[_TRACEPARENT]:
+            traced.append((values[_ID], values[_TRACEPARENT], values[_TRACESTATE]))
+    return AuditBatch(prepare_append(records), rejected, summaries, traced)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -198,13 +209,20 @@ class Auditor:
 
     async def commit(self, batch: Sequence[Entry], prepared: AuditBatch) -> Sequence[Rejected]:
         """Append the batch's records (the one step under the chain lock) and queue them
-        for the audit stream; the consumer acks after this returns."""
-        committed = await self.store.append_prepared(prepared.append)
+        for the audit stream; the consumer acks after this returns. Traced (``bus.tracing``):
+        a span linked to every envelope's trace, its PostgreSQL statements inside it."""
+        with (
+            bus.tracing.batch_span("audit commit", GROUP, prepared.traced, **{"l9.audit.batch": len(batch)}),
+            metrics.timed_commit(),
+        ):
+            committed = await self.store.append_prepared(prepared.append)
         stored = sum(1 for c in committed if c.new)
         self.stats["stored"] += stored
         self.stats["duplicates"] += len(committed) - stored
         self.stats["rejected"] += len(prepared.rejected)
         self.stats["batches"] += 1
+        head = max((c.seq for c in committed), default=None)
+        metrics.committed(len(batch), stored, len(committed) - stored, len(prepared.rejected), head)
         if committed:
             self.checkpointer.committed(max(c.seq for c in committed))
             with contextlib.suppress(anyio.WouldBlock):

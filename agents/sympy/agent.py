@@ -23,6 +23,9 @@ keeps it for ``l9 sympy export``, :mod:`.session`), both in the round trip that
 acknowledges the request (written before its XACK: a crash re-runs it), and
 its metric rows are buffered for PostgreSQL (written in batches in the background
 by :class:`memory.postgres.metrics.MetricsWriter`; PostgreSQL away never slows a reply).
+Prometheus' metrics (:mod:`.metrics`, on the admin port) are kept in this process: each
+operation's time (its event's), by operation, backend and outcome; the cache's hits and
+misses as they happen; the pool's worker restarts, with their reason.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from ..base import Agent, Context, handles
 from ..runtime import Runtime
 from .cache import ResultCache
 from .config import SymPyConfig
+from .metrics import count_lookup, count_restart, observe_operation
 from .operations import execute
 from .pool import WorkerPool
 from .service import SymPyService
@@ -80,12 +84,14 @@ class SymPyAgent(Agent):
             size=self.config.workers,
             timeout_s=self.config.timeout_s,
             memory_mb=self.config.memory_mb,
+            on_replace=count_restart,
         )
         self.cache = ResultCache(
             runtime.redis,
             runtime.keys,
             ttl_s=self.config.cache_ttl_s,
             max_bytes=self.config.cache_max_bytes,
+            on_lookup=count_lookup,
         )
         #: the cache, one deadline per request, the pool and the build slots
         self.service = SymPyService(self.pool, self.cache, self.config, runtime.redis, runtime.keys)
@@ -147,8 +153,9 @@ class SymPyAgent(Agent):
         """After the reply (off the caller's path): the operation's event on ``sympy.events``,
         the reply's copy on ``sympy.results`` and the cache's hit and miss counts go out
         with the request's XACK, in one round trip (``ctx.with_ack``); its metric rows go to
-        the buffer."""
-        ms = round((time.perf_counter() - started) * 1000, 3)
+        the buffer; its time to Prometheus (``l9_sympy_operation_duration_seconds``)."""
+        seconds = time.perf_counter() - started
+        ms = round(seconds * 1000, 3)
         request = ctx.payload
         event = OperationEvent(
             op=request.op,
@@ -160,6 +167,7 @@ class SymPyAgent(Agent):
             error=None if error is None else f"{error.kind}.{error.rule}",
             requester=ctx.envelope.auth or ctx.envelope.source,
         )
+        observe_operation(event.op, event.backend, "ok" if error is None else error.kind, seconds)
         envelope = self.envelope_for(event, cause=ctx.envelope)
         publisher = self.runtime.publisher
         ctx.with_ack(

@@ -11,7 +11,8 @@ A hit skips the worker pool entirely. Two levels:
 
 Hits and misses, of either level, are counted in Redis afterwards
 (:meth:`ResultCache.counted`, in the round trip that acknowledges the request), so
-the counters are exact but may trail a reply by a moment.
+the counters are exact but may trail a reply by a moment. ``on_lookup`` hears of each
+at once, in this process (the agent's ``l9_sympy_cache_requests_total``, :mod:`.metrics`).
 
 Results are deterministic functions of their key, so a local copy is never stale.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from bus import Keys
@@ -31,11 +33,22 @@ from .keys import cache_stats_key, result_key
 #: Results kept in process memory: at most this many, each at most ``LOCAL_MAX_BYTES`` of JSON.
 LOCAL_ENTRIES = 1024
 LOCAL_MAX_BYTES = 64 * 1024
+#: Told of each lookup: ``(operation, hit)``.
+OnLookup = Callable[[str, bool], None]
 
 
 class ResultCache:
-    def __init__(self, redis: RedisClient, keys: Keys, *, ttl_s: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        keys: Keys,
+        *,
+        ttl_s: int,
+        max_bytes: int,
+        on_lookup: OnLookup | None = None,
+    ) -> None:
         self.redis, self.keys, self.ttl_s, self.max_bytes = redis, keys, ttl_s, max_bytes
+        self.on_lookup = on_lookup
         self._local: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
         self._uncounted: Counter[str] = Counter()
 
@@ -45,10 +58,14 @@ class ResultCache:
         local = self._local_get(key)
         if local is not None:
             self._uncounted.update({"hits": 1, f"hits:{op}": 1})
+            if self.on_lookup is not None:
+                self.on_lookup(op, True)
             return local
         raw = await self.redis.get(key)
         outcome = "misses" if raw is None else "hits"
         self._uncounted.update({outcome: 1, f"{outcome}:{op}": 1})
+        if self.on_lookup is not None:
+            self.on_lookup(op, raw is not None)
         if raw is None:
             return None
         fields: dict[str, Any] = json.loads(raw)

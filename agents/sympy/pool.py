@@ -16,7 +16,12 @@ never outlives the agent.
         result = await pool.run(job)          # ToolTimeout / ToolError on failure
 
 ``handle`` is a module-level function (pickled by reference) taking the job
-and returning plain, picklable data.
+and returning plain, picklable data. ``on_replace`` hears of every worker replaced, with
+the reason: ``timeout`` (its job ran past the bound), ``memory`` (out of memory under the
+cap), ``crash`` (the process died during a job), ``dead`` (found dead before one),
+``cancelled`` (its caller was cancelled mid-job: its reply must never reach the next job)
+or ``error`` (the exchange with it failed otherwise); the agent counts them
+(``l9_sympy_pool_restarts_total``, :mod:`.metrics`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ from agents.contracts.sympy.errors import ToolError, ToolTimeout, error_from_wir
 
 log = structlog.get_logger("l9.sympy.pool")
 Handler = Callable[[Any], Any]
+#: Told the reason each time a worker is replaced (see the module doc).
+OnReplace = Callable[[str], None]
 _PR_SET_PDEATHSIG = 1
 #: Native thread pools would multiply a worker's address space; one thread each is plenty.
 _THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -75,8 +82,10 @@ class WorkerPool:
         timeout_s: float,
         memory_mb: int,
         preload: Sequence[str] = ("agents.sympy.operations",),
+        on_replace: OnReplace | None = None,
     ) -> None:
         self.handler, self.size, self.timeout_s, self.memory_mb = handler, size, timeout_s, memory_mb
+        self.on_replace = on_replace
         self.stats = PoolStats()
         self._preload = list(preload)
         self._idle_send: MemoryObjectSendStream[_Worker]
@@ -111,16 +120,25 @@ class WorkerPool:
         bound = timeout_s if timeout_s is not None else self.timeout_s
         deadline = time.monotonic() + bound
         worker = await self._acquire(bound)
-        healthy = False
+        why: str | None = "error"  # why the worker is replaced afterwards; None: it is not
         try:
             if not worker.process.is_alive():
-                worker = await self._replace(worker, "found dead")
+                worker = await self._replace(worker, "dead")
             status, value = await self._exchange(worker, job, max(deadline - time.monotonic(), 0.001))
-            healthy = status == "ok" or not value.get("fatal", False)
+            why = _unfit(status, value)
+        except ToolTimeout:
+            why = "timeout"
+            raise
+        except ToolError:  # _exchange's only other error: the worker died mid-job
+            why = "crash"
+            raise
+        except anyio.get_cancelled_exc_class():
+            why = "cancelled"
+            raise
         finally:
             with anyio.CancelScope(shield=True):
-                if not healthy:
-                    worker = await self._replace(worker, "unhealthy")
+                if why is not None:
+                    worker = await self._replace(worker, why)
                 self._idle_send.send_nowait(worker)
         if status == "ok":
             self.stats.served += 1
@@ -155,6 +173,8 @@ class WorkerPool:
         self._workers[self._workers.index(worker)] = fresh
         self.stats.replaced += 1
         log.info("pool.replaced", old_pid=worker.process.pid, new_pid=fresh.process.pid, why=why)
+        if self.on_replace is not None:
+            self.on_replace(why)
         return fresh
 
     def _spawn(self) -> _Worker:
@@ -166,6 +186,14 @@ class WorkerPool:
         process.start()
         child.close()
         return _Worker(process, parent)
+
+
+def _unfit(status: str, value: Any) -> str | None:
+    """Why a worker that answered is not trusted with another job (None: it is): a fatal error
+    (out of memory, ``limit.memory``: the child exits after its reply)."""
+    if status == "ok" or not value.get("fatal", False):
+        return None
+    return "memory" if value.get("rule") == "memory" else "error"
 
 
 def _stop(worker: _Worker) -> None:

@@ -10,6 +10,8 @@ from agents.runner import load_agent
 from governance import PolicyFileError
 from l9.cli.common import fail, load_settings, run
 from l9.devstack import StackError
+from l9.settings import Settings
+from l9.telemetry import TelemetryConfigError, tracing
 
 agent_app = typer.Typer(name="agent", no_args_is_help=True, help="Agent processes.")
 
@@ -20,8 +22,16 @@ def agent_run(
     concurrency: Annotated[int | None, typer.Option(min=1, help="handlers running at once")] = None,
     instance: Annotated[str | None, typer.Option(help="stable instance id (default: lowest free)")] = None,
 ) -> None:
-    """Run one agent in this process until SIGTERM."""
+    """Run one agent in this process until SIGTERM (traced when OTEL_TRACES_EXPORTER says so)."""
     settings = load_settings()
+    try:
+        with tracing(name.rpartition(":")[2].lower() or name, database=name == "auditor"):
+            _run(name, settings, concurrency, instance)
+    except TelemetryConfigError as exc:
+        raise fail(str(exc), 2) from None
+
+
+def _run(name: str, settings: Settings, concurrency: int | None, instance: str | None) -> None:
     if name == "lineage":
         from l9.start import run_lineage  # late: start-up speed (~25 ms)
 

@@ -16,6 +16,7 @@ from agents.extraction import SchemaErrors
 from l9.cli.common import fail, load_settings, quiet, run
 from l9.devstack import EmbeddedStack, StackEndpoints, StackError, resolve_endpoints
 from l9.settings import Settings
+from l9.telemetry import TelemetryConfigError, tracing
 
 if TYPE_CHECKING:
     from l9.demo_extraction import ExtractionDemo
@@ -79,15 +80,18 @@ def extraction(
     settings = load_settings()
     quiet(settings.log_level)  # before anything logs: structlog caches a logger's level on first use
     try:
-        result = _with_stack(
-            settings,
-            keep_stack,
-            lambda endpoints: run(
-                lambda: run_extraction_demo(
-                    settings, endpoints, console, file=file, timeout_s=timeout, signing=signing.value
-                )
-            ),
-        )
+        with tracing("demo"):  # the run's root span when OTEL_TRACES_EXPORTER says so (agents inherit it)
+            result = _with_stack(
+                settings,
+                keep_stack,
+                lambda endpoints: run(
+                    lambda: run_extraction_demo(
+                        settings, endpoints, console, file=file, timeout_s=timeout, signing=signing.value
+                    )
+                ),
+            )
+    except TelemetryConfigError as exc:
+        raise fail(str(exc), 2) from None
     except (DemoError, SchemaErrors, OSError) as exc:
         raise fail(str(exc)) from None
     _print_result(result)

@@ -43,6 +43,7 @@ from l9.extract_run import (
     extract,
     json_line,
 )
+from l9.telemetry import TelemetryConfigError, tracing
 
 commands = typer.Typer()
 
@@ -111,8 +112,9 @@ def extract_command(
         err.print(f"[red]error:[/red] {options.file}: cannot be sent: {where}: {first['msg']}")
         raise typer.Exit(BAD_INPUT) from None
     try:
-        outcome = run(lambda: extract(options, settings, request, console))
-    except PolicyFileError as exc:
+        with tracing("cli"):  # the run's root span, when OTEL_TRACES_EXPORTER says so
+            outcome = run(lambda: extract(options, settings, request, console))
+    except (PolicyFileError, TelemetryConfigError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(BAD_INPUT) from None
     if not options.wait:

@@ -3,7 +3,9 @@
 ``l9 demo`` (the README's main job: planner, generator, enforcer, validator, auditor and
 two SymPy workers as processes, ``l9 extract`` on the sample, ``l9 audit verify``,
 ``l9 report verify``): the run passes, every planned file is there with the hashes the
-manifest gives, the report fills all 10 sections from the trail and verifies. Then
+manifest gives, the report fills all 10 sections from the trail and verifies, and, traced
+to an OTLP collector stub, the run is one trace across every agent process, from the
+request to the report. Then
 ``l9 extract`` on every broken example, with the planner and the auditor running: each
 is rejected with every error listed, and its run gets a report saying what failed."""
 
@@ -13,6 +15,8 @@ import hashlib
 import json
 import re
 import subprocess
+import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,12 +27,21 @@ from agents.extraction import SchemaError, SchemaErrors, load_collection, lock
 from agents.runner import BUILTIN
 from memory.postgres import SigningKey
 from tests.conftest import ROOT, AgentProcess, run_l9
+from tests.integration.otlp_stub import OtlpStub, StubSpan
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]  # also on the local cluster
 
 SAMPLE = ROOT / "examples" / "tensoraios_ecosystem.md"
 BROKEN = sorted((ROOT / "examples" / "broken").iterdir())
 AGENTS = ("planner", "generator", "enforcer", "validator", "auditor", "sympy", "sympy")
+#: The services that spans of the run come from (``l9 agent run NAME`` traces as ``l9-<name>``;
+#: the reporter, which emits the report's notice, is a consumer of the auditor's process).
+TRACED = ("l9-planner", "l9-generator", "l9-enforcer", "l9-validator", "l9-sympy", "l9-auditor")
+#: OTLP's Span.SpanKind values.
+PRODUCER, CONSUMER = 4, 5
+#: The stream of the reporter's ``l9.report.ready.v1`` (agents/auditor/reporter.py publishes it
+#: with the default topology: one stream per area).
+REPORT_STREAM = "report"
 missing = [a for a in AGENTS if a != "auditor" and a not in BUILTIN]
 if missing:
     pytest.skip(f"agents not built in yet: {', '.join(missing)}", allow_module_level=True)
@@ -91,22 +104,118 @@ def check_folder(folder: Path) -> int:
     return len(planned)
 
 
+def traced_env(env: dict[str, str], collector: OtlpStub) -> dict[str, str]:
+    """``env`` with traces exported over OTLP/HTTP to ``collector`` (every ``OTEL_*`` the test
+    process may have inherited dropped first: service names and endpoints are the defaults)."""
+    return {
+        **{k: v for k, v in env.items() if not k.startswith("OTEL_")},
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+    }
+
+
+def per_service(spans: list[StubSpan]) -> dict[str, int]:
+    return dict(sorted(Counter(s.service for s in spans).items()))
+
+
+def trace_of_run(
+    collector: OtlpStub, root_name: str, deadline_s: float = 60.0
+) -> tuple[StubSpan, list[StubSpan]]:
+    """The run's root span and every span of its trace, once the root and a span from each of
+    :data:`TRACED` are in (every process exports what is left as it exits; the deadline only
+    catches a hang)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        spans = collector.spans()
+        roots = [s for s in spans if s.name == root_name]
+        run = [s for s in spans if len(roots) == 1 and s.trace_id == roots[0].trace_id]
+        if (len(roots) == 1 and set(TRACED) <= {s.service for s in run}) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(roots) == 1, (root_name, per_service(roots), per_service(spans))
+    assert not collector.refused, collector.refused
+    return roots[0], run
+
+
+def assert_one_trace(collector: OtlpStub, file: Path) -> dict[str, int]:
+    """One extraction run is ONE trace across every agent process, from the request (the root
+    span ``extract FILE`` of ``l9 demo``) to the report (the reporter's send of its notice),
+    every span's parent in it; the trace's span count per service."""
+    root, run = trace_of_run(collector, f"extract {file.name}")
+    assert root.service == "l9-demo" and root.parent_span_id == "", root
+    (request,) = [s for s in run if s.parent_span_id == root.span_id and s.kind == PRODUCER]
+    assert (request.name, request.attributes.get("l9.envelope.type")) == (
+        "send extract",
+        "l9.extract.request.v1",
+    ), request
+    delivered = {
+        (s.service, s.name) for s in run if s.kind == CONSUMER and s.parent_span_id == request.span_id
+    }
+    assert delivered == {("l9-planner", "process extract")}, delivered  # (one span per attempt)
+    seen = per_service(run)
+    assert set(TRACED) <= set(seen), f"services of the run's trace: {seen}"
+    for service in TRACED:
+        processed = [s.name for s in run if s.service == service and s.kind == CONSUMER]
+        assert any(name.startswith("process ") for name in processed), (service, processed)
+
+    ids = {s.span_id for s in run}
+    assert len(ids) == len(run), "a span id received twice"
+    broken = [s for s in run if s is not root and s.parent_span_id not in ids]
+    assert not broken, "spans whose parent is not in the trace: " + ", ".join(
+        f"{s.service} {s.name!r} (parent {s.parent_span_id or 'none'})" for s in broken[:20]
+    )
+    children: dict[str, list[str]] = {}
+    for s in run:
+        children.setdefault(s.parent_span_id, []).append(s.span_id)
+    reached: set[str] = set()
+    todo = [root.span_id]
+    while todo:
+        span_id = todo.pop()
+        reached.add(span_id)
+        todo.extend(children.get(span_id, ()))
+    assert reached == ids, f"{len(ids - reached)} spans of the trace not reached from its root"
+
+    reported = [
+        s
+        for s in run
+        if s.service == "l9-auditor" and s.kind == PRODUCER and s.name == f"send {REPORT_STREAM}"
+    ]
+    assert len(reported) == 1, [(s.service, s.name, s.kind) for s in run if s.name.startswith("send ")]
+    (notice,) = reported
+    assert notice.attributes.get("l9.envelope.type") == "l9.report.ready.v1", notice.attributes
+    (handling,) = [s for s in run if s.span_id == notice.parent_span_id]  # the reporter's delivery
+    assert (handling.service, handling.kind, handling.name) == ("l9-auditor", CONSUMER, "process run")
+    assert handling.attributes.get("messaging.consumer.group.name") == "reporter", handling.attributes
+    return seen
+
+
 def test_the_demo_extracts_the_sample_and_verifies_trail_and_report(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     """With per-agent Ed25519 keys (``--signing ed25519``): each agent signs with its own key
-    and the shipped policy's signer table admits every envelope of the run."""
+    and the shipped policy's signer table admits every envelope of the run. Traced over OTLP
+    to a collector stub: the run is one connected trace across all the agent processes."""
     out = tmp_path / "extractions"
     home = tmp_path / "home"
-    done = run_l9(
-        "demo",
-        "--timeout",
-        "180",
-        "--signing",
-        "ed25519",
-        env={**env, "L9_EXTRACTIONS_DIR": str(out), "L9_HOME": str(home)},
-        timeout=600,
-    )
+    with OtlpStub() as collector:
+        done = run_l9(
+            "demo",
+            "--timeout",
+            "180",
+            "--signing",
+            "ed25519",
+            env={**traced_env(env, collector), "L9_EXTRACTIONS_DIR": str(out), "L9_HOME": str(home)},
+            timeout=600,
+        )
+        _check_the_demo(done, env, out, home)
+        seen = assert_one_trace(collector, SAMPLE)
+        print(f"spans of the run's trace per service: {seen}; all received: {per_service(collector.spans())}")
+
+
+def _check_the_demo(
+    done: subprocess.CompletedProcess[str], env: dict[str, str], out: Path, home: Path
+) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo passed" in done.stdout and "signing: Ed25519, one key per agent" in done.stdout
     keys = {p.stem: json.loads(p.read_text())["key_id"] for p in (home / "agent-keys").glob("*.json")}

@@ -12,7 +12,10 @@ from typing import Any, cast
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
+import agents.auditor.metrics
+import agents.sympy.metrics
 import bus.metrics
+import governance.metrics
 from bus.metrics import GroupStats
 from tests.conftest import ROOT
 from tests.unit.test_specs import _compose, agent_services
@@ -23,16 +26,21 @@ ADMIN_PORT = 9464
 _SERIES = re.compile(r"\b(l9_[a-z0-9_]+)\b")
 
 
+#: Every module that defines metrics an L9 process serves.
+METRIC_MODULES = (bus.metrics, agents.auditor.metrics, agents.sympy.metrics, governance.metrics)
+
+
 def exported_series() -> set[str]:
-    """Every series name the bus's metrics expose: each metric's, with its type's suffixes (a
+    """Every series name L9's metrics expose: each metric's, with its type's suffixes (a
     counter's ``_total``, a histogram's ``_bucket``, ``_sum`` and ``_count``), and the gauges
     the auditor's :class:`~bus.metrics.GroupStats` collects."""
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     names: set[str] = set()
-    for value in vars(bus.metrics).values():
-        if isinstance(value, MetricWrapperBase):
-            for family in value.describe():
-                names |= {family.name + suffix for suffix in suffixes[family.type]}
+    for module in METRIC_MODULES:
+        for value in vars(module).values():
+            if isinstance(value, MetricWrapperBase):
+                for family in value.describe():
+                    names |= {family.name + suffix for suffix in suffixes[family.type]}
     stats = cast(GroupStats, SimpleNamespace(groups={}, dead={}))
     names |= {family.name for family in GroupStats.collect(stats)}
     return names

@@ -42,7 +42,7 @@ def _compose() -> dict[str, Any]:
 
 def known_agents() -> set[str]:
     """What ``l9 agent run NAME`` runs: the built-in agents and the processes it starts itself."""
-    special = re.findall(r'if name == "([a-z_]+)"', inspect.getsource(l9.cli.agent.agent_run))
+    special = re.findall(r'if name == "([a-z_]+)"', inspect.getsource(l9.cli.agent))
     return set(BUILTIN) | set(special)
 
 
