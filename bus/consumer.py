@@ -101,6 +101,8 @@ class Delivery:
     #: What the lookup of its read's envelope ids in the group's window found, when there is
     #: a window ((stream, envelope id) -> when it was handled; ``StreamConsumer._hand``).
     looked: Mapping[tuple[str, str], float] | None = field(default=None, repr=False, compare=False)
+    #: ``time.perf_counter()`` when it reached the handlers, while metered (``bus.metrics``).
+    metered_at: float | None = field(default=None, repr=False, compare=False)
 
     def with_ack(self, *commands: tuple[Any, ...]) -> None:
         """Send ``commands`` (e.g. ``("XADD", key, "*", ...)``) with this delivery's
@@ -221,7 +223,7 @@ class StreamConsumer(GroupConsumer):
         #: (stream, envelope id) -> the entry of it in hand that passed the checks first
         self._in_hand: dict[tuple[str, str], str] = {}
         #: The whole chain, the consumer's own steps first (see ``bus.middleware``).
-        measured = [] if metrics is None else [metrics]
+        measured = [] if metrics is None else [check_step(metrics.reached)]
         self.middlewares: list[Middleware] = [*self._own_steps(), *measured, *middlewares]
         self._chain = compose(self.middlewares, handler)
         self._free = self.policy.max_in_flight
@@ -406,6 +408,8 @@ class StreamConsumer(GroupConsumer):
         except Exception as exc:
             await self._failed(d, exc)
             return
+        if self.metrics is not None:
+            self.metrics.returned(d)
         handled = self._handled_id(d)
         if d.emits:  # acked in the MULTI/EXEC of its envelopes (its error note goes there too)
             self._emitting.append(Emitting(d.stream, d.entry_id, d.emits, d.attempt > 1, handled))

@@ -11,8 +11,9 @@ from typing import Any
 import anyio
 import fakeredis
 import pytest
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest
 
+import bus.metrics
 from bus import DeadLetter, Delivery, DeliveryPolicy, Entry, Keys, Rejected, Staged, StreamConsumer
 from bus.connection import RedisClient
 from bus.consumer import UNDECODED, UNTYPED
@@ -88,7 +89,8 @@ async def test_the_counters_follow_handled_failed_retried_and_dead_lettered_entr
 ) -> None:
     consumer, metrics = measured_consumer(fake, group)
     labels = {"stream": "unit", "group": group, "type": TYPE}
-    assert consumer.middlewares.index(metrics) == len(consumer.middlewares) - 1  # after the checks
+    last = consumer.middlewares[-1]  # after the checks: a check of its own (no coroutine)
+    assert getattr(last, "check", None) == metrics.reached
 
     await deliver(consumer, entry_fields())
     await deliver(consumer, entry_fields(), attempt=2)  # a retry that succeeds
@@ -107,6 +109,7 @@ async def test_the_counters_follow_handled_failed_retried_and_dead_lettered_entr
 
     await deliver(consumer, entry_fields("refuse"))
     assert value("l9_envelopes_dead_lettered_total", **labels, reason="refused_by_handler") == 1
+    assert value("l9_handler_duration_seconds_count", **labels) == 5  # a handler's refusal timed once
     assert value("l9_envelopes_failed_total", **labels) == 2  # a refusal is no failed attempt
     assert await fake.xlen(Keys("u").dead("unit")) == 2
 
@@ -144,7 +147,7 @@ async def test_without_metrics_nothing_is_added_to_the_chain(fake: RedisClient, 
     )
     assert consumer.metrics is None
     names = [getattr(step, "__name__", None) for step in consumer.middlewares]
-    assert [getattr(step, "__name__", None) for step in with_metrics.middlewares] == [*names, None]
+    assert [getattr(step, "__name__", None) for step in with_metrics.middlewares] == [*names, "reached"]
     assert metrics.last_round is None and consumer.on_round is None
     assert with_metrics.on_round is not None
     with_metrics.on_round()  # what the read loop calls at the top of each round
@@ -283,3 +286,25 @@ async def test_a_read_loop_tells_its_rounds_while_it_backs_off_from_an_absent_re
         server.connected = True
         consumer.stop()
     assert len(rounds) >= seen + 3
+
+
+def test_the_handler_histogram_has_the_buckets_prometheus_clients_own_would_have() -> None:
+    """The plain counts a delivery adds to (``bus.metrics.Counts``) come out as the histogram
+    prometheus-client's ``Histogram`` makes of the same values: bounds inclusive ("le")."""
+    values = [0.0, 0.0005, 0.001, 0.0010001, 0.0025, 0.7, 1.0, 59.9, 300.0, 300.5, 1e6]
+    reference = CollectorRegistry()
+    histogram = Histogram("ref_seconds", "ref", buckets=bus.metrics.HANDLER_BUCKETS, registry=reference)
+    collector = bus.metrics.DeliveryCounts()
+    counts = collector.of("s", "g", "t")
+    for v in values:
+        histogram.observe(v)
+        counts.observe(v)
+    (ref,) = [f for f in reference.collect() if f.name == "ref_seconds"]
+    (ours,) = [f for f in collector.collect() if f.name == "l9_handler_duration_seconds"]
+    expected = {
+        (s.name.removeprefix("ref"), s.labels.get("le")): s.value
+        for s in ref.samples
+        if "created" not in s.name
+    }
+    got = {(s.name.removeprefix("l9_handler_duration"), s.labels.get("le")): s.value for s in ours.samples}
+    assert got == expected and got[("_seconds_count", None)] == len(values)

@@ -38,7 +38,7 @@ def exported_series() -> set[str]:
     names: set[str] = set()
     for module in METRIC_MODULES:
         for value in vars(module).values():
-            if isinstance(value, MetricWrapperBase):
+            if isinstance(value, MetricWrapperBase | bus.metrics.DeliveryCounts):  # (its own collector)
                 for family in value.describe():
                     names |= {family.name + suffix for suffix in suffixes[family.type]}
     stats = cast(GroupStats, SimpleNamespace(groups={}, dead={}))
