@@ -354,17 +354,33 @@ class GroupStats(Collector):
     async def run(self, interval_s: float = GROUP_STATS_INTERVAL_S) -> None:
         """Refresh every ``interval_s`` until cancelled; Redis trouble empties the figures
         (no series rather than stale ones) and is logged."""
-        REGISTRY.register(self)
-        try:
-            while True:
-                try:
-                    await self.refresh()
-                except Exception as exc:
-                    log.warning("metrics.group_stats_failed", error=f"{type(exc).__name__}: {exc}")
-                    self.groups, self.dead = {}, {}
-                await anyio.sleep(interval_s)
-        finally:
-            REGISTRY.unregister(self)
+        await refreshed(self, self.refresh, self._forget, interval_s, "metrics.group_stats_failed")
+
+    def _forget(self) -> None:
+        self.groups, self.dead = {}, {}
+
+
+async def refreshed(
+    collector: Collector,
+    refresh: Callable[[], Awaitable[None]],
+    forget: Callable[[], None],
+    interval_s: float,
+    event: str,
+) -> None:
+    """``collector`` in the default registry, ``refresh`` ed every ``interval_s`` until cancelled
+    (then unregistered); a failed refresh is logged as ``event`` and ``forget`` s the figures
+    (no series rather than stale ones)."""
+    REGISTRY.register(collector)
+    try:
+        while True:
+            try:
+                await refresh()
+            except Exception as exc:
+                log.warning(event, error=f"{type(exc).__name__}: {exc}")
+                forget()
+            await anyio.sleep(interval_s)
+    finally:
+        REGISTRY.unregister(collector)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         groups, dead = self.groups, self.dead

@@ -29,14 +29,14 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio
 import structlog
-from prometheus_client import REGISTRY, Counter
+from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from bus import Keys
 from bus.connection import RedisClient
+from bus.metrics import refreshed
 from envelope import utcnow
 
 from ._config import EscalationSpec, PolicyFile
@@ -141,17 +141,10 @@ class EscalationStats(Collector):
     async def run(self, interval_s: float = ESCALATION_STATS_INTERVAL_S) -> None:
         """Refresh every ``interval_s`` until cancelled; Redis trouble empties the figures
         (no series rather than stale ones) and is logged."""
-        REGISTRY.register(self)
-        try:
-            while True:
-                try:
-                    await self.refresh()
-                except Exception as exc:
-                    log.warning("metrics.escalation_stats_failed", error=f"{type(exc).__name__}: {exc}")
-                    self.pending = None
-                await anyio.sleep(interval_s)
-        finally:
-            REGISTRY.unregister(self)
+        await refreshed(self, self.refresh, self._forget, interval_s, "metrics.escalation_stats_failed")
+
+    def _forget(self) -> None:
+        self.pending = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         pending = self.pending
