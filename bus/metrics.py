@@ -359,6 +359,27 @@ class GroupStats(Collector):
     def _forget(self) -> None:
         self.groups, self.dead = {}, {}
 
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        groups, dead = self.groups, self.dead
+        lag = GaugeMetricFamily(
+            "l9_group_lag",
+            "Entries of the stream not yet delivered to the group.",
+            labels=("stream", "group"),
+        )
+        pending = GaugeMetricFamily(
+            "l9_group_pending", "Entries delivered to the group and not acked.", labels=("stream", "group")
+        )
+        for (stream, group), (behind, held) in groups.items():
+            if behind is not None:  # Redis cannot tell (entries deleted inside the group's range)
+                lag.add_metric((stream, group), behind)
+            pending.add_metric((stream, group), held)
+        letters = GaugeMetricFamily(
+            "l9_stream_dead_letters", "Entries in the stream's dead-letter stream.", labels=("stream",)
+        )
+        for stream, n in dead.items():
+            letters.add_metric((stream,), n)
+        yield from (lag, pending, letters)
+
 
 async def refreshed(
     collector: Collector,
@@ -381,27 +402,6 @@ async def refreshed(
             await anyio.sleep(interval_s)
     finally:
         REGISTRY.unregister(collector)
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        groups, dead = self.groups, self.dead
-        lag = GaugeMetricFamily(
-            "l9_group_lag",
-            "Entries of the stream not yet delivered to the group.",
-            labels=("stream", "group"),
-        )
-        pending = GaugeMetricFamily(
-            "l9_group_pending", "Entries delivered to the group and not acked.", labels=("stream", "group")
-        )
-        for (stream, group), (behind, held) in groups.items():
-            if behind is not None:  # Redis cannot tell (entries deleted inside the group's range)
-                lag.add_metric((stream, group), behind)
-            pending.add_metric((stream, group), held)
-        letters = GaugeMetricFamily(
-            "l9_stream_dead_letters", "Entries in the stream's dead-letter stream.", labels=("stream",)
-        )
-        for stream, n in dead.items():
-            letters.add_metric((stream,), n)
-        yield from (lag, pending, letters)
 
 
 async def missing_groups(redis: RedisClient, keys: Keys, group: str, streams: Sequence[str]) -> list[str]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.trace import Span, Status, StatusCode
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -103,14 +104,19 @@ async def extract(options: Options, settings: Settings, request: PacketEnvelope,
     try:
         await watcher.mark()
         publisher = Publisher(redis, keys, settings.signer(), replicas=settings.publish_replicas)
-        with run_span(request, options):  # the run's trace, when tracing is on (l9.telemetry)
-            return await _publish_and_follow(redis, keys, watcher, publisher, request, options, console)
+        with run_span(request, options) as span:  # the run's trace, when tracing is on (l9.telemetry)
+            outcome = await _publish_and_follow(redis, keys, watcher, publisher, request, options, console)
+            if span is not None:
+                span.set_attribute("l9.exit_code", outcome.code)
+                if outcome.code not in (PASSED, FAILED):  # stuck: the run never finished
+                    span.set_status(Status(StatusCode.ERROR, f"exit {outcome.code}: the run is stuck"))
+            return outcome
     finally:
         watcher.close()
         await redis.aclose()
 
 
-def run_span(request: PacketEnvelope, options: Options) -> AbstractContextManager[object]:
+def run_span(request: PacketEnvelope, options: Options) -> AbstractContextManager[Span | None]:
     """The root span of one extraction run (``extract FILE``) while tracing is on: the
     request's send span is its child, and every agent's spans of the run follow from it."""
     tracer = bus.tracing.tracer()
