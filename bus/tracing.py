@@ -20,9 +20,10 @@ Once on:
   context of each envelope it holds (:func:`batch_span`);
 * a dead letter is a span ``dead_letter {stream}`` in the envelope's trace, or a trace of
   its own when its envelope is not known to be genuine (:func:`dead_lettered`);
-* a round trip of :func:`bus.connection.execute_many` (which bypasses redis-py's
-  instrumented path) inside one of those is a CLIENT span named after its commands
-  (:func:`redis_span`).
+* a round trip of :func:`bus.connection.execute_many` (the bus's own pipelined path,
+  outside redis-py's command layer) inside one of those is a CLIENT span named after its
+  commands (:func:`redis_span`); commands sent through redis-py itself are not spanned
+  (its instrumentation would make every idle blocking read a trace of its own).
 
 Log lines carry ``trace_id`` and ``span_id`` of the current span
 (:func:`add_trace_ids`, a structlog processor).
