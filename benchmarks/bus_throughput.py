@@ -266,6 +266,7 @@ async def _consume_l9(
         await consumer.wait_started()
         if admin is not None:  # its server's start-up is not the metrics' cost per envelope
             await scraped(admin)
+        settle_heap()  # as an agent process once started (l9.start): its server and consumer too
         cpu0 = time.process_time()
         ready()
         await done.wait()
