@@ -84,8 +84,9 @@ async def test_kill9_mid_batch_pending_reclaimed_effects_once(
     a.kill9()
     assert held, "the killed consumer held no pending entries"
 
-    await wait_for(lambda: _effects_at_least(redis, keys, n), timeout=60)
-    await wait_for(lambda: _no_pending(redis, keys), timeout=120)
+    # a's entries come back once their lease lapses (30 s): the deadlines only catch a hang
+    await wait_for(lambda: _effects_at_least(redis, keys, n), timeout=240)
+    await wait_for(lambda: _no_pending(redis, keys), timeout=240)
     assert await effects(redis, keys) == n
     assert int(await redis.hlen(effects_key(keys))) == n
     # what a held when it died was done by b, and no entry is left pending

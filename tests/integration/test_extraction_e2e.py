@@ -38,7 +38,7 @@ AGENTS = ("planner", "generator", "enforcer", "validator", "auditor", "sympy", "
 #: the reporter, which emits the report's notice, is a consumer of the auditor's process).
 TRACED = ("l9-planner", "l9-generator", "l9-enforcer", "l9-validator", "l9-sympy", "l9-auditor")
 #: OTLP's Span.SpanKind values.
-PRODUCER, CONSUMER = 4, 5
+CLIENT, PRODUCER, CONSUMER = 3, 4, 5
 #: The stream of the reporter's ``l9.report.ready.v1`` (agents/auditor/reporter.py publishes it
 #: with the default topology: one stream per area).
 REPORT_STREAM = "report"
@@ -190,6 +190,23 @@ def assert_one_trace(collector: OtlpStub, file: Path) -> dict[str, int]:
     return seen
 
 
+def assert_commits_traced(collector: OtlpStub, seen: dict[str, int]) -> None:
+    """The auditor's commits: each an ``audit commit`` span linked to the run's envelopes, its
+    PostgreSQL statements (asyncpg's instrumentation) spans inside it."""
+    spans = collector.spans()
+    root = next(s for s in spans if s.name.startswith("extract ") and s.service == "l9-demo")
+    commits = [s for s in spans if s.name == "audit commit" and s.service == "l9-auditor"]
+    assert commits, per_service(spans)
+    assert any(trace_id == root.trace_id for c in commits for trace_id, _ in c.links), (
+        "no commit links the run"
+    )
+    ids = {c.span_id for c in commits}
+    statements = [s for s in spans if s.parent_span_id in ids and s.kind == CLIENT]
+    system = [s.attributes.get("db.system", s.attributes.get("db.system.name")) for s in statements]
+    assert statements and set(system) == {"postgresql"}, [(s.name, s.attributes) for s in statements[:5]]
+    assert seen["l9-auditor"] > 0
+
+
 def test_the_demo_extracts_the_sample_and_verifies_trail_and_report(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -210,6 +227,7 @@ def test_the_demo_extracts_the_sample_and_verifies_trail_and_report(
         )
         _check_the_demo(done, env, out, home)
         seen = assert_one_trace(collector, SAMPLE)
+        assert_commits_traced(collector, seen)
         print(f"spans of the run's trace per service: {seen}; all received: {per_service(collector.spans())}")
 
 
