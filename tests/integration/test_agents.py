@@ -84,7 +84,7 @@ async def test_kill9_mid_batch_pending_reclaimed_effects_once(
     a.kill9()
     assert held, "the killed consumer held no pending entries"
 
-    # a's entries come back once their lease lapses (30 s): the deadlines only catch a hang
+    # a's entries come back once their lease lapses (L9_LEASE_MS): the deadlines only catch a hang
     await wait_for(lambda: _effects_at_least(redis, keys, n), timeout=240)
     await wait_for(lambda: _no_pending(redis, keys), timeout=240)
     assert await effects(redis, keys) == n
