@@ -56,13 +56,15 @@ async def refuse_all(tool: SymPyTool, n: int) -> list[BaseException]:
     return answers
 
 
-def desk(redis: RedisClient, keys: Keys, signer: Signer, engine: PolicyEngine) -> Escalations:
+def desk(
+    redis: RedisClient,
+    keys: Keys,
+    signer: Signer,
+    engine: PolicyEngine,
+    source: str = "agent://sympy/sympy-0",
+) -> Escalations:
     return Escalations(
-        redis,
-        Publisher(redis, keys, signer),
-        spec=engine.escalation,
-        anchors=engine.anchors,
-        source="agent://sympy/sympy-0",
+        redis, Publisher(redis, keys, signer), spec=engine.escalation, anchors=engine.anchors, source=source
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 import governance.metrics
-from bus import Keys, Publisher
+from bus import Keys
 from bus.connection import RedisClient
 from envelope import PacketEnvelope, Signer
 from governance import (
@@ -29,6 +29,7 @@ from governance import (
 )
 from governance.metrics import NO_POLICY, UNKNOWN, EscalationStats
 from tests.conftest import wait_for
+from tests.integration import test_governance_coalesce as coalesce
 from tests.integration.gated import policy_file
 
 pytestmark = pytest.mark.integration
@@ -54,13 +55,7 @@ def pending_gauge(policy: str) -> float | None:
 
 
 def desk(redis: RedisClient, keys: Keys, signer: Signer, engine: PolicyEngine) -> Escalations:
-    return Escalations(
-        redis,
-        Publisher(redis, keys, signer),
-        spec=engine.escalation,
-        anchors=engine.anchors,
-        source="agent://enforcer/enforcer-0",
-    )
+    return coalesce.desk(redis, keys, signer, engine, source="agent://enforcer/enforcer-0")
 
 
 def sympy_request(expr: str, source: str = "agent://generator/generator-0") -> PacketEnvelope:
