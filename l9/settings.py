@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     #: More public keys to trust, as JSON ``{"key id": "hex public key"}`` (e.g. retired keys).
     audit_trusted_keys: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     audit_batch_size: int = Field(default=1000, ge=1, le=10_000)
+    #: How many hash chains the trail has (memory/audit/chains.py): chain ``c`` holds the
+    #: streams of the bus partitions ``p`` with ``p mod n == c``, so auditors that own
+    #: different chains commit in parallel. Chosen when the trail is created and fixed once
+    #: it holds an entry; unset: 1 for a new trail, and an existing trail keeps its own.
+    audit_chains: int | None = Field(default=None, ge=1, le=64)
     #: A checkpoint after this many new entries, or after ``audit_checkpoint_interval_s``.
     audit_checkpoint_every: int = Field(default=10_000, ge=1)
     audit_checkpoint_interval_s: float = Field(default=60.0, gt=0)

@@ -26,7 +26,7 @@ async def open_trail(
     ``stage_hook`` is called at each stage of an append that writes (the auditor's
     ``L9_AUDIT_FAILPOINT`` crash injection)."""
     database_url = (endpoints or resolve_endpoints(settings)).database_url
-    await migrate(database_url)
+    await migrate(database_url, chains=settings.audit_chains)
     store = await PostgresAuditStore.open(
         writer_dsn(database_url, settings.database_writer_url),
         checkpoint_dir=settings.checkpoint_dir,

@@ -1,13 +1,21 @@
-"""Signed checkpoints of the chain head (Ed25519), kept in the trail and as files.
+"""Signed checkpoints of the trail (Ed25519), kept in the trail and as files.
 
-A checkpoint says "the trail's chain hash at ``seq`` is ``chain_hash``", is signed
-with an Ed25519 key that the trail's store never sees, and links the previous
-checkpoint by id and digest. Files written outside the store let verification
-catch a superuser who rewrote the trail and its checkpoint table alike.
+A checkpoint is signed with an Ed25519 key that the trail's store never sees, and links
+the previous checkpoint by id and digest. Files written outside the store let
+verification catch a superuser who rewrote the trail and its checkpoint table alike.
 
-Signed message (version 1): msgpack ``["l9.audit.checkpoint", 1, id, seq,
-chain_hash, created_at_us, prev_id, prev_digest, key_id]``; ``digest`` =
-SHA-256 of that message.
+Version 2 (what :meth:`Checkpoint.sign_heads` makes) signs the tree head of a trail in
+chains (:mod:`.chains`): the RFC 9162 root over every chain's head (its size, chain hash
+and Merkle root), which commits to every entry of every chain. The heads travel with it
+(``heads``); ``seq`` is the highest seq they reach and ``chain_hash`` the root. Message:
+msgpack ``["l9.audit.checkpoint", 2, id, seq, root, created_at_us, prev_id, prev_digest,
+key_id, number of chains]``.
+
+Version 1 (a trail of one chain, before chains): "the trail's chain hash at ``seq`` is
+``chain_hash``". Message: msgpack ``["l9.audit.checkpoint", 1, id, seq, chain_hash,
+created_at_us, prev_id, prev_digest, key_id]``. Still read and verified.
+
+``digest`` = SHA-256 of the message.
 """
 
 from __future__ import annotations
@@ -28,9 +36,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from memory.chain import from_micros, to_micros
 
+from .chains import ChainHead, Layout, tree_head_root
+
 FORMAT = "l9.audit.checkpoint.v1"
+FORMAT_V2 = "l9.audit.checkpoint.v2"
+_FORMATS = {FORMAT: 1, FORMAT_V2: 2}
 _MESSAGE_TAG = "l9.audit.checkpoint"
-_MESSAGE_VERSION = 1
 _FILE_PREFIX = "checkpoint-"
 
 
@@ -88,6 +99,10 @@ class Checkpoint:
     key_id: str
     digest: bytes
     signature: bytes
+    #: 1: ``(seq, chain_hash)`` of a one-chain trail; 2: the tree head over :attr:`heads`.
+    version: int = 1
+    #: Version 2: every chain's head, chain ``c`` at index ``c`` (empty for version 1).
+    heads: tuple[ChainHead, ...] = ()
 
     @staticmethod
     def message_of(
@@ -98,10 +113,72 @@ class Checkpoint:
         prev_id: int | None,
         prev_digest: bytes | None,
         key_id: str,
+        version: int = 1,
+        chains: int = 1,
     ) -> bytes:
-        values = [_MESSAGE_TAG, _MESSAGE_VERSION, id, seq, chain_hash, to_micros(created_at)]
-        packed: bytes = msgpack.packb([*values, prev_id, prev_digest, key_id], use_bin_type=True)
+        values = [_MESSAGE_TAG, version, id, seq, chain_hash, to_micros(created_at)]
+        values += [prev_id, prev_digest, key_id]
+        if version == 2:
+            values.append(chains)
+        packed: bytes = msgpack.packb(values, use_bin_type=True)
         return packed
+
+    @property
+    def root(self) -> bytes | None:
+        """The tree head's root (version 2), None for a version 1 checkpoint."""
+        return self.chain_hash if self.version == 2 else None
+
+    @property
+    def layout(self) -> Layout:
+        """The chain layout of the trail this checkpoint signs (one chain for version 1)."""
+        return Layout(len(self.heads)) if self.version == 2 else Layout(1)
+
+    def chain_heads(self) -> dict[int, tuple[int, bytes]]:
+        """chain -> (seq of its last entry, its chain hash) for each chain this checkpoint
+        vouches for (the one chain at ``seq`` for version 1; empty chains left out)."""
+        if self.version == 1:
+            return {0: (self.seq, self.chain_hash)} if self.seq > 0 else {}
+        layout = self.layout
+        return {h.chain: (h.seq(layout), h.chain_hash) for h in self.heads if h.size > 0}
+
+    def sizes(self) -> dict[int, int]:
+        """chain -> how many entries this checkpoint vouches for in it."""
+        if self.version == 1:
+            return {0: self.seq}
+        return {h.chain: h.size for h in self.heads}
+
+    @classmethod
+    def sign_heads(
+        cls,
+        key: SigningKey,
+        *,
+        id: int,
+        heads: tuple[ChainHead, ...],
+        created_at: datetime,
+        previous: Checkpoint | None,
+    ) -> Checkpoint:
+        """A version 2 checkpoint: the tree head over ``heads`` (chain ``c`` at index ``c``)."""
+        layout = Layout(len(heads))
+        root = tree_head_root(heads)
+        seq = max((h.seq(layout) for h in heads), default=0)
+        prev_id = previous.id if previous else None
+        prev_digest = previous.digest if previous else None
+        message = cls.message_of(
+            id, seq, root, created_at, prev_id, prev_digest, key.key_id, version=2, chains=len(heads)
+        )
+        return cls(
+            id=id,
+            seq=seq,
+            chain_hash=root,
+            created_at=created_at,
+            prev_id=prev_id,
+            prev_digest=prev_digest,
+            key_id=key.key_id,
+            digest=hashlib.sha256(message).digest(),
+            signature=key.private_key.sign(message),
+            version=2,
+            heads=heads,
+        )
 
     @classmethod
     def sign(
@@ -131,14 +208,39 @@ class Checkpoint:
 
     def message(self) -> bytes:
         return self.message_of(
-            self.id, self.seq, self.chain_hash, self.created_at, self.prev_id, self.prev_digest, self.key_id
+            self.id,
+            self.seq,
+            self.chain_hash,
+            self.created_at,
+            self.prev_id,
+            self.prev_digest,
+            self.key_id,
+            version=self.version,
+            chains=len(self.heads),
         )
 
-    def signature_problem(self, trusted_keys: Mapping[str, bytes]) -> str | None:
-        """Why this checkpoint cannot be trusted, or None when its digest and signature hold."""
-        message = self.message()
-        if hashlib.sha256(message).digest() != self.digest:
+    def content_problem(self) -> str | None:
+        """Why this checkpoint's fields do not hang together (its digest, its heads), or None."""
+        if hashlib.sha256(self.message()).digest() != self.digest:
             return f"checkpoint #{self.id}: its digest does not match its fields"
+        if self.version == 2:
+            try:
+                root = tree_head_root(self.heads)
+            except ValueError as exc:
+                return f"checkpoint #{self.id}: {exc}"
+            if not self.heads or root != self.chain_hash:
+                return f"checkpoint #{self.id}: its chain heads do not make the root it signs"
+            if self.seq != max(h.seq(self.layout) for h in self.heads):
+                return f"checkpoint #{self.id}: its seq is not the highest of its chain heads"
+        return None
+
+    def signature_problem(self, trusted_keys: Mapping[str, bytes]) -> str | None:
+        """Why this checkpoint cannot be trusted, or None when its digest, its heads and its
+        signature hold."""
+        why = self.content_problem()
+        if why is not None:
+            return why
+        message = self.message()
         public = trusted_keys.get(self.key_id)
         if public is None:
             return f"checkpoint #{self.id}: key id {self.key_id!r} is not a trusted checkpoint key"
@@ -157,15 +259,27 @@ class Checkpoint:
             return None if self.prev_id is None else f"checkpoint #1 links a previous #{self.prev_id}"
         if self.prev_id != previous.id or self.prev_digest != previous.digest:
             return f"checkpoint #{self.id} does not link checkpoint #{previous.id} (digest differs)"
-        if self.seq < previous.seq:
-            return f"checkpoint #{self.id} (seq {self.seq}) is behind #{previous.id} (seq {previous.seq})"
+        if self.version < previous.version:
+            return f"checkpoint #{self.id} (version {self.version}) follows a version {previous.version} one"
+        if self.version == previous.version == 2 and len(self.heads) != len(previous.heads):
+            return (
+                f"checkpoint #{self.id} signs {len(self.heads)} chain(s), #{previous.id} "
+                f"{len(previous.heads)}: a trail's chain count is fixed"
+            )
+        sizes = self.sizes()
+        for chain, size in previous.sizes().items():
+            if sizes.get(chain, 0) < size:
+                return (
+                    f"checkpoint #{self.id} (chain {chain} at {sizes.get(chain, 0)} entries) is behind "
+                    f"#{previous.id} (chain {chain} at {size})"
+                )
         return None
 
     # -- files ---------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
+        data: dict[str, Any] = {
+            "format": FORMAT if self.version == 1 else FORMAT_V2,
             "id": self.id,
             "seq": self.seq,
             "chain_hash": self.chain_hash.hex(),
@@ -176,12 +290,19 @@ class Checkpoint:
             "digest": self.digest.hex(),
             "signature": self.signature.hex(),
         }
+        if self.version == 2:
+            data["heads"] = [h.to_json() for h in self.heads]
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Checkpoint:
-        if data.get("format") != FORMAT:
-            raise CheckpointError(f"not a checkpoint: format is {data.get('format')!r}, expected {FORMAT!r}")
+        version = _FORMATS.get(str(data.get("format")))
+        if version is None:
+            raise CheckpointError(
+                f"not a checkpoint: format is {data.get('format')!r}, expected {FORMAT_V2!r} or {FORMAT!r}"
+            )
         try:
+            heads = tuple(ChainHead.from_json(h) for h in data["heads"]) if version == 2 else ()
             prev_digest = data["prev_digest"]
             created_at = datetime.fromisoformat(data["created_at"])
             return cls(
@@ -194,6 +315,8 @@ class Checkpoint:
                 key_id=str(data["key_id"]),
                 digest=bytes.fromhex(data["digest"]),
                 signature=bytes.fromhex(data["signature"]),
+                version=version,
+                heads=heads,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"malformed checkpoint: {type(exc).__name__}: {exc}") from None

@@ -19,9 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from memory.chain import GENESIS, HASH_VERSION, chain_hash, from_micros, leaf_hash_of, to_micros
+from memory.chain import HASH_VERSION, chain_hash, from_micros, leaf_hash_of, to_micros
+from memory.merkle import CompactRange, Needs
 
 from .appending import PreparedAppend, log_outcomes, outcomes
+from .chains import ChainHead, Layout
 from .checkpoints import Checkpoint, SigningKey
 from .port import AuditRecorder, AuditStoreError
 from .records import Committed, EntryFilter, EntryPage, Head, StoredEntry
@@ -34,15 +36,23 @@ def _now() -> datetime:
 
 
 class InMemoryAuditRecorder(AuditRecorder):
-    """The trail in memory. ``clock`` gives each append's ``recorded_at`` (aware datetimes)."""
+    """The trail in memory, in ``chains`` chains. ``clock`` gives each append's ``recorded_at``
+    (aware datetimes)."""
 
-    def __init__(self, *, clock: Callable[[], datetime] = _now, checkpoint_dir: Path | None = None) -> None:
+    def __init__(
+        self, *, clock: Callable[[], datetime] = _now, checkpoint_dir: Path | None = None, chains: int = 1
+    ) -> None:
         self.clock, self.checkpoint_dir = clock, checkpoint_dir
+        self._layout = Layout(chains)
         #: The entries, by seq (the ``entries`` and ``payloads`` tables in one).
         self.entries: list[StoredEntry] = []
         #: seq -> payload hash of each redacted entry (the ``redactions`` table).
         self.redactions: dict[int, bytes] = {}
-        self._head = Head(0, GENESIS, self._tick())
+        #: Each chain's head (its size and chain hash), tree and stored tree nodes.
+        self._chains = [ChainHead.empty(c) for c in range(chains)]
+        self._trees = [CompactRange() for _ in range(chains)]
+        self._nodes: dict[tuple[int, int, int], bytes] = {}
+        self._head = Head(0, self._chains[0].chain_hash, self._tick())
         self._seq_of: dict[str, int] = {}  # envelope id -> seq
         self._checkpoints: list[Checkpoint] = []
         self._moved: asyncio.Event | None = None
@@ -86,25 +96,31 @@ class InMemoryAuditRecorder(AuditRecorder):
     def _chain(
         self, prepared: PreparedAppend, fresh: Sequence[int], now: datetime
     ) -> dict[str, tuple[int, bytes]]:
-        """Hash the records at ``fresh`` onto the chain, store them and move the head (no await:
-        nothing else runs meanwhile, the one writer of the chain)."""
-        seq, previous = self._head.seq, self._head.chain_hash
-        recorded_us = to_micros(now)
+        """Hash the records at ``fresh`` onto their chains and trees, store them and move the
+        heads (no await: nothing else runs meanwhile, the one writer of every chain)."""
+        layout, recorded_us = self._layout, to_micros(now)
         placed = {}
         for i in fresh:
             rec, digest = prepared.records[i], prepared.digests[i]
-            seq += 1
+            c = layout.chain_of(rec.stream)
+            head = self._chains[c]
+            seq = layout.seq(c, head.size + 1)
             leaf = leaf_hash_of(prepared.parts[i], seq, recorded_us, digest)
-            previous = chain_hash(previous, leaf)
+            previous = chain_hash(head.chain_hash, leaf)
+            for node in self._trees[c].append([leaf]):
+                self._nodes[c, node.level, node.index] = node.hash
+            self._chains[c] = ChainHead(c, head.size + 1, previous, self._trees[c].root())
             entry = StoredEntry(
                 seq, rec.envelope_id, rec.type, rec.source, rec.correlation_id, rec.causation_id,
                 from_micros(prepared.times_us[i]), now, rec.stream, rec.entry_id, digest, leaf, previous,
-                HASH_VERSION, rec.env, rec.sig, rec.key_id,
+                HASH_VERSION, rec.env, rec.sig, rec.key_id, c,
             )  # fmt: skip
-            self.entries.append(entry)
+            bisect.insort(self.entries, entry, key=_seq)
             self._seq_of[rec.envelope_id] = seq
             placed[rec.envelope_id] = (seq, previous)
-        self._head = Head(seq, previous, now)
+            if seq > self._head.seq:
+                self._head = Head(seq, previous, now)
+        self._head = replace(self._head, updated_at=now)
         if self._moved is not None:
             self._moved.set()
             self._moved = None
@@ -113,14 +129,14 @@ class InMemoryAuditRecorder(AuditRecorder):
     async def make_checkpoint(self, signing_key: SigningKey) -> Checkpoint:
         self._open()
         last = self._checkpoints[-1] if self._checkpoints else None
-        if last is not None and last.seq == self._head.seq:
+        heads = tuple(self._chains)
+        if last is not None and last.version == 2 and last.heads == heads:
             checkpoint = last
         else:
-            checkpoint = Checkpoint.sign(
+            checkpoint = Checkpoint.sign_heads(
                 signing_key,
                 id=last.id + 1 if last else 1,
-                seq=self._head.seq,
-                chain_hash=self._head.chain_hash,
+                heads=heads,
                 created_at=self._tick(),
                 previous=last,
             )
@@ -145,9 +161,35 @@ class InMemoryAuditRecorder(AuditRecorder):
         at = bisect.bisect_left(self.entries, seq, key=_seq)
         return at if at < len(self.entries) and self.entries[at].seq == seq else None
 
+    @property
+    def layout(self) -> Layout:
+        return self._layout
+
     async def head(self) -> Head:
         self._open()
         return self._head
+
+    async def heads(self) -> list[ChainHead]:
+        self._open()
+        return list(self._chains)
+
+    async def entry(self, envelope_id: str) -> StoredEntry | None:
+        self._open()
+        seq = self._seq_of.get(envelope_id)
+        at = None if seq is None else self._index(seq)
+        return None if at is None else self.entries[at]
+
+    async def tree_nodes(self, chain: int, needs: Needs) -> dict[tuple[int, int], bytes]:
+        self._open()
+        found: dict[tuple[int, int], bytes] = {}
+        for level, index in needs:
+            if level == 0:
+                at = self._index(self._layout.seq(chain, index + 1))
+                if at is not None:
+                    found[0, index] = self.entries[at].leaf_hash
+            elif (hash_ := self._nodes.get((chain, level, index))) is not None:
+                found[level, index] = hash_
+        return found
 
     async def entries_after(
         self,

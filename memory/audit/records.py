@@ -161,6 +161,8 @@ class StoredEntry:
     env: bytes | None
     sig: str | None
     key_id: str | None
+    #: The chain the entry is in (``Layout.chain_at(seq)``).
+    chain: int = 0
 
     @property
     def redacted(self) -> bool:

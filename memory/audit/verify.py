@@ -374,7 +374,7 @@ def check_checkpoints(
         elif (link := cp.link_problem(previous)) is not None:
             out.problems.append(Problem(Damage.CHECKPOINT_LINK_BROKEN, cp.seq, link))
         else:
-            out.anchors.append(Anchor(cp.seq, cp.chain_hash, f"checkpoint #{cp.id}"))
+            out.anchors.extend(anchors_of(cp, f"checkpoint #{cp.id}"))
         previous = cp
     by_id = {cp.id: cp for cp in in_trail}
     newest = max(in_trail, key=lambda c: c.id, default=None)
@@ -382,11 +382,16 @@ def check_checkpoints(
     for path, cp in outside.values():
         trusted = _check_outside(cp, path, by_id, newest, trusted_keys, out.problems)
         if trusted:
-            out.anchors.append(Anchor(cp.seq, cp.chain_hash, f"checkpoint file {path}"))
+            out.anchors.extend(anchors_of(cp, f"checkpoint file {path}"))
     if presented is not None and _untrusted(presented[1], trusted_keys) is None:
         out.start = presented[1]
     out.anchors = list({(a.seq, a.chain_hash): a for a in out.anchors}.values())
     return out
+
+
+def anchors_of(cp: Checkpoint, label: str) -> list[Anchor]:
+    """The (seq, chain hash) pairs checkpoint ``cp`` vouches for: one per non-empty chain."""
+    return [Anchor(seq, chained, label) for seq, chained in cp.chain_heads().values()]
 
 
 def _check_files(

@@ -96,6 +96,11 @@ async def verify_snapshot(
     return report
 
 
+def start_at(start: Checkpoint) -> tuple[int, bytes]:
+    """Where a walk of chain 0 starts from checkpoint ``start``: its seq and chain hash there."""
+    return start.chain_heads().get(0, (0, GENESIS))
+
+
 class Walk:
     """One verification over one snapshot."""
 
@@ -117,8 +122,8 @@ class Walk:
         problems = list(check.problems)
         start = check.start
         walker = ChainWalker(
-            last_seq=start.seq if start else 0,
-            chain_hash=start.chain_hash if start else GENESIS,
+            last_seq=start_at(start)[0] if start else 0,
+            chain_hash=start_at(start)[1] if start else GENESIS,
             anchors=check.anchors,
             redactions=await snapshot.redactions(),
         )
@@ -143,28 +148,27 @@ class Walk:
 
     async def _check_start(self, start: Checkpoint, max_seq: int) -> Problem | None:
         """The trail must hold the checkpoint's chain hash at its seq."""
-        if start.seq == 0:  # the empty trail: its chain hash is the genesis one
-            if start.chain_hash == GENESIS:
+        seq, chained = start_at(start)
+        if seq == 0:  # the empty trail: its chain hash is the genesis one
+            if chained == GENESIS:
                 return None
             return Problem(
                 Damage.CHAIN_REWRITTEN, 0, f"checkpoint #{start.id} gives seq 0 a non-genesis hash"
             )
-        stored = await self.snapshot.chain_hash_at(start.seq)
-        if stored is None and max_seq < start.seq:
+        stored = await self.snapshot.chain_hash_at(seq)
+        if stored is None and max_seq < seq:
             return Problem(
                 Damage.TAIL_TRUNCATED,
                 max_seq + 1,
-                f"the trail ends at seq {max_seq} but checkpoint #{start.id} vouches for seq {start.seq}",
+                f"the trail ends at seq {max_seq} but checkpoint #{start.id} vouches for seq {seq}",
             )
         if stored is None:
-            return Problem(
-                Damage.MISSING_ROW, start.seq, f"seq {start.seq} of checkpoint #{start.id} is gone"
-            )
-        if stored != start.chain_hash:
+            return Problem(Damage.MISSING_ROW, seq, f"seq {seq} of checkpoint #{start.id} is gone")
+        if stored != chained:
             return Problem(
                 Damage.CHAIN_REWRITTEN,
-                start.seq,
-                f"the trail's chain hash at seq {start.seq} "
+                seq,
+                f"the trail's chain hash at seq {seq} "
                 f"differs from checkpoint #{start.id}: the trail was rewritten",
             )
         return None

@@ -15,10 +15,13 @@ from .schema import BOOKKEEPING_SQL, MIGRATION_LOCK_KEY, load_migrations, pendin
 log = structlog.get_logger("memory.postgres.store")
 
 
-async def migrate(admin_dsn: str, directory: Path | None = None) -> None:
+async def migrate(admin_dsn: str, directory: Path | None = None, *, chains: int | None = None) -> None:
     """Apply the pending migrations (each in its own transaction), idempotently.
 
-    Refuses, naming the file, when a migration changed after it was applied.
+    Refuses, naming the file, when a migration changed after it was applied. ``chains``:
+    the trail's chain count (``memory.audit.chains``), set while the trail is empty; an
+    :class:`AuditStoreError` names both counts when the trail already holds entries in
+    another.
     """
     migrations = load_migrations() if directory is None else load_migrations(directory)
     with unavailable_as("migrate"):
@@ -38,8 +41,24 @@ async def migrate(admin_dsn: str, directory: Path | None = None) -> None:
                     migration.checksum,
                 )
             log.info("audit.migration.applied", version=migration.version, name=migration.name)
+        if chains is not None and directory is None:
+            await _set_chains(conn, chains)
     finally:
         await conn.close()
+
+
+async def _set_chains(conn: asyncpg.Connection, chains: int) -> None:
+    have = await conn.fetchval("SELECT chains FROM l9_audit.trail")
+    if have == chains:
+        return
+    try:
+        await conn.execute("UPDATE l9_audit.trail SET chains = $1", chains)
+    except asyncpg.PostgresError as exc:
+        raise AuditStoreError(
+            f"L9_AUDIT_CHAINS={chains}, but the trail already holds entries in {have} chain(s) "
+            f"and its chain count is fixed: set L9_AUDIT_CHAINS={have} or leave it unset ({exc})"
+        ) from exc
+    log.info("audit.chains.set", chains=chains, was=have)
 
 
 async def redact(admin_dsn: str, seq: int, reason: str) -> None:

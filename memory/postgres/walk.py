@@ -8,7 +8,9 @@ from typing import Any
 
 import asyncpg
 
+from memory.audit.chains import unpack_heads
 from memory.audit.checkpoints import Checkpoint
+from memory.audit.port import AuditStoreError
 from memory.audit.verify import VERIFY_COLUMNS, Row
 
 from . import sql
@@ -39,7 +41,14 @@ WALK_PLAN = (
 
 
 def checkpoint_of(row: Mapping[str, Any]) -> Checkpoint:
-    return Checkpoint(**{name: row[name] for name in sql.CHECKPOINT_COLUMNS})
+    """A checkpoints row as a :class:`Checkpoint` (its heads unpacked)."""
+    values = {name: row[name] for name in sql.CHECKPOINT_COLUMNS}
+    heads = values.pop("heads")
+    try:
+        unpacked = unpack_heads(heads) if heads is not None else ()
+    except ValueError as exc:
+        raise AuditStoreError(f"checkpoint #{values['id']}: {exc}") from None
+    return Checkpoint(**values, heads=unpacked)
 
 
 class PostgresSnapshot:
@@ -50,8 +59,8 @@ class PostgresSnapshot:
         self.conn = conn
 
     async def head(self) -> tuple[int, bytes]:
-        row = await self.conn.fetchrow("SELECT seq, chain_hash FROM l9_audit.chain_head")
-        return row["seq"], row["chain_hash"]
+        row = await self.conn.fetchrow("SELECT size, chain_hash FROM l9_audit.chains WHERE chain = 0")
+        return row["size"], row["chain_hash"]
 
     async def max_seq(self) -> int:
         found: int = await self.conn.fetchval("SELECT coalesce(max(seq), 0) FROM l9_audit.entries")

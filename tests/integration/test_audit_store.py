@@ -26,6 +26,7 @@ import pytest
 from envelope import SIGNED_FIELDS, PacketEnvelope, Signer, Verifier
 from l9.devstack import StackEndpoints
 from l9.settings import Settings
+from memory.audit.chains import ChainHead, tree_head_root
 from memory.chain import (
     GENESIS,
     HASH_VERSION,
@@ -53,6 +54,7 @@ from memory.postgres import (
     writer_dsn,
 )
 from memory.postgres.schema import MIGRATIONS_DIR
+from memory.postgres.store import checkpoint_values
 from tests.conftest import KEYRING, ROOT
 from tests.integration.conftest import admin_sql, drop_database, new_database
 
@@ -362,13 +364,13 @@ async def test_the_writer_can_only_append(store: PostgresAuditStore, admin_dsn: 
         await _refused(writer, "DROP TRIGGER entries_append_only ON l9_audit.entries", "must be owner")
         await _refused(writer, "SET session_replication_role = replica", denied)
         await _refused(writer, "SELECT l9_audit.redact(1, 'why')", denied)
-        await _refused(writer, "UPDATE l9_audit.chain_head SET seq = 1", "moves forward only")
+        await _refused(writer, "UPDATE l9_audit.chains SET size = 1 WHERE chain = 0", "moves forward only")
         await _refused(
             writer,
-            "UPDATE l9_audit.chain_head SET seq = 9, chain_hash = chain_hash",
+            "UPDATE l9_audit.chains SET size = 9, chain_hash = chain_hash WHERE chain = 0",
             "must name a stored entry",
         )
-        await _refused(writer, "DELETE FROM l9_audit.chain_head", denied)
+        await _refused(writer, "DELETE FROM l9_audit.chains", denied)
         assert await writer.fetchval("SELECT count(*) FROM l9_audit.entries") == 3
     finally:
         await writer.close()
@@ -386,8 +388,9 @@ async def test_even_the_owner_cannot_change_the_trail(store: PostgresAuditStore,
         await _refused(owner, "DELETE FROM l9_audit.entries WHERE seq = 1", append_only)
         await _refused(owner, "UPDATE l9_audit.payloads SET sig = 'x'", append_only)
         await _refused(owner, "DELETE FROM l9_audit.payloads WHERE seq = 1", "use l9_audit.redact")
-        await _refused(owner, "DELETE FROM l9_audit.chain_head", append_only)
-        await _refused(owner, "TRUNCATE l9_audit.chain_head", append_only)
+        for table in ("chains", "tree_nodes", "trail"):
+            await _refused(owner, f"DELETE FROM l9_audit.{table}", append_only)
+            await _refused(owner, f"TRUNCATE l9_audit.{table}", append_only)
     finally:
         await owner.close()
     assert (await store.verify()).ok
@@ -455,7 +458,8 @@ async def test_an_empty_trail_verifies_and_can_be_checkpointed(store: PostgresAu
     report = await store.verify(trusted_keys=key.trusted())
     assert report.ok and report.last_seq == 0 and report.chain_hash == GENESIS
     genesis = await store.make_checkpoint(key)
-    assert (genesis.id, genesis.seq, genesis.chain_hash) == (1, 0, GENESIS)
+    assert (genesis.id, genesis.seq, genesis.heads) == (1, 0, (ChainHead.empty(0),))
+    assert genesis.chain_hash == tree_head_root([ChainHead.empty(0)])
     assert store.checkpoint_dir is not None
     path = store.checkpoint_dir / genesis.file_name()
     assert (await store.verify(from_checkpoint=path, trusted_keys=key.trusted())).ok
@@ -581,7 +585,8 @@ async def _rehash_from(admin: str, seq: int) -> None:
     )
     last_seq, _, _, last_chain = updates[-1]
     await _tamper(
-        admin, f"UPDATE l9_audit.chain_head SET seq = {last_seq}, chain_hash = '\\x{last_chain.hex()}'"
+        admin,
+        f"UPDATE l9_audit.chains SET size = {last_seq}, chain_hash = '\\x{last_chain.hex()}' WHERE chain = 0",
     )
 
 
@@ -617,7 +622,7 @@ async def _insert_forged_row(admin: str, at: int) -> None:
     await _tamper_rows(
         admin,
         "INSERT INTO l9_audit.entries SELECT $1, $2, type, source, correlation_id, causation_id, "
-        "envelope_time, recorded_at, stream, entry_id, $3, $4, $5, hash_version "
+        "envelope_time, recorded_at, stream, entry_id, $3, $4, $5, hash_version, chain "
         "FROM l9_audit.entries WHERE seq = $6",
         [(at, forged.envelope_id, digest, leaf, chained, at + 1)],
     )
@@ -648,20 +653,8 @@ async def _replace_checkpoint(admin: str, forged: Checkpoint) -> None:
     await _tamper(admin, f"DELETE FROM l9_audit.checkpoints WHERE id = {forged.id}")
     await _tamper_rows(
         admin,
-        "INSERT INTO l9_audit.checkpoints VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        [
-            (
-                forged.id,
-                forged.seq,
-                forged.chain_hash,
-                forged.created_at,
-                forged.prev_id,
-                forged.prev_digest,
-                forged.key_id,
-                forged.digest,
-                forged.signature,
-            )
-        ],
+        "INSERT INTO l9_audit.checkpoints VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        [tuple(checkpoint_values(forged))],
     )
 
 
@@ -735,8 +728,8 @@ async def _truncate_tail(admin: str, trail: Trail) -> None:
     await _tamper(admin, *(f"DELETE FROM l9_audit.{t} WHERE seq > 9000" for t in ("entries", "payloads")))
     await _tamper(
         admin,
-        "UPDATE l9_audit.chain_head SET seq = 9000, chain_hash = "
-        "(SELECT chain_hash FROM l9_audit.entries WHERE seq = 9000)",
+        "UPDATE l9_audit.chains SET size = 9000, chain_hash = "
+        "(SELECT chain_hash FROM l9_audit.entries WHERE seq = 9000) WHERE chain = 0",
     )
 
 
@@ -766,13 +759,12 @@ async def _present_older_checkpoint(admin: str, trail: Trail) -> None:
 
 async def _rehash_a_foreign_checkpoint(admin: str, trail: Trail) -> None:
     """Checkpoint #2 of the trail replaced by another (validly signed) #2 for other content."""
-    impostor = replace(trail.checkpoints[1], chain_hash=bytes(32))
-    forged = Checkpoint.sign(
+    real = trail.checkpoints[1]
+    forged = Checkpoint.sign_heads(
         trail.key,
         id=2,
-        seq=impostor.seq,
-        chain_hash=impostor.chain_hash,
-        created_at=impostor.created_at,
+        heads=(replace(real.heads[0], chain_hash=bytes(32)),),
+        created_at=real.created_at,
         previous=trail.checkpoints[0],
     )
     await _replace_checkpoint(admin, forged)

@@ -522,7 +522,7 @@ async def test_audit_verify_catches_a_rewritten_chain_with_a_checkpoint_file(
         "DELETE FROM l9_audit.payloads WHERE seq > 25",
         "DELETE FROM l9_audit.entries WHERE seq > 25",
         "DELETE FROM l9_audit.checkpoints",
-        f"UPDATE l9_audit.chain_head SET seq = 25, chain_hash = '\\x{chain_25.hex()}'",
+        f"UPDATE l9_audit.chains SET size = 25, chain_hash = '\\x{chain_25.hex()}' WHERE chain = 0",
     )
     for stale in store.checkpoint_dir.iterdir():
         stale.unlink()

@@ -17,6 +17,7 @@ from bus import Entry
 from envelope import PacketEnvelope, Signer, Verifier, encode
 from memory.audit import AppendStatus, AuditRecord, PreparedAppend, prepare_append
 from memory.audit.appending import outcomes
+from memory.audit.chains import Layout
 from memory.chain import (
     GENESIS,
     HASH_VERSION,
@@ -28,7 +29,8 @@ from memory.chain import (
     payload_hash,
     to_micros,
 )
-from memory.postgres.appending import chain_batch
+from memory.merkle import CompactRange, root_of
+from memory.postgres.appending import ChainedBatch, ChainState, chain_batch
 from memory.postgres.timestamps import pg_time
 from memory.summary import summarize, summarize_env
 
@@ -69,9 +71,14 @@ def record(i: int, *, eid: str | None = None, data: Any = None) -> AuditRecord:
     return AuditRecord.from_envelope(envelope, stream="plan", entry_id=f"{1000 + i}-0", signer=SIGNER)
 
 
-def reference_rows(records: list[AuditRecord], seq: int, previous: bytes) -> list[tuple[Any, ...]]:
-    """The entries rows as the documented formulas give them (memory.chain's module doc)."""
+def reference_rows(
+    records: list[AuditRecord], seq: int, previous: bytes, *, chain: int = 0, chains: int = 1
+) -> list[tuple[Any, ...]]:
+    """The entries rows as the documented formulas give them (memory.chain's module doc), for
+    chain ``chain`` of ``chains`` whose last entry is ``seq`` (``chain + 1 - chains`` when
+    empty; memory.audit.chains: a chain's seqs are ``chains`` apart)."""
     rows = []
+    seq += chains - 1  # the loop adds one more: the chain's next seq
     for rec in records:
         seq += 1
         digest = payload_hash(rec.env, rec.sig, rec.key_id)
@@ -84,19 +91,47 @@ def reference_rows(records: list[AuditRecord], seq: int, previous: bytes) -> lis
         rows.append((
             seq, rec.envelope_id, rec.type, rec.source, rec.correlation_id, rec.causation_id,
             pg_time(to_micros(rec.time)), pg_time(to_micros(NOW)), rec.stream, rec.entry_id, digest, leaf,
-            previous, HASH_VERSION,
+            previous, HASH_VERSION, chain,
         ))  # fmt: skip
+        seq += chains - 1
     return rows
+
+
+def one_chain(prepared: PreparedAppend, fresh: list[int], size: int, previous: bytes) -> ChainedBatch:
+    """:func:`chain_batch` onto a trail of one chain of ``size`` entries."""
+    state = ChainState(0, size, previous, CompactRange())
+    return chain_batch(prepared, {0: fresh}, {0: state}, Layout(1), NOW)
 
 
 def test_a_prepared_batch_chains_exactly_as_the_documented_formulas() -> None:
     records = [record(i) for i in range(6)]
     prepared = prepare_append(records)
-    head = {"seq": 41, "chain_hash": bytes([7]) * 32, "now": NOW}
-    batch = chain_batch(prepared, list(prepared.firsts.values()), head)
+    batch = one_chain(prepared, list(prepared.firsts.values()), 41, bytes([7]) * 32)
     assert batch.entries == reference_rows(records, 41, bytes([7]) * 32)
     assert batch.payloads == [(42 + i, r.env, r.sig, r.key_id) for i, r in enumerate(records)]
-    assert (batch.last_seq, batch.last_chain) == (47, batch.entries[-1][12])
+    assert batch.last_seq == 47
+    assert batch.moves == [(0, 47, batch.entries[-1][12], batch.moves[0][3], 41)]
+
+
+def test_records_of_streams_in_two_chains_take_interleaved_seqs_and_grow_each_tree() -> None:
+    layout = Layout(2)
+    streams = {layout.chain_of(s): s for s in ("plan", "validate", "sympy.requests", "generate", "a", "b")}
+    assert set(streams) == {0, 1}, "the sample streams cover both chains"
+    records = [record(i)._replace(stream=streams[i % 2], entry_id=f"{1000 + i}-0") for i in range(6)]
+    prepared = prepare_append(records)
+    fresh = {0: [0, 2, 4], 1: [1, 3, 5]}
+    trees = {0: CompactRange(), 1: CompactRange()}
+    trees[1].append([bytes(32)] * 3)  # chain 1 holds 3 entries: seqs 2, 4, 6
+    states = {0: ChainState(0, 0, GENESIS, trees[0]), 1: ChainState(1, 3, bytes([9]) * 32, trees[1])}
+    batch = chain_batch(prepared, fresh, states, layout, NOW)
+    by_chain = {0: [r for r in batch.entries if r[-1] == 0], 1: [r for r in batch.entries if r[-1] == 1]}
+    assert by_chain[0] == reference_rows(records[0::2], -1, GENESIS, chain=0, chains=2)
+    assert by_chain[1] == reference_rows(records[1::2], 6, bytes([9]) * 32, chain=1, chains=2)
+    assert [r[0] for r in by_chain[0]] == [1, 3, 5] and [r[0] for r in by_chain[1]] == [8, 10, 12]
+    assert [(m[0], m[1], m[4]) for m in batch.moves] == [(0, 3, 0), (1, 6, 3)]
+    assert trees[0].size == 3 and trees[1].size == 6
+    assert trees[0].root() == root_of([r[11] for r in by_chain[0]])
+    assert batch.placed[records[5].envelope_id] == (12, by_chain[1][-1][12])
 
 
 def test_duplicates_in_the_batch_and_in_the_trail_are_placed_once() -> None:
@@ -106,7 +141,7 @@ def test_duplicates_in_the_batch_and_in_the_trail_are_placed_once() -> None:
     assert prepared.firsts == {a.envelope_id: 0, b.envelope_id: 1, c.envelope_id: 4}
     stored = {b.envelope_id: {"seq": 9, "chain_hash": b"h" * 32, "recorded_at": NOW, "payload_hash": b"x"}}
     fresh = [i for eid, i in prepared.firsts.items() if eid not in stored]
-    batch = chain_batch(prepared, fresh, {"seq": 10, "chain_hash": GENESIS, "now": NOW})
+    batch = one_chain(prepared, fresh, 10, GENESIS)
     assert batch.entries == reference_rows([a, c], 10, GENESIS)
     result = outcomes(prepared, stored, batch.placed, NOW)
     assert [(o.seq, o.status) for o in result] == [

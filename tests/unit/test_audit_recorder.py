@@ -28,6 +28,7 @@ from memory.audit import (
     SigningKey,
     prepare_append,
 )
+from memory.audit.chains import Layout
 from memory.chain import (
     GENESIS,
     HASH_VERSION,
@@ -37,7 +38,8 @@ from memory.chain import (
     payload_hash,
     to_micros,
 )
-from memory.postgres.appending import chain_batch
+from memory.merkle import CompactRange
+from memory.postgres.appending import ChainState, chain_batch
 
 SIGNER = Signer({"k1": b"unit-recorder-secret"}, "k1")
 T0 = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -98,7 +100,8 @@ async def test_an_append_chains_the_documented_bytes_that_the_postgres_append_wr
         assert (entry.seq, entry.leaf_hash, entry.chain_hash) == (seq, leaf, previous)
     # the PostgreSQL adapter's rows for the same batch on the same head: the same hashes
     prepared = prepare_append(records)
-    rows = chain_batch(prepared, list(range(5)), {"seq": 0, "chain_hash": GENESIS, "now": recorded_at})
+    state = ChainState(0, 0, GENESIS, CompactRange())
+    rows = chain_batch(prepared, {0: list(range(5))}, {0: state}, Layout(1), recorded_at)
     assert [(r[0], r[11], r[12]) for r in rows.entries] == [
         (e.seq, e.leaf_hash, e.chain_hash) for e in recorder.entries
     ]
@@ -245,7 +248,7 @@ async def test_checkpoints_link_up_and_are_written_as_files(tmp_path: Path) -> N
     second = await recorder.make_checkpoint(KEY)
     assert (first.id, first.seq, second.id, second.seq) == (1, 3, 2, 4)
     assert second.link_problem(first) is None and second.signature_problem(KEY.trusted()) is None
-    assert second.chain_hash == (await recorder.head()).chain_hash
+    assert second.heads[0].chain_hash == (await recorder.head()).chain_hash
     assert await recorder.checkpoints() == [first, second] and await recorder.last_checkpoint() == second
     assert (tmp_path / first.file_name()).is_file() and (tmp_path / second.file_name()).is_file()
     report = await recorder.verify(trusted_keys=KEY.trusted(), from_checkpoint=tmp_path / first.file_name())

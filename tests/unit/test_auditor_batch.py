@@ -144,7 +144,7 @@ async def test_a_checkpoint_follows_every_n_entries(
                 await anyio.sleep(0.01)
             tg.cancel_scope.cancel()
     assert checkpoint is not None and (checkpoint.id, checkpoint.seq) == (1, 4)
-    assert checkpoint.chain_hash == (await recorder.head()).chain_hash
+    assert checkpoint.heads[0].chain_hash == (await recorder.head()).chain_hash
 
 
 def test_validly_signed_invalid_envelopes_are_kept_as_evidence_under_their_signed_headers() -> None:

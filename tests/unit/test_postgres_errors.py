@@ -22,10 +22,14 @@ class _Conn:
         raise self.error
 
 
+async def _write_failing_with(error: Exception) -> None:
+    batch: Any = SimpleNamespace(entries=[], payloads=[], nodes=[], last_seq=3, moves=[(0, 3, b"", b"", 1)])
+    await PostgresAuditStore._write(_Conn(error), batch, None, None)
+
+
 async def _append_failing_with(error: Exception) -> None:
-    batch: Any = SimpleNamespace(entries=[], payloads=[], last_seq=3, last_chain=b"")
     with translated("append"):
-        await PostgresAuditStore._write(_Conn(error), batch, {"seq": 1, "now": None}, None)
+        await _write_failing_with(error)
 
 
 async def test_postgres_going_away_during_the_copy_is_unavailable_not_a_refusal() -> None:
@@ -35,7 +39,12 @@ async def test_postgres_going_away_during_the_copy_is_unavailable_not_a_refusal(
         )
 
 
-async def test_a_refused_copy_is_an_error_naming_the_seqs() -> None:
-    with pytest.raises(AuditStoreError, match=r"append of seq 2\.\.3 refused") as caught:
-        await _append_failing_with(asyncpg.UniqueViolationError("duplicate key"))
+async def test_a_refused_copy_is_an_error_naming_the_chain_and_its_entries() -> None:
+    with pytest.raises(AuditStoreError, match=r"append of chain 0 entries 2\.\.3 refused") as caught:
+        await _append_failing_with(asyncpg.CheckViolationError("new row violates check constraint"))
     assert not isinstance(caught.value, AuditStoreUnavailable)
+
+
+async def test_an_envelope_id_stored_meanwhile_by_another_chains_writer_is_left_to_the_retry() -> None:
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await _write_failing_with(asyncpg.UniqueViolationError("duplicate key (envelope_id)"))

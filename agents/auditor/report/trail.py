@@ -104,11 +104,12 @@ async def _checkpoint(
     signature = found.signature_problem(trusted_keys)
     if signature is not None:
         problems.append(f"trail: {signature}")
-    anchored = await _entry_at(store, found.seq)
-    if anchored is None or anchored.chain_hash != found.chain_hash:
-        problems.append(
-            f"trail: the trail's chain hash at seq {found.seq} differs from {name}: it was rewritten"
-        )
+    for seq, chained in found.chain_heads().values():
+        anchored = await _entry_at(store, seq)
+        if anchored is None or anchored.chain_hash != chained:
+            problems.append(
+                f"trail: the trail's chain hash at seq {seq} differs from {name}: it was rewritten"
+            )
     return found, problems
 
 
