@@ -1,6 +1,7 @@
 """Throughput of the auditor, from stream entries to the committed trail, against raw COPY.
 
     .venv/bin/python -m benchmarks.audit_throughput [--n 200000] [--batch 1000] [--streams 3]
+        [--partitions 1,2,4] [--partitions-n 100000] [--proof-n 1000000]
 
 Prints one JSON object on stdout; progress goes to stderr.
 
@@ -21,6 +22,24 @@ whether the absolute figure is reachable here at all (the auditor appends the sa
 rows with COPY, and does more besides). Then ``verify()`` walks the whole trail:
 ``verify_entries_per_s``.
 
+The partitioned runs (``--partitions 1,2,4``; ``--n 0`` leaves the run above out): for
+each count P, a fresh trail of P chains (``L9_AUDIT_CHAINS``) and P auditor processes
+(``l9 agent run auditor``, each taking its chain), fed ``--partitions-n`` envelopes
+published beforehand on streams that spread evenly over the P chains. The rate is the
+entries committed after the first commit over the time from that commit until the trail
+holds all N (polled every 50 ms), so the processes' start-up is left out:
+``audit_envelopes_per_s_by_partitions``. Each against raw COPY of the same rows, in the
+same run: ``ratio_to_copy_by_partitions``. ``cpu_s_per_1k_by_partitions`` is the auditor
+processes' CPU (user + system) per 1,000 entries over the same span, from which
+``projected_scaling`` says what P auditors reach when each has a core of its own (the
+machine's cores are shared by the auditors, Redis and PostgreSQL, so the measured rate
+stops growing with the cores).
+
+The proof run (``--proof-n``, default 0: none): a trail of that many entries (appended directly,
+batches of 10,000, no Redis), a checkpoint, then ``inclusion_proof`` of 200 random
+envelopes: ``proof_ms_p50`` / ``proof_ms_p99`` (each proof read from the database and
+checked).
+
 With ``REDIS_URL`` and ``DATABASE_URL`` set it uses those servers; otherwise it
 starts the embedded stack in a temporary home and stops it afterwards.
 """
@@ -32,8 +51,10 @@ import asyncio
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +73,8 @@ from bus import DEFAULT_TOPOLOGY, BatchConsumer, DeliveryPolicy, Keys, Publisher
 from envelope import PacketEnvelope, Signer, Verifier
 from l9.logs import configure_logging
 from l9.process import AUDITOR_YOUNG, settle_heap
-from memory.audit import Committed, PreparedAppend, SigningKey
+from memory.audit import AuditRecord, Committed, PreparedAppend, SigningKey, prepare_append
+from memory.audit.chains import Layout
 from memory.postgres import PostgresAuditStore, migrate, writer_dsn
 
 KEYRING = {"bench": b"benchmark-signing-key-0123456789abcdef"}
@@ -61,6 +83,13 @@ TARGET_RATE = 50_000
 TARGET_RATIO = 0.25
 TARGET_P99_MS = 250.0
 TARGET_VERIFY = 200_000
+#: Issue 17's targets: one partition's share of raw COPY, two partitions over one (with the
+#: cores for it), the verification walk, an inclusion proof at 1M entries.
+TARGET_PARTITION_RATIO = 0.5
+TARGET_TWO_OVER_ONE = 1.5
+TARGET_VERIFY_PARTITIONED = 400_000
+TARGET_PROOF_MS = 5.0
+ROOT = Path(__file__).resolve().parent.parent
 TYPES = ("l9.plan.locked.v1", "l9.artifact.generated.v1", "l9.validation.tests.v1")
 
 
@@ -178,6 +207,220 @@ async def raw_copy(admin: str, batch: int) -> dict[str, Any]:
     return {"copy_rows_per_s": round(len(entries) / elapsed), "copy_seconds": round(elapsed, 3)}
 
 
+def chain_streams(chains: int, per_chain: int = 2) -> list[str]:
+    """Stream names, ``per_chain`` in each of ``chains`` chains (the test's streams spread evenly)."""
+    layout, found = Layout(chains), dict[int, list[str]]()
+    k = 0
+    while any(len(found.get(c, [])) < per_chain for c in range(chains)):
+        name = f"bench{k}"
+        k += 1
+        names = found.setdefault(layout.chain_of(name), [])
+        if len(names) < per_chain:
+            names.append(name)
+    return [n for c in range(chains) for n in found[c]]
+
+
+async def publish_on(redis: Any, keys: Keys, n: int, names: list[str]) -> None:
+    publisher = Publisher(redis, keys, Signer(KEYRING, "bench"))
+    for start in range(0, n, 2000 * len(names)):
+        for s, name in enumerate(names):
+            part = [make_envelope(i) for i in range(start + s, min(n, start + 2000 * len(names)), len(names))]
+            if part:
+                await publisher.publish_many(part, name)
+
+
+def _auditor_env(redis_url: str, db: str, keys: Keys, chains: int, batch: int, home: Path) -> dict[str, str]:
+    key = SigningKey.generate()
+    key_file = home / "audit-key.hex"
+    key_file.write_text(key.private_bytes.hex())
+    return {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": db,
+        "L9_NAMESPACE": keys.namespace,
+        "L9_HOME": str(home),
+        "L9_SIGNING_KEYS": json.dumps({k: v.decode() for k, v in KEYRING.items()}),
+        "L9_SIGNING_KEY_ID": "bench",
+        "L9_AUDIT_CHAINS": str(chains),
+        "L9_AUDIT_BATCH_SIZE": str(batch),
+        "L9_AUDIT_KEY_FILE": str(key_file),
+        "L9_LOG_LEVEL": "warning",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+async def _count(db: str) -> int:
+    conn = await asyncpg.connect(db)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM l9_audit.entries"))
+    finally:
+        await conn.close()
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run_partitioned(
+    redis_url: str, database_url: str, chains: int, n: int, batch: int
+) -> dict[str, Any]:
+    """``chains`` auditor processes on a fresh trail of ``chains`` chains, then raw COPY."""
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(database_url)
+    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.close()
+    db = _database(database_url, name)
+    keys = Keys(f"bench{uuid.uuid4().hex[:8]}")
+    redis = connect(redis_url)
+    home = Path(tempfile.mkdtemp(prefix="l9bench-auditors-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        await migrate(db, chains=chains)
+        progress(f"{chains} partition(s): publishing {n:,} envelopes")
+        await publish_on(redis, keys, n, chain_streams(chains))
+        env = _auditor_env(redis_url, db, keys, chains, batch, home)
+        command = [sys.executable, "-m", "l9", "agent", "run", "auditor"]
+        for i in range(chains):
+            log = (home / f"auditor-{i}.log").open("wb")
+            procs.append(
+                await asyncio.to_thread(
+                    subprocess.Popen, command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+                )
+            )
+        count, first, started, cpu_before = 0, 0, 0.0, 0.0
+        while count < n:
+            await asyncio.sleep(0.05)
+            count = await _count(db)
+            if count and not started:
+                first, started = count, time.perf_counter()
+                cpu_before = sum(_cpu_s(p.pid) for p in procs)
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"an auditor exited early, see {home}")
+        elapsed = time.perf_counter() - started
+        cpu = sum(_cpu_s(p.pid) for p in procs) - cpu_before
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(60)
+        async with await PostgresAuditStore.open(writer_dsn(db)) as store:
+            verify = await store.verify()
+        copy = await raw_copy(db, batch)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        doomed = [k async for k in redis.scan_iter(match=f"{keys.namespace}:*")]
+        if doomed:
+            await redis.delete(*doomed)
+        await redis.aclose()
+        admin = await asyncpg.connect(database_url)
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+        shutil.rmtree(home, ignore_errors=True)
+    rate = (n - first) / elapsed
+    return {
+        "audit_envelopes_per_s": round(rate),
+        "seconds": round(elapsed, 3),
+        "ratio_to_copy": round(rate / copy["copy_rows_per_s"], 3),
+        "copy_rows_per_s": copy["copy_rows_per_s"],
+        "cpu_s_per_1k": round(cpu / (n - first) * 1000, 4),
+        "verify_ok": verify.ok,
+        "verify_entries_per_s": round(verify.entries_per_s),
+    }
+
+
+def _records(start: int, n: int, streams: list[str]) -> list[AuditRecord]:
+    signer = Signer(KEYRING, "bench")
+    return [
+        AuditRecord.from_envelope(
+            make_envelope(i), stream=streams[i % len(streams)], entry_id=f"{i + 1}-0", signer=signer
+        )
+        for i in range(start, start + n)
+    ]
+
+
+async def run_proofs(database_url: str, n: int, samples: int = 200) -> dict[str, Any]:
+    """A trail of ``n`` entries, a checkpoint, and ``samples`` inclusion proofs made and checked."""
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(database_url)
+    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.close()
+    db = _database(database_url, name)
+    try:
+        await migrate(db)
+        key = SigningKey.generate()
+        async with await PostgresAuditStore.open(writer_dsn(db)) as store:
+            ids: list[str] = []
+            for start in range(0, n, 10_000):
+                records = _records(start, min(10_000, n - start), ["proofs"])
+                await store.append_prepared(prepare_append(records))
+                ids += [r.envelope_id for r in records[:: max(1, n // (samples * 5))]]
+                if start % 200_000 == 0:
+                    progress(f"proof trail: {start + len(records):,}/{n:,}")
+            checkpoint = await store.make_checkpoint(key)
+            ms = []
+            for envelope_id in random.Random(17).sample(ids, min(samples, len(ids))):
+                started = time.perf_counter()
+                proof = await store.inclusion_proof(envelope_id, checkpoint)
+                ms.append((time.perf_counter() - started) * 1000)
+                assert proof.problem(key.trusted()) is None
+    finally:
+        admin = await asyncpg.connect(database_url)
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+    ms.sort()
+    return {
+        "proof_entries": n,
+        "proof_ms_p50": round(percentile(ms, 50), 3),
+        "proof_ms_p99": round(percentile(ms, 99), 3),
+    }
+
+
+async def partitioned(redis_url: str, database_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The partitioned runs and the proof run (see the module doc)."""
+    runs = {
+        p: await run_partitioned(redis_url, database_url, p, args.partitions_n, args.batch)
+        for p in args.partitions
+    }
+    out: dict[str, Any] = {
+        "partitions_n": args.partitions_n,
+        "audit_envelopes_per_s_by_partitions": {str(p): r["audit_envelopes_per_s"] for p, r in runs.items()},
+        "ratio_to_copy_by_partitions": {str(p): r["ratio_to_copy"] for p, r in runs.items()},
+        "copy_rows_per_s_by_partitions": {str(p): r["copy_rows_per_s"] for p, r in runs.items()},
+        "cpu_s_per_1k_by_partitions": {str(p): r["cpu_s_per_1k"] for p, r in runs.items()},
+        "verify_entries_per_s_by_partitions": {str(p): r["verify_entries_per_s"] for p, r in runs.items()},
+        "verify_ok_by_partitions": {str(p): r["verify_ok"] for p, r in runs.items()},
+    }
+    if 1 in runs:
+        one = runs[1]
+        # P auditors, a core each: each does 1/P of the work at one auditor's CPU per entry
+        out["projected_scaling"] = {
+            str(p): round(runs[1]["cpu_s_per_1k"] / r["cpu_s_per_1k"] * p, 2) for p, r in runs.items()
+        }
+        if 2 in runs:
+            out["two_over_one"] = round(runs[2]["audit_envelopes_per_s"] / one["audit_envelopes_per_s"], 3)
+    if args.proof_n:
+        out.update(await run_proofs(database_url, args.proof_n))
+    verify_best = max(out["verify_entries_per_s_by_partitions"].values(), default=0)
+    out["targets_partitioned"] = {
+        "ratio_to_copy_by_partitions.1": TARGET_PARTITION_RATIO,
+        "two_over_one": TARGET_TWO_OVER_ONE,
+        "verify_entries_per_s": TARGET_VERIFY_PARTITIONED,
+        "proof_ms_p50": TARGET_PROOF_MS,
+    }
+    out["met_partitioned"] = {
+        "ratio_to_copy_by_partitions.1": runs[1]["ratio_to_copy"] >= TARGET_PARTITION_RATIO
+        if 1 in runs
+        else None,
+        "two_over_one": out["two_over_one"] >= TARGET_TWO_OVER_ONE if "two_over_one" in out else None,
+        "verify_entries_per_s": verify_best >= TARGET_VERIFY_PARTITIONED if runs else None,
+        "proof_ms_p50": out["proof_ms_p50"] <= TARGET_PROOF_MS if "proof_ms_p50" in out else None,
+    }
+    return out
+
+
 def _database(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
@@ -227,6 +470,13 @@ async def bench(redis_url: str, database_url: str, args: argparse.Namespace) -> 
     }
 
 
+def _counts(text: str) -> list[int]:
+    counts = [int(t) for t in text.split(",") if t.strip()]
+    if any(not 1 <= c <= 64 for c in counts):
+        raise argparse.ArgumentTypeError(f"chain counts are 1 to 64, not {text!r}")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -234,6 +484,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=200_000, help="envelopes to audit")
     parser.add_argument("--batch", type=int, default=1000, help="auditor batch size")
     parser.add_argument("--streams", type=int, default=3, help="streams the envelopes are spread over")
+    parser.add_argument(
+        "--partitions",
+        type=_counts,
+        default=[],
+        help="chain counts of partitioned runs, comma-separated, e.g. 1,2,4 (default: none)",
+    )
+    parser.add_argument("--partitions-n", type=int, default=100_000, help="envelopes per partitioned run")
+    parser.add_argument(
+        "--proof-n", type=int, default=1_000_000, help="entries of the proof run (0 skips it)"
+    )
     args = parser.parse_args(argv)
     configure_logging("warning")
     redis_url, database_url = os.environ.get("REDIS_URL"), os.environ.get("DATABASE_URL")
@@ -248,7 +508,9 @@ def main(argv: list[str] | None = None) -> None:
         endpoints = stack.up()
         redis_url, database_url = endpoints.redis_url, endpoints.database_url
     try:
-        result = asyncio.run(bench(redis_url, database_url, args))
+        result = asyncio.run(bench(redis_url, database_url, args)) if args.n else {}
+        if args.partitions or args.proof_n:
+            result.update(asyncio.run(partitioned(redis_url, database_url, args)))
     finally:
         if stack is not None and home is not None:
             stack.down()

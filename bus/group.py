@@ -201,6 +201,23 @@ class GroupConsumer(abc.ABC):
                 if self._cluster:
                     self._by_slot.setdefault(slot_of(key), {})[key] = ">"
 
+    def retire_streams(self, names: Iterable[str]) -> None:
+        """Read ``names`` no more (a reader whose share of the streams shrank): reads under way
+        are cut short, entries already in hand are still handled and acked, and what the group
+        holds pending for this consumer there is left to whoever reads those streams now (a
+        pending scan claims it once its lease lapsed)."""
+        gone = [n for n in names if n in self._key]
+        for name in gone:
+            key = self._key.pop(name)
+            self.streams.remove(name)
+            self._read_ids.pop(key, None)
+            if self._cluster:
+                self._by_slot.get(slot_of(key), {}).pop(key, None)
+        if gone:
+            self._by_slot = {slot: ids for slot, ids in self._by_slot.items() if ids}
+            self._slot_reads.cancel()
+            self.log.info(f"{self.event}.streams_retired", streams=gone, total=len(self.streams))
+
     def _drop_streams(self) -> None:
         self.streams.clear()
         self._key.clear()

@@ -55,6 +55,8 @@ from .process import AUDITOR_YOUNG, settle_heap
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from agents.auditor.agent import Auditor
+    from agents.auditor.ownership import ChainKeeper
     from bus.metrics import BatchMetrics, DeliveryMetrics, GroupStats
     from governance.metrics import EscalationStats
 
@@ -345,7 +347,8 @@ async def _audit(
 ) -> None:
     """The auditor's consumer and the reporter's (``keyring``: what signs the audit stream,
     what checks the envelopes), until stopped."""
-    from agents.auditor.agent import GROUP, Auditor, Checkpointer, is_transient
+    from agents.auditor.agent import GROUP, Auditor, Checkpointer
+    from agents.auditor.ownership import ChainKeeper
     from agents.auditor.stream import AuditStream
 
     keys, policy = Keys(settings.namespace), policy_from(settings)
@@ -360,16 +363,31 @@ async def _audit(
         settings.audit_checkpoint_every,
         settings.audit_checkpoint_interval_s,
     )
-    auditor = Auditor(
-        redis,
-        keys,
-        store,
-        verifier,
-        stream,
-        checkpointer,
-        DEFAULT_TOPOLOGY,
-        settings.partition_set(),
-    )
+    keeper = ChainKeeper(await store.leases(), store.layout, drain_s=policy.lease_ms / 1000)
+    try:
+        await keeper.rebalance()  # the chains to read, before the first read
+        auditor = Auditor(redis, keys, store, verifier, stream, checkpointer, DEFAULT_TOPOLOGY, keeper)
+        await _run_auditor(settings, redis, keys, policy, (name, instance), auditor, keeper, failpoint, admin)
+    finally:
+        await keeper.close()
+
+
+async def _run_auditor(
+    settings: Settings,
+    redis: RedisClient,
+    keys: Keys,
+    policy: DeliveryPolicy,
+    names: tuple[str, str | None],
+    auditor: Auditor,
+    keeper: ChainKeeper,
+    failpoint: Callable[[str], None],
+    admin: Admin | None,
+) -> None:
+    """The auditor's consumer of the streams of the chains ``keeper`` holds, the reporter's,
+    and their side loops, until stopped (``names``: the consumer name, the instance asked for)."""
+    from agents.auditor.agent import GROUP, is_transient
+
+    store, (name, instance) = auditor.store, names
     streams, handle, metrics = metered(admin, GROUP, auditor.streams, auditor.handle)
     consumer = BatchConsumer(
         redis,
@@ -387,9 +405,11 @@ async def _audit(
     if admin is not None and metrics is not None:
         admin.watch_batch(consumer, metrics)
         admin.watch_stream(reporter)
+    keeper.consumer = consumer
     settle_heap(AUDITOR_YOUNG, 20, 10)
     async with anyio.create_task_group() as tg:
         tg.start_soon(stop_on_signal, consumer, tg.cancel_scope)
+        tg.start_soon(keeper.run)
         tg.start_soon(auditor.checkpointer.run)
         tg.start_soon(auditor.catch_up_loop)
         tg.start_soon(auditor.publish_loop)

@@ -21,6 +21,7 @@ import os
 import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 import anyio.lowlevel
@@ -56,6 +57,14 @@ _ID = SIGNED_FIELDS.index("id")
 _TRACEPARENT, _TRACESTATE = SIGNED_FIELDS.index("traceparent"), SIGNED_FIELDS.index("tracestate")
 #: Entries prepared between two checkpoints (see :meth:`Auditor.prepare`).
 PREPARE_SLICE = 100
+
+
+class StreamShare(Protocol):
+    """The streams one auditor reads: those of its partitions."""
+
+    def partitions(self) -> list[int]: ...
+
+    def owns(self, stream: str) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,15 +134,19 @@ class Failpoint:
 
 
 class Checkpointer:
-    """A signed checkpoint every ``every`` entries or ``interval_s`` seconds of a moving head."""
+    """A signed checkpoint every ``every`` entries or ``interval_s`` seconds of a moving trail
+    (entries counted over every chain)."""
 
     def __init__(self, store: AuditRecorder, key: SigningKey, every: int, interval_s: float) -> None:
         self.store, self.key, self.every, self.interval_s = store, key, every, interval_s
         self.last_seq = 0
+        self._since = 0  # entries this process committed since the last checkpoint it saw
         self._due = anyio.Event()
 
-    def committed(self, head_seq: int) -> None:
-        if head_seq - self.last_seq >= self.every:
+    def committed(self, stored: int) -> None:
+        """``stored`` new entries were committed by this process."""
+        self._since += stored
+        if self._since >= self.every:
             self._due.set()
 
     async def run(self) -> None:
@@ -150,15 +163,17 @@ class Checkpointer:
 
     async def _maybe_checkpoint(self) -> None:
         head = await self.store.head()
+        sizes = {h.chain: h.size for h in await self.store.heads()}
         last = await self.store.last_checkpoint()  # another auditor may have made one
-        last_seq = last.seq if last else 0
+        last_sizes = last.sizes() if last else {}
+        new = sum(size - last_sizes.get(chain, 0) for chain, size in sizes.items())
         fresh = last is not None and (head.updated_at - last.created_at).total_seconds() < self.interval_s
-        if head.seq == last_seq or (head.seq - last_seq < self.every and fresh):
-            self.last_seq = last_seq
+        if new == 0 or (new < self.every and fresh):
+            self.last_seq = last.seq if last else 0
             return
         with anyio.CancelScope(shield=True):
             checkpoint = await self.store.make_checkpoint(self.key)
-        self.last_seq = checkpoint.seq
+        self.last_seq, self._since = checkpoint.seq, 0
 
 
 class Auditor:
@@ -173,10 +188,11 @@ class Auditor:
         stream: AuditStream,
         checkpointer: Checkpointer,
         topology: Topology,
-        partitions: PartitionSet | None = None,
+        partitions: StreamShare | None = None,
     ) -> None:
-        """``partitions``: the share of the namespace's streams this process audits (several
-        auditor processes split them by partition; all of them by default)."""
+        """``partitions``: the share of the namespace's streams this process audits: the
+        chains it holds (``agents.auditor.ownership.ChainKeeper``, as ``l9 agent run auditor``
+        does), or a fixed ``PartitionSet``; all of them by default."""
         self.redis, self.keys, self.store, self.verifier = redis, keys, store, verifier
         self.partitions = partitions or PartitionSet()
         self.stream, self.checkpointer, self.topology = stream, checkpointer, topology
@@ -224,7 +240,7 @@ class Auditor:
         head = max((c.seq for c in committed), default=None)
         metrics.committed(len(batch), stored, len(committed) - stored, len(prepared.rejected), head)
         if committed:
-            self.checkpointer.committed(max(c.seq for c in committed))
+            self.checkpointer.committed(stored)
             with contextlib.suppress(anyio.WouldBlock):
                 self._committed.send_nowait((committed, prepared.summaries))
         return prepared.rejected
@@ -240,13 +256,13 @@ class Auditor:
     async def catch_up_loop(self, interval_s: float = 2.0) -> None:
         """Publish what other (crashed) auditors committed but never put on the audit stream:
         whenever the stream stood still for a whole interval while the trail moved on."""
-        before: str | None = None
+        before: dict[int, int] | None = None
         while True:
             await anyio.sleep(interval_s)
             try:
-                last_id, _ = await self.stream.last_published()
-                if last_id == before:
-                    await self.stream.catch_up()
-                before = last_id
+                published = await self.stream.last_published()
+                if published == before:
+                    await self.stream.catch_up_all()
+                before = published
             except (*TRANSIENT, AuditStoreUnavailable) as exc:
                 log.warning("auditor.catch_up_failed", error=str(exc))

@@ -5,6 +5,9 @@
 (:meth:`~memory.audit.AuditRecorder.entries_after`), so nothing is
 skipped or printed twice; NOTIFYs only wake it up, and a poll every second
 covers the ones a dropped listener missed.
+
+The ``l9 audit`` group also holds the proof commands of :mod:`l9.cli.proofs` (``prove``,
+``consistency``, ``verify-proof``, ``keys``), registered at the end of this module.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import signal
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,6 +30,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from l9.cli import proofs
 from l9.cli.common import duration_option, fail, load_settings, with_trail
 from l9.trail import quiet_reconnect_warnings
 from memory.audit import (
@@ -216,17 +221,40 @@ class _Waker:
                 delay = min(delay * 2, BACKOFF_MAX_S)
 
 
+Cursors = dict[int | None, int]
+"""Where a tail stands: the last seq examined, per chain (``None``: a trail of one chain,
+read without a chain filter)."""
+
+
+def _filtered(filters: EntryFilter, chain: int | None) -> EntryFilter:
+    return filters if chain is None else replace(filters, chain=chain)
+
+
+def _where(cursors: Cursors) -> dict[str, Any]:
+    """The cursors as log fields: ``cursor`` for one chain, ``cursors`` by chain for several."""
+    if list(cursors) == [None]:
+        return {"cursor": cursors[None]}
+    return {"cursors": {str(chain): cursor for chain, cursor in cursors.items()}}
+
+
+def commit_order(entry: StoredEntry) -> tuple[datetime, int]:
+    """The order a tail prints entries of several chains in: the clock of the append that
+    committed them (the trail's server, one clock), then seq (the order within one batch)."""
+    return entry.recorded_at, entry.seq
+
+
 async def follow(
     store: AuditRecorder,
-    cursor: int,
+    cursors: Cursors,
     filters: EntryFilter,
     emit: Callable[[StoredEntry], None],
     *,
     poll_s: float = POLL_S,
 ) -> None:
-    """Emit each entry matching ``filters`` after seq ``cursor`` as it commits, forever.
+    """Emit each entry matching ``filters`` after each chain's cursor as it commits, forever
+    (the pages of one round, of every chain, in :func:`commit_order`).
 
-    A lost connection is retried with backoff and the tail resumes from its cursor.
+    A lost connection is retried with backoff and the tail resumes from its cursors.
     """
     waker = _Waker(store)
     waker.start()
@@ -234,25 +262,30 @@ async def follow(
     try:
         while True:
             try:
-                page = await store.entries_after(cursor, limit=PAGE, filters=filters)
+                pages = {
+                    chain: await store.entries_after(cursor, limit=PAGE, filters=_filtered(filters, chain))
+                    for chain, cursor in cursors.items()
+                }
             except AuditStoreUnavailable as exc:
-                log.warning("tail.unavailable", error=str(exc), cursor=cursor, retry_in_s=delay)
+                log.warning("tail.unavailable", error=str(exc), retry_in_s=delay, **_where(cursors))
                 failing = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
+            moved = any(page.cursor > cursors[chain] for chain, page in pages.items())
             if failing:  # the listener's connection most likely went down too
-                log.info("tail.resumed", cursor=cursor)
+                log.info("tail.resumed", **_where(cursors))
                 failing, delay = False, BACKOFF_MIN_S
                 await waker.restart()
-            elif polled and page.cursor > cursor and not waker.woken.is_set():
-                log.debug("tail.listener_restarted", cursor=cursor, head=page.cursor)
+            elif polled and moved and not waker.woken.is_set():
+                log.debug("tail.listener_restarted", **_where(cursors))
                 await waker.restart()  # commits without a notification: the listener is deaf
             polled = False
-            for entry in page.entries:
+            entries = [e for page in pages.values() for e in page.entries]
+            for entry in sorted(entries, key=commit_order) if len(pages) > 1 else entries:
                 emit(entry)
-            cursor = page.cursor
-            if len(page.entries) < PAGE:
+            cursors = {chain: page.cursor for chain, page in pages.items()}
+            if all(len(page.entries) < PAGE for page in pages.values()):
                 polled = not await waker.wait(poll_s)
     finally:
         await waker.stop()
@@ -285,16 +318,30 @@ async def _until_signalled(main: Awaitable[None]) -> None:
 async def run_tail(
     store: AuditRecorder, *, lines: int, filters: EntryFilter, follow_: bool, as_json: bool
 ) -> None:
-    """History up to the head (the last ``lines``, or all since ``filters.since``), then new entries."""
-    head = (await store.head()).seq
-    emit = EntryPrinter(as_json=as_json, seq_width=max(6, len(str(head))))
-    if filters.since is not None:
-        await entries_between(store, 0, head, filters, emit)
+    """History up to the heads (the last ``lines``, or all since ``filters.since``), then new
+    entries. With several chains, each chain is read by its own cursor and what they give is
+    printed in :func:`commit_order`."""
+    layout = store.layout
+    if layout.chains == 1:
+        heads: Cursors = {None: (await store.head()).seq}
     else:
-        for entry in await last_entries(store, lines, filters, head):
-            emit(entry)
+        heads = {h.chain: h.seq(layout) for h in await store.heads()}
+    emit = EntryPrinter(as_json=as_json, seq_width=max(6, len(str(max(heads.values())))))
+    history: list[StoredEntry] = []
+    for chain, head in heads.items():
+        chain_filters = _filtered(filters, chain)
+        if filters.since is not None:
+            await entries_between(store, 0, head, chain_filters, history.append)
+        else:
+            history += await last_entries(store, lines, chain_filters, head)
+    if len(heads) > 1:
+        history.sort(key=commit_order)
+        if filters.since is None:
+            history = history[-lines:] if lines else []
+    for entry in history:
+        emit(entry)
     if follow_:
-        await follow(store, head, filters, emit)
+        await follow(store, heads, filters, emit)
 
 
 @commands.command("tail")
@@ -359,6 +406,7 @@ def report_json(report: VerifyReport) -> dict[str, Any]:
         "signatures_checked": report.signatures_checked,
         "seconds": round(report.seconds, 6),
         "entries_per_s": round(report.entries_per_s),
+        "chains": [c.to_json() for c in report.chains],
     }
 
 
@@ -427,3 +475,11 @@ def audit_verify(
             out.print(Text(line, style=style or ""))
     if not report.ok:
         raise typer.Exit(1)
+
+
+# -- proofs (l9/cli/proofs.py) -------------------------------------------------------------------------
+
+audit_app.command("prove")(proofs.prove)
+audit_app.command("consistency")(proofs.consistency)
+audit_app.command("verify-proof")(proofs.verify_proof)
+audit_app.command("keys")(proofs.keys)

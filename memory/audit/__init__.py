@@ -33,7 +33,7 @@ from .records import (
     StoredEntry,
     decode_entry,
 )
-from .verify import Damage, Problem, VerifyReport
+from .verify import ChainReport, Damage, Problem, VerifyReport
 
 __all__ = [
     "AppendStatus",
@@ -42,6 +42,7 @@ __all__ = [
     "AuditRecorder",
     "AuditStoreError",
     "AuditStoreUnavailable",
+    "ChainReport",
     "Checkpoint",
     "CheckpointError",
     "Committed",

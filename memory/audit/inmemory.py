@@ -14,6 +14,7 @@ import asyncio
 import bisect
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,9 +26,10 @@ from memory.merkle import CompactRange, Needs
 from .appending import PreparedAppend, log_outcomes, outcomes
 from .chains import ChainHead, Layout
 from .checkpoints import Checkpoint, SigningKey
+from .ownership import LeaseBoard, Leases
 from .port import AuditRecorder, AuditStoreError
 from .records import Committed, EntryFilter, EntryPage, Head, StoredEntry
-from .verify import VERIFY_COLUMNS, Row, VerifyReport
+from .verify import VERIFY_COLUMNS, ChainRow, Row, VerifyReport
 from .walk import checkpoint_files, verify_snapshot
 
 
@@ -54,6 +56,7 @@ class InMemoryAuditRecorder(AuditRecorder):
         self._nodes: dict[tuple[int, int, int], bytes] = {}
         self._head = Head(0, self._chains[0].chain_hash, self._tick())
         self._seq_of: dict[str, int] = {}  # envelope id -> seq
+        self._board = LeaseBoard()
         self._checkpoints: list[Checkpoint] = []
         self._moved: asyncio.Event | None = None
         self.closed = False
@@ -173,6 +176,10 @@ class InMemoryAuditRecorder(AuditRecorder):
         self._open()
         return list(self._chains)
 
+    async def leases(self) -> Leases:
+        self._open()
+        return self._board.join()
+
     async def entry(self, envelope_id: str) -> StoredEntry | None:
         self._open()
         seq = self._seq_of.get(envelope_id)
@@ -201,7 +208,8 @@ class InMemoryAuditRecorder(AuditRecorder):
     ) -> EntryPage:
         self._open()
         f = filters or EntryFilter()
-        end = self._head.seq if until_seq is None else min(self._head.seq, until_seq)
+        head = self._head.seq if f.chain is None else self._chains[f.chain].seq(self._layout)
+        end = head if until_seq is None else min(head, until_seq)
         start = bisect.bisect_right(self.entries, after_seq, key=_seq)
         found: list[StoredEntry] = []
         for entry in self.entries[start:]:
@@ -277,19 +285,29 @@ def _row(e: StoredEntry) -> Row:
 
 
 class _Snapshot:
-    """The recorder's trail as it is when the walk starts (a copy: appends do not disturb it)."""
+    """The recorder's trail as it is when the walk starts (a copy: appends do not disturb it):
+    each chain's rows are the entries whose ``chain`` is that chain, as in the store's table."""
 
     def __init__(self, recorder: InMemoryAuditRecorder) -> None:
-        self._head = (recorder._head.seq, recorder._head.chain_hash)
-        self._rows = sorted((_row(e) for e in recorder.entries), key=lambda r: r[_ROW_SEQ])
+        self._layout = recorder._layout
+        self._heads = {
+            h.chain: ChainRow(h.chain, h.size, h.chain_hash, recorder._trees[h.chain].to_bytes())
+            for h in recorder._chains
+        }
+        self._rows: dict[int, list[Row]] = {}
+        self._chain_of: dict[int, int] = {}  # seq -> the chain it is stored in
+        for e in sorted(recorder.entries, key=_seq):
+            self._rows.setdefault(e.chain, []).append(_row(e))
+            self._chain_of[e.seq] = e.chain
+        self._nodes = dict(recorder._nodes)
         self._checkpoints = list(recorder._checkpoints)
         self._redactions = dict(recorder.redactions)
 
-    async def head(self) -> tuple[int, bytes]:
-        return self._head
+    async def layout(self) -> Layout | None:
+        return self._layout
 
-    async def max_seq(self) -> int:
-        return self._rows[-1][_ROW_SEQ] if self._rows else 0
+    async def heads(self) -> dict[int, ChainRow]:
+        return self._heads
 
     async def checkpoints(self) -> list[Checkpoint]:
         return self._checkpoints
@@ -297,11 +315,38 @@ class _Snapshot:
     async def redactions(self) -> dict[int, bytes]:
         return self._redactions
 
+    @asynccontextmanager
+    async def chain(self, chain: int) -> AsyncIterator[_ChainRows]:
+        nodes = {(level, index): h for (c, level, index), h in self._nodes.items() if c == chain}
+        yield _ChainRows(self._rows.get(chain, []), self._chain_of, nodes)
+
+
+class _ChainRows:
+    """One chain of a :class:`_Snapshot`: its rows by seq, and its stored tree nodes."""
+
+    def __init__(
+        self, rows: list[Row], chain_of: Mapping[int, int], nodes: Mapping[tuple[int, int], bytes]
+    ) -> None:
+        self._rows, self._chain_of, self._nodes = rows, chain_of, nodes
+        self._seqs = [r[_ROW_SEQ] for r in rows]
+
+    async def max_seq(self) -> int:
+        return self._seqs[-1] if self._seqs else 0
+
     async def chain_hash_at(self, seq: int) -> bytes | None:
-        return next((r[_ROW_CHAIN] for r in self._rows if r[_ROW_SEQ] == seq), None)
+        at = bisect.bisect_left(self._seqs, seq)
+        return self._rows[at][_ROW_CHAIN] if at < len(self._seqs) and self._seqs[at] == seq else None
+
+    async def stored_chain(self, seq: int) -> int | None:
+        return self._chain_of.get(seq)
 
     async def rows_after(self, seq: int, limit: int) -> Sequence[Row]:
-        return [r for r in self._rows if r[_ROW_SEQ] > seq][:limit]
+        at = bisect.bisect_right(self._seqs, seq)
+        return self._rows[at : at + limit]
 
     async def rows_from(self, seq: int, limit: int) -> Sequence[Row]:
-        return [r for r in self._rows if r[_ROW_SEQ] >= seq][:limit]
+        at = bisect.bisect_left(self._seqs, seq)
+        return self._rows[at : at + limit]
+
+    async def tree_nodes(self, level: int, first: int, last: int) -> dict[int, bytes]:
+        return {i: h for (lv, i), h in self._nodes.items() if lv == level and first <= i <= last}

@@ -42,6 +42,7 @@ from memory.merkle import (
 from .appending import PreparedAppend, prepare_append
 from .chains import ChainHead, Layout
 from .checkpoints import Checkpoint, SigningKey
+from .ownership import Leases
 from .proofs import ConsistencyProof, InclusionProof, ProofError
 from .records import AuditRecord, Committed, EntryFilter, EntryPage, Head, StoredEntry
 from .verify import VerifyReport
@@ -121,6 +122,8 @@ class AuditRecorder(ABC):
 
         ``cursor`` of the page is the last seq examined (the head, or ``until_seq``, when
         fewer than ``limit`` matched): rows up to it never change, so a tail resumes from it.
+        That holds for one chain: with several, a tail reads each chain with its own cursor
+        (``filters.chain``; the head is then that chain's), as ``l9 tail`` does.
         """
 
     @abstractmethod
@@ -148,6 +151,11 @@ class AuditRecorder(ABC):
         """The nodes ``needs`` names of chain ``chain``'s Merkle tree, as (level, index) -> hash
         (level 0: the leaf hashes of the chain's entries, index = position - 1)."""
 
+    @abstractmethod
+    async def leases(self) -> Leases:
+        """This process's leases on the trail's chains (:mod:`.ownership`), on a connection of
+        their own: close them to give every lease up."""
+
     # -- proofs -------------------------------------------------------------------------------------
 
     async def inclusion_proof(self, envelope_id: str, checkpoint: Checkpoint | None = None) -> InclusionProof:
@@ -159,6 +167,9 @@ class AuditRecorder(ABC):
             raise ProofError(f"envelope {envelope_id} is not in the trail")
         cp = checkpoint or await self.last_checkpoint()
         if cp is None or cp.version != 2:
+            if checkpoint is not None:
+                version = checkpoint.version
+                raise ProofError(f"checkpoint #{checkpoint.id} is version {version}: it signs no tree head")
             raise ProofError("the trail has no signed tree head yet (a version 2 checkpoint): make one first")
         layout = cp.layout
         chain, index = layout.chain_at(entry.seq), layout.position(entry.seq) - 1

@@ -52,6 +52,18 @@ def _signed_problem(checkpoint: Checkpoint, trusted_keys: Mapping[str, bytes]) -
     return checkpoint.signature_problem(trusted_keys)
 
 
+def _check_header(data: Mapping[str, Any], header: tuple[Any, ...]) -> None:
+    """The header's seq is an integer, and the ``envelope_id`` and ``seq`` beside it (what a
+    reader of the file sees first) are the header's: ProofError otherwise."""
+    seq = header[_SEQ]
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        raise ProofError(f"malformed inclusion proof: the header's seq is {seq!r}, not an integer")
+    for name in ("envelope_id", "seq"):
+        value = header[HEADER_FIELDS.index(name)]
+        if name in data and data[name] != value:
+            raise ProofError(f"malformed inclusion proof: {name} is {data[name]!r}, the header's {value!r}")
+
+
 @dataclass(frozen=True)
 class InclusionProof:
     """Entry ``seq`` of chain ``chain`` under ``checkpoint``'s tree head (see the module doc).
@@ -137,6 +149,7 @@ class InclusionProof:
             header = tuple(header_data[name] for name in HEADER_FIELDS)
             if header[0] != HASH_VERSION:
                 raise ProofError(f"hash version {header[0]!r} (this code knows {HASH_VERSION})")
+            _check_header(data, header)
             payload = data.get("payload")
             carried = None
             if payload is not None:

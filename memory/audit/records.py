@@ -213,6 +213,8 @@ class EntryFilter:
     source: str | None = None
     correlation_id: str | None = None
     since: datetime | None = None
+    #: Only the entries of this chain (``memory.audit.chains``).
+    chain: int | None = None
 
     def type_like(self) -> str | None:
         """The glob as a SQL LIKE pattern (``*`` -> ``%``, ``?`` -> ``_``, rest literal)."""
@@ -236,6 +238,7 @@ class EntryFilter:
             and (source_like is None or like(entry.source, source_like))
             and (self.correlation_id is None or entry.correlation_id == self.correlation_id)
             and (self.since is None or entry.recorded_at >= self.since)
+            and (self.chain is None or entry.chain == self.chain)
         )
 
 

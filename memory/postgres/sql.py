@@ -55,6 +55,11 @@ HEAD_SEQ = (
     "SELECT coalesce(max(CASE WHEN c.size > 0 THEN (c.size - 1) * t.chains + c.chain + 1 END), 0) "
     "FROM l9_audit.chains c, l9_audit.trail t WHERE c.chain < t.chains"
 )
+#: The seq of the newest entry of chain ``$1`` (0: none).
+CHAIN_HEAD_SEQ = (
+    "SELECT CASE WHEN c.size > 0 THEN (c.size - 1) * t.chains + c.chain + 1 ELSE 0 END "
+    "FROM l9_audit.chains c, l9_audit.trail t WHERE c.chain = $1"
+)
 STORED = (
     "SELECT envelope_id, seq, chain_hash, payload_hash, recorded_at FROM l9_audit.entries "
     "WHERE envelope_id = ANY($1::text[])"
@@ -95,7 +100,8 @@ CHECKPOINT = f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM l9_audit.checkpoints 
 AFTER = (
     SELECT_ENTRY + "WHERE e.seq > $1 AND e.seq <= $2 AND ($3::text IS NULL OR e.type LIKE $3) "
     "AND ($4::text IS NULL OR e.source LIKE $4) AND ($5::text IS NULL OR e.correlation_id = $5) "
-    "AND ($6::timestamptz IS NULL OR e.recorded_at >= $6) ORDER BY e.seq LIMIT $7"
+    "AND ($6::timestamptz IS NULL OR e.recorded_at >= $6) AND ($8::int2 IS NULL OR e.chain = $8) "
+    "ORDER BY e.seq LIMIT $7"
 )
 FOR_CORRELATION = SELECT_ENTRY + "WHERE e.correlation_id = $1 ORDER BY e.seq"
 CHECKPOINTS = f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM l9_audit.checkpoints ORDER BY id"

@@ -35,9 +35,10 @@ from memory.merkle import CompactRange, Needs
 from . import sql
 from .appending import ChainedBatch, ChainState, chain_batch
 from .errors import UNAVAILABLE, translated
+from .leases import PostgresLeases
 from .sql import NOTIFY_CHANNEL
 from .timestamps import timestamps_as_micros
-from .walk import WALK_PLAN, PostgresSnapshot, checkpoint_of
+from .walk import PostgresSnapshot, checkpoint_of
 
 __all__ = ["CHAIN_LOCK_KEY", "NOTIFY_CHANNEL", "PostgresAuditStore", "quiet_pool_warnings"]
 
@@ -349,6 +350,9 @@ class PostgresAuditStore(AuditRecorder):
             rows = await self._pool.fetch(sql.HEADS)
         return [_head_of(r) for r in rows]
 
+    async def leases(self) -> PostgresLeases:
+        return await PostgresLeases.open(self._dsn)
+
     async def entry(self, envelope_id: str) -> StoredEntry | None:
         with translated("read an entry"):
             row = await self._pool.fetchrow(sql.ENTRY_OF, envelope_id)
@@ -385,7 +389,10 @@ class PostgresAuditStore(AuditRecorder):
         f = filters or EntryFilter()
         with translated("read entries"):
             async with self._pool.acquire() as conn:
-                head = await conn.fetchval(sql.HEAD_SEQ)
+                if f.chain is None:
+                    head = await conn.fetchval(sql.HEAD_SEQ)
+                else:  # that chain's head: its rows up to it never change
+                    head = await conn.fetchval(sql.CHAIN_HEAD_SEQ, f.chain) or 0
                 end = head if until_seq is None else min(head, until_seq)
                 rows = await conn.fetch(
                     sql.AFTER,
@@ -396,6 +403,7 @@ class PostgresAuditStore(AuditRecorder):
                     f.correlation_id,
                     f.since,
                     limit,
+                    f.chain,
                 )
         entries = [_entry(r) for r in rows]
         cursor = entries[-1].seq if len(entries) == limit else max(end, after_seq)
@@ -452,21 +460,17 @@ class PostgresAuditStore(AuditRecorder):
         trusted_keys: Mapping[str, bytes] | None = None,
         chunk_size: int = 10_000,
     ) -> VerifyReport:
-        """See :meth:`AuditRecorder.verify`; the snapshot is one repeatable-read transaction."""
+        """See :meth:`AuditRecorder.verify`. The snapshot is one exported repeatable-read
+        snapshot, its chains read at once through up to :data:`.walk.READERS` connections."""
         started = time.perf_counter()
         files, presented = checkpoint_files(checkpoint_dir or self.checkpoint_dir, from_checkpoint)
         with translated("verify"):
-            conn = await asyncpg.connect(self._dsn)
-            try:
-                async with conn.transaction(isolation="repeatable_read", readonly=True):
-                    await conn.execute(WALK_PLAN)
-                    return await verify_snapshot(
-                        PostgresSnapshot(conn),
-                        files=files,
-                        presented=presented,
-                        trusted_keys=trusted_keys,
-                        chunk_size=chunk_size,
-                        started=started,
-                    )
-            finally:
-                await conn.close()
+            async with PostgresSnapshot.open(self._dsn) as snapshot:
+                return await verify_snapshot(
+                    snapshot,
+                    files=files,
+                    presented=presented,
+                    trusted_keys=trusted_keys,
+                    chunk_size=chunk_size,
+                    started=started,
+                )

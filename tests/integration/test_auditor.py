@@ -22,12 +22,12 @@ import redis.asyncio as aioredis
 
 from agents import Runtime
 from agents.auditor.agent import GROUP
-from agents.auditor.stream import seq_of
 from bus import DeliveryPolicy, Keys, Publisher, RpcClient, StreamConsumer
 from bus.connection import RedisClient
 from bus.topology import AUDIT_STREAM
 from envelope import SIGNED_FIELDS, PacketEnvelope, Signer, Verifier, encode
-from memory.postgres import PostgresAuditStore, SigningKey, writer_dsn
+from memory.audit.chains import Layout
+from memory.postgres import PostgresAuditStore, SigningKey, migrate, writer_dsn
 from tests.conftest import AgentProcess, stream_entries, wait_for
 from tests.integration.ledger import LedgerAgent, Ping
 
@@ -82,9 +82,10 @@ async def audit_feed(redis: RedisClient, keys: Keys) -> list[dict[str, object]]:
     """The records on the audit stream, in stream order."""
     data_at = SIGNED_FIELDS.index("data")
     out: list[dict[str, object]] = []
-    for entry_id, fields in stream_entries(await redis.xrange(keys.stream(AUDIT_STREAM))):
+    for _entry_id, fields in stream_entries(await redis.xrange(keys.stream(AUDIT_STREAM))):
         data = msgpack.unpackb(fields[b"env"])[data_at]
-        assert seq_of(entry_id.decode()) == data["last_seq"]
+        seqs = [r["seq"] for r in data["records"]]
+        assert (seqs[0], seqs[-1]) == (data["first_seq"], data["last_seq"])
         out.extend(data["records"])
     return out
 
@@ -186,24 +187,21 @@ async def _feed_len(redis: RedisClient, keys: Keys, n: int) -> bool:
     return len(await audit_feed(redis, keys)) >= n
 
 
-async def test_two_auditors_share_the_work_and_keep_one_chain(
+async def test_two_auditors_write_a_chain_each_and_keep_each_chain_gapless(
     redis: RedisClient,
     keys: Keys,
     signer: Signer,
     spawn: Callable[..., AgentProcess],
     auditor_env: dict[str, str],
     admin_dsn: str,
-    trail: PostgresAuditStore,
 ) -> None:
+    await migrate(admin_dsn, chains=2)
+    layout = Layout(2)
+    assert {layout.chain_of(s) for s in STREAMS} == {0, 1}, "the test's streams cover both chains"
     env = {**auditor_env, "L9_AUDIT_BATCH_SIZE": "50"}
     first, second = spawn("auditor", env=env), spawn("auditor", env=env)
-
-    def has_started(proc: AgentProcess) -> bool:
-        return any(e.get("event") == "agent.started" for e in proc.log_events())
-
-    # both reading before anything is published, or the first one up may take all the work
-    started = [partial(has_started, p) for p in (first, second)]
-    await wait_for(lambda: all(ready() for ready in started), timeout=60)
+    # both reading their own chain before anything is published
+    await wait_for(lambda: _holds_chains([first, second], {0, 1}), timeout=60)
     publisher = Publisher(redis, keys, signer)
     published: list[PacketEnvelope] = []
     for round_ in range(20):
@@ -213,13 +211,72 @@ async def test_two_auditors_share_the_work_and_keep_one_chain(
         await asyncio.sleep(0.02)
     await wait_for(lambda: stored_count(admin_dsn, 2000), timeout=60)
     await wait_for(lambda: _feed_len(redis, keys, 2000))
-    assert_exactly_once(await stored_ids(admin_dsn), published)
-    assert [r["seq"] for r in await audit_feed(redis, keys)] == list(range(1, 2001))
-    assert (await trail.verify()).ok
-    # both did work: each process logged batches it committed
+    assert_exactly_once_in_chains(await stored_ids(admin_dsn), published, layout)
+    feed = await audit_feed(redis, keys)
+    fed = [cast(int, r["seq"]) for r in feed]
+    for chain in (0, 1):
+        seqs = [seq for seq in fed if layout.chain_at(seq) == chain]
+        assert seqs == [layout.seq(chain, k) for k in range(1, len(seqs) + 1)], f"chain {chain}'s feed"
+    async with await PostgresAuditStore.open(writer_dsn(admin_dsn)) as trail:
+        assert (await trail.verify()).ok
+    # each held one chain while the work went on (a process stopping leaves its chain to the other)
+    held = [_chains_held(p) for p in (first, second)]
+    assert sorted(held, key=sorted) == [{0}, {1}], held
     assert first.terminate() == 0 and second.terminate() == 0
-    workers = [p for p in (first, second) if _stat(p, "stored") > 0]
-    assert len(workers) == 2, [(_stat(p, "stored"), p.log_path) for p in (first, second)]
+    assert all(_stat(p, "stored") > 0 for p in (first, second))
+
+
+async def test_a_second_auditor_of_a_one_chain_trail_stands_by_and_takes_over_a_killed_one(
+    redis: RedisClient,
+    keys: Keys,
+    signer: Signer,
+    spawn: Callable[..., AgentProcess],
+    auditor_env: dict[str, str],
+    admin_dsn: str,
+) -> None:
+    env = {**auditor_env, "L9_AUDIT_BATCH_SIZE": "50", "L9_HEARTBEAT_MS": "100", "L9_LEASE_MS": "1000"}
+    first, second = spawn("auditor", env=env), spawn("auditor", env=env)
+    await wait_for(lambda: _holds_chains([first, second], {0}), timeout=60)
+    writer, standby = (first, second) if _chains_held(first) else (second, first)
+    assert _chains_held(standby) == set(), "two auditors never hold one chain"
+    publisher = Publisher(redis, keys, signer)
+    early = [envelope(i, STREAMS[i % 3]) for i in range(300)]
+    await publisher.publish_many(early)
+    await wait_for(lambda: stored_count(admin_dsn, 300), timeout=60)
+    writer.kill9()
+    late = [envelope(1000 + i, STREAMS[i % 3]) for i in range(300)]
+    await publisher.publish_many(late)
+    await wait_for(lambda: stored_count(admin_dsn, 600), timeout=60)
+    assert _chains_held(standby) == {0}
+    assert_exactly_once(await stored_ids(admin_dsn), early + late)
+    assert standby.terminate() == 0
+
+
+def _chains_held(proc: AgentProcess) -> set[int]:
+    """The chains ``proc`` holds, from its log (taken, then given up)."""
+    held: set[int] = set()
+    for event in proc.log_events():
+        if event.get("event") == "auditor.chains.taken":
+            held |= set(cast(list[int], event["chains"]))
+        elif event.get("event") == "auditor.chains.given_up":
+            held.discard(cast(int, event["chain"]))
+    return held
+
+
+def _holds_chains(procs: list[AgentProcess], chains: set[int]) -> bool:
+    """Every chain of ``chains`` held by one of ``procs``, each by one."""
+    held = [_chains_held(p) for p in procs]
+    return sorted(c for h in held for c in h) == sorted(chains)
+
+
+def assert_exactly_once_in_chains(
+    rows: list[tuple[int, str]], published: list[PacketEnvelope], layout: Layout
+) -> None:
+    """Each envelope stored once, and each chain's seqs gapless from its first."""
+    assert sorted(eid for _, eid in rows) == sorted(e.id for e in published)
+    for chain in range(layout.chains):
+        seqs = [seq for seq, _ in rows if layout.chain_at(seq) == chain]
+        assert seqs == [layout.seq(chain, k) for k in range(1, len(seqs) + 1)], f"chain {chain} has a gap"
 
 
 def _stat(proc: AgentProcess, name: str) -> int:
@@ -335,6 +392,62 @@ async def test_kill_9_at_every_stage_loses_and_repeats_nothing(
     await wait_for(lambda: _feed_len(redis, keys, len(published)), timeout=60)
     assert [r["seq"] for r in await audit_feed(redis, keys)] == list(range(1, len(published) + 1))
     assert survivor.terminate() == 0
+
+
+async def test_kill_9_with_two_auditors_on_two_chains_loses_and_repeats_nothing(
+    redis: RedisClient,
+    keys: Keys,
+    signer: Signer,
+    spawn: Callable[..., AgentProcess],
+    auditor_env: dict[str, str],
+    admin_dsn: str,
+) -> None:
+    """A trail of two chains: a steady auditor, and a second one killed (SIGKILL) at every
+    stage of its work, twice each, after it took a chain from the steady one; envelopes keep
+    flowing to both chains. The steady one takes the dead one's chain back each time."""
+    await migrate(admin_dsn, chains=2)
+    layout = Layout(2)
+    publisher = Publisher(redis, keys, signer)
+    published: list[PacketEnvelope] = []
+    stop = asyncio.Event()
+
+    async def keep_publishing() -> None:
+        i = 0
+        while not stop.is_set():
+            batch = [envelope(i + k, STREAMS[(i + k) % 3], run=f"run-{i % 7}") for k in range(40)]
+            await publisher.publish_many(batch)
+            published.extend(batch)
+            i += 40
+            await asyncio.sleep(0.1)
+
+    env = {**auditor_env, "L9_AUDIT_BATCH_SIZE": "60", "L9_HEARTBEAT_MS": "100", "L9_LEASE_MS": "1000"}
+    steady = spawn("auditor", "--instance", "b", env=env)
+    await wait_for(lambda: _holds_chains([steady], {0, 1}), timeout=60)
+    flow = asyncio.create_task(keep_publishing())
+    try:
+        for round_ in range(6):
+            stage = STAGES[round_ % 3]
+            failpoint = f"{stage}:{round_ // 3 + 1}"
+            proc = spawn("auditor", "--instance", "a", env={**env, "L9_AUDIT_FAILPOINT": failpoint})
+            code = await asyncio.to_thread(proc.proc.wait, 120)
+            assert code == -9, f"auditor exited {code}, see {proc.log_path}"
+            assert _chains_held(proc), f"the killed auditor held no chain, see {proc.log_path}"
+            hit = [e["stage"] for e in proc.log_events() if e.get("event") == "auditor.failpoint"]
+            assert hit == [stage]
+    finally:
+        stop.set()
+        await flow
+    survivor = spawn("auditor", "--instance", "a", env={**env, "L9_AUDIT_BATCH_SIZE": "1000"})
+    await wait_for(lambda: stored_count(admin_dsn, len(published)), timeout=120)
+    await wait_for(lambda: _no_pending(redis, keys), timeout=60)
+    assert_exactly_once_in_chains(await stored_ids(admin_dsn), published, layout)
+    async with await PostgresAuditStore.open(writer_dsn(admin_dsn)) as trail:
+        report = await trail.verify()
+    assert report.ok, report.summary()
+    await wait_for(lambda: _feed_len(redis, keys, len(published)), timeout=60)
+    fed = [cast(int, r["seq"]) for r in await audit_feed(redis, keys)]
+    assert sorted(fed) == sorted(seq for seq, _ in await stored_ids(admin_dsn))
+    assert survivor.terminate() == 0 and steady.terminate() == 0
 
 
 async def _at_work(redis: RedisClient, keys: Keys, proc: AgentProcess) -> bool:

@@ -22,7 +22,17 @@ import pytest
 from envelope import PacketEnvelope, Signer
 from l9.cli.audit import follow
 from l9.devstack import StackEndpoints
-from memory.postgres import AuditRecord, EntryFilter, PostgresAuditStore, SigningKey, StoredEntry, writer_dsn
+from memory.audit.chains import Layout
+from memory.merkle import CompactRange
+from memory.postgres import (
+    AuditRecord,
+    EntryFilter,
+    PostgresAuditStore,
+    SigningKey,
+    StoredEntry,
+    migrate,
+    writer_dsn,
+)
 from tests.conftest import KEYRING, ROOT, run_l9, wait_for
 from tests.integration.conftest import admin_sql
 from tests.integration.test_audit_store import _tamper
@@ -339,12 +349,41 @@ async def test_follow_prints_every_new_entry_once_in_seq_order(
         assert "Traceback" not in tail.log()
 
 
+async def test_a_trail_in_two_chains_is_tailed_in_commit_order_and_followed_on_both(
+    admin_dsn: str, env: dict[str, str], tmp_path: Path, tails: list[Tail]
+) -> None:
+    await migrate(admin_dsn, chains=2)
+    layout = Layout(2)
+    on = {layout.chain_of(name): name for name in ("w0", "w1", "w2", "w3", "w4", "w5")}
+    assert set(on) == {0, 1}
+    async with await PostgresAuditStore.open(writer_dsn(admin_dsn)) as store:
+        batches = [records(10 * b, 5, stream=on[b % 2]) for b in range(3)]  # chains 0, 1, 0
+        placed = []
+        for batch in batches:
+            placed.append([c.seq for c in await store.append(batch)])
+        assert placed == [[1, 3, 5, 7, 9], [2, 4, 6, 8, 10], [11, 13, 15, 17, 19]]
+        # the last 8 by commit: 3 of the second batch (chain 1), then the third (chain 0)
+        assert json_seqs(l9("tail", "-n", "8", "--json", env=env)) == [6, 8, 10, 11, 13, 15, 17, 19]
+        since = json_seqs(l9("tail", "--since", "1h", "--json", env=env))
+        assert since == [s for batch in placed for s in batch]
+        following = await Tail.start(env, tmp_path / "two.log", "-n", "1")
+        tails.append(following)
+        await wait_for(lambda: following.seqs == [19], timeout=60)  # its history is out: it follows
+        late = []
+        for b in range(2):
+            late += [c.seq for c in await store.append(records(100 + 10 * b, 3, stream=on[(b + 1) % 2]))]
+        assert late == [12, 14, 16, 21, 23, 25]
+        await wait_for(lambda: len(following.lines) == 7, timeout=60)
+        assert following.seqs == [19, *late]
+        assert await following.stop() == 0
+
+
 async def test_follow_is_woken_by_notifications_not_only_the_poll(store: PostgresAuditStore) -> None:
     """With the poll an hour apart, only the commits' notifications can show each new entry."""
     await store.append(records(0, 1))
     shown: list[int] = []
     follower = asyncio.create_task(
-        follow(store, 0, EntryFilter(), lambda e: shown.append(e.seq), poll_s=3600)
+        follow(store, {None: 0}, EntryFilter(), lambda e: shown.append(e.seq), poll_s=3600)
     )
     try:
         await wait_for(lambda: shown == [1])
@@ -515,6 +554,12 @@ async def test_audit_verify_catches_a_rewritten_chain_with_a_checkpoint_file(
     conn = await asyncpg.connect(admin_dsn)
     try:
         chain_25 = await conn.fetchval("SELECT chain_hash FROM l9_audit.entries WHERE seq = 25")
+        tree = CompactRange()  # the chain's Merkle tree cut back with it: consistent
+        tree.append(
+            r[0]
+            for r in await conn.fetch("SELECT leaf_hash FROM l9_audit.entries WHERE seq <= 25 ORDER BY seq")
+        )
+        tree_25 = tree.to_bytes()
     finally:
         await conn.close()
     await _tamper(
@@ -522,7 +567,8 @@ async def test_audit_verify_catches_a_rewritten_chain_with_a_checkpoint_file(
         "DELETE FROM l9_audit.payloads WHERE seq > 25",
         "DELETE FROM l9_audit.entries WHERE seq > 25",
         "DELETE FROM l9_audit.checkpoints",
-        f"UPDATE l9_audit.chains SET size = 25, chain_hash = '\\x{chain_25.hex()}' WHERE chain = 0",
+        f"UPDATE l9_audit.chains SET size = 25, chain_hash = '\\x{chain_25.hex()}', "
+        f"tree = '\\x{tree_25.hex()}' WHERE chain = 0",
     )
     for stale in store.checkpoint_dir.iterdir():
         stale.unlink()
