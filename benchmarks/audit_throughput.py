@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -59,6 +60,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -103,15 +105,18 @@ def make_envelope(i: int) -> PacketEnvelope:
     )
 
 
-async def publish(redis: Any, keys: Keys, n: int, streams: int) -> None:
+async def publish(redis: Any, keys: Keys, n: int, names: list[str]) -> None:
+    """``n`` envelopes, envelope ``i`` on stream ``names[i mod len(names)]``, 2,000 per stream
+    and call."""
     publisher = Publisher(redis, keys, Signer(KEYRING, "bench"))
-    names = [f"bench{s}" for s in range(streams)]
-    for start in range(0, n, 2000):
+    step = 2000 * len(names)
+    for start in range(0, n, step):
         for s, name in enumerate(names):
-            part = [make_envelope(i) for i in range(start + s, min(n, start + 2000), streams)]
-            await publisher.publish_many(part, name)
-        if start % 50_000 == 0:
-            progress(f"published {start + 2000:,}/{n:,}")
+            part = [make_envelope(i) for i in range(start + s, min(n, start + step), len(names))]
+            if part:
+                await publisher.publish_many(part, name)
+        if start // step % 25 == 0:
+            progress(f"published {min(n, start + step):,}/{n:,}")
 
 
 class TimedStore(PostgresAuditStore):
@@ -220,15 +225,6 @@ def chain_streams(chains: int, per_chain: int = 2) -> list[str]:
     return [n for c in range(chains) for n in found[c]]
 
 
-async def publish_on(redis: Any, keys: Keys, n: int, names: list[str]) -> None:
-    publisher = Publisher(redis, keys, Signer(KEYRING, "bench"))
-    for start in range(0, n, 2000 * len(names)):
-        for s, name in enumerate(names):
-            part = [make_envelope(i) for i in range(start + s, min(n, start + 2000 * len(names)), len(names))]
-            if part:
-                await publisher.publish_many(part, name)
-
-
 def _auditor_env(redis_url: str, db: str, keys: Keys, chains: int, batch: int, home: Path) -> dict[str, str]:
     key = SigningKey.generate()
     key_file = home / "audit-key.hex"
@@ -267,11 +263,11 @@ async def run_partitioned(
     redis_url: str, database_url: str, chains: int, n: int, batch: int
 ) -> dict[str, Any]:
     """``chains`` auditor processes on a fresh trail of ``chains`` chains, then raw COPY."""
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(database_url)
-    await admin.execute(f"CREATE DATABASE {name}")
-    await admin.close()
-    db = _database(database_url, name)
+    async with fresh_database(database_url) as db:
+        return await _partitioned_run(redis_url, db, chains, n, batch)
+
+
+async def _partitioned_run(redis_url: str, db: str, chains: int, n: int, batch: int) -> dict[str, Any]:
     keys = Keys(f"bench{uuid.uuid4().hex[:8]}")
     redis = connect(redis_url)
     home = Path(tempfile.mkdtemp(prefix="l9bench-auditors-"))
@@ -279,7 +275,7 @@ async def run_partitioned(
     try:
         await migrate(db, chains=chains)
         progress(f"{chains} partition(s): publishing {n:,} envelopes")
-        await publish_on(redis, keys, n, chain_streams(chains))
+        await publish(redis, keys, n, chain_streams(chains))
         env = _auditor_env(redis_url, db, keys, chains, batch, home)
         command = [sys.executable, "-m", "l9", "agent", "run", "auditor"]
         for i in range(chains):
@@ -315,9 +311,6 @@ async def run_partitioned(
         if doomed:
             await redis.delete(*doomed)
         await redis.aclose()
-        admin = await asyncpg.connect(database_url)
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.close()
         shutil.rmtree(home, ignore_errors=True)
     rate = (n - first) / elapsed
     return {
@@ -343,12 +336,7 @@ def _records(start: int, n: int, streams: list[str]) -> list[AuditRecord]:
 
 async def run_proofs(database_url: str, n: int, samples: int = 200) -> dict[str, Any]:
     """A trail of ``n`` entries, a checkpoint, and ``samples`` inclusion proofs made and checked."""
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(database_url)
-    await admin.execute(f"CREATE DATABASE {name}")
-    await admin.close()
-    db = _database(database_url, name)
-    try:
+    async with fresh_database(database_url) as db:
         await migrate(db)
         key = SigningKey.generate()
         async with await PostgresAuditStore.open(writer_dsn(db)) as store:
@@ -366,10 +354,6 @@ async def run_proofs(database_url: str, n: int, samples: int = 200) -> dict[str,
                 proof = await store.inclusion_proof(envelope_id, checkpoint)
                 ms.append((time.perf_counter() - started) * 1000)
                 assert proof.problem(key.trusted()) is None
-    finally:
-        admin = await asyncpg.connect(database_url)
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.close()
     ms.sort()
     return {
         "proof_entries": n,
@@ -421,34 +405,42 @@ async def partitioned(redis_url: str, database_url: str, args: argparse.Namespac
     return out
 
 
+@contextlib.asynccontextmanager
+async def fresh_database(database_url: str) -> AsyncIterator[str]:
+    """A new database of the server ``database_url`` names (its URL), dropped afterwards."""
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(database_url)
+    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.close()
+    try:
+        yield _database(database_url, name)
+    finally:
+        admin = await asyncpg.connect(database_url)
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+
+
 def _database(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
 async def bench(redis_url: str, database_url: str, args: argparse.Namespace) -> dict[str, Any]:
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(database_url)
-    await admin.execute(f"CREATE DATABASE {name}")
-    await admin.close()
-    db = _database(database_url, name)
     keys = Keys(f"bench{uuid.uuid4().hex[:8]}")
     redis = connect(redis_url)
     try:
-        await migrate(db)
-        progress(f"publishing {args.n:,} envelopes on {args.streams} streams")
-        await publish(redis, keys, args.n, args.streams)
-        progress("auditing")
-        audit = await run_auditor(redis, keys, writer_dsn(db), args.n, args.batch)
-        progress("raw COPY baseline")
-        copy = await raw_copy(db, args.batch)
+        async with fresh_database(database_url) as db:
+            await migrate(db)
+            progress(f"publishing {args.n:,} envelopes on {args.streams} streams")
+            await publish(redis, keys, args.n, [f"bench{s}" for s in range(args.streams)])
+            progress("auditing")
+            audit = await run_auditor(redis, keys, writer_dsn(db), args.n, args.batch)
+            progress("raw COPY baseline")
+            copy = await raw_copy(db, args.batch)
     finally:
         doomed = [k async for k in redis.scan_iter(match=f"{keys.namespace}:*")]
         if doomed:
             await redis.delete(*doomed)
         await redis.aclose()
-        admin = await asyncpg.connect(database_url)
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.close()
     ratio = audit["audit_envelopes_per_s"] / copy["copy_rows_per_s"]
     return {
         **audit,

@@ -29,6 +29,7 @@ from tests.integration.test_audit_store import (
     _replace_checkpoint,
     _tamper,
     _tamper_rows,
+    forge_row_at,
     make_records,
 )
 
@@ -184,33 +185,7 @@ async def _insert_forged_row(admin: str, chain: int, at: int) -> None:
     """A forged entry at ``at`` in ``chain`` with correct hashes; the chain's rows from ``at``
     on move up a place."""
     await _tamper(admin, *_shift_chain(chain, at - 1, 2))
-    conn = await asyncpg.connect(admin)
-    try:
-        previous = await conn.fetchval("SELECT chain_hash FROM l9_audit.entries WHERE seq = $1", at - 2)
-        template = await conn.fetchrow(_CHAIN_ROWS, chain, at + 2)
-    finally:
-        await conn.close()
-    (forged,) = make_records(1, correlation_id=template["correlation_id"], stream=template["stream"])
-    row = {
-        **dict(template),
-        "seq": at,
-        "envelope_id": forged.envelope_id,
-        "env": forged.env,
-        "sig": forged.sig,
-    }
-    digest, leaf, chained = _hashes(row, previous)
-    await _tamper_rows(
-        admin,
-        "INSERT INTO l9_audit.entries SELECT $1, $2, type, source, correlation_id, causation_id, "
-        "envelope_time, recorded_at, stream, entry_id, $3, $4, $5, hash_version, chain "
-        "FROM l9_audit.entries WHERE seq = $6",
-        [(at, forged.envelope_id, digest, leaf, chained, at + 2)],
-    )
-    await _tamper_rows(
-        admin,
-        "INSERT INTO l9_audit.payloads VALUES ($1, $2, $3, $4)",
-        [(at, forged.env, forged.sig, forged.key_id)],
-    )
+    await forge_row_at(admin, at, at - 2, _CHAIN_ROWS, chain, at + 2)
 
 
 # -- the matrix ---------------------------------------------------------------------------------------

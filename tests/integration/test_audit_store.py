@@ -604,27 +604,34 @@ def _shift(table: str, after: int, by: int) -> list[str]:
 async def _insert_forged_row(admin: str, at: int) -> None:
     """A forged entry at ``at`` with correct hashes; the rows from ``at`` on move up by one."""
     await _tamper(admin, *_shift("entries", at - 1, 1), *_shift("payloads", at - 1, 1))
+    await forge_row_at(admin, at, at - 1, _ROW, at + 1)
+
+
+async def forge_row_at(admin: str, at: int, previous: int, template: str, *args: Any) -> None:
+    """Write a forged entry at seq ``at`` (free already), hashed onto the entry at seq
+    ``previous``, its header but for the id copied from the row ``template`` (a query
+    with ``args``) gives."""
     conn = await asyncpg.connect(admin)
     try:
-        previous = await conn.fetchval("SELECT chain_hash FROM l9_audit.entries WHERE seq = $1", at - 1)
-        template = await conn.fetchrow(_ROW, at + 1)
+        chained_on = await conn.fetchval("SELECT chain_hash FROM l9_audit.entries WHERE seq = $1", previous)
+        row_of = await conn.fetchrow(template, *args)
     finally:
         await conn.close()
-    (forged,) = make_records(1, correlation_id=template["correlation_id"])
+    (forged,) = make_records(1, correlation_id=row_of["correlation_id"], stream=row_of["stream"])
     row = {
-        **dict(template),
+        **dict(row_of),
         "seq": at,
         "envelope_id": forged.envelope_id,
         "env": forged.env,
         "sig": forged.sig,
     }
-    digest, leaf, chained = _hashes(row, previous)
+    digest, leaf, chained = _hashes(row, chained_on)
     await _tamper_rows(
         admin,
         "INSERT INTO l9_audit.entries SELECT $1, $2, type, source, correlation_id, causation_id, "
         "envelope_time, recorded_at, stream, entry_id, $3, $4, $5, hash_version, chain "
         "FROM l9_audit.entries WHERE seq = $6",
-        [(at, forged.envelope_id, digest, leaf, chained, at + 1)],
+        [(at, forged.envelope_id, digest, leaf, chained, row_of["seq"])],
     )
     await _tamper_rows(
         admin,

@@ -200,8 +200,9 @@ async def test_two_auditors_write_a_chain_each_and_keep_each_chain_gapless(
     assert {layout.chain_of(s) for s in STREAMS} == {0, 1}, "the test's streams cover both chains"
     env = {**auditor_env, "L9_AUDIT_BATCH_SIZE": "50"}
     first, second = spawn("auditor", env=env), spawn("auditor", env=env)
-    # both reading their own chain before anything is published
-    await wait_for(lambda: _holds_chains([first, second], {0, 1}), timeout=60)
+    # each reading its own chain before anything is published (the first one up takes both,
+    # then gives the second its share)
+    await wait_for(lambda: sorted(map(sorted, _held([first, second]))) == [[0], [1]], timeout=60)
     publisher = Publisher(redis, keys, signer)
     published: list[PacketEnvelope] = []
     for round_ in range(20):
@@ -220,8 +221,7 @@ async def test_two_auditors_write_a_chain_each_and_keep_each_chain_gapless(
     async with await PostgresAuditStore.open(writer_dsn(admin_dsn)) as trail:
         assert (await trail.verify()).ok
     # each held one chain while the work went on (a process stopping leaves its chain to the other)
-    held = [_chains_held(p) for p in (first, second)]
-    assert sorted(held, key=sorted) == [{0}, {1}], held
+    assert sorted(map(sorted, _held([first, second]))) == [[0], [1]]
     assert first.terminate() == 0 and second.terminate() == 0
     assert all(_stat(p, "stored") > 0 for p in (first, second))
 
@@ -261,6 +261,10 @@ def _chains_held(proc: AgentProcess) -> set[int]:
         elif event.get("event") == "auditor.chains.given_up":
             held.discard(cast(int, event["chain"]))
     return held
+
+
+def _held(procs: list[AgentProcess]) -> list[set[int]]:
+    return [_chains_held(p) for p in procs]
 
 
 def _holds_chains(procs: list[AgentProcess], chains: set[int]) -> bool:
@@ -328,6 +332,26 @@ async def _checkpoint_at(trail: PostgresAuditStore, seq: int) -> bool:
 STAGES = ("before_copy", "before_commit", "before_xack")
 
 
+class Flow:
+    """Envelopes published 40 at a time, every 0.1 s, on the test's streams and 7 runs, until
+    ``stop`` is set: at most 400/s, so more than a round's three batches of 60 arrive while an
+    auditor starts, and a survivor's backlog stays small however long the rounds take."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+        self.published: list[PacketEnvelope] = []
+        self.stop = asyncio.Event()
+
+    async def run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            batch = [envelope(i + k, STREAMS[(i + k) % 3], run=f"run-{i % 7}") for k in range(40)]
+            await self.publisher.publish_many(batch)
+            self.published.extend(batch)
+            i += 40
+            await asyncio.sleep(0.1)
+
+
 async def test_kill_9_at_every_stage_loses_and_repeats_nothing(
     redis: RedisClient,
     keys: Keys,
@@ -340,24 +364,12 @@ async def test_kill_9_at_every_stage_loses_and_repeats_nothing(
     """9 self-inflicted SIGKILLs (3 at each stage: the 1st, 2nd and 3rd time the process
     reaches it) and 3 from outside at random moments of its work, while envelopes keep
     flowing; then one clean auditor finishes the work."""
-    publisher = Publisher(redis, keys, signer)
-    published: list[PacketEnvelope] = []
-    stop = asyncio.Event()
+    flow = Flow(Publisher(redis, keys, signer))
+    published = flow.published
     rng = random.Random(9)
 
-    async def keep_publishing() -> None:
-        i = 0
-        while not stop.is_set():
-            batch = [envelope(i + k, STREAMS[(i + k) % 3], run=f"run-{i % 7}") for k in range(40)]
-            await publisher.publish_many(batch)
-            published.extend(batch)
-            i += 40
-            # at most 400/s: more than a round's three batches of 60 arrive while an auditor
-            # starts, and the survivor's backlog stays small however long the rounds take
-            await asyncio.sleep(0.1)
-
     env = {**auditor_env, "L9_AUDIT_BATCH_SIZE": "60", "L9_HEARTBEAT_MS": "100", "L9_LEASE_MS": "1000"}
-    flow = asyncio.create_task(keep_publishing())
+    flowing = asyncio.create_task(flow.run())
     kills: dict[str, int] = dict.fromkeys(("outside", *STAGES), 0)
     try:
         for round_ in range(12):
@@ -377,8 +389,8 @@ async def test_kill_9_at_every_stage_loses_and_repeats_nothing(
             assert hit == [stage]
             kills[stage] += 1
     finally:
-        stop.set()
-        await flow
+        flow.stop.set()
+        await flowing
     assert kills == {"outside": 3, "before_copy": 3, "before_commit": 3, "before_xack": 3}
     # its previous lives left their read-ahead pending (some 2,000 entries); a restarted consumer
     # takes its own pending entries a batch per second (the auditor's discover interval): the
@@ -407,23 +419,13 @@ async def test_kill_9_with_two_auditors_on_two_chains_loses_and_repeats_nothing(
     flowing to both chains. The steady one takes the dead one's chain back each time."""
     await migrate(admin_dsn, chains=2)
     layout = Layout(2)
-    publisher = Publisher(redis, keys, signer)
-    published: list[PacketEnvelope] = []
-    stop = asyncio.Event()
-
-    async def keep_publishing() -> None:
-        i = 0
-        while not stop.is_set():
-            batch = [envelope(i + k, STREAMS[(i + k) % 3], run=f"run-{i % 7}") for k in range(40)]
-            await publisher.publish_many(batch)
-            published.extend(batch)
-            i += 40
-            await asyncio.sleep(0.1)
+    flow = Flow(Publisher(redis, keys, signer))
+    published = flow.published
 
     env = {**auditor_env, "L9_AUDIT_BATCH_SIZE": "60", "L9_HEARTBEAT_MS": "100", "L9_LEASE_MS": "1000"}
     steady = spawn("auditor", "--instance", "b", env=env)
     await wait_for(lambda: _holds_chains([steady], {0, 1}), timeout=60)
-    flow = asyncio.create_task(keep_publishing())
+    flowing = asyncio.create_task(flow.run())
     try:
         for round_ in range(6):
             stage = STAGES[round_ % 3]
@@ -435,8 +437,8 @@ async def test_kill_9_with_two_auditors_on_two_chains_loses_and_repeats_nothing(
             hit = [e["stage"] for e in proc.log_events() if e.get("event") == "auditor.failpoint"]
             assert hit == [stage]
     finally:
-        stop.set()
-        await flow
+        flow.stop.set()
+        await flowing
     survivor = spawn("auditor", "--instance", "a", env={**env, "L9_AUDIT_BATCH_SIZE": "1000"})
     await wait_for(lambda: stored_count(admin_dsn, len(published)), timeout=120)
     await wait_for(lambda: _no_pending(redis, keys), timeout=60)
