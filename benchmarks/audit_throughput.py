@@ -33,7 +33,9 @@ same run: ``ratio_to_copy_by_partitions``. ``cpu_s_per_1k_by_partitions`` is the
 processes' CPU (user + system) per 1,000 entries over the same span, from which
 ``projected_scaling`` says what P auditors reach when each has a core of its own (the
 machine's cores are shared by the auditors, Redis and PostgreSQL, so the measured rate
-stops growing with the cores).
+stops growing with the cores); ``machine_cpu_s_per_1k_by_partitions`` is the CPU of the
+whole machine (auditors, PostgreSQL, Redis) per 1,000 entries, and
+``machine_busy_share_by_partitions`` how busy its cores were (1.0: every core, all the time).
 
 The proof run (``--proof-n``, default 0: none): a trail of that many entries (appended directly,
 batches of 10,000, no Redis), a checkpoint, then ``inclusion_proof`` of 200 random
@@ -253,6 +255,14 @@ async def _count(db: str) -> int:
         await conn.close()
 
 
+def _machine_busy_s() -> float:
+    """CPU seconds every core of the machine spent busy so far (all processes, /proc/stat)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -285,17 +295,18 @@ async def _partitioned_run(redis_url: str, db: str, chains: int, n: int, batch: 
                     subprocess.Popen, command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
                 )
             )
-        count, first, started, cpu_before = 0, 0, 0.0, 0.0
+        count, first, started, cpu_before, busy_before = 0, 0, 0.0, 0.0, 0.0
         while count < n:
             await asyncio.sleep(0.05)
             count = await _count(db)
             if count and not started:
                 first, started = count, time.perf_counter()
-                cpu_before = sum(_cpu_s(p.pid) for p in procs)
+                cpu_before, busy_before = sum(_cpu_s(p.pid) for p in procs), _machine_busy_s()
             if any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"an auditor exited early, see {home}")
         elapsed = time.perf_counter() - started
         cpu = sum(_cpu_s(p.pid) for p in procs) - cpu_before
+        busy = _machine_busy_s() - busy_before
         for p in procs:
             p.terminate()
         for p in procs:
@@ -319,6 +330,8 @@ async def _partitioned_run(redis_url: str, db: str, chains: int, n: int, batch: 
         "ratio_to_copy": round(rate / copy["copy_rows_per_s"], 3),
         "copy_rows_per_s": copy["copy_rows_per_s"],
         "cpu_s_per_1k": round(cpu / (n - first) * 1000, 4),
+        "machine_cpu_s_per_1k": round(busy / (n - first) * 1000, 4),
+        "machine_busy_share": round(busy / elapsed / (os.cpu_count() or 1), 3),
         "verify_ok": verify.ok,
         "verify_entries_per_s": round(verify.entries_per_s),
     }
@@ -374,6 +387,8 @@ async def partitioned(redis_url: str, database_url: str, args: argparse.Namespac
         "ratio_to_copy_by_partitions": {str(p): r["ratio_to_copy"] for p, r in runs.items()},
         "copy_rows_per_s_by_partitions": {str(p): r["copy_rows_per_s"] for p, r in runs.items()},
         "cpu_s_per_1k_by_partitions": {str(p): r["cpu_s_per_1k"] for p, r in runs.items()},
+        "machine_cpu_s_per_1k_by_partitions": {str(p): r["machine_cpu_s_per_1k"] for p, r in runs.items()},
+        "machine_busy_share_by_partitions": {str(p): r["machine_busy_share"] for p, r in runs.items()},
         "verify_entries_per_s_by_partitions": {str(p): r["verify_entries_per_s"] for p, r in runs.items()},
         "verify_ok_by_partitions": {str(p): r["verify_ok"] for p, r in runs.items()},
     }
