@@ -168,7 +168,9 @@ async def test_an_event_over_its_limit_is_acknowledged_unhandled(
     results = [
         decode(f, verifier)[1] for _, f in stream_entries(await redis.xrange(keys.stream("demo.results")))
     ]
-    assert [(r.n, r.square) for r in results] == [(2, 4)]  # type: ignore[attr-defined]
+    # one of the three within the limit: handled concurrently, whichever reached the gate first
+    # (on a loaded machine not always the first one read)
+    assert [(r.n, r.square) for r in results] in ([(2, 4)], [(3, 9)], [(4, 16)])  # type: ignore[attr-defined]
     assert await redis.xlen(keys.dead("demo.tasks")) == 0, "refused events are not dead letters"
 
 
