@@ -453,6 +453,21 @@ async def test_checkpoints_are_signed_linked_and_written_outside(store: Postgres
     assert "digest does not match" in report.first.detail
 
 
+async def test_the_chain_count_is_chosen_while_the_trail_is_empty_then_fixed(
+    store: PostgresAuditStore, admin_dsn: str
+) -> None:
+    await migrate(admin_dsn, chains=3)  # empty: allowed
+    await migrate(admin_dsn, chains=1)
+    await store.append(make_records(2))
+    with pytest.raises(
+        AuditStoreError, match=r"L9_AUDIT_CHAINS=2, but the trail already holds entries in 1 chain"
+    ):
+        await migrate(admin_dsn, chains=2)
+    await migrate(admin_dsn, chains=1)  # the same count: nothing to do
+    await migrate(admin_dsn)  # none asked for: the trail keeps its own
+    assert (await store.verify()).ok
+
+
 async def test_an_empty_trail_verifies_and_can_be_checkpointed(store: PostgresAuditStore) -> None:
     key = SigningKey.generate()
     report = await store.verify(trusted_keys=key.trusted())
