@@ -159,26 +159,8 @@ class Checkpoint:
     ) -> Checkpoint:
         """A version 2 checkpoint: the tree head over ``heads`` (chain ``c`` at index ``c``)."""
         layout = Layout(len(heads))
-        root = tree_head_root(heads)
         seq = max((h.seq(layout) for h in heads), default=0)
-        prev_id = previous.id if previous else None
-        prev_digest = previous.digest if previous else None
-        message = cls.message_of(
-            id, seq, root, created_at, prev_id, prev_digest, key.key_id, version=2, chains=len(heads)
-        )
-        return cls(
-            id=id,
-            seq=seq,
-            chain_hash=root,
-            created_at=created_at,
-            prev_id=prev_id,
-            prev_digest=prev_digest,
-            key_id=key.key_id,
-            digest=hashlib.sha256(message).digest(),
-            signature=key.private_key.sign(message),
-            version=2,
-            heads=heads,
-        )
+        return cls._signed(key, id, seq, tree_head_root(heads), created_at, previous, 2, heads)
 
     @classmethod
     def sign(
@@ -191,9 +173,34 @@ class Checkpoint:
         created_at: datetime,
         previous: Checkpoint | None,
     ) -> Checkpoint:
+        """A version 1 checkpoint: the one chain's ``chain_hash`` at ``seq``."""
+        return cls._signed(key, id, seq, chain_hash, created_at, previous, 1, ())
+
+    @classmethod
+    def _signed(
+        cls,
+        key: SigningKey,
+        id: int,
+        seq: int,
+        chain_hash: bytes,
+        created_at: datetime,
+        previous: Checkpoint | None,
+        version: int,
+        heads: tuple[ChainHead, ...],
+    ) -> Checkpoint:
         prev_id = previous.id if previous else None
         prev_digest = previous.digest if previous else None
-        message = cls.message_of(id, seq, chain_hash, created_at, prev_id, prev_digest, key.key_id)
+        message = cls.message_of(
+            id,
+            seq,
+            chain_hash,
+            created_at,
+            prev_id,
+            prev_digest,
+            key.key_id,
+            version=version,
+            chains=len(heads),
+        )
         return cls(
             id=id,
             seq=seq,
@@ -204,6 +211,8 @@ class Checkpoint:
             key_id=key.key_id,
             digest=hashlib.sha256(message).digest(),
             signature=key.private_key.sign(message),
+            version=version,
+            heads=heads,
         )
 
     def message(self) -> bytes:

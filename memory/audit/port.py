@@ -55,7 +55,7 @@ _stride = DEFAULT_STRIDE
 _HEADS_STRIDE = 64
 
 
-async def _heads_nodes(heads: Sequence[ChainHead]) -> dict[tuple[int, int], bytes]:
+def _heads_nodes(heads: Sequence[ChainHead]) -> dict[tuple[int, int], bytes]:
     """Every leaf of the tree head's tree (the chain heads)."""
     return {(0, h.chain): h.leaf() for h in heads}
 
@@ -187,7 +187,7 @@ class AuditRecorder(ABC):
             entry.entry_id,
         )  # fmt: skip
         assert len(header) == len(HEADER_FIELDS)
-        heads_tree = await _heads_nodes(cp.heads)
+        heads_tree = _heads_nodes(cp.heads)
         head_path = inclusion_proof(chain, len(cp.heads), heads_tree, _HEADS_STRIDE)
         payload = None if entry.env is None else (entry.env, entry.sig, entry.key_id)
         return InclusionProof(cp, chain, header, entry.payload_hash, tuple(path), tuple(head_path), payload)
