@@ -237,8 +237,12 @@ class Auditor:
         self.stats["duplicates"] += len(committed) - stored
         self.stats["rejected"] += len(prepared.rejected)
         self.stats["batches"] += 1
-        head = max((c.seq for c in committed), default=None)
-        metrics.committed(len(batch), stored, len(committed) - stored, len(prepared.rejected), head)
+        chain_at, heads = self.store.layout.chain_at, dict[int, int]()
+        for c in committed:
+            chain = chain_at(c.seq)
+            if c.seq > heads.get(chain, 0):
+                heads[chain] = c.seq
+        metrics.committed(len(batch), stored, len(committed) - stored, len(prepared.rejected), heads)
         if committed:
             self.checkpointer.committed(stored)
             with contextlib.suppress(anyio.WouldBlock):

@@ -1,10 +1,10 @@
 """The auditor's Prometheus metrics (served on its admin port, ``l9/admin.py``): how long a
-batch's commit to the trail takes, how many entries a batch holds, and the chain's head."""
+batch's commit to the trail takes, how many entries a batch holds, and each chain's head."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -27,16 +27,18 @@ RECORDS = Counter(
 )
 HEAD_SEQ = Gauge(
     "l9_audit_chain_head_seq",
-    "The highest trail seq this process committed (the chain's head as it last saw it; "
-    "a head that stops moving while envelopes flow is a stalled trail).",
+    "The highest seq of each chain this process committed (the chain's head as it last saw it; "
+    "a head that stops moving while envelopes flow is a stalled chain).",
+    ("chain",),
 )
 HEAD_AT = Gauge(
     "l9_audit_chain_head_timestamp_seconds",
-    "When this process last moved the chain's head (Unix time).",
+    "When this process last moved each chain's head (Unix time).",
+    ("chain",),
 )
 
 _STORED, _DUPLICATE, _REFUSED = (RECORDS.labels(o) for o in ("stored", "duplicate", "refused"))
-_head = [0]  # the highest seq set on HEAD_SEQ
+_head: dict[int, int] = {}  # chain -> the highest seq set on HEAD_SEQ
 
 
 @contextmanager
@@ -49,13 +51,17 @@ def timed_commit() -> Iterator[None]:
         COMMIT_SECONDS.observe(time.perf_counter() - start)
 
 
-def committed(entries: int, stored: int, duplicates: int, refused: int, head_seq: int | None) -> None:
-    """A batch of ``entries`` is committed: its counts, and the head it moved to."""
+def committed(entries: int, stored: int, duplicates: int, refused: int, heads: Mapping[int, int]) -> None:
+    """A batch of ``entries`` is committed: its counts, and the heads it moved its chains to
+    (chain -> highest seq committed in it)."""
     BATCH_ENTRIES.observe(entries)
     _STORED.inc(stored)
     _DUPLICATE.inc(duplicates)
     _REFUSED.inc(refused)
-    if head_seq is not None and head_seq > _head[0]:
-        _head[0] = head_seq
-        HEAD_SEQ.set(head_seq)
-        HEAD_AT.set(time.time())
+    now = None
+    for chain, seq in heads.items():
+        if seq > _head.get(chain, 0):
+            _head[chain] = seq
+            label = str(chain)
+            HEAD_SEQ.labels(label).set(seq)
+            HEAD_AT.labels(label).set(now := now or time.time())

@@ -6,9 +6,10 @@ For each ``l9.run.completed.v1``:
 1. wait (bounded) until that envelope is committed in the trail, and until the
    ``auditor`` group has committed everything published before it on every stream
    (nothing pending or undelivered up to its entry id), so the report sees the whole run;
-2. build and sign the report (section table v2) on a chain head fixed by the trail:
-   the run's last record that is not a report notice, the oldest checkpoint covering
-   it, and that record's commit time as the build time;
+2. build and sign the report (section table v2) on a head fixed by the trail: the run's
+   last record that is not a report notice (in commit order when the trail has several
+   chains), the oldest checkpoint covering it and the records before it (its tree head
+   root cited in the declaration), and that record's commit time as the build time;
 3. write ``<L9_HOME>/reports/<run>.md`` and ``.json`` (each written to a temporary file,
    then renamed over the old one);
 4. emit ``l9.report.ready.v1`` caused by the run's completion, its id derived from the
@@ -44,6 +45,7 @@ from memory.audit import AuditRecorder, Checkpoint, EntryFilter, SigningKey, Sto
 
 from .agent import GROUP as AUDITOR_GROUP
 from .report import ChainPoint, Report, build_report, render, sign_report
+from .report.build import commit_order
 
 #: The reporter's consumer group and the stream it reads.
 GROUP = "reporter"
@@ -102,10 +104,11 @@ def evidence_head(entries: Sequence[StoredEntry]) -> StoredEntry:
     return (evidence or list(entries))[-1]
 
 
-async def oldest_covering(store: AuditRecorder, seq: int, key: SigningKey) -> Checkpoint:
-    """The first checkpoint covering ``seq`` (the same one every time), made if there is none."""
+async def oldest_covering(store: AuditRecorder, seqs: Sequence[int], key: SigningKey) -> Checkpoint:
+    """The first checkpoint covering every entry of ``seqs`` (the same one every time), made if
+    there is none."""
     for checkpoint in await store.checkpoints():
-        if checkpoint.seq >= seq:
+        if all(checkpoint.covers(seq) for seq in seqs):
             return checkpoint
     return await store.make_checkpoint(key)
 
@@ -201,14 +204,18 @@ class Reporter:
     async def build(self, run: str) -> Report:
         """The signed report of ``run`` on the head the trail fixes (see the module doc)."""
         entries = await self.store.entries_for_correlation(run)
+        if self.store.layout.chains > 1:  # seqs of different chains: commit order
+            entries.sort(key=commit_order)
         head = evidence_head(entries)
-        checkpoint = await oldest_covering(self.store, head.seq, self.key)
+        upto = entries[: entries.index(head) + 1]
+        checkpoint = await oldest_covering(self.store, [e.seq for e in upto], self.key)
         report = build_report(
             entries,
             run_id=run,
             generated_at=head.recorded_at,
             head=ChainPoint(head.seq, head.chain_hash),
             checkpoint=checkpoint,
+            cite_root=checkpoint.root is not None,
         )
         return sign_report(report, self.key)
 

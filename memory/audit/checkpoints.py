@@ -147,6 +147,20 @@ class Checkpoint:
             return {0: self.seq}
         return {h.chain: h.size for h in self.heads}
 
+    def covers(self, seq: int) -> bool:
+        """Whether entry ``seq`` (>= 1) is among those this checkpoint vouches for."""
+        if self.version == 1:
+            return seq <= self.seq
+        layout = self.layout
+        return layout.position(seq) <= self.heads[layout.chain_at(seq)].size
+
+    def head_point(self) -> tuple[int, bytes]:
+        """The newest entry this checkpoint vouches for: its seq and chain hash (0 and the
+        checkpoint's chain hash when it vouches for none)."""
+        if self.version == 1 or self.seq == 0:
+            return self.seq, self.chain_hash
+        return self.seq, self.heads[self.layout.chain_at(self.seq)].chain_hash
+
     @classmethod
     def sign_heads(
         cls,

@@ -186,8 +186,8 @@ async def test_the_auditor_exports_every_groups_lag_and_pending_and_checks_postg
     # the trail's side: every entry committed, the head at the last seq, each commit timed
     assert sample(samples, "l9_audit_records_total", outcome="stored") == 7
     assert sample(samples, "l9_audit_records_total", outcome="refused") == 1
-    assert sample(samples, "l9_audit_chain_head_seq") == 7
-    assert (sample(samples, "l9_audit_chain_head_timestamp_seconds") or 0) > 0
+    assert sample(samples, "l9_audit_chain_head_seq", chain="0") == 7
+    assert (sample(samples, "l9_audit_chain_head_timestamp_seconds", chain="0") or 0) > 0
     batches = sample(samples, "l9_audit_batch_entries_count")
     assert batches is not None and batches >= 1
     assert sample(samples, "l9_audit_batch_entries_sum") == 8

@@ -193,8 +193,13 @@ def _sections(
     return sections, tuple(appendix)
 
 
-def _declaration(rows: Sequence[StoredEntry], head: ChainPoint, checkpoint: Checkpoint) -> Declaration:
+def _declaration(
+    rows: Sequence[StoredEntry], head: ChainPoint, checkpoint: Checkpoint, cite_root: bool
+) -> Declaration:
+    root = checkpoint.root
     return Declaration(
+        tree_head_root=root.hex() if cite_root and root is not None else "",
+        chains=checkpoint.layout.chains,
         entries=len(rows),
         first_seq=rows[0].seq,
         last_seq=rows[-1].seq,
@@ -216,23 +221,37 @@ def build_report(
     head: ChainPoint,
     checkpoint: Checkpoint,
     sections_version: int = CURRENT_VERSION,
+    cite_root: bool = False,
 ) -> Report:
-    """The unsigned report of ``run_id`` from its entries with ``seq <= head.seq``.
+    """The unsigned report of ``run_id`` from its entries up to ``head``.
 
-    Entries of other runs and after the head are left out. NoRecordsError when none
-    is left; ReportError when the checkpoint does not cover the head.
+    With one chain, the entries with ``seq <= head.seq``, by seq. With several (a version 2
+    checkpoint over more than one chain), seqs of different chains say nothing of which came
+    first: the entries are those under ``checkpoint``'s tree head, in commit order (the
+    append's clock, then seq; what ``l9 tail`` shows). ``cite_root``: the declaration cites
+    the checkpoint's tree head root (a version 2 checkpoint; reports before roots were cited
+    are rebuilt without it). Entries of other runs are left out. NoRecordsError when none is
+    left; ReportError when the checkpoint does not cover the head.
     """
     if checkpoint.seq < head.seq:
         raise ReportError(
             f"checkpoint #{checkpoint.id} (seq {checkpoint.seq}) does not cover the head seq {head.seq}"
         )
+    if cite_root and checkpoint.root is None:
+        version = checkpoint.version
+        raise ReportError(f"checkpoint #{checkpoint.id} is version {version}: it signs no tree head")
     try:
         spec = table(sections_version)
     except KeyError as exc:
         raise ReportError(str(exc.args[0])) from None
-    rows = sorted((e for e in entries if e.correlation_id == run_id and e.seq <= head.seq), key=_seq)
+    if checkpoint.layout.chains == 1:
+        rows = sorted((e for e in entries if e.correlation_id == run_id and e.seq <= head.seq), key=_seq)
+    else:
+        covers = checkpoint.covers
+        rows = sorted((e for e in entries if e.correlation_id == run_id and covers(e.seq)), key=commit_order)
     if not rows:
-        raise NoRecordsError(f"no audit records for run {run_id} (up to seq {head.seq})")
+        where = f"seq {head.seq}" if checkpoint.layout.chains == 1 else f"checkpoint #{checkpoint.id}"
+        raise NoRecordsError(f"no audit records for run {run_id} (up to {where})")
     reads = [_read(e) for e in rows]
     sections, appendix = _sections(reads, spec)
     if not any(s.number == FINAL_SECTION for s in sections):
@@ -244,9 +263,14 @@ def build_report(
         sections=sections,
         appendix=appendix,
         outcome=derive_outcome(reads, spec),
-        declaration=_declaration(rows, head, checkpoint),
+        declaration=_declaration(rows, head, checkpoint, cite_root),
     )
 
 
 def _seq(entry: StoredEntry) -> int:
     return entry.seq
+
+
+def commit_order(entry: StoredEntry) -> tuple[datetime, int]:
+    """The order entries of several chains were committed in: the append's clock, then seq."""
+    return entry.recorded_at, entry.seq

@@ -92,7 +92,8 @@ class Declaration(_Frozen):
     entries: int
     first_seq: int
     last_seq: int
-    #: SHA-256 over each entry's seq (8 bytes, big-endian) and chain hash, in seq order.
+    #: SHA-256 over each entry's seq (8 bytes, big-endian) and chain hash, in the report's order
+    #: (seq; commit order across several chains).
     entries_digest: str
     redacted_seqs: tuple[int, ...]
     head_seq: int
@@ -103,6 +104,22 @@ class Declaration(_Frozen):
     key_id: str = ""
     digest: str = ""
     signature: str = ""
+    #: The root of the signed tree head (a version 2 checkpoint) the report was built on, hex;
+    #: empty for a report on a version 1 checkpoint (and for reports made before roots were cited).
+    tree_head_root: str = ""
+    #: How many chains the trail has: with more than one, the records are those under the
+    #: tree head, in commit order (see :func:`.build.build_report`).
+    chains: int = 1
+
+    @model_serializer(mode="wrap")
+    def _without_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """No ``tree_head_root`` when empty and no ``chains`` when 1, so earlier reports keep their bytes."""
+        data: dict[str, Any] = handler(self)
+        if not self.tree_head_root:
+            data.pop("tree_head_root", None)
+        if self.chains == 1:
+            data.pop("chains", None)
+        return data
 
 
 class Report(_Frozen):
@@ -130,6 +147,7 @@ class Report(_Frozen):
             key_id=d.key_id,
             digest=d.digest,
             signature=d.signature,
+            tree_head_root=d.tree_head_root,
         )
 
     def with_signature(self, key_id: str, digest: str, signature: str) -> Report:
@@ -153,6 +171,15 @@ class Stamp(_Frozen):
     key_id: str
     digest: str
     signature: str
+    #: The tree head root the report cites (empty: none, a report on a version 1 checkpoint).
+    tree_head_root: str = ""
+
+    @model_serializer(mode="wrap")
+    def _without_empty_root(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not self.tree_head_root:
+            data.pop("tree_head_root", None)
+        return data
 
 
 def canonical_json(data: Any) -> bytes:

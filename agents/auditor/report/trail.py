@@ -3,15 +3,17 @@ verify a report file by rebuilding it from the trail."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import structlog
 
 from memory.audit import AuditRecorder, Checkpoint, SigningKey, StoredEntry
+from memory.audit.chains import ChainHead
+from memory.audit.proofs import ProofError
 
 from .build import ChainPoint, NoRecordsError, ReportError, build_report
-from .model import Report, Stamp
+from .model import RecordView, Report, Stamp
 from .sign import report_digest, sign_report, signature_problem
 from .verify import ParsedReport, ReportCheck, first_difference, parse_report
 
@@ -26,25 +28,50 @@ async def covering_checkpoint(store: AuditRecorder, seq: int, key: SigningKey) -
     return await store.make_checkpoint(key)
 
 
+async def _covering_heads(store: AuditRecorder, heads: Sequence[ChainHead], key: SigningKey) -> Checkpoint:
+    """The newest checkpoint if it vouches for every chain up to ``heads``, else a new one."""
+    newest = await store.last_checkpoint()
+    if (
+        newest is not None
+        and newest.version == 2
+        and len(newest.heads) == len(heads)
+        and all(n.size >= h.size for n, h in zip(newest.heads, heads, strict=True))
+    ):
+        return newest
+    return await store.make_checkpoint(key)
+
+
 async def report_from_trail(
     store: AuditRecorder, run_id: str, key: SigningKey, *, generated_at: datetime | None = None
 ) -> Report:
-    """The signed report of ``run_id`` built on the current chain head.
+    """The signed report of ``run_id`` built on the current head.
 
-    NoRecordsError when the trail holds no record of the run. A checkpoint covering
-    the head is made first when the newest one does not.
+    With one chain, on the chain head and the newest checkpoint if it covers it (else a new
+    one); with several, on the newest checkpoint if it vouches for every chain's current head
+    (else a new one), the report naming that checkpoint's newest entry as its head. The
+    declaration cites the tree head root of a version 2 checkpoint. NoRecordsError when the
+    trail holds no record of the run.
     """
-    head = await store.head()
-    entries = [e for e in await store.entries_for_correlation(run_id) if e.seq <= head.seq]
-    if not entries:
-        raise NoRecordsError(f"no audit records for run {run_id}")
-    checkpoint = await covering_checkpoint(store, head.seq, key)
+    if store.layout.chains == 1:
+        current = await store.head()
+        head = ChainPoint(current.seq, current.chain_hash)
+        entries = [e for e in await store.entries_for_correlation(run_id) if e.seq <= head.seq]
+        if not entries:
+            raise NoRecordsError(f"no audit records for run {run_id}")
+        checkpoint = await covering_checkpoint(store, head.seq, key)
+    else:
+        checkpoint = await _covering_heads(store, await store.heads(), key)
+        head = ChainPoint(*checkpoint.head_point())
+        entries = [e for e in await store.entries_for_correlation(run_id) if checkpoint.covers(e.seq)]
+        if not entries:
+            raise NoRecordsError(f"no audit records for run {run_id}")
     report = build_report(
         entries,
         run_id=run_id,
         generated_at=generated_at or datetime.now(UTC),
-        head=ChainPoint(head.seq, head.chain_hash),
+        head=head,
         checkpoint=checkpoint,
+        cite_root=checkpoint.root is not None,
     )
     signed = sign_report(report, key)
     log.info(
@@ -100,6 +127,10 @@ async def _checkpoint(
         return None, [
             f"trail: {name} (seq {found.seq}) does not cover the report's chain head seq {stamp.head_seq}"
         ]
+    root = found.root
+    if stamp.tree_head_root and (root is None or root.hex() != stamp.tree_head_root):
+        signed = "signs no tree head" if root is None else f"signs tree head root {root.hex()}"
+        return None, [f"trail: {name} {signed}, the report cites root {stamp.tree_head_root}"]
     problems = []
     signature = found.signature_problem(trusted_keys)
     if signature is not None:
@@ -115,7 +146,9 @@ async def _checkpoint(
 
 async def _content_problems(
     store: AuditRecorder, parsed: ParsedReport, head: ChainPoint, checkpoint: Checkpoint
-) -> list[str]:
+) -> tuple[list[str], Report | None]:
+    """Problems of the report's content against the report rebuilt from the trail (and that
+    report, when it could be rebuilt)."""
     stamp = parsed.stamp
     entries = await store.entries_for_correlation(stamp.run_id)
     try:
@@ -126,18 +159,51 @@ async def _content_problems(
             head=head,
             checkpoint=checkpoint,
             sections_version=stamp.sections_version,
+            cite_root=bool(stamp.tree_head_root),
         )
     except NoRecordsError:
-        return [f"content: the trail holds no record of run {stamp.run_id} up to seq {head.seq}"]
+        return [f"content: the trail holds no record of run {stamp.run_id} up to seq {head.seq}"], None
     except ReportError as exc:
-        return [f"content: the report cannot be rebuilt from the trail: {exc}"]
+        return [f"content: the report cannot be rebuilt from the trail: {exc}"], None
     rebuilt = rebuilt.with_signature(stamp.key_id, stamp.digest, stamp.signature)
     difference = first_difference(parsed, rebuilt)
     if difference is not None:
-        return [f"content: {difference}"]
+        return [f"content: {difference}"], rebuilt
     if report_digest(rebuilt).hex() != stamp.digest:
-        return ["content: the signed digest is not the digest of the report rebuilt from the trail"]
-    return []
+        return ["content: the signed digest is not the digest of the report rebuilt from the trail"], rebuilt
+    return [], rebuilt
+
+
+def _records(report: Report) -> list[RecordView]:
+    return [r for s in report.sections for r in s.records] + list(report.appendix)
+
+
+async def _proof_problems(
+    store: AuditRecorder, report: Report, checkpoint: Checkpoint, trusted_keys: Mapping[str, bytes]
+) -> list[str]:
+    """Each record of ``report`` (rebuilt from the trail, so the file's when its content
+    matched) proven to be under the tree head it cites: an inclusion proof from the trail,
+    checked against the checkpoint's signed root (RFC 9162), for the entry with the seq and
+    payload hash the report shows; one line per record that fails, the first ten."""
+    problems: list[str] = []
+    failed = 0
+    for view in _records(report):
+        where = f"proof: seq {view.seq} (envelope {view.envelope_id})"
+        try:
+            proof = await store.inclusion_proof(view.envelope_id, checkpoint)
+        except ProofError as exc:
+            why: str | None = str(exc)
+        else:
+            why = proof.problem(trusted_keys)
+            if why is None and (proof.seq, proof.payload_hash.hex()) != (view.seq, view.payload_hash):
+                why = f"the trail proves seq {proof.seq} with payload hash {proof.payload_hash.hex()}"
+        if why is not None:
+            failed += 1
+            if failed <= 10:
+                problems.append(f"{where}: {why}")
+    if failed > 10:
+        problems.append(f"proof: {failed - 10} more record(s) fail their inclusion proof")
+    return problems
 
 
 async def verify_report_text(
@@ -151,7 +217,8 @@ async def verify_parsed(
     store: AuditRecorder, parsed: ParsedReport, trusted_keys: Mapping[str, bytes]
 ) -> ReportCheck:
     """Check a report against the trail: its signature, the chain head and checkpoint it
-    names, and its content rebuilt from the trail (one line per problem)."""
+    names (and the tree head root it cites), its content rebuilt from the trail, and, when it
+    cites a root, each of its records by an inclusion proof (one line per problem)."""
     stamp = parsed.stamp
     problems: list[str] = []
     signature = signature_problem(stamp, trusted_keys)
@@ -163,7 +230,10 @@ async def verify_parsed(
     checkpoint, checkpoint_problems = await _checkpoint(store, stamp, trusted_keys)
     problems.extend(checkpoint_problems)
     if head is not None and checkpoint is not None:
-        problems.extend(await _content_problems(store, parsed, head, checkpoint))
+        content, rebuilt = await _content_problems(store, parsed, head, checkpoint)
+        problems.extend(content)
+        if rebuilt is not None and stamp.tree_head_root:
+            problems.extend(await _proof_problems(store, rebuilt, checkpoint, trusted_keys))
     check = ReportCheck(parsed.fmt, stamp, tuple(problems))
     log.info(
         "report.verify",

@@ -75,6 +75,8 @@ def _parse_json(text: str) -> ParsedReport:
     declaration = data["declaration"]
     fields = {name: data.get(name) for name in _TOP_FIELDS}
     fields.update({name: declaration.get(name) for name in _DECLARATION_FIELDS})
+    if "tree_head_root" in declaration:
+        fields["tree_head_root"] = declaration["tree_head_root"]
     return ParsedReport("json", text, _stamp(fields), data)
 
 
