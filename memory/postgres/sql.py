@@ -73,9 +73,9 @@ HEADS_AND_STORED = (
     "UNION ALL SELECT NULL, NULL, NULL, NULL, envelope_id, seq, chain_hash, payload_hash, recorded_at "
     "FROM l9_audit.entries WHERE envelope_id = ANY($2::text[])"
 )
-#: Move each chain of ``$1`` from size ``$5`` to ``$2`` (compare-and-set), one NOTIFY (``$7``:
-#: the highest seq written); the number of chains moved.
-MOVE_HEADS = f"""
+#: Move each chain of ``$1`` from size ``$5`` to ``$2`` (compare-and-set); the number of
+#: chains moved.
+MOVE_HEADS = """
 WITH moved AS (
     UPDATE l9_audit.chains c SET size = u.size, chain_hash = u.chain_hash, tree = u.tree, updated_at = $6
     FROM unnest($1::int2[], $2::int8[], $3::bytea[], $4::bytea[], $5::int8[])
@@ -83,8 +83,15 @@ WITH moved AS (
     WHERE c.chain = u.chain AND c.size = u.old
     RETURNING c.chain
 )
-SELECT (SELECT count(*) FROM moved) AS moved, pg_notify('{NOTIFY_CHANNEL}', $7::text)
+SELECT count(*) FROM moved
 """
+#: The NOTIFY of a committed append (``$1``: the highest seq written), in a transaction of its
+#: own after the append's, committed without waiting for its WAL flush. PostgreSQL serialises
+#: the commits of every transaction that notifies (a cluster-wide lock held from before the
+#: commit until after its flush): inside the append it made the chains' commits queue one
+#: behind the other. The notification is a wake-up (a tail reads by cursor and polls too), so
+#: one lost in a crash costs nothing.
+NOTIFY_HEAD = f"SELECT set_config('synchronous_commit', 'off', true), pg_notify('{NOTIFY_CHANNEL}', $1::text)"
 #: Fill in the tree of chain ``$1`` at size ``$2`` (built from its leaves).
 SET_TREE = "UPDATE l9_audit.chains SET tree = $3 WHERE chain = $1 AND size = $2 AND tree IS NULL"
 #: The leaf hashes of chain ``$1`` from seq ``$2`` on, by seq, at most ``$3``.

@@ -6,9 +6,10 @@ One writer at a time per chain: :meth:`PostgresAuditStore.append_prepared` takes
 transaction-level advisory locks of the chains its records go to (ascending), reads their
 heads, drops envelope ids already stored in any chain, hashes each record onto its chain
 and its chain's Merkle tree, ``COPY``s entries, payloads and the tree nodes completed,
-moves the heads with compare-and-set, sends one ``NOTIFY l9_audit`` and commits. Within a
-chain insert order is commit order, so readers may follow a chain's ``seq > cursor``
-without missing a row. The driver's errors leave as the port's (:func:`.errors.translated`).
+moves the heads with compare-and-set and commits; then, in a transaction of its own, sends
+one ``NOTIFY l9_audit`` (``sql.NOTIFY_HEAD`` says why apart). Within a chain insert order is
+commit order, so readers may follow a chain's ``seq > cursor`` without missing a row. The
+driver's errors leave as the port's (:func:`.errors.translated`).
 """
 
 from __future__ import annotations
@@ -219,8 +220,32 @@ class PostgresAuditStore(AuditRecorder):
     async def _append(
         self, prepared: PreparedAppend, chain_of: Sequence[int], chains: list[int], started: float
     ) -> list[Committed]:
+        async with self._pool.acquire() as conn:
+            committed, last_seq = await self._append_in(conn, prepared, chain_of, chains, started)
+            if last_seq is not None:
+                await self._notify(conn, last_seq)
+        return committed
+
+    @staticmethod
+    async def _notify(conn: asyncpg.Connection, last_seq: int) -> None:
+        """Wake the trail's listeners (``watch_head``): a hint, so a failure is only logged."""
+        try:
+            await conn.execute(sql.NOTIFY_HEAD, str(last_seq))
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            log.warning("audit.notify_failed", head=last_seq, error=str(exc))
+
+    async def _append_in(
+        self,
+        conn: asyncpg.Connection,
+        prepared: PreparedAppend,
+        chain_of: Sequence[int],
+        chains: list[int],
+        started: float,
+    ) -> tuple[list[Committed], int | None]:
+        """The append in one transaction on ``conn``: what became of each record, and the
+        highest seq written (None: nothing new)."""
         layout = self._layout
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with conn.transaction():
             await conn.execute(sql.LOCK_CHAINS, [CHAIN_LOCK_KEY + c for c in chains])
             rows = await conn.fetch(sql.HEADS_AND_STORED, chains, list(prepared.firsts))
             states: dict[int, ChainState] = {}
@@ -256,7 +281,7 @@ class PostgresAuditStore(AuditRecorder):
                 await self._write(conn, batch, now, self.stage_hook)
         committed = outcomes(prepared, stored, batch.placed if batch else {}, now)
         log_outcomes(committed, started)
-        return committed
+        return committed, batch.last_seq if batch is not None else None
 
     @staticmethod
     async def _write(
@@ -284,7 +309,6 @@ class PostgresAuditStore(AuditRecorder):
                 [m[3] for m in moves],
                 [m[4] for m in moves],
                 now,
-                str(batch.last_seq),
             )
         except UNAVAILABLE:
             raise  # a connection lost mid-append: translated() makes it AuditStoreUnavailable (retried)
