@@ -37,7 +37,7 @@ stops growing with the cores); ``machine_cpu_s_per_1k_by_partitions`` is the CPU
 whole machine (auditors, PostgreSQL, Redis) per 1,000 entries, and
 ``machine_busy_share_by_partitions`` how busy its cores were (1.0: every core, all the time).
 
-The proof run (``--proof-n``, default 0: none): a trail of that many entries (appended directly,
+The proof run (``--proof-n``, default 1,000,000; 0 skips it): a trail of that many entries (appended directly,
 batches of 10,000, no Redis), a checkpoint, then ``inclusion_proof`` of 200 random
 envelopes: ``proof_ms_p50`` / ``proof_ms_p99`` (each proof read from the database and
 checked).
