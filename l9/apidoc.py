@@ -32,6 +32,7 @@ MODULES = (
     "memory.audit",
     "memory.postgres",
     "memory.graph",
+    "l9.testing",
 )
 HEADER = """# L9 API reference
 

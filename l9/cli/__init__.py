@@ -1,9 +1,9 @@
 """The ``l9`` command: the typer app, built here from the subcommand modules of this package.
 
-Each module (``agent``, ``audit``, ``demo``, ``dev``, ``extract``, ``governance``,
-``graph``, ``ops``, ``report``, ``sympy``) defines typer apps and never imports this
-one: a named app (``typer.Typer(name="audit")``) is a group, ``l9 audit ...``; an
-unnamed one (``commands``) holds top-level commands (``l9 tail``). What they share is
+Each module (``agent``, ``audit``, ``demo``, ``dev``, ``extract``,
+``governance``, ``graph``, ``ops``, ``report``, ``sympy``, ``up``) defines typer apps and
+never imports this one: a named app (``typer.Typer(name="audit")``) is a group, ``l9 audit
+...``; an unnamed one (``commands``) holds top-level commands (``l9 tail``). What they share is
 :mod:`l9.cli.common`. The console script (and ``python -m l9``) is ``l9.entry:main``: it
 answers ``l9 health`` itself and hands everything else to :func:`main`.
 """
@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import typer
 
-from l9.cli import agent, audit, demo, dev, extract, governance, graph, ops, report, sympy
+from l9.cli import agent, audit, demo, dev, extract, governance, graph, ops, report, sympy, up
 
 app = typer.Typer(no_args_is_help=True, help="L9: an event-driven multi-agent bus.")
 
 #: Every subcommand's app, in the order ``l9 --help`` lists them.
 SUBCOMMANDS: tuple[typer.Typer, ...] = (
     ops.commands,  # status, health, trim, asyncapi
+    up.commands,  # up, publish
     audit.commands,  # tail
     extract.commands,  # extract
     dev.dev_app,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -64,6 +66,20 @@ def test_agent_run_rejects_an_unknown_agent(agent_env: dict[str, str]) -> None:
     done = l9("agent", "run", "no_such_agent", env=agent_env)
     assert done.returncode == 2
     assert "unknown agent 'no_such_agent'" in done.stderr
+
+
+def test_agent_run_names_where_an_agent_module_does_not_parse(
+    agent_env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "broken_agent.py").write_text("from agents import Agent\n\nclass Broken(Agent:\n    pass\n")
+    env = {
+        **agent_env,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), agent_env.get("PYTHONPATH")])),
+    }
+    done = l9("agent", "run", "broken_agent:Broken", env=env)
+    assert done.returncode == 2
+    assert f"broken_agent:Broken: {tmp_path / 'broken_agent.py'}:3:" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 async def test_trim_command_removes_only_acknowledged_entries(

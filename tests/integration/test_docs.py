@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psutil
 import pytest
 
 from bus import DeadLetters, Keys, Publisher
@@ -287,3 +288,38 @@ async def _check_operations(
     signers = {json.loads(p.read_text())["key_id"] for p in checkpoints}
     # checkpoints signed by the retired key, which `audit verify` (signatures checked) still accepted
     assert set(trusted) & signers, (trusted, signers)
+
+
+# -- TESTING.md ----------------------------------------------------------------------------------
+
+
+def _servers_of(folder: Path) -> list[str]:
+    """Processes (the embedded Redis and PostgreSQL) still running with ``folder`` in their command line."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if str(folder) in cmdline:
+            found.append(f"{proc.info['pid']}: {cmdline}")
+    return found
+
+
+def test_testing_md_tests_the_area_agent(tmp_path: Path) -> None:
+    doc = DOCS / "TESTING.md"
+    folder = tmp_path / "area-agent"  # where docs/INTEGRATION.md leaves its reader
+    folder.mkdir()
+    (agent,) = [b for b in blocks(DOCS / "INTEGRATION.md") if b.kind == "file"]
+    assert agent.file is not None
+    (folder / agent.file).write_text(agent.text)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    # not even the virtualenv (the page activates it); the plugin's stack in a folder of the test
+    env = base_env(tmp_path, "") | {"TMPDIR": str(temporary)}
+    run = run_doc(doc, cwd=ROOT, env=env, timeout=600)
+    failed = run.failed_command or f"exit {run.returncode}"
+    assert run.returncode == 0, f"{failed}\n{run.stdout[-4000:]}\n--- stderr ---\n{run.stderr[-4000:]}"
+    assert check_outputs(doc, run) == []
+    (tests,) = [b for b in blocks(doc) if b.kind == "file"]
+    assert (folder / "test_area_agent.py").read_text() == tests.text
+    # the session's own embedded stack: stopped, its folder removed
+    assert [p.name for p in temporary.glob("l9-stack-*")] == []
+    assert _servers_of(temporary) == []

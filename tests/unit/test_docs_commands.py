@@ -17,6 +17,7 @@ DOC_TESTS = {
     "OPERATIONS.md": "test_operations_md",
     "ARCHITECTURE.md": "test_architecture_md",
     "PERFORMANCE.md": "test_performance_md_commands_print_the_figures_it_cites",
+    "TESTING.md": "test_testing_md_tests_the_area_agent",
 }
 
 
