@@ -12,7 +12,7 @@ TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 TOOLS_REQS := tests/doctools/compose-tools.txt
 
-.PHONY: demo test lint bench clean-stack
+.PHONY: demo test lint bench clean-stack browser
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "L9 needs Python 3.11+ (python3, python3.11, ...): none found" >&2; exit 1; }
@@ -36,7 +36,16 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint $(TOOLS_STAMP)
+# The console's browser tests drive Debian's chromium (Playwright with its executable_path):
+# installed here when this is root with apt-get, else those tests skip, saying why.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "make browser: chromium could not be installed: the console's browser tests will skip" >&2; \
+	else echo "make browser: not root or no apt-get: the console's browser tests will skip" >&2; fi
+
+test: lint $(TOOLS_STAMP) browser
 	bash scripts/run-tests.sh $(BIN)/pytest
 
 bench: $(STAMP)

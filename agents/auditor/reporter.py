@@ -41,11 +41,10 @@ from bus.dedupe import derived_id
 from bus.index import known_streams
 from bus.topology import AUDIT_STREAM
 from envelope import PacketEnvelope, registry
-from memory.audit import AuditRecorder, Checkpoint, EntryFilter, SigningKey, StoredEntry
+from memory.audit import AuditRecorder, Checkpoint, EntryFilter, SigningKey, StoredEntry, commit_order
 
 from .agent import GROUP as AUDITOR_GROUP
 from .report import ChainPoint, Report, build_report, render, sign_report
-from .report.build import commit_order
 
 #: The reporter's consumer group and the stream it reads.
 GROUP = "reporter"

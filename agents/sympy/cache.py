@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bus import Keys
@@ -122,3 +122,15 @@ class ResultCache:
         self._local.move_to_end(key)
         while len(self._local) > LOCAL_ENTRIES:
             self._local.popitem(last=False)
+
+
+def summarise(counters: Mapping[str, int]) -> dict[str, Any]:
+    """:meth:`ResultCache.stats` counters (``hits``, ``misses:evaluate``, ...) -> per-operation
+    rows and a total, each ``{hits, misses, hit_ratio}`` (``hit_ratio`` None before any call)."""
+    ops = sorted({k.split(":", 1)[1] for k in counters if ":" in k})
+    rows = {op: _row(counters.get(f"hits:{op}", 0), counters.get(f"misses:{op}", 0)) for op in ops}
+    return {"operations": rows, "total": _row(counters.get("hits", 0), counters.get("misses", 0))}
+
+
+def _row(hits: int, misses: int) -> dict[str, Any]:
+    return {"hits": hits, "misses": misses, "hit_ratio": hits / (hits + misses) if hits + misses else None}

@@ -1,6 +1,6 @@
 """The ``l9`` command: the typer app, built here from the subcommand modules of this package.
 
-Each module (``agent``, ``audit``, ``demo``, ``dev``, ``extract``,
+Each module (``agent``, ``audit``, ``console``, ``demo``, ``dev``, ``extract``,
 ``governance``, ``graph``, ``ops``, ``report``, ``sympy``, ``up``) defines typer apps and
 never imports this one: a named app (``typer.Typer(name="audit")``) is a group, ``l9 audit
 ...``; an unnamed one (``commands``) holds top-level commands (``l9 tail``). What they share is
@@ -13,6 +13,7 @@ from __future__ import annotations
 import typer
 
 from l9.cli import agent, audit, demo, dev, extract, governance, graph, ops, report, sympy, up
+from l9.cli import console as web_console
 
 app = typer.Typer(no_args_is_help=True, help="L9: an event-driven multi-agent bus.")
 
@@ -33,6 +34,7 @@ SUBCOMMANDS: tuple[typer.Typer, ...] = (
     ops.deploy_app,
     sympy.sympy_app,
     demo.demo_app,
+    web_console.commands,  # console
 )
 for sub in SUBCOMMANDS:
     app.add_typer(sub)

@@ -1,10 +1,8 @@
 """``l9 tail`` and ``l9 audit verify``: reading and checking the audit trail in PostgreSQL.
 
 ``l9 tail`` prints the newest entries (or every one since a time), then with
-``--follow`` each new one as it commits. It always reads by ``seq`` cursor
-(:meth:`~memory.audit.AuditRecorder.entries_after`), so nothing is
-skipped or printed twice; NOTIFYs only wake it up, and a poll every second
-covers the ones a dropped listener missed.
+``--follow`` each new one as it commits, read as :mod:`l9.tail` reads (by ``seq`` cursor per
+chain, so nothing is skipped or printed twice).
 
 The ``l9 audit`` group also holds the proof commands of :mod:`l9.cli.proofs` (``prove``,
 ``consistency``, ``verify-proof``, ``keys``), registered at the end of this module.
@@ -18,9 +16,7 @@ import json
 import os
 import signal
 import sys
-from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,14 +28,15 @@ from rich.text import Text
 
 from l9.cli import proofs
 from l9.cli.common import duration_option, fail, load_settings, with_trail
+from l9.tail import Cursors, entries_between, filtered_for, follow, last_entries, short_id
 from l9.trail import quiet_reconnect_warnings
 from memory.audit import (
     AuditRecorder,
-    AuditStoreUnavailable,
     CheckpointError,
     EntryFilter,
     StoredEntry,
     VerifyReport,
+    commit_order,
     read_checkpoint,
 )
 
@@ -48,24 +45,11 @@ log = structlog.get_logger(__name__)
 commands = typer.Typer()
 audit_app = typer.Typer(name="audit", no_args_is_help=True, help="The audit trail in PostgreSQL.")
 
-#: Entries read per query.
-PAGE = 1000
-#: Seconds between two looks at the head when no notification came.
-POLL_S = 1.0
-#: Reconnect delays while PostgreSQL is unreachable during ``--follow``.
-BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 5.0
-
-
 # -- printing entries ----------------------------------------------------------------------------
 
 
 def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
-
-
-def short_id(value: str) -> str:
-    """The random end of a long id (uuid7 ids of one minute share their start)."""
-    return value if len(value) <= 12 else "…" + value[-8:]
 
 
 def entry_json(entry: StoredEntry) -> dict[str, Any]:
@@ -135,162 +119,6 @@ class EntryPrinter:
             self.console.print(entry_line(entry, self.seq_width))
 
 
-# -- reading the trail -----------------------------------------------------------------------------
-
-
-async def last_entries(store: AuditRecorder, n: int, filters: EntryFilter, head: int) -> list[StoredEntry]:
-    """The last ``n`` entries matching ``filters`` up to seq ``head``, oldest first.
-
-    Reads backwards in windows of seqs, each four times the last: a rare match
-    costs a few scans, a common one reads little more than ``n`` rows.
-    """
-    windows: list[list[StoredEntry]] = []  # newest window first
-    wanted, high, size = n, head, max(n, 1)
-    while wanted > 0 and high > 0:
-        low = max(0, high - size)
-        newest: deque[StoredEntry] = deque(maxlen=wanted)
-        cursor = low
-        while cursor < high:
-            page = await store.entries_after(cursor, limit=PAGE, filters=filters, until_seq=high)
-            newest.extend(page.entries)
-            cursor = page.cursor
-        windows.append(list(newest))
-        wanted -= len(newest)
-        high, size = low, size * 4
-    return [entry for window in reversed(windows) for entry in window]
-
-
-async def entries_between(
-    store: AuditRecorder,
-    after: int,
-    until: int,
-    filters: EntryFilter,
-    emit: Callable[[StoredEntry], None],
-) -> None:
-    """Emit every entry matching ``filters`` with ``after < seq <= until``, by seq."""
-    cursor = after
-    while cursor < until:
-        page = await store.entries_after(cursor, limit=PAGE, filters=filters, until_seq=until)
-        for entry in page.entries:
-            emit(entry)
-        cursor = page.cursor
-
-
-class _Waker:
-    """Wakes the follow loop when a batch commits: LISTEN (via ``watch_head``) in a task
-    of its own that reconnects on errors, and is restarted when it looks deaf."""
-
-    def __init__(self, store: AuditRecorder) -> None:
-        self.store = store
-        self.woken = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._listen())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def restart(self) -> None:
-        await self.stop()
-        self.start()
-
-    async def wait(self, within_s: float) -> bool:
-        """True when a notification came within ``within_s`` seconds, False otherwise."""
-        try:
-            await asyncio.wait_for(self.woken.wait(), within_s)
-        except TimeoutError:
-            return False
-        self.woken.clear()
-        return True
-
-    async def _listen(self) -> None:
-        delay = BACKOFF_MIN_S
-        while True:
-            try:
-                async for _head in self.store.watch_head():
-                    delay = BACKOFF_MIN_S
-                    self.woken.set()
-            except Exception as exc:  # any failure: polling carries on, listening is retried
-                log.debug("tail.listen_failed", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX_S)
-
-
-Cursors = dict[int | None, int]
-"""Where a tail stands: the last seq examined, per chain (``None``: a trail of one chain,
-read without a chain filter)."""
-
-
-def _filtered(filters: EntryFilter, chain: int | None) -> EntryFilter:
-    return filters if chain is None else replace(filters, chain=chain)
-
-
-def _where(cursors: Cursors) -> dict[str, Any]:
-    """The cursors as log fields: ``cursor`` for one chain, ``cursors`` by chain for several."""
-    if list(cursors) == [None]:
-        return {"cursor": cursors[None]}
-    return {"cursors": {str(chain): cursor for chain, cursor in cursors.items()}}
-
-
-def commit_order(entry: StoredEntry) -> tuple[datetime, int]:
-    """The order a tail prints entries of several chains in: the clock of the append that
-    committed them (the trail's server, one clock), then seq (the order within one batch)."""
-    return entry.recorded_at, entry.seq
-
-
-async def follow(
-    store: AuditRecorder,
-    cursors: Cursors,
-    filters: EntryFilter,
-    emit: Callable[[StoredEntry], None],
-    *,
-    poll_s: float = POLL_S,
-) -> None:
-    """Emit each entry matching ``filters`` after each chain's cursor as it commits, forever
-    (the pages of one round, of every chain, in :func:`commit_order`).
-
-    A lost connection is retried with backoff and the tail resumes from its cursors.
-    """
-    waker = _Waker(store)
-    waker.start()
-    delay, failing, polled = BACKOFF_MIN_S, False, False
-    try:
-        while True:
-            try:
-                pages = {
-                    chain: await store.entries_after(cursor, limit=PAGE, filters=_filtered(filters, chain))
-                    for chain, cursor in cursors.items()
-                }
-            except AuditStoreUnavailable as exc:
-                log.warning("tail.unavailable", error=str(exc), retry_in_s=delay, **_where(cursors))
-                failing = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX_S)
-                continue
-            moved = any(page.cursor > cursors[chain] for chain, page in pages.items())
-            if failing:  # the listener's connection most likely went down too
-                log.info("tail.resumed", **_where(cursors))
-                failing, delay = False, BACKOFF_MIN_S
-                await waker.restart()
-            elif polled and moved and not waker.woken.is_set():
-                log.debug("tail.listener_restarted", **_where(cursors))
-                await waker.restart()  # commits without a notification: the listener is deaf
-            polled = False
-            entries = [e for page in pages.values() for e in page.entries]
-            for entry in sorted(entries, key=commit_order) if len(pages) > 1 else entries:
-                emit(entry)
-            cursors = {chain: page.cursor for chain, page in pages.items()}
-            if all(len(page.entries) < PAGE for page in pages.values()):
-                polled = not await waker.wait(poll_s)
-    finally:
-        await waker.stop()
-
-
 async def _until_signalled(main: Awaitable[None]) -> None:
     """Run ``main`` until it ends or SIGINT/SIGTERM arrives (then it is cancelled: a clean stop)."""
     loop = asyncio.get_running_loop()
@@ -329,7 +157,7 @@ async def run_tail(
     emit = EntryPrinter(as_json=as_json, seq_width=max(6, len(str(max(heads.values())))))
     history: list[StoredEntry] = []
     for chain, head in heads.items():
-        chain_filters = _filtered(filters, chain)
+        chain_filters = filtered_for(filters, chain)
         if filters.since is not None:
             await entries_between(store, 0, head, chain_filters, history.append)
         else:

@@ -34,6 +34,7 @@ import typer
 from agents.contracts.sympy.payloads import Backend, Language
 from agents.sympy import SymPyResult, SymPyTool, ToolError
 from agents.sympy.cache import ResultCache
+from agents.sympy.cache import summarise as summarise_cache
 from agents.sympy.session import DEFAULT_REL_TOL, ReplayReport, SessionFileError, SessionRecord, replay
 from agents.sympy.session import export as export_session
 from agents.sympy.telemetry import WINDOW_S, read_window
@@ -217,7 +218,7 @@ def stats(
         try:
             counters = await ResultCache(redis, keys, ttl_s=1, max_bytes=0).stats()
             now, events = await read_window(redis, keys, verifier, window)
-            report = {"window": summarise_window(events, now, window), "cache": summarise(counters)}
+            report = {"window": summarise_window(events, now, window), "cache": summarise_cache(counters)}
         finally:
             await redis.aclose()
         if since is not None:
@@ -288,17 +289,6 @@ def _print_cache(cache: dict[str, Any]) -> None:
 
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
-
-
-def summarise(counters: dict[str, int]) -> dict[str, Any]:
-    """Counters (``hits``, ``misses:evaluate``, ...) -> per-operation rows and a total."""
-    ops = sorted({k.split(":", 1)[1] for k in counters if ":" in k})
-    rows = {op: _row(counters.get(f"hits:{op}", 0), counters.get(f"misses:{op}", 0)) for op in ops}
-    return {"operations": rows, "total": _row(counters.get("hits", 0), counters.get("misses", 0))}
-
-
-def _row(hits: int, misses: int) -> dict[str, Any]:
-    return {"hits": hits, "misses": misses, "hit_ratio": hits / (hits + misses) if hits + misses else None}
 
 
 def _ratio(value: float | None) -> str:

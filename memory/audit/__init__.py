@@ -31,6 +31,7 @@ from .records import (
     EntryPage,
     Head,
     StoredEntry,
+    commit_order,
     decode_entry,
 )
 from .verify import ChainReport, Damage, Problem, VerifyReport
@@ -56,6 +57,7 @@ __all__ = [
     "SigningKey",
     "StoredEntry",
     "VerifyReport",
+    "commit_order",
     "decode_entry",
     "prepare_append",
     "read_checkpoint",

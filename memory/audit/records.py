@@ -248,3 +248,10 @@ class EntryPage:
 
     entries: list[StoredEntry] = field(default_factory=list)
     cursor: int = 0
+
+
+def commit_order(entry: StoredEntry) -> tuple[datetime, int]:
+    """The order entries of several chains were committed in: the clock of the append that
+    committed them (the trail's server, one clock), then seq (the order within one batch).
+    Within a chain it is seq order; across chains it is what ``l9 tail`` and the reports show."""
+    return entry.recorded_at, entry.seq

@@ -20,8 +20,8 @@ import asyncpg
 import pytest
 
 from envelope import PacketEnvelope, Signer
-from l9.cli.audit import follow
 from l9.devstack import StackEndpoints
+from l9.tail import follow
 from memory.audit.chains import Layout
 from memory.merkle import CompactRange
 from memory.postgres import (

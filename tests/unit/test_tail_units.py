@@ -9,8 +9,9 @@ import pytest
 import typer
 
 from envelope import PacketEnvelope
-from l9.cli.audit import entry_json, entry_line, report_json, report_lines, short_id
+from l9.cli.audit import entry_json, entry_line, report_json, report_lines
 from l9.cli.common import duration_option, parse_duration
+from l9.tail import short_id
 from memory.postgres import AuditRecord, Damage, EntryFilter, Problem, StoredEntry, VerifyReport
 
 

@@ -16,7 +16,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from envelope import EnvelopeError
-from memory.audit import AuditRecordError, Checkpoint, StoredEntry
+from memory.audit import AuditRecordError, Checkpoint, StoredEntry, commit_order
 from memory.summary import summarize
 
 from .facts import Item
@@ -269,8 +269,3 @@ def build_report(
 
 def _seq(entry: StoredEntry) -> int:
     return entry.seq
-
-
-def commit_order(entry: StoredEntry) -> tuple[datetime, int]:
-    """The order entries of several chains were committed in: the append's clock, then seq."""
-    return entry.recorded_at, entry.seq
