@@ -60,6 +60,14 @@ RETURN length(p) AS depth, x.id AS id, x.type AS type, x.kind AS kind, x.agent A
 ORDER BY depth
 """
 
+EFFECTS: Final = f"""
+MATCH p = (x:Envelope)-[:CAUSED_BY*1..{LINEAGE_MAX_DEPTH}]->(e:Envelope {{ns: $ns, id: $id}})
+RETURN length(p) AS depth, x.id AS id, x.type AS type, x.kind AS kind, x.agent AS agent,
+       x.source AS source, x.time AS time, x.stream AS stream, x.run AS run, x.cause AS cause
+ORDER BY depth, time, id
+"""
+EFFECT_ROOT: Final = "MATCH (e:Envelope {ns: $ns, id: $id}) RETURN e.id AS id"
+
 # -- the agent DAG of a collection ----------------------------------------------------------
 MERGE_DAG_AGENTS: Final = """
 UNWIND $rows AS row

@@ -144,6 +144,15 @@ class SemanticGraph:
         truncated = steps[-1].depth >= cypher.LINEAGE_MAX_DEPTH and steps[-1].cause is not None
         return Lineage(envelope_id, steps, truncated)
 
+    async def effects(self, envelope_id: str) -> tuple[LineageStep, ...]:
+        """What ``envelope_id`` caused, directly or not: every envelope whose chain of causes
+        reaches it (``depth`` 1 for a direct effect; ``cause`` says which step each hangs
+        from), nearest first. GraphNotFound when the graph does not hold the envelope."""
+        if not await self._read(cypher.EFFECT_ROOT, id=envelope_id):
+            raise GraphNotFound(f"envelope {envelope_id} is not in the graph")
+        rows = await self._read(cypher.EFFECTS, id=envelope_id)
+        return tuple(LineageStep.of(row) for row in rows)
+
     async def dag(self, collection: str) -> DagView:
         """The newest stored DAG of ``collection``."""
         version = await self._read(cypher.DAG_VERSION, collection=collection)

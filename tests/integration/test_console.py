@@ -26,6 +26,7 @@ import anyio
 import httpx
 import pytest
 
+from agents.lineage.project import envelope_node
 from agents.sympy.keys import cache_stats_key
 from agents.sympy.telemetry import OperationEvent
 from bus import DeadLetters, Keys, Publisher, as_text
@@ -291,7 +292,7 @@ def child_of(cause: PacketEnvelope, type_: str = "l9.test.work.v1", n: int = 0) 
 
 
 async def test_the_trail_follows_new_entries_with_a_filter_and_shows_an_entrys_lineage(
-    client: httpx.AsyncClient, store: PostgresAuditStore, signer: Signer
+    client: httpx.AsyncClient, console: Running, store: PostgresAuditStore, signer: Signer
 ) -> None:
     root = work(1)
     child = child_of(root, n=2)
@@ -320,10 +321,18 @@ async def test_the_trail_follows_new_entries_with_a_filter_and_shows_an_entrys_l
 
     entry = (await client.get(f"/trail/entry/{child.id}")).text
     assert "Causes from the audit trail (the graph does not hold this envelope" in entry
+    assert "effects from the audit trail (the graph does not hold this envelope)" in entry
     causes, _, effects = entry.partition('<li class="self">')
     assert f"/trail/entry/{root.id}" in causes
     assert f"/trail/entry/{grandchild.id}" in effects and "l9.test.pong.v1" in effects
     assert (await client.get("/trail/entry/no-such-envelope")).status_code == 404
+    # once the lineage projector put them in the graph, both come from there
+    nodes = [envelope_node(e, "t") for e in (root, child, grandchild)]
+    await console.backend.graph().project_envelopes(nodes)
+    entry = (await client.get(f"/trail/entry/{child.id}")).text
+    assert "Causes from the semantic graph; effects from the semantic graph" in entry
+    causes, _, effects = entry.partition('<li class="self">')
+    assert f"/trail/entry/{root.id}" in causes and f"/trail/entry/{grandchild.id}" in effects
 
 
 # -- governance ------------------------------------------------------------------------------------

@@ -107,6 +107,26 @@ async def test_a_cause_not_projected_yet_ends_the_chain_until_it_is(graph: Seman
         await graph.lineage("nope")
 
 
+async def test_effects_are_what_an_envelope_caused_nearest_first(graph: SemanticGraph) -> None:
+    nodes = chain()
+    branch = EnvelopeNode(
+        "0190-run-b", "l9.plan.rejected.v1", "event", "planner", "agent://planner/1",
+        "2026-01-01T00:00:09", "plan", "0190-run", nodes[1].id,
+    )  # fmt: skip
+    await graph.project_envelopes([*nodes, branch, *chain("other-run")])
+    effects = await graph.effects(nodes[1].id)
+    assert [(s.depth, s.id, s.cause) for s in effects] == [
+        (1, nodes[2].id, nodes[1].id),
+        (1, branch.id, nodes[1].id),
+        (2, nodes[3].id, nodes[2].id),
+        (3, nodes[4].id, nodes[3].id),
+    ]
+    assert [s.type for s in effects] == [nodes[2].type, branch.type, nodes[3].type, nodes[4].type]
+    assert await graph.effects(nodes[-1].id) == ()
+    with pytest.raises(GraphNotFound, match="envelope nope is not in the graph"):
+        await graph.effects("nope")
+
+
 def tensoraios_dag(at: int) -> Dag:
     found = research(load_file(EXAMPLES / "tensoraios_ecosystem.md"))
     return Dag(

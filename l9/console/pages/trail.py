@@ -8,7 +8,8 @@ in between is missed or shown twice.
 
 An entry's lineage: its causes, from the semantic graph (the lineage projector's
 ``CAUSED_BY`` edges; from the trail, following ``causation_id``, when the graph does not hold
-it), and its effects, the envelopes of its run that name it as their cause, and theirs.
+it), and its effects, the envelopes whose causes lead back to it, from the graph too (from
+its run's records in the trail when the graph does not hold it).
 """
 
 from __future__ import annotations
@@ -233,27 +234,31 @@ def _folded(items: list[Effect]) -> tuple[Effect, ...]:
     return tuple(out)
 
 
-async def effects(store: AuditRecorder, entry: StoredEntry) -> tuple[Effect, ...]:
-    """The envelopes of the entry's run caused by it, each with its own effects."""
-    run = await store.entries_for_correlation(entry.correlation_id)
-    children: dict[str, list[StoredEntry]] = {}
-    for e in run:
-        if e.causation_id is not None:
-            children.setdefault(e.causation_id, []).append(e)
+async def effects(
+    backend: Backend, store: AuditRecorder, entry: StoredEntry
+) -> tuple[tuple[Effect, ...], str]:
+    """The envelopes caused by the entry, each with its own effects, and where they were read:
+    the semantic graph, or the entry's run in the trail when the graph does not hold it."""
+    children: dict[str, list[Step]] = {}
+    try:
+        for s in await backend.graph().effects(entry.envelope_id):
+            if s.cause is not None and s.depth <= MAX_DEPTH:
+                children.setdefault(s.cause, []).append(Step(s.id, s.type, s.source, s.time))
+        where = "the semantic graph"
+    except (GraphNotFound, GraphError) as exc:
+        why = "does not hold this envelope" if isinstance(exc, GraphNotFound) else f"is unavailable: {exc}"
+        where = f"the audit trail (the graph {why})"
+        for e in await store.entries_for_correlation(entry.correlation_id):
+            if e.causation_id is not None:
+                step = Step(e.envelope_id, e.type, e.source, e.envelope_time.isoformat(), e.seq)
+                children.setdefault(e.causation_id, []).append(step)
 
     def tree(envelope_id: str, depth: int) -> tuple[Effect, ...]:
         if depth >= MAX_DEPTH:
             return ()
-        found = [
-            Effect(
-                Step(c.envelope_id, c.type, c.source, c.envelope_time.isoformat(), c.seq),
-                tree(c.envelope_id, depth + 1),
-            )
-            for c in children.get(envelope_id, [])
-        ]
-        return _folded(found)
+        return _folded([Effect(c, tree(c.id, depth + 1)) for c in children.get(envelope_id, [])])
 
-    return tree(entry.envelope_id, 0)
+    return tree(entry.envelope_id, 0), where
 
 
 def payload_of(entry: StoredEntry) -> str:
@@ -272,6 +277,7 @@ async def entry_page(request: Request) -> Response:
     if entry is None:
         raise HTTPException(404, f"envelope {envelope_id} is not in the audit trail (yet)")
     found_causes, where = await causes(backend, store, entry)
+    found_effects, effects_where = await effects(backend, store, entry)
     return page(
         request,
         "entry.html",
@@ -281,7 +287,8 @@ async def entry_page(request: Request) -> Response:
         payload=payload_of(entry),
         causes=list(reversed(found_causes)),  # the run's first envelope on top
         causes_from=where,
-        effects=await effects(store, entry),
+        effects=found_effects,
+        effects_from=effects_where,
     )
 
 
