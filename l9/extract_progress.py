@@ -3,14 +3,23 @@
 :class:`RunWatcher` reads the phase streams from positions taken before the request
 is published (``XREAD``, no consumer group: watching takes nothing from the agents),
 keeps the entries whose plain ``correlation_id`` field is the run's, and decodes them
-(signature checked). :class:`RunProgress` turns them into the state of each phase
-(plan, generate, enforce, validate, report) and of each agent being generated.
-:func:`missing_consumers` says which agents' groups have nobody alive when a run is
-stuck.
+(signature checked). It watches the dead letters of the streams the phases consume too:
+an envelope of the run that the phase's agent gave up on is seen at once
+(:attr:`RunWatcher.dead`) instead of the command waiting for its timeout.
+:class:`RunProgress` turns them into the state of each phase (plan, generate, enforce,
+validate, report) and of each agent being generated, and
+keeps what the command prints in full at the end: every error of a rejection or of a
+failed generation, every denial, test failure and verification problem
+(:meth:`RunProgress.problems`), and every entry a plan locked with strict mode off left
+out (:attr:`RunProgress.left_out`). A phase's seconds run from the end of the phase
+before it (the plan's from the request) to its own end: an agent that reports only
+when done still shows how long it worked. :func:`missing_consumers` says which agents'
+groups have nobody alive when a run is stuck.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +40,7 @@ from agents.extraction import (
     RunCompleted,
     SchemaParsed,
     TestsValidated,
+    Unresolved,
     Verified,
 )
 from bus import Keys, as_text
@@ -38,6 +48,7 @@ from bus.connection import RedisClient, is_cluster
 from bus.slots import SlotReads, by_slot, read_in_slot, xread_command
 from envelope import EnvelopeError, PacketEnvelope, Payload, Verifier, decode
 from governance import DecisionMade, EscalationRequested, EscalationResolved, PolicyFile
+from l9.dead import DeadLetter, dead_letter
 
 log = structlog.get_logger("l9.extract")
 #: The phases of a run, in order, and who does each: (agent's group, the stream it consumes).
@@ -65,6 +76,11 @@ class RunWatcher:
     def __init__(self, redis: RedisClient, keys: Keys, verifier: Verifier, streams: Iterable[str]) -> None:
         self.redis, self.keys, self.verifier = redis, keys, verifier
         self.positions = {keys.stream(name): "0-0" for name in streams}
+        #: The dead letters of each stream a phase consumes: dead-letter key -> (phase's group, stream).
+        self._dead = {keys.dead(stream): (group, stream) for group, stream in PHASES.values()}
+        self.positions.update(dict.fromkeys(self._dead, "0-0"))
+        #: The run's envelopes an agent gave up on (dead-lettered), in the order seen.
+        self.dead: list[DeadLetter] = []
         #: on a cluster, the streams of each slot (one XREAD may not span slots)
         self._slots = by_slot(self.positions) if is_cluster(redis) else {}
         self._reads = SlotReads()
@@ -88,6 +104,12 @@ class RunWatcher:
             for entry_id, fields in entries:
                 self.positions[as_text(key)] = as_text(entry_id)
                 if fields.get(b"correlation_id") != run.encode():
+                    continue
+                phase = self._dead.get(as_text(key))
+                if phase is not None:
+                    letter = dead_letter(phase[1], entry_id, fields)
+                    if letter.group == phase[0]:  # the phase's own agent gave up (not, say, the auditor)
+                        self.dead.append(letter)
                     continue
                 try:
                     out.append(decode(fields, self.verifier))
@@ -152,6 +174,18 @@ class RunProgress:
     ready: ReportReady | None = None
     folder: str | None = None
     last_activity: float = field(default_factory=time.monotonic)
+    #: Entries the locked plan left out (strict mode off): they are not generated.
+    left_out: tuple[Unresolved, ...] = ()
+    #: What went wrong, in full, by phase (every error, denial, failure).
+    found: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        plan = self.phases["plan"]  # the request is out: planning starts now
+        plan.status, plan.started = "running", self.last_activity
+
+    def problems(self) -> list[str]:
+        """Everything that went wrong, each in full, in phase order."""
+        return [line for phase in PHASES for line in self.found.get(phase, [])]
 
     @property
     def finished(self) -> bool:
@@ -181,9 +215,18 @@ class RunProgress:
         state.agent = envelope.source.removeprefix("agent://")
         if handler is not None:
             handler(self, payload)
-        if state.status in ("done", "failed") and state.ended is None:
-            state.ended = now
+        for finished in self.phases.values():  # this phase, or the one a run's end names
+            if finished.status in ("done", "failed") and finished.ended is None:
+                finished.ended = now
+        self._start_next()
         return phase
+
+    def _start_next(self) -> None:
+        """The phase after a finished one is at work from then on (its agent may say nothing
+        before it is done)."""
+        for before, after in itertools.pairwise(self.phases.values()):
+            if before.status == "done" and before.ended is not None and after.status == "waiting":
+                after.status, after.started = "running", before.ended
 
     def end_phase(self, name: str, ok: bool, detail: str) -> None:
         state = self.phases[name]
@@ -191,6 +234,8 @@ class RunProgress:
 
     def _completed(self, payload: RunCompleted) -> None:
         self.completed, self.folder = payload, payload.folder or self.folder
+        if payload.result == "failed" and not self.found.get(payload.phase) and payload.reason:
+            self.found[payload.phase] = [payload.reason]  # a crash, or a failure with no details
         ended = self.phases[payload.phase]
         if ended.status in ("waiting", "running"):
             self.end_phase(ended.name, payload.result == "passed", payload.outcome)
@@ -214,13 +259,16 @@ def _baseline(p: RunProgress, x: PlanBaseline) -> None:
 
 
 def _locked(p: RunProgress, x: PlanLocked) -> None:
-    p.end_phase("plan", True, f"{x.outcome}, plan {x.hash[:12]}")
+    p.left_out = x.plan.unresolved
+    dropped = f", {len(p.left_out)} entries left out (strict mode off)" if p.left_out else ""
+    p.end_phase("plan", True, f"{x.outcome}, plan {x.hash[:12]}{dropped}")
     for wave, names in enumerate(x.plan.waves):
         for name in names:
             p.agents[name] = f"wave {wave}: waiting"
 
 
 def _rejected(p: RunProgress, x: PlanRejected) -> None:
+    p.found["plan"] = [e.text for e in x.errors]
     p.end_phase("plan", False, f"{x.outcome}: " + "; ".join(e.text for e in x.errors[:2]))
 
 
@@ -239,6 +287,7 @@ def _generated(p: RunProgress, x: GenerationCompleted) -> None:
 
 def _generation_failed(p: RunProgress, x: GenerationFailed) -> None:
     p.folder = x.folder or p.folder
+    p.found["generate"] = list(x.errors)
     p.end_phase("generate", False, f"{x.outcome}: {x.errors[0]}")
 
 
@@ -261,6 +310,7 @@ def _resolution(p: RunProgress, x: EscalationResolved) -> None:
 
 
 def _enforced(p: RunProgress, x: EnforcementCompleted) -> None:
+    p.found["enforce"] = [f"{d.policy} denied {d.path}: {d.reason}" for d in x.denied]
     denied = "; ".join(f"{d.path}: {d.policy}" for d in x.denied[:2])
     notes = "".join(f"; {a}" for a in p.answers)
     detail = f"{x.outcome}{': ' + denied if denied else ''}{notes}"
@@ -269,10 +319,22 @@ def _enforced(p: RunProgress, x: EnforcementCompleted) -> None:
 
 def _tests(p: RunProgress, x: TestsValidated) -> None:
     rate, coverage = f"{100 * x.pass_rate:.1f}%", f"{x.coverage_percent:.1f}%"
+    p.found.setdefault("validate", []).extend(
+        [*(f"does not compile: {e}" for e in x.compile_errors), *(f"test: {f}" for f in x.failures)]
+    )
     p.phases["validate"].detail = f"tests {x.passed}/{x.tests} passed ({rate}), coverage {coverage}"
 
 
 def _verified(p: RunProgress, x: Verified) -> None:
+    found = [
+        *(f"missing: {f}" for f in x.missing),
+        *(f"not in the plan: {f}" for f in x.extra),
+        *(f"changed: {f}" for f in x.changed),
+        *(f"import cycle: {' -> '.join(c)}" for c in x.cycles),
+        *(f"unresolved link: {u}" for u in x.unresolved_links),
+        *(f"governance: {g}" for g in x.broken_governance),
+    ]
+    p.found.setdefault("validate", []).extend(found)
     p.phases["validate"].detail += f"; verification {'ok' if x.ok else 'FAILED'}: {x.outcome}"
 
 

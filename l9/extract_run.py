@@ -1,16 +1,24 @@
 """Publishing an extraction request and following its run to the evidence report:
 what ``l9 extract`` and ``l9 demo`` share (outside :mod:`l9.cli`, which nothing imports).
 
+Before anything is published the file is checked here (:func:`check_file`): it must be
+UTF-8 text of at most ``TEXT_MAX`` characters (a binary or oversized file is named with
+its line or size, plainly), and :func:`agents.extraction.check.check_collection` runs
+every check that needs no agent, with the SymPy worker's own safe parser and limits:
+every error is listed at once, each at its file and line.
+
 An ``l9.extract.request.v1`` is published (the text inline, ``out_dir`` = ``--out`` or
 ``L9_EXTRACTIONS_DIR`` made absolute, the requester) as the root of a new run; the
 run's envelopes are followed on the phase streams (:mod:`l9.extract_progress`): a
 live table per phase and per generated agent, or JSON lines. The :class:`Outcome` is
 PASSED or FAILED once the auditor's ``l9.report.ready.v1`` arrives, STUCK when
-nothing happened for the timeout.
+nothing happened for the timeout, or at once when an envelope of the run is
+dead-lettered (an agent gave up on it: nothing will end the run).
 """
 
 from __future__ import annotations
 
+import difflib
 import getpass
 import json
 import re
@@ -28,10 +36,16 @@ from rich.live import Live
 from rich.table import Table
 
 import bus.tracing
-from agents.extraction import ExtractRequest, load_collection
+from agents.contracts.extraction.payloads import TEXT_MAX
+from agents.contracts.sympy.errors import ToolError
+from agents.extraction import ExtractRequest, LockedPlan
+from agents.extraction.check import FormulaCheck, check_collection
+from agents.sympy.grammar import FUNCTIONS
+from agents.sympy.parser import ParserLimits, parse
 from bus import Keys, Publisher, RedisClient, open_client
 from envelope import PacketEnvelope, Payload
 from governance import load_policy_file
+from l9.dead import DeadLetter
 from l9.devstack import resolve_endpoints
 from l9.extract_progress import (
     PHASES,
@@ -73,12 +87,73 @@ def default_requester() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
-def check_file(path: Path) -> str:
-    """The collection's text once it loads without a schema error; SchemaErrors, OSError or
-    UnicodeDecodeError otherwise."""
-    text = path.read_bytes().decode("utf-8")
-    load_collection(text, str(path))
+class InputError(ValueError):
+    """The file cannot be a collection at all: unreadable, binary, not UTF-8 or too large."""
+
+
+def read_text(path: Path) -> str:
+    """The file's text; InputError naming the file and, where it can, the line (module docstring)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    if len(data) > 4 * TEXT_MAX:  # more characters than allowed, however it decodes
+        limit = f"a schema collection is at most {TEXT_MAX:,} characters"
+        raise InputError(f"{path}: {len(data):,} bytes: {limit}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"{path}:{line}: not UTF-8 text (byte {exc.start}: {exc.reason}): a schema collection is"
+            " YAML or Markdown"
+        ) from None
+    if "\0" in text:
+        line = text[: text.index("\0")].count("\n") + 1
+        raise InputError(f"{path}:{line}: a NUL byte: this is a binary file, not YAML or Markdown")
+    if len(text) > TEXT_MAX:
+        raise InputError(f"{path}: {len(text):,} characters: a schema collection is at most {TEXT_MAX:,}")
     return text
+
+
+def formula_check(limits: ParserLimits) -> FormulaCheck:
+    """The SymPy worker's safe parser, with its limits, as :func:`check_collection` asks."""
+
+    def check(formula: str) -> str | None:
+        try:
+            parse(formula, limits)
+        except ToolError as exc:
+            where = f" at {exc.position}" if exc.position is not None else ""
+            hint = _suggest(formula, exc) if exc.rule == "unknown_function" else ""
+            return f"{exc.kind}.{exc.rule}{where}: {exc.detail}{hint}"
+        except Exception as exc:  # SymPy itself failed on it: so would the worker
+            return f"failed: SymPy could not build it: {type(exc).__name__}: {exc}"
+        return None
+
+    return check
+
+
+def _suggest(formula: str, exc: ToolError) -> str:
+    """`` (did you mean Max?)`` for an unknown function spelled like a known one."""
+    name = exc.detail.split("(", 1)[0].strip()
+    known = {n.lower(): n for n in FUNCTIONS}
+    close = known.get(name.lower()) or next(iter(difflib.get_close_matches(name, list(FUNCTIONS), 1)), None)
+    return f" (did you mean {close}?)" if close and close != name else ""
+
+
+def checked(path: Path, settings: Settings) -> tuple[str, LockedPlan | None]:
+    """The collection's text and its plan, once every local check passes (module docstring);
+    InputError or SchemaErrors (every error) otherwise."""
+    text = read_text(path)
+    limits = settings.sympy_config().tool.parser
+    _, plan = check_collection(text, str(path), strict=settings.strict_mode, parse=formula_check(limits))
+    return text, plan
+
+
+def check_file(path: Path, settings: Settings | None = None) -> str:
+    """The collection's text once every local check passes (:func:`checked`; the default
+    settings when none are given)."""
+    return checked(path, settings or Settings())[0]
 
 
 def build_request(options: Options, settings: Settings, text: str) -> PacketEnvelope:
@@ -149,7 +224,7 @@ async def _publish_and_follow(
     if missing and not options.as_json:
         console.print(f"[yellow]warning:[/yellow] no live consumer in: {', '.join(missing)}")
     outcome = await _follow(watcher, request.correlation_id, options, console)
-    if outcome.code == STUCK:
+    if outcome.code == STUCK and not outcome.stuck:
         outcome.stuck = _stuck_message(
             outcome.progress, options.timeout_s, await missing_consumers(redis, keys)
         )
@@ -167,6 +242,8 @@ async def _follow(watcher: RunWatcher, run: str, options: Options, console: Cons
             for envelope, payload in await watcher.read(run, block_ms=250):
                 progress.apply(envelope, payload)
             live.update(_table(progress))
+            if watcher.dead:
+                return Outcome(STUCK, progress, dead_message(watcher.dead))
     return Outcome(PASSED if progress.passed else FAILED, progress)
 
 
@@ -177,7 +254,23 @@ async def _follow_json(watcher: RunWatcher, progress: RunProgress, timeout_s: fl
         for envelope, payload in await watcher.read(progress.run, block_ms=250):
             phase = progress.apply(envelope, payload)
             json_line(_event(envelope, payload, phase))
+        if watcher.dead:
+            return Outcome(STUCK, progress, dead_message(watcher.dead))
     return Outcome(PASSED if progress.passed else FAILED, progress)
+
+
+def dead_message(dead: list[DeadLetter]) -> str:
+    """Why a run whose envelope was dead-lettered will never end, and what to do."""
+    first = dead[0]
+    text = (
+        f"the {first.group} gave up on {first.type} (envelope {first.envelope_id}) after"
+        f" {first.deliveries} deliveries: {first.reason}: {first.detail}"
+    )
+    more = f" (and {len(dead) - 1} more dead letter(s) of this run)" if len(dead) > 1 else ""
+    return (
+        f"{text}{more}; nothing will end this run: see `l9 dead list {first.stream}`, and"
+        f" `l9 dead replay {first.stream}` once the cause is fixed"
+    )
 
 
 def _event(envelope: PacketEnvelope, payload: Payload, phase: str) -> dict[str, Any]:

@@ -58,6 +58,15 @@ def load_file(path: Path) -> Collection:
 
 def load_collection(text: str, origin: str = "collection.yaml") -> Collection:
     """Parse and validate ``text``; ``origin`` is its file name (format and error messages)."""
+    collection, errors = read_collection(text, origin)
+    if errors:
+        log.info("collection.invalid", origin=origin, errors=len(errors))
+        raise SchemaErrors(errors)
+    return collection
+
+
+def read_collection(text: str, origin: str = "collection.yaml") -> tuple[Collection, list[SchemaError]]:
+    """The agents of ``text`` that are valid, and every error found (none: the whole collection)."""
     reader = _Reader(PurePosixPath(origin).name or origin)
     fmt = detect_format(text, origin)
     blocks = reader.markdown_blocks(text) if fmt == "markdown" else [(text, 1)]
@@ -66,16 +75,17 @@ def load_collection(text: str, origin: str = "collection.yaml") -> Collection:
     reader.cross_check(sources)
     if not sources and not reader.errors:
         reader.fail(1, "empty", "the collection declares no agent")
-    if reader.errors:
-        log.info("collection.invalid", origin=origin, errors=len(reader.errors))
-        raise SchemaErrors(reader.errors)
-    return Collection(
+    named: dict[str, tuple[AgentSource, AgentSchema]] = {}
+    for source, schema in valid:  # a name declared twice is an error above; the first one is kept
+        named.setdefault(schema.name, (source, schema))
+    collection = Collection(
         origin=origin,
         content_hash=content_hash(text),
         format=fmt,
-        agents=tuple(schema for _, schema in valid),
-        sources={schema.name: source for source, schema in valid},
+        agents=tuple(schema for _, schema in named.values()),
+        sources={name: source for name, (source, _) in named.items()},
     )
+    return collection, reader.errors
 
 
 def detect_format(text: str, origin: str) -> Format:
@@ -321,4 +331,4 @@ def _suggest(word: str, known: Any) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-__all__ = ["Format", "detect_format", "load_collection", "load_file", "raw_name"]
+__all__ = ["Format", "detect_format", "load_collection", "load_file", "raw_name", "read_collection"]

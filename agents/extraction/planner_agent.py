@@ -12,8 +12,15 @@ by the request and in its run:
    listing every baseline failure and (strict mode, ``L9_STRICT_MODE``) every
    unresolvable entry, at stage ``baseline`` or ``plan``.
 
+It also rejects, at stage ``plan`` and whatever the strict mode, what the generator
+could not write (an expression named like a keyword, a builtin or a name of the kernels
+module; a memory setting named ``storage``: :func:`.check.generation_errors`).
 After a rejection it also ends the run: ``l9.run.completed.v1`` (failed, phase
-``plan``). A request over the policy file's rate limit for its requester
+``plan``). Any exception while planning is a rejection too (stage ``plan``, naming the
+exception; the traceback is in the planner's log): the run ends at once, on the record,
+instead of the request being retried until it is dead-lettered.
+
+A request over the policy file's rate limit for its requester
 (``rate_limits``, e.g. ``extraction-requests-per-requester@1``) is rejected at
 stage ``request`` ("rate limited by ..., retry after N s") before anything is
 planned; a redelivered request is not counted twice. The planner applies the limits
@@ -55,7 +62,9 @@ from governance import Decision, RateLimiter, Request, agent_of, load_policy_fil
 
 from ..base import Agent, Context, handles
 from ..runtime import Runtime
+from .check import generation_errors
 from .config import PlannerConfig
+from .crash import RETRIED, crash_reason
 from .loader import load_collection
 from .planner import build_plan, cycle_errors, research
 
@@ -114,10 +123,24 @@ def refusal_payloads(request: ExtractRequest, refusal: Decision) -> list[Payload
     return _end_if_rejected([PlanRejected.of(origin.stem, "request", [error])])
 
 
+def crash_payloads(request: ExtractRequest, exc: Exception) -> list[Payload]:
+    """The planner failed on ``request`` (a bug, not the collection's fault): rejected at stage
+    ``plan`` with the exception named, and the run ended."""
+    origin = PurePosixPath(request.file)
+    error = SchemaError(origin.name, 0, "request", crash_reason("planner", exc))
+    return _end_if_rejected([PlanRejected.of(origin.stem, "plan", [error])])
+
+
+#: Errors of a rejection the run's ``reason`` names (the rejection itself lists them all).
+REASON_ERRORS = 3
+
+
 def _end_if_rejected(out: list[Payload]) -> list[Payload]:
     last = out[-1]
     if isinstance(last, PlanRejected):
-        reason = "; ".join(e.text for e in last.errors[:3]) + (" ..." if len(last.errors) > 3 else "")
+        more = len(last.errors) - REASON_ERRORS
+        reason = "; ".join(e.text for e in last.errors[:REASON_ERRORS])
+        reason += f"; and {more} more (every error is in the rejection)" if more > 0 else ""
         out.append(
             RunCompleted(
                 outcome=f"failed at plan: {last.outcome}",
@@ -152,7 +175,8 @@ async def _plan_payloads(
     baseline = await run_baseline(collection, probes=probes, anchors=anchors, timeout_s=timeout_s)
     out.append(PlanBaseline.of(collection.name, baseline))
     plan, unresolved = build_plan(collection, found)
-    errors = baseline_errors(collection, baseline, anchors) + (unresolved if strict else [])
+    errors = baseline_errors(collection, baseline, anchors) + generation_errors(collection)
+    errors += unresolved if strict else []
     if errors:
         stage: Stage = "plan" if baseline.ok else "baseline"
         return [*out, PlanRejected.of(collection.name, stage, errors)]
@@ -218,13 +242,19 @@ class PlannerAgent(Agent):
             )
             log.info("planner.rate_limited", file=ctx.payload.file, reason=refusal.reason)
             return
-        payloads = await plan_request(
-            ctx.payload,
-            probes=self.probes or {},
-            anchors=self.anchors or frozenset(),
-            strict=self.config.strict_mode,
-            requested_at=ctx.envelope.time,
-        )
+        try:
+            payloads = await plan_request(
+                ctx.payload,
+                probes=self.probes or {},
+                anchors=self.anchors or frozenset(),
+                strict=self.config.strict_mode,
+                requested_at=ctx.envelope.time,
+            )
+        except RETRIED:
+            raise  # Redis unreachable: the delivery loop tries again
+        except Exception as exc:
+            log.exception("planner.crashed", file=ctx.payload.file)
+            payloads = crash_payloads(ctx.payload, exc)
         envelopes = [self.envelope_for(p, cause=ctx.envelope) for p in payloads]
         await self.runtime.publisher.publish_many(envelopes)
         await self.dags.record(envelopes)  # after publishing: a graph outage never holds a plan up
@@ -251,6 +281,7 @@ __all__ = [
     "REQUEST_STREAM",
     "PlannerAgent",
     "RequestError",
+    "crash_payloads",
     "plan_request",
     "refusal_payloads",
     "request_text",

@@ -21,6 +21,10 @@ a hostile batch leaves one escalation, not one per request. The caller's typed e
 does not wait for any anchor: the request is refused either way; an escalation asks
 the anchor to review the requester (approve: a harmless mistake; deny: an attempt
 to act on).
+
+A request of an agent in :data:`RUN_INPUT_AGENTS` (the extraction generator, asking
+for the kernels of a schema's formulas) carries a run's own input: its refusal fails
+that run, so it is a denial, on the record in the run, and no anchor is asked.
 """
 
 from __future__ import annotations
@@ -31,13 +35,27 @@ import structlog
 
 from agents.contracts.sympy.errors import ToolError
 from envelope import PacketEnvelope
-from governance import Decision, Escalations, Finding, Outcome, Policy, PolicyEngine, Request, decide
+from governance import (
+    Decision,
+    Escalations,
+    Finding,
+    Outcome,
+    Policy,
+    PolicyEngine,
+    Request,
+    agent_of,
+    decide,
+)
 
 log = structlog.get_logger("l9.sympy.violations")
 #: The governance rule answering for each refusal: the length limit has its own; all else is a bomb.
 LENGTH_RULES = frozenset({"max_length"})
 LENGTH_POLICY_RULE = "expression_length"
 DEFAULT_POLICY_RULE = "expression_functions"
+#: Agents whose requests carry an extraction run's own input: a refusal fails the run, it does
+#: not wait on a person (a denial, never an escalation).
+RUN_INPUT_AGENTS = frozenset({"generator"})
+RUN_INPUT = "a run's own input: the run fails, no anchor is asked"
 
 
 @dataclass(frozen=True)
@@ -77,7 +95,12 @@ class ViolationDesk:
                 policies=judged.policies,
                 findings=(*judged.findings, finding),
             )
+        own_input = agent_of(request.source) in RUN_INPUT_AGENTS
+        if own_input:
+            finding = finding.model_copy(update={"what": f"{finding.what} ({RUN_INPUT})"})
         findings = [*judged.findings, *policy.stamp([finding])]
+        if own_input:
+            findings = [f.model_copy(update={"outcome": Outcome.DENY}) for f in findings]
         anchors = {p.ref: p.anchors for p in applying}
         return decide(subject.describe(), judged.policies, findings, anchors)
 

@@ -1,16 +1,23 @@
 """``l9 extract FILE``: run the extraction pipeline on a schema collection and follow it.
 
-1. the file is checked here first (``agents.extraction.load_file``): every schema error
-   is printed and nothing is published (exit 2), unless ``--no-check`` sends it as it is
-   (the planner then rejects it, and the run gets an evidence report);
+1. the file is checked here first (:func:`l9.extract_run.checked`: the loader, what the
+   generator could not write, every expression through the SymPy worker's safe parser, the
+   whole plan, at least one test): every error is printed with its file and line and
+   nothing is published (exit 2), unless ``--no-check`` sends it as it is (the planner
+   then judges it, and the run gets an evidence report). A file that is not a collection
+   at all (unreadable, binary, not UTF-8, too large) is named with one plain line, exit 2;
 2. an ``l9.extract.request.v1`` is published (the text inline, ``out_dir`` = ``--out`` or
    ``L9_EXTRACTIONS_DIR`` made absolute, the requester) as the root of a new run;
 3. the run's envelopes are followed on the phase streams (:mod:`l9.extract_progress`):
    a live table per phase and per generated agent, or JSON lines with ``--json``;
 4. when the auditor's ``l9.report.ready.v1`` arrives: the extraction folder and the
-   report path are printed. Exit 0 if the run passed, 1 if it failed, 3 if nothing
-   happened for ``--timeout`` seconds (the phase it is stuck at and the agents with no
-   live consumer are named). ``--no-wait`` prints the run id after publishing, exit 0.
+   report path are printed, every entry the plan left out (strict mode off), and for a
+   failed run everything that failed, in full (every error of a rejection, every denial,
+   failing test and verification problem). Exit 0 if the run passed, 1 if it failed, 3 if
+   nothing happened for ``--timeout`` seconds (the phase it is stuck at and the agents with
+   no live consumer are named) or, at once, if an agent gave up on an envelope of the run
+   (dead-lettered: named, with its reason). ``--no-wait`` prints the run id after
+   publishing, exit 0.
 
 Steps 2 to 4 are :mod:`l9.extract_run` (``l9 demo`` runs them too); this module checks
 the file, prints the result and chooses the exit code.
@@ -25,6 +32,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from agents.extraction import SchemaErrors
 from governance import PolicyFileError
@@ -35,14 +43,17 @@ from l9.extract_run import (
     FAILED,
     PASSED,
     STUCK,
+    InputError,
     Options,
     Outcome,
     build_request,
-    check_file,
+    checked,
     default_requester,
     extract,
     json_line,
+    read_text,
 )
+from l9.settings import Settings
 from l9.telemetry import TelemetryConfigError, tracing
 
 commands = typer.Typer()
@@ -54,12 +65,13 @@ def _finish(outcome: Outcome, options: Options, console: Console, err: Console) 
     completed, ready = p.completed, p.ready
     result = {PASSED: "passed", FAILED: "failed", STUCK: "stuck"}[outcome.code]
     reason = outcome.stuck or (completed.reason if completed else "")
+    left_out = [f"{u.agent} {u.field} '{u.path}': {u.reason}" for u in p.left_out]
     if options.as_json:
         phase = completed.phase if completed else p.current()
         report = ready.path if ready else None
         json_line(
             {"event": "result", "run": p.run, "result": result, "phase": phase, "reason": reason}
-            | {"folder": p.folder, "report": report}
+            | {"folder": p.folder, "report": report, "problems": p.problems(), "left_out": left_out}
         )
         raise typer.Exit(outcome.code)
     if outcome.code == STUCK:
@@ -69,9 +81,19 @@ def _finish(outcome: Outcome, options: Options, console: Console, err: Console) 
     colour = "green" if outcome.code == PASSED else "red"
     at = "" if outcome.code == PASSED else f" at phase {completed.phase}"
     console.print(f"run {p.run}: [{colour}]{result}[/{colour}]{at}{': ' + reason if reason else ''}")
+    _listed(console, f"what failed ({len(p.problems())})", p.problems())
+    _listed(console, f"left out of the plan (strict mode off, {len(left_out)} entries)", left_out)
     console.print(f"extraction folder: {p.folder or '(none: the run ended before generation)'}")
     console.print(f"evidence report: {ready.path} (check it: l9 report verify {ready.path})")
     raise typer.Exit(outcome.code)
+
+
+def _listed(console: Console, title: str, lines: list[str]) -> None:
+    """``title:`` and each line, in full (none: nothing printed)."""
+    if lines:
+        console.print(f"{title}:", markup=False)
+        for line in lines:
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 @commands.command("extract")
@@ -103,13 +125,13 @@ def extract_command(
     )
     settings = load_settings()
     quiet(settings.log_level)
-    text = _checked_text(options, err)
+    text = _checked_text(options, settings, err)
     try:
         request = build_request(options, settings, text)
-    except ValidationError as exc:
+    except ValidationError as exc:  # a field of the request itself (the requester, the folder)
         first = exc.errors(include_url=False)[0]
         where = ".".join(map(str, first["loc"]))
-        err.print(f"[red]error:[/red] {options.file}: cannot be sent: {where}: {first['msg']}")
+        err.print(f"[red]error:[/red] {options.file}: cannot be sent: {where}: {first['msg']}", markup=False)
         raise typer.Exit(BAD_INPUT) from None
     try:
         with tracing("cli"):  # the run's root span, when OTEL_TRACES_EXPORTER says so
@@ -123,15 +145,22 @@ def extract_command(
     _finish(outcome, options, console, err)
 
 
-def _checked_text(options: Options, err: Console) -> str:
+def _checked_text(options: Options, settings: Settings, err: Console) -> str:
     """FILE's text, checked unless ``--no-check``; exit 2 listing every error otherwise."""
     try:
-        if options.check:
-            return check_file(options.file)
-        return options.file.read_bytes().decode("utf-8")
+        if not options.check:
+            return read_text(options.file)
+        text, plan = checked(options.file, settings)
     except SchemaErrors as exc:
         print(f"{options.file}: {exc}", file=sys.stderr)
         print("nothing was published (l9 extract --no-check sends it to the planner anyway)", file=sys.stderr)
-    except (OSError, UnicodeDecodeError) as exc:
-        err.print(f"[red]error:[/red] cannot read {options.file}: {exc}")
-    raise typer.Exit(BAD_INPUT)
+        raise typer.Exit(BAD_INPUT) from None
+    except InputError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(BAD_INPUT) from None
+    if plan is not None and plan.unresolved:
+        n = len(plan.unresolved)
+        print(f"{options.file}: strict mode is off: {n} entries left out of the plan:", file=sys.stderr)
+        for u in plan.unresolved:
+            print(f"  {u.agent} {u.field} '{u.path}': {u.reason}", file=sys.stderr)
+    return text

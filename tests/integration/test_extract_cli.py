@@ -17,8 +17,9 @@ import anyio
 import pytest
 
 from agents.extraction import ExtractRequest, PlanLocked
-from bus import Keys, Publisher
+from bus import Keys, Publisher, as_text
 from bus.connection import RedisClient
+from bus.deadletter import DeadLetters
 from envelope import Signer, Verifier, decode
 from memory.postgres import SigningKey
 from tests.conftest import KEYRING, ROOT, AgentProcess, run_l9, stream_entries
@@ -188,3 +189,35 @@ def test_with_no_agent_running_it_says_where_it_is_stuck(env: dict[str, str]) ->
     assert lines.returncode == 3
     result = json.loads(lines.stdout.splitlines()[-1])
     assert (result["result"], result["phase"]) == ("stuck", "plan")
+
+
+async def test_an_envelope_of_the_run_dead_lettered_ends_the_wait_at_once_naming_it(
+    redis: RedisClient, keys: Keys, signer: Signer, env: dict[str, str]
+) -> None:
+    """The planner's stand-in locks the plan; the generator's group gives up on it (as the
+    delivery loop does after its last attempt): nothing will end the run, and l9 extract says
+    so, with the reason, instead of waiting for its timeout."""
+
+    async def give_up() -> None:
+        while True:
+            replies: Any = await redis.xread({keys.stream("extract"): "0-0"}, block=200)
+            for _, entries in replies or []:
+                envelope, request = decode(entries[0][1], Verifier(KEYRING))
+                assert isinstance(request, ExtractRequest)
+                published = await publish_steps(
+                    Publisher(redis, keys, signer), envelope, await planner_steps(request, envelope.time)
+                )
+                locked = next(e for e in published if e.type == "l9.plan.locked.v1")
+                found: Any = await redis.xrange(keys.stream("plan"))
+                entry_id, fields = next((i, f) for i, f in found if f[b"id"] == locked.id.encode())
+                await redis.xgroup_create(keys.stream("plan"), "generator", id="0")
+                letters = DeadLetters(redis, keys, "generator", "generator-0")
+                await letters.letter("plan", as_text(entry_id), fields, "delivery_cap", "KeyError: 'x'", 5)
+                return
+
+    done = await extract_with((str(SAMPLE), "--timeout", "300"), env, give_up)
+    assert done.returncode == 3, done.stdout + done.stderr
+    message = " ".join(done.stderr.split())
+    assert "the generator gave up on l9.plan.locked.v1 (envelope " in message, message
+    assert "after 5 deliveries: delivery_cap: KeyError: 'x'; nothing will end this run" in message
+    assert "`l9 dead list plan`" in message

@@ -7,7 +7,8 @@ manifest gives, the report fills all 10 sections from the trail and verifies, an
 to an OTLP collector stub, the run is one trace across every agent process, from the
 request to the report. Then
 ``l9 extract`` on every broken example, with the planner and the auditor running: each
-is rejected with every error listed, and its run gets a report saying what failed."""
+is refused by the local check with every error listed, and, sent anyway, rejected by the
+planner with every error listed, and its run gets a report saying what failed."""
 
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ from typing import Any
 import pytest
 
 from agents.extraction import SchemaError, SchemaErrors, load_collection, lock
+from agents.extraction.check import check_collection
 from agents.runner import BUILTIN
+from agents.sympy.parser import ParserLimits
+from l9.extract_run import formula_check
 from memory.postgres import SigningKey
 from tests.conftest import ROOT, AgentProcess, run_l9
 from tests.integration.otlp_stub import OtlpStub, StubSpan
@@ -71,16 +75,16 @@ def printed(name: str, stdout: str) -> str:
     return found.group(1)
 
 
-def expected_errors(path: Path) -> tuple[bool, list[SchemaError]]:
-    """(caught by the local check?, every error) of a broken collection."""
+def expected_errors(path: Path) -> tuple[list[SchemaError], list[SchemaError]]:
+    """Every error of a broken collection: (those ``l9 extract`` checks locally, the planner's)."""
     text = path.read_text(encoding="utf-8")
+    with pytest.raises(SchemaErrors) as local:
+        check_collection(text, str(path), parse=formula_check(ParserLimits()))
     try:
-        collection = load_collection(text, str(path))
+        lock(load_collection(text, str(path)))
     except SchemaErrors as exc:
-        return True, exc.errors
-    with pytest.raises(SchemaErrors) as caught:
-        lock(collection)
-    return False, caught.value.errors
+        return local.value.errors, exc.errors
+    raise AssertionError(f"the planner accepts {path.name}")
 
 
 def report_json(md_path: str) -> dict[str, Any]:
@@ -243,7 +247,7 @@ def _check_the_demo(
     folder, report = Path(printed("extraction folder", done.stdout)), printed("evidence report", done.stdout)
     assert folder.parent == out and check_folder(folder) == 59
     data = report_json(report)
-    assert data["outcome"]["status"] == "completed" and data["sections_version"] == 2
+    assert data["outcome"]["status"] == "completed" and data["sections_version"] == 3
     for section in data["sections"]:
         assert section.get("facts"), f"section {section['number']} shows nothing from the trail"
         assert section["records"] or section["number"] == 9, f"section {section['number']} has no record"
@@ -257,15 +261,15 @@ def test_every_broken_example_is_rejected_with_every_error_and_gets_a_report(
     procs = [spawn(name, env=env) for name in ("planner", "auditor")]
     for path in BROKEN:
         local, errors = expected_errors(path)
-        if local:
-            refused = extract(str(path), env=env)
-            assert refused.returncode == 2, refused.stdout + refused.stderr
-            listed = [line.strip() for line in refused.stderr.splitlines() if line.startswith("  ")]
-            assert listed == [str(e) for e in errors]
+        refused = extract(str(path), env=env)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        listed = [line.strip() for line in refused.stderr.splitlines() if line.startswith("  ")]
+        assert listed == [str(e) for e in local]
         sent = extract(str(path), "--no-check", "--json", env=env)
         assert sent.returncode == 1, f"{path.name}: {sent.stdout}{sent.stderr}"
         result = json.loads(sent.stdout.splitlines()[-1])
         assert (result["result"], result["phase"], result["folder"]) == ("failed", "plan", None)
+        assert result["problems"] == [str(e) for e in errors], "every error of the rejection, not three"
         rejected = report_json(result["report"])
         assert rejected["outcome"]["status"] == "failed"
         (table,) = [t for t in rejected["sections"][1]["facts"] if t["title"].startswith("Rejected")]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.auditor.report import parse_report
+from agents.auditor.report import CURRENT_VERSION, parse_report
 from agents.auditor.reporter import (
     GROUP,
     Reporter,
@@ -119,7 +119,7 @@ async def test_a_run_ends_with_its_signed_report_on_disk_and_a_notice(
         assert (stamp.digest, stamp.head_seq, stamp.sections_version) == (
             data["report_digest"],
             data["head_seq"],
-            2,
+            CURRENT_VERSION,
         )
         checked = run_l9("report", "verify", str(path), env=env)
         assert checked.returncode == 0, checked.stdout + checked.stderr

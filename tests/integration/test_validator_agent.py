@@ -106,9 +106,9 @@ async def test_the_validator_passes_a_good_folder_and_fails_a_damaged_one(
     assert (tests.tests, tests.passed, tests.failed) == (3, 2, 1)
     assert isinstance(verified, Verified) and not verified.ok and verified.extra == ("docs/alpha/NOTES.md",)
     assert isinstance(failed, RunCompleted) and failed.result == "failed" and failed.phase == "validate"
-    assert failed.outcome == "failed at validate: pass rate, extra, governance"
+    assert failed.outcome == "failed at validate: tests, extra, governance"
     assert failed.reason == (
-        "pass rate: 0.67 < 0.95 (2 of 3 passed, 1 failed, 0 in error, 0 skipped: "
+        "tests: 1 of 3 did not pass (1 failed, 0 in error, 0 skipped: "
         "tests.alpha.test_alpha::test_anchors: AssertionError: assert ('Igor',) == ('Igor', 'Compliance')); "
         "extra: docs/alpha/NOTES.md; governance: alpha: code/L9/demo/alpha/governance_bridge.py: "
         "ANCHORS is ('Igor',), the schema says ('Igor', 'Compliance')"

@@ -37,11 +37,13 @@ def test_a_run_within_every_bound_passes() -> None:
     assert ended.outcome == "passed: 20/20 tests, coverage 91.5%, verified" and ended.folder == FOLDER
 
 
-def test_the_bounds_are_inclusive() -> None:
-    edge = GOOD_TESTS.model_copy(
-        update={"passed": 19, "failed": 1, "pass_rate": 0.95, "coverage_percent": 85.0}
-    )
+def test_the_coverage_bound_is_inclusive_and_every_test_must_pass() -> None:
+    edge = GOOD_TESTS.model_copy(update={"coverage_percent": 85.0})
     assert verdict(edge, GOOD_VERIFY).result == "passed"
+    for update in ({"passed": 19, "failed": 1}, {"passed": 19, "errors": 1}, {"passed": 19, "skipped": 1}):
+        one_short = GOOD_TESTS.model_copy(update={**update, "pass_rate": 0.95})
+        ended = verdict(one_short, GOOD_VERIFY)
+        assert ended.result == "failed" and ended.reason.startswith("tests: 1 of 20 did not pass"), update
 
 
 def test_each_failed_bound_is_named_in_the_reason() -> None:
@@ -69,11 +71,11 @@ def test_each_failed_bound_is_named_in_the_reason() -> None:
     ended = verdict(tests, verified)
     assert ended.result == "failed" and ended.phase == "validate"
     assert ended.outcome == (
-        "failed at validate: compile, pass rate, coverage, missing, import cycle, unresolved link, governance"
+        "failed at validate: compile, tests, coverage, missing, import cycle, unresolved link, governance"
     )
     assert ended.reason.split("; ") == [
         "compile: 1 file(s) do not compile (code/L9/a/config.py:4: expected ':')",
-        "pass rate: 0.90 < 0.95 (18 of 20 passed, 1 failed, 1 in error, 0 skipped: "
+        "tests: 2 of 20 did not pass (1 failed, 1 in error, 0 skipped: "
         "tests.a.test_x::test_bad: assert 4 == 5, tests.a.test_x::test_err: boom)",
         "coverage: 80.4% < 85% of code/",
         "missing: code/L9/a/config.py",
@@ -96,7 +98,7 @@ async def test_a_folder_that_is_not_there_fails_the_run_without_running_anything
     assert not tests.ok and tests.failures == (f"{tmp_path / 'gone'} is not an absolute path of a directory",)
     assert not verified.ok and verified.missing == ("extraction_manifest.json",)
     assert ended.result == "failed" and ended.folder == str(tmp_path / "gone")
-    assert "missing: extraction_manifest.json" in ended.reason and "pass rate: 0.00" in ended.reason
+    assert "missing: extraction_manifest.json" in ended.reason and "tests: none ran" in ended.reason
 
 
 def test_the_validator_is_a_builtin_agent_with_a_test_timeout_setting() -> None:

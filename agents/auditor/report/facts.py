@@ -1,12 +1,14 @@
-"""What each section of table v2 shows above its records: tables computed from the payloads
-of the run's records (the section's own, and for section 9 every decision), and nothing else.
+"""What each section of tables v2 and v3 shows above its records: tables computed from the
+payloads of the run's records (the section's own, for section 9 every decision, for section
+10 of v3 the locked plan too), and nothing else.
 
 Each function gets the section's records (view and decoded payload) and all the run's
 records, and returns the section's :class:`.model.FactTable` s; a table with no rows is
 left out. A payload is read through its payload model (``agents.extraction``,
 ``governance``); one that does not validate adds no row (the record itself is still listed
 under the tables). These functions are part of section table v2: a report is verified by
-rebuilding it, so changing what they show is a new table version, not an edit.
+rebuilding it, so changing what they show is a new table version, not an edit: v3 has its own
+:func:`locked_plan_v3` and :func:`final_v3`, the other sections are v2's.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from agents.contracts.extraction.phases import (
     TestsValidated,
     Verified,
 )
+from agents.contracts.extraction.plan import PlanItem
 from governance import DecisionMade, EscalationRequested, EscalationResolved
 
 from .model import FactTable, RecordView
@@ -151,6 +154,58 @@ def locked_plan(items: Sequence[Item], run: Sequence[Item]) -> tuple[FactTable, 
         *table("Planned items", ("#", "agent", "category", "path", "kind", "wave"), planned, code=("path",)),
         *table(f"Rejected (stage {stages})", ("seq", "where", "agent", "field", "error"), errors),
     )
+
+
+def locked_plan_v3(items: Sequence[Item], run: Sequence[Item]) -> tuple[FactTable, ...]:
+    """v2's section 2 with each link's entry as written (and the agent planning its module), and
+    every entry a plan locked with strict mode off left out."""
+    locked = parsed(items, "l9.plan.locked.v*", PlanLocked)
+    rejected = parsed(items, "l9.plan.rejected.v*", PlanRejected)
+    summary = [
+        (str(s), p.collection, p.hash, str(len(p.plan.items)), str(len(p.plan.waves)), p.folder_name)
+        for s, p in locked
+    ]
+    planned = [
+        (str(i.todo), i.agent, i.category, i.path, i.kind, str(i.wave), _link_target(i))
+        for _, p in locked
+        for i in p.plan.items
+    ]
+    errors = [
+        (str(s), f"{e.file}:{e.line}" if e.line else e.file, e.agent or "", e.field or "", e.message)
+        for s, r in rejected
+        for e in r.errors
+    ]
+    stages = names(dict.fromkeys(r.stage for _, r in rejected))
+    return (
+        *table(
+            "Locked plan",
+            ("seq", "collection", "plan sha256", "items", "waves", "extraction folder"),
+            summary,
+            code=("plan sha256", "extraction folder"),
+        ),
+        *table(
+            "Planned items",
+            ("#", "agent", "category", "path", "kind", "wave", "link to"),
+            planned,
+            code=("path",),
+        ),
+        *left_out(locked),
+        *table(f"Rejected (stage {stages})", ("seq", "where", "agent", "field", "error"), errors),
+    )
+
+
+def _link_target(item: PlanItem) -> str:
+    """For a link: the agent of the collection planning its module, or ``existing module``."""
+    if item.category != "link":
+        return ""
+    return f"agent {item.link_to} ({item.module})" if item.link_to else f"existing module {item.module}"
+
+
+def left_out(locked: Sequence[tuple[int, PlanLocked]]) -> tuple[FactTable, ...]:
+    """Every entry a locked plan left out (strict mode off), with why."""
+    rows = [(str(s), u.agent, u.field, u.path, u.reason) for s, p in locked for u in p.plan.unresolved]
+    title = "Left out of the plan (strict mode off: unresolvable entries are dropped, not generated)"
+    return table(title, ("seq", "agent", "field", "entry", "why"), rows, code=("entry",))
 
 
 def research(items: Sequence[Item], run: Sequence[Item]) -> tuple[FactTable, ...]:
@@ -362,3 +417,9 @@ def final(items: Sequence[Item], run: Sequence[Item]) -> tuple[FactTable, ...]:
             code=("path", "report digest"),
         ),
     )
+
+
+def final_v3(items: Sequence[Item], run: Sequence[Item]) -> tuple[FactTable, ...]:
+    """v2's section 10, and the entries the run's locked plan left out (a run that passed
+    generated less than its collection asked for)."""
+    return (*final(items, run), *left_out(parsed(run, "l9.plan.locked.v*", PlanLocked)))

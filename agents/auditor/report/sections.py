@@ -8,12 +8,17 @@ verification rebuilds it with that same table, so refining the table (a new
 version) never invalidates reports signed earlier.
 
 * v1: the first table; its data rule compares a top-level field.
-* v2 (current): the extraction pipeline's real payloads (``agents.contracts.extraction.phases``,
+* v2: the extraction pipeline's real payloads (``agents.contracts.extraction.phases``,
   ``governance``): enforcement in section 6, escalations and their resolutions in 9;
   data rules follow a dotted path (``decision.outcome``) and compare booleans too; every
   section shows tables computed from its records' payloads (:mod:`.facts`). The v1 globs
   stay (``l9.artifact.*``, ``l9.validation.drift*``, approvals and denials), so records
   of those types land in the same sections under both tables.
+* v3 (current): section 10 agrees with sections 7 and 8 whatever a record's ``ok`` says:
+  count rules make a failure of any failed, erroneous or skipped test, any listed
+  failure or compile error, and any drift, cycle, link or governance problem; section 2
+  shows a link's entry as written (v2 showed the agent planning it) and every entry left
+  out of a plan locked with strict mode off, which section 10 lists again.
 """
 
 from __future__ import annotations
@@ -26,8 +31,12 @@ from typing import Any
 from . import facts
 from .facts import Facts
 
-#: A data rule: (type glob, dotted field path, the value that marks a failure).
-DataRule = tuple[str, str, str | bool]
+#: A data rule: (type glob, dotted field path, the value that marks a failure). What a broken
+#: rule is reported as has the same shape; for a count rule the value is the count found.
+DataRule = tuple[str, str, str | bool | int]
+#: A count rule: (type glob, dotted field path): a failure when the field is a number above
+#: zero or a non-empty list.
+CountRule = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,16 +67,29 @@ class FailureRules:
     data_rules: tuple[DataRule, ...]
     #: Types whose records say the run completed.
     completion_globs: tuple[str, ...]
+    #: Types whose records are failures when a count or list at ``field`` is not zero (v3 on).
+    count_rules: tuple[CountRule, ...] = ()
 
     def data_failure(self, type_: str, data: Mapping[str, Any]) -> DataRule | None:
-        """The first data rule ``data`` (a record of ``type_``) breaks, or None."""
+        """The first data rule ``data`` (a record of ``type_``) breaks, or None; then the first
+        count rule, as ``(glob, field, count)``."""
         for rule in self.data_rules:
             glob, path, value = rule
             if fnmatchcase(type_, glob):
                 found = field_at(data, path)
                 if type(found) is type(value) and found == value:
                     return rule
+        for glob, path in self.count_rules:
+            if fnmatchcase(type_, glob) and (count := _count(field_at(data, path))):
+                return (glob, path, count)
         return None
+
+
+def _count(value: Any) -> int:
+    """A number's value (booleans are not counts) or a list's length; 0 for anything else."""
+    if type(value) is int:
+        return value if value > 0 else 0
+    return len(value) if isinstance(value, list | tuple) else 0
 
 
 _ABSENT = object()
@@ -230,9 +252,32 @@ TABLE_V2 = SectionTable(
     ),
 )
 
+_V3_FACTS = {2: facts.locked_plan_v3, 10: facts.final_v3}
+TABLE_V3 = SectionTable(
+    version=3,
+    sections=tuple(
+        SectionSpec(s.number, s.key, s.title, s.globs, _V3_FACTS.get(s.number, s.facts))
+        for s in TABLE_V2.sections
+    ),
+    failures=FailureRules(
+        kinds=TABLE_V2.failures.kinds,
+        type_globs=TABLE_V2.failures.type_globs,
+        data_rules=TABLE_V2.failures.data_rules,
+        completion_globs=TABLE_V2.failures.completion_globs,
+        count_rules=(
+            *(("l9.validation.tests.v*", f) for f in ("failed", "errors", "skipped")),
+            *(("l9.validation.tests.v*", f) for f in ("compile_errors", "failures")),
+            *(
+                ("l9.validation.verify.v*", f)
+                for f in ("missing", "extra", "changed", "cycles", "unresolved_links", "broken_governance")
+            ),
+        ),
+    ),
+)
+
 #: Every section table by version; a refined table is added here, never edited in place.
-TABLES: Mapping[int, SectionTable] = {t.version: t for t in (TABLE_V1, TABLE_V2)}
-CURRENT_VERSION = TABLE_V2.version
+TABLES: Mapping[int, SectionTable] = {t.version: t for t in (TABLE_V1, TABLE_V2, TABLE_V3)}
+CURRENT_VERSION = TABLE_V3.version
 #: The section holding the outcome and the declaration.
 FINAL_SECTION = 10
 

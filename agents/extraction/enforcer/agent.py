@@ -19,6 +19,9 @@ and in its run:
    escalation ids; when not allowed, also ``l9.run.completed.v1`` (failed,
    phase ``enforce``, the reason naming policies and paths).
 
+An exception in steps 1-3 (a bug) ends the run at once instead: ``l9.run.completed.v1``
+(failed, phase ``enforce``, naming the exception; :mod:`..crash`).
+
 A redelivered envelope repeats nothing: see :mod:`.ledger`, and escalations keyed
 by the envelope and the subject.
 """
@@ -38,6 +41,7 @@ from governance import EscalationResolved, Escalations, PolicyEngine
 from ...base import Agent, Context, handles
 from ...runtime import Runtime
 from ..config import EnforcerConfig
+from ..crash import crash_reason, retried
 from .folder import read_folder
 from .judge import Judged, Verdict, judge
 from .ledger import Ledger, ledger_key
@@ -101,6 +105,19 @@ def run_failed(generated: GenerationCompleted, denied: Sequence[Denial], outcome
     )
 
 
+def crashed(generated: GenerationCompleted, exc: Exception) -> RunCompleted:
+    """The run's end when enforcing raised (a bug): failed at ``enforce``, naming the exception."""
+    reason = crash_reason("enforcer", exc)
+    return RunCompleted(
+        outcome=f"failed at enforce: {reason}"[:300],
+        collection=generated.collection,
+        result="failed",
+        phase="enforce",
+        folder=generated.folder,
+        reason=reason,
+    )
+
+
 class EnforcerAgent(Agent):
     name = "enforcer"
     consumes = (GENERATE_STREAM,)
@@ -160,14 +177,23 @@ class EnforcerAgent(Agent):
         if await ledger.published("final"):
             log.info("enforcer.already_done")
             return
-        verdict = await anyio.to_thread.run_sync(verdict_of, self.engine, generated)
-        desk = self.desk()
-        await self._publish_decisions(ledger, desk, cause, verdict)
-        answers = await self._escalate(desk, cause, verdict.to_escalate())
-        payloads = outcome_payloads(generated, verdict, answers)
+        try:
+            verdict = await anyio.to_thread.run_sync(verdict_of, self.engine, generated)
+            desk = self.desk()
+            await self._publish_decisions(ledger, desk, cause, verdict)
+            answers = await self._escalate(desk, cause, verdict.to_escalate())
+            payloads = outcome_payloads(generated, verdict, answers)
+        except Exception as exc:
+            if retried(exc):
+                raise  # Redis unreachable: the delivery loop tries again
+            log.exception("enforcer.crashed")
+            payloads = [crashed(generated, exc)]
         final = await ledger.envelopes("final", lambda: [self.envelope_for(p, cause=cause) for p in payloads])
         await self.runtime.publisher.publish_many(final)
         await ledger.mark_published("final")
+        if final[0].type != "l9.enforce.completed.v1":
+            log.warning("enforcer.failed", reason=final[0].data.get("reason"))
+            return
         completed = EnforcementCompleted.model_validate(final[0].data)
         log.info(
             "enforcer.enforced",
@@ -212,4 +238,4 @@ class EnforcerAgent(Agent):
         return {j.path: answers[j.path] for j in asked}
 
 
-__all__ = ["GENERATE_STREAM", "EnforcerAgent", "outcome_payloads", "run_failed", "verdict_of"]
+__all__ = ["GENERATE_STREAM", "EnforcerAgent", "crashed", "outcome_payloads", "run_failed", "verdict_of"]

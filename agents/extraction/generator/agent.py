@@ -13,9 +13,10 @@ envelope and caused by it:
 
 When a kernel cannot be had (no SymPy worker answering within
 ``L9_GENERATOR_SYMPY_DEADLINE_S``, a formula it refuses), a file cannot be
-rendered, or the folder cannot be written, nothing is left half done: it emits
+rendered, the folder cannot be written, or anything else raises (a bug, named in
+the error: :mod:`..crash`), nothing is left half done: it emits
 ``l9.generate.failed.v1`` with every reason, then ``l9.run.completed.v1``
-(failed, phase ``generate``). A redelivered plan is generated again and gives the
+(failed, phase ``generate``), at once. A redelivered plan is generated again and gives the
 same files (the manifest keeps its first generation time).
 """
 
@@ -48,9 +49,13 @@ from envelope import PacketEnvelope, Payload, utcnow
 from ...base import Agent, Context, handles
 from ...runtime import Runtime
 from ..config import GeneratorConfig
+from ..crash import crash_reason, retried
 from .folder import folder_of, generated_files, generation_time, manifest_bytes, write_folder
 from .kernels import CodeTool, KernelError, fetch_kernels
 from .render import RenderError, needs_kernels, render_agent
+
+#: Errors of a failure the run's ``reason`` names (``l9.generate.failed.v1`` lists them all).
+REASON_ERRORS = 3
 
 
 class GenerationError(Exception):
@@ -97,6 +102,12 @@ class GeneratorAgent(Agent):
         except GenerationError as exc:
             await self._fail(ctx, locked, exc.errors)
             log.warning("generator.failed", collection=locked.collection, errors=exc.errors)
+            return
+        except Exception as exc:
+            if retried(exc):
+                raise  # Redis unreachable: the delivery loop tries again
+            log.exception("generator.crashed", collection=locked.collection)
+            await self._fail(ctx, locked, [crash_reason("generator", exc)])
             return
         await ctx.emit(
             GenerationCompleted(
@@ -164,6 +175,12 @@ class GeneratorAgent(Agent):
         except RenderError as exc:
             errors[name] = (str(exc),)
             return
+        except Exception as exc:
+            if retried(exc):
+                raise
+            self.log.exception("generator.crashed", correlation_id=ctx.envelope.correlation_id, agent=name)
+            errors[name] = (f"agent '{name}': {crash_reason('generator', exc)}",)
+            return
         files.update(rendered)
         entries = generated_files(plan, rendered)
         await ctx.emit(  # progress: out as each agent is done, not with the final ack
@@ -198,7 +215,9 @@ class GeneratorAgent(Agent):
             plan_hash=locked.hash,
             errors=tuple(errors),
         )
-        reason = "; ".join(errors[:3]) + (" ..." if len(errors) > 3 else "")
+        more = len(errors) - REASON_ERRORS
+        reason = "; ".join(errors[:REASON_ERRORS])
+        reason += f"; and {more} more (every error is in l9.generate.failed.v1)" if more > 0 else ""
         ended = RunCompleted(
             outcome=f"failed at generate: {reason[:200]}",
             collection=locked.collection,

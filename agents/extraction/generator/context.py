@@ -9,8 +9,6 @@ fixed order (the schema's, or sorted), never a set.
 
 from __future__ import annotations
 
-import builtins
-import keyword
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -18,14 +16,12 @@ from agents.contracts.extraction.plan import LockedPlan, PlanItem
 from agents.contracts.extraction.schema import AgentSchema, Deployment, Governance
 from bus import DEFAULT_TOPOLOGY
 
+from ..check import RESERVED_KERNEL_NAMES, kernel_name_problem
 from .kernel_code import KernelCode
 from .pysource import camel
 
 #: The relay bound of a generated agent (its ``max_hops`` setting) unless the environment says otherwise.
 DEFAULT_MAX_HOPS = 4
-#: Names a kernel may not take: the kernels module defines, imports or calls them.
-RESERVED_KERNEL_NAMES = frozenset({"numpy", "npt", "math", "functools", "evaluate_all", "annotations"})
-_BUILTINS = frozenset(name for name in dir(builtins) if not name.startswith("_"))
 
 
 class PlanContextError(ValueError):
@@ -278,8 +274,7 @@ def _deployment_fields(deployment: Deployment) -> tuple[SettingView, ...]:
 
 def _check_kernel_names(schema: AgentSchema, kernels: Mapping[str, KernelCode]) -> None:
     for name in sorted(kernels):
-        taken = keyword.iskeyword(name) or keyword.issoftkeyword(name) or name in _BUILTINS
-        if taken or name in RESERVED_KERNEL_NAMES:
+        if kernel_name_problem(name) is not None:
             raise PlanContextError(
                 f"agent '{schema.name}': expression '{name}' cannot name a Python function"
                 f" (a keyword, a builtin, or one of {', '.join(sorted(RESERVED_KERNEL_NAMES))})"

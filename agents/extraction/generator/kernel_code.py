@@ -10,6 +10,10 @@ parameters and temporaries, arithmetic, comparisons, calls of ``numpy.*``,
 string, a complex constant, a statement that is not an assignment) is a
 :class:`KernelCodeError` naming the kernel.
 
+Where floating point would overflow or cancel while the true value is finite
+(``log(exp(x) + exp(y))``, ``(1 + erf(x))/2``), the checked code is rewritten into a
+stable form (:mod:`.stable`); :attr:`KernelCode.stable` names the rewrites.
+
 ``math.f(...)`` works on one number only: the worker writes it as
 ``numpy.vectorize(math.f, otypes=[float])(...)`` so the kernel takes arrays; that
 form is checked as ``math.f(...)`` and written the same way (a bare ``math.f(...)``
@@ -22,6 +26,8 @@ import ast
 from dataclasses import dataclass
 
 from agents.contracts.sympy.codegen import ARRAY_CALL
+
+from .stable import stabilise
 
 #: Modules the worker's code may use, and the names a kernel module imports for them.
 MODULES = ("functools", "math", "numpy")
@@ -83,6 +89,8 @@ class KernelCode:
     ops_before: int
     ops_after: int
     expr_hash: str
+    #: The stable forms written instead of the worker's code (``log1p``, ``logaddexp``: :mod:`.stable`).
+    stable: tuple[str, ...] = ()
 
     @property
     def arguments(self) -> tuple[tuple[str, str], ...]:
@@ -99,26 +107,36 @@ def kernel_code(source: KernelSource) -> KernelCode:
         raise _error(source, "the function does not end with a return of a value")
     temporaries: list[tuple[str, str]] = []
     used: set[str] = set()
+    stable: list[str] = []
     for statement in body[:-1]:
         target, value = _assignment(source, statement)
         value = _Unvectorise().visit(value)
         used |= _check(source, value, names)
-        temporaries.append((target, _text(value)))
+        temporaries.append((target, _stable_text(value, stable)))
         names.add(target)
     result = _Unvectorise().visit(body[-1].value)
     used |= _check(source, result, names)
+    result_text = _stable_text(result, stable)
     return KernelCode(
         name=source.name,
         formula=source.formula,
         args=source.args,
         params=source.params,
         temporaries=tuple(temporaries),
-        result=_text(result),
+        result=result_text,
         modules=tuple(m for m in MODULES if m in used and m != "numpy"),
         ops_before=source.ops_before,
         ops_after=source.ops_after,
         expr_hash=source.expr_hash,
+        stable=tuple(stable),
     )
+
+
+def _stable_text(expression: ast.expr, applied: list[str]) -> str:
+    """The statement's text with the stable forms of :mod:`.stable` (their names added to ``applied``)."""
+    rewritten, names = stabilise(expression)
+    applied.extend(n for n in names if n not in applied)
+    return _text(rewritten)
 
 
 def _error(source: KernelSource, what: str) -> KernelCodeError:

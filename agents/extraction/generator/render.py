@@ -8,7 +8,7 @@ Each file comes from the template its plan item names (``<kind><ext>.j2`` in
 and helpers that write ruff-clean Python (:mod:`.pysource`). Nothing reads a
 clock, the environment or the disk (besides the templates), and every loop
 runs over tuples in the plan's or sorted order: the same plan and kernels give
-the same bytes. The agent's manifest is rendered last, from the others' bytes.
+the same bytes. Manifests are rendered last, from the bytes of the files they list.
 """
 
 from __future__ import annotations
@@ -73,15 +73,18 @@ def render_agent(plan: LockedPlan, agent: str, kernels: Mapping[str, KernelSourc
         raise RenderError(f"agent '{agent}': {exc}") from None
     _check_kernels(view.agents[agent], code)
     files: dict[str, bytes] = {}
-    manifests: list[PlanItem] = []
-    for item in view.agents[agent].items:
-        if item.category == "manifest":
-            manifests.append(item)
-            continue
-        files[item.path] = _render(view, agent, item, {})
-    for item in manifests:
-        files[item.path] = _render(view, agent, item, files)
+    for item in sorted(view.agents[agent].items, key=_manifest_order):
+        files[item.path] = _render(view, agent, item, dict(files) if item.kind == "manifest" else {})
     return dict(sorted(files.items()))
+
+
+def _manifest_order(item: PlanItem) -> int:
+    """Manifests last, from the bytes of the files before them: a ``*_manifest.json`` the agent
+    plans lists the agent's other files, and the planner's ``manifests/<agent>_manifest.json``
+    every file of the agent, those manifests included (the sort is stable: plan order otherwise)."""
+    if item.kind != "manifest":
+        return 0
+    return 2 if item.category == "manifest" else 1
 
 
 def _check_kernels(agent: AgentView, code: Mapping[str, KernelCode]) -> None:

@@ -9,9 +9,11 @@ envelope and in its run, in one round trip:
    (:mod:`.tests_run`);
 2. ``l9.validation.verify.v1`` - phase 5: drift against the plan and the
    manifests, import cycles, links, governance links (:mod:`.verify`);
-3. ``l9.run.completed.v1`` - ``passed`` only when every file compiles, the pass
-   rate is at least 0.95, coverage at least 85 % and verification found nothing;
-   otherwise ``failed`` at phase ``validate`` with a reason naming each failure.
+3. ``l9.run.completed.v1`` - ``passed`` only when every file compiles, every
+   generated test passes (none failed, in error or skipped), coverage is at least
+   85 % and verification found nothing; otherwise ``failed`` at phase ``validate``
+   with a reason naming each failure. An exception while validating (a bug) fails
+   the run too, at once (:mod:`..crash`).
 
 A denied enforcement is ignored: the enforcer has already ended that run. The
 work runs off the event loop (syntax trees and hashing in a worker thread, the
@@ -36,11 +38,13 @@ import structlog
 
 from agents.contracts.extraction.phases import EnforcementCompleted, RunCompleted, TestsValidated, Verified
 from bus.topology import ENFORCE_STREAM
+from envelope import Payload
 
 from ...base import Agent, Context, handles
 from ...runtime import Runtime
 from ..config import ValidatorConfig
-from .tests_run import MIN_COVERAGE, MIN_PASS_RATE, TestRun, phase4
+from ..crash import crash_reason, retried
+from .tests_run import MIN_COVERAGE, TestRun, phase4
 from .verify import verify
 
 #: Items of a finding named in a run's reason before "...".
@@ -90,18 +94,30 @@ def verdict(tests: TestsValidated, verified: Verified) -> RunCompleted:
     )
 
 
+def crashed(enforced: EnforcementCompleted, exc: Exception) -> RunCompleted:
+    """The run's end when validating it raised (a bug): failed at ``validate``, naming the exception."""
+    reason = crash_reason("validator", exc)
+    return RunCompleted(
+        outcome=f"failed at validate: {reason}"[:300],
+        collection=enforced.collection,
+        result="failed",
+        phase="validate",
+        folder=enforced.folder,
+        reason=reason,
+    )
+
+
 def phase4_reasons(tests: TestsValidated) -> list[str]:
     reasons: list[str] = []
     if tests.compile_errors:
         reasons.append(
             f"compile: {len(tests.compile_errors)} file(s) do not compile ({_named(tests.compile_errors)})"
         )
-    if tests.pass_rate < MIN_PASS_RATE:
+    if tests.tests == 0 or tests.passed < tests.tests:
         first = f": {_named(tests.failures)}" if tests.failures else ""
-        reasons.append(
-            f"pass rate: {tests.pass_rate:.2f} < {MIN_PASS_RATE} ({tests.passed} of {tests.tests} passed, "
-            f"{tests.failed} failed, {tests.errors} in error, {tests.skipped} skipped{first})"
-        )
+        counts = f"{tests.failed} failed, {tests.errors} in error, {tests.skipped} skipped"
+        what = f"{tests.tests - tests.passed} of {tests.tests} did not pass" if tests.tests else "none ran"
+        reasons.append(f"tests: {what} ({counts}{first})")
     if tests.coverage_percent < MIN_COVERAGE:
         reasons.append(f"coverage: {tests.coverage_percent:.1f}% < {MIN_COVERAGE:g}% of code/")
     return reasons
@@ -155,17 +171,27 @@ class ValidatorAgent(Agent):
             return
         async with self.limiter:
             log.info("validator.started", attempt=ctx.attempt)
-            payloads = await validate(enforced, timeout_s=self.config.test_timeout_s, log=log)
+            try:
+                payloads: tuple[Payload, ...] = await validate(
+                    enforced, timeout_s=self.config.test_timeout_s, log=log
+                )
+            except Exception as exc:
+                if retried(exc):
+                    raise  # Redis unreachable: the delivery loop tries again
+                log.exception("validator.crashed")
+                payloads = (crashed(enforced, exc),)
         envelopes = [self.envelope_for(p, cause=ctx.envelope) for p in payloads]
         envelopes = [e.model_copy(update={"id": result_id(e.type, ctx.envelope.id)}) for e in envelopes]
         await self.runtime.publisher.publish_many(envelopes)
         run = payloads[-1]
+        assert isinstance(run, RunCompleted)
         log.info("validator.done", result=run.result, outcome=run.outcome, reason=run.reason)
 
 
 __all__ = [
     "ENFORCE_STREAM",
     "ValidatorAgent",
+    "crashed",
     "phase4_reasons",
     "phase5_reasons",
     "result_id",
