@@ -262,21 +262,30 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def bound_socket(host: str, port: int) -> socket.socket:
+    """A non-blocking socket listening on ``host:port`` (IPv6 when the host has a colon), to
+    hand to uvicorn; OSError, the socket closed, when it cannot (in use, not this machine's)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is fine
         sock.bind((host, port))
         sock.listen(128)
-    except OSError as exc:
+    except OSError:
         sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        return bound_socket(host, port)
+    except OSError as exc:
         raise AdminPortError(
             f"L9_ADMIN_PORT={port}: cannot listen on {host}:{port} (L9_ADMIN_HOST={host}): "
             f"{exc.strerror or exc}; pick another port, or unset L9_ADMIN_PORT for no admin port"
         ) from exc
-    sock.setblocking(False)
-    return sock
 
 
 def _pings(redis: RedisClient) -> Check:

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import uvicorn
 from starlette.applications import Starlette
 
+from l9.admin import bound_socket
+
 #: Seconds open event streams get to end when the console stops.
 GRACE_S = 1
 
@@ -20,19 +22,12 @@ class ConsolePortError(RuntimeError):
 
 def listen(host: str, port: int) -> socket.socket:
     """A socket listening on ``host:port`` for the console."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is fine
-        sock.bind((host, port))
-        sock.listen(128)
+        return bound_socket(host, port)
     except OSError as exc:
-        sock.close()
         raise ConsolePortError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another with --port (or --host)"
         ) from None
-    sock.setblocking(False)
-    return sock
 
 
 class _Embedded(uvicorn.Server):
