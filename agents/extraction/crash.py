@@ -15,6 +15,7 @@ Redis is back.
 
 from __future__ import annotations
 
+from agents.contracts.extraction.phases import RunCompleted
 from bus.errors import TRANSIENT
 
 #: Exceptions the delivery loop retries: Redis unreachable, slow or failing over (not every
@@ -39,4 +40,17 @@ def crash_reason(agent: str, exc: BaseException) -> str:
     return f"the {agent} failed: {what} (a bug: the {agent}'s log has the traceback)"
 
 
-__all__ = ["MAX_TEXT", "RETRIED", "crash_reason", "retried"]
+def crashed_run(agent: str, phase: str, collection: str, folder: str, exc: BaseException) -> RunCompleted:
+    """The run's end when ``agent`` raised at ``phase`` (a bug): failed there, naming the exception."""
+    reason = crash_reason(agent, exc)
+    return RunCompleted(
+        outcome=f"failed at {phase}: {reason}"[:300],
+        collection=collection,
+        result="failed",
+        phase=phase,
+        folder=folder,
+        reason=reason,
+    )
+
+
+__all__ = ["MAX_TEXT", "RETRIED", "crash_reason", "crashed_run", "retried"]

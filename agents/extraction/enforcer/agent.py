@@ -41,7 +41,7 @@ from governance import EscalationResolved, Escalations, PolicyEngine
 from ...base import Agent, Context, handles
 from ...runtime import Runtime
 from ..config import EnforcerConfig
-from ..crash import crash_reason, retried
+from ..crash import crashed_run, retried
 from .folder import read_folder
 from .judge import Judged, Verdict, judge
 from .ledger import Ledger, ledger_key
@@ -107,15 +107,7 @@ def run_failed(generated: GenerationCompleted, denied: Sequence[Denial], outcome
 
 def crashed(generated: GenerationCompleted, exc: Exception) -> RunCompleted:
     """The run's end when enforcing raised (a bug): failed at ``enforce``, naming the exception."""
-    reason = crash_reason("enforcer", exc)
-    return RunCompleted(
-        outcome=f"failed at enforce: {reason}"[:300],
-        collection=generated.collection,
-        result="failed",
-        phase="enforce",
-        folder=generated.folder,
-        reason=reason,
-    )
+    return crashed_run("enforcer", "enforce", generated.collection, generated.folder, exc)
 
 
 class EnforcerAgent(Agent):

@@ -43,7 +43,7 @@ from envelope import Payload
 from ...base import Agent, Context, handles
 from ...runtime import Runtime
 from ..config import ValidatorConfig
-from ..crash import crash_reason, retried
+from ..crash import crashed_run, retried
 from .tests_run import MIN_COVERAGE, TestRun, phase4
 from .verify import verify
 
@@ -96,15 +96,7 @@ def verdict(tests: TestsValidated, verified: Verified) -> RunCompleted:
 
 def crashed(enforced: EnforcementCompleted, exc: Exception) -> RunCompleted:
     """The run's end when validating it raised (a bug): failed at ``validate``, naming the exception."""
-    reason = crash_reason("validator", exc)
-    return RunCompleted(
-        outcome=f"failed at validate: {reason}"[:300],
-        collection=enforced.collection,
-        result="failed",
-        phase="validate",
-        folder=enforced.folder,
-        reason=reason,
-    )
+    return crashed_run("validator", "validate", enforced.collection, enforced.folder, exc)
 
 
 def phase4_reasons(tests: TestsValidated) -> list[str]:
