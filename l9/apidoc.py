@@ -28,6 +28,7 @@ MODULES = (
     "bus",
     "agents",
     "agents.sympy",
+    "agents.rules",
     "governance",
     "memory.audit",
     "memory.postgres",

@@ -10,6 +10,8 @@ is what agents and the CLI use::
     await graph.write_dag(dag)                  # a collection's agent DAG
     await graph.write_expressions(expressions)  # EXPRESSION_DEPENDS_ON edges
     lineage = await graph.lineage(envelope_id)  # back to the run's first envelope
+    await graph.link_entities("fraud", "Account", "a1", "PAID", "Merchant", "m7", {"amount": 12.5})
+    linked = await graph.neighbours("fraud", "Account", "a1")   # an agent's entity links
 
 Errors are :class:`GraphUnavailable` (retry later), :class:`GraphQueryError`
 and :class:`GraphNotFound`, all :class:`GraphError`.
@@ -27,6 +29,7 @@ from .model import (
     ExpressionNode,
     Lineage,
     LineageStep,
+    Neighbour,
 )
 from .open import GraphSettings, graph_key, open_graph
 from .port import GraphBackend
@@ -49,6 +52,7 @@ __all__ = [
     "GraphUnavailable",
     "Lineage",
     "LineageStep",
+    "Neighbour",
     "SemanticGraph",
     "graph_key",
     "open_graph",

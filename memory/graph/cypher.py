@@ -14,19 +14,27 @@ can hold several namespaces; in FalkorDB each namespace has its own graph key):
   microseconds: a newer research supersedes an older one, and an older one
   projected late changes nothing that is newer;
 * ``(:Expression {ns, id})-[:EXPRESSION_DEPENDS_ON]->(:Expression | :Symbol {ns, name})``:
-  expressions, their CSE subexpressions and their symbols.
+  expressions, their CSE subexpressions and their symbols;
+* ``(:<Label> {ns, agent, id})-[:<REL> {props}]->(:<Label> {ns, agent, id})``: the entities
+  an agent's rules link (its semantic memory), in the agent's own space (``agent``).
 
 Key properties are never empty strings: FalkorDB's indexes do not find ``""``,
 so a MERGE on one would create a new node each time.
 
 Every write is a ``MERGE`` (re-running one changes no node or edge count) and
 takes its rows as one ``UNWIND`` list parameter; every read is parameterised.
-Nothing here is built from data: values travel as parameters only.
+Nothing here is built from data: values travel as parameters only. The one exception is
+the label and relationship type of an entity link, which Cypher cannot take as parameters:
+they are put in the query only once they match a strict pattern (:func:`entity_label`,
+:func:`relationship_type`), and never one of L9's own.
 """
 
 from __future__ import annotations
 
-from typing import Final
+import re
+from typing import Final, Literal
+
+from .errors import GraphQueryError
 
 #: The ``collection`` of the agents that send envelopes (a collection is named by a file
 #: name, which has no ``/``).
@@ -138,6 +146,76 @@ RETURN DISTINCT a.id AS source, a.kind AS source_kind, a.text AS source_text,
        labels(b)[0] AS label, coalesce(b.id, b.name) AS target, b.kind AS target_kind, b.text AS target_text
 ORDER BY source, target
 """
+
+# -- entities an agent links (rules' semantic memory) ------------------------------------------
+#: An entity's label: a capitalised identifier (``Account``, ``Merchant``).
+ENTITY_LABEL: Final = re.compile(r"^[A-Z][A-Za-z0-9_]{0,63}$")
+#: A relationship type: upper case (``PAID``, ``LOCATED_IN``).
+RELATIONSHIP_TYPE: Final = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+#: The relationship types of L9's own graph, which no link may use.
+L9_RELATIONSHIPS: Final = frozenset({"CAUSED_BY", "IN_RUN", "SENT_BY", "DEPENDS_ON", "EXPRESSION_DEPENDS_ON"})
+#: Most neighbours one read returns.
+NEIGHBOURS_MAX: Final = 10_000
+Direction = Literal["out", "in"]
+
+
+def entity_label(label: str) -> str:
+    """``label`` if an entity may carry it: the pattern, and none of L9's own labels."""
+    if not isinstance(label, str) or not ENTITY_LABEL.match(label):
+        raise GraphQueryError(
+            f"entity label {label!r}: want a capital letter, then letters, digits or _ (at most 64)"
+        )
+    if label in {name for name, _ in NODE_KEYS}:
+        raise GraphQueryError(f"entity label {label!r} is one of L9's own graph: choose another")
+    return label
+
+
+def relationship_type(rel: str) -> str:
+    """``rel`` if a link may have it: the pattern, and none of L9's own relationship types."""
+    if not isinstance(rel, str) or not RELATIONSHIP_TYPE.match(rel):
+        raise GraphQueryError(f"relationship type {rel!r}: want A-Z, 0-9 and _, from a letter (at most 64)")
+    if rel in L9_RELATIONSHIPS:
+        raise GraphQueryError(f"relationship type {rel!r} is one of L9's own graph: choose another")
+    return rel
+
+
+def merge_link(from_label: str, rel: str, to_label: str) -> str:
+    """MERGE two entities of an agent and the relationship between them, set its properties."""
+    a, r, b = entity_label(from_label), relationship_type(rel), entity_label(to_label)
+    return f"""
+MERGE (a:{a} {{ns: $ns, agent: $agent, id: $from_id}})
+MERGE (b:{b} {{ns: $ns, agent: $agent, id: $to_id}})
+MERGE (a)-[r:{r}]->(b)
+SET r += $props
+"""
+
+
+def neighbours_query(label: str, rel: str | None, direction: Direction) -> str:
+    """The entities linked to one (by ``rel``, or any), following links out of it or into it."""
+    a, edge = entity_label(label), f"[r:{relationship_type(rel)}]" if rel is not None else "[r]"
+    pattern = f"-{edge}->" if direction == "out" else f"<-{edge}-"
+    return f"""
+MATCH (a:{a} {{ns: $ns, agent: $agent, id: $id}}){pattern}(b)
+WHERE b.ns = $ns AND b.agent = $agent
+RETURN labels(b)[0] AS label, b.id AS id, type(r) AS rel, properties(r) AS props
+ORDER BY rel, label, id
+LIMIT $limit
+"""
+
+
+def falkordb_entity_index(label: str) -> str:
+    """The index of an entity label on its key (``already indexed`` after the first time)."""
+    return f"CREATE INDEX FOR (n:{entity_label(label)}) ON (n.agent, n.id)"
+
+
+def neo4j_entity_constraint(label: str) -> str:
+    """The uniqueness constraint of an entity label on its key."""
+    name = entity_label(label)
+    return (
+        f"CREATE CONSTRAINT l9_entity_{name}_key IF NOT EXISTS FOR (n:{name}) "
+        "REQUIRE (n.ns, n.agent, n.id) IS UNIQUE"
+    )
+
 
 # -- the whole namespace ----------------------------------------------------------------------
 NODE_COUNTS: Final = """

@@ -142,6 +142,13 @@ class FalkorBackend:
                 if "already indexed" not in str(exc):
                     raise
 
+    async def index_entities(self, label: str) -> None:
+        try:
+            await self._command("GRAPH.QUERY", cypher.falkordb_entity_index(label), {})
+        except GraphQueryError as exc:
+            if "already indexed" not in str(exc):
+                raise
+
     async def write(self, query: str, params: Params) -> None:
         await self._command("GRAPH.QUERY", query, params)
 

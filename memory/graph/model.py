@@ -183,3 +183,15 @@ class Counts:
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         return {"nodes": dict(self.nodes), "edges": dict(self.edges)}
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbour:
+    """An entity linked to another (``SemanticGraph.neighbours``): its label and id, the
+    relationship's type and properties, and which way the link goes from the one asked about."""
+
+    label: str
+    id: str
+    rel: str
+    direction: Literal["out", "in"]
+    props: dict[str, Any] = field(default_factory=dict)

@@ -71,6 +71,9 @@ class Neo4jBackend:
         for statement in cypher.neo4j_constraints():
             await self._run(statement, {}, RoutingControl.WRITE)
 
+    async def index_entities(self, label: str) -> None:
+        await self._run(cypher.neo4j_entity_constraint(label), {}, RoutingControl.WRITE)
+
     async def write(self, query: str, params: Params) -> None:
         await self._run(query, params, RoutingControl.WRITE)
 

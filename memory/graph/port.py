@@ -25,6 +25,10 @@ class GraphBackend(Protocol):
     async def setup(self) -> None:
         """Create indexes / constraints; safe to repeat."""
 
+    async def index_entities(self, label: str) -> None:
+        """Index (FalkorDB) or constrain (Neo4j) the key of the entity label ``label`` (a label
+        :func:`memory.graph.cypher.entity_label` accepted); safe to repeat."""
+
     async def write(self, query: str, params: Params) -> None:
         """Run a writing query."""
 

@@ -7,7 +7,9 @@ constraints) is created before the first write of each process.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -23,17 +25,33 @@ from .model import (
     ExpressionGraph,
     Lineage,
     LineageStep,
+    Neighbour,
 )
 from .port import GraphBackend, Row
 
 #: Rows per UNWIND: bounds the size of one query (FalkorDB sends parameters as text).
 CHUNK = 500
 T = TypeVar("T")
+#: A value a link's relationship may carry as a property.
+Scalar = str | int | float | bool
+_PROPERTY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 def chunks(rows: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
     for start in range(0, len(rows), size):
         yield rows[start : start + size]
+
+
+def check_properties(props: Mapping[str, Scalar]) -> dict[str, Scalar]:
+    """``props`` if both stores can keep them: identifier keys, text / number / bool values."""
+    for key, value in props.items():
+        if not isinstance(key, str) or not _PROPERTY.match(key):
+            raise GraphQueryError(f"property name {key!r}: want letters, digits or _, from a letter or _")
+        if not isinstance(value, str | int | float) or (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
+            raise GraphQueryError(f"property {key}: {value!r:.40} is not text, a finite number or a bool")
+    return dict(props)
 
 
 def _keyed(rows: list[Row], *keys: str) -> list[Row]:
@@ -52,6 +70,7 @@ class SemanticGraph:
         self.backend, self.namespace, self.timeout_s = backend, namespace, timeout_s
         self._schema_ready = False
         self._schema_lock = anyio.Lock()
+        self._entity_labels: set[str] = set()
 
     @property
     def kind(self) -> str:
@@ -130,6 +149,34 @@ class SemanticGraph:
         symbols = _keyed([{"source": s, "symbol": name} for s, name in graph.symbols], "symbol")
         await self._write_rows(cypher.MERGE_SYMBOL_EDGES, symbols)
 
+    async def link_entities(
+        self,
+        agent: str,
+        from_label: str,
+        from_id: str,
+        rel: str,
+        to_label: str,
+        to_id: str,
+        props: Mapping[str, Scalar] | None = None,
+    ) -> None:
+        """MERGE the entities ``(from_label, from_id)`` and ``(to_label, to_id)`` of agent
+        ``agent`` and the relationship ``rel`` from the first to the second, and set ``props``
+        on it (a repeat's values replace the earlier ones). Idempotent: one node per label and
+        id, one relationship per pair and type. Labels and types: :func:`cypher.entity_label`,
+        :func:`cypher.relationship_type`; GraphQueryError for a bad one."""
+        query = cypher.merge_link(from_label, rel, to_label)
+        params = {"agent": agent, "from_id": from_id, "to_id": to_id}
+        for name, value in params.items():
+            if not isinstance(value, str) or not value:
+                raise GraphQueryError(f"link {rel}: {name} must be non-empty text, got {value!r:.60}")
+        values = check_properties(props or {})
+        for label in (from_label, to_label):
+            if label not in self._entity_labels:
+                await self._ensure_schema()
+                await self._bounded("indexing entities", self.backend.index_entities(label))
+                self._entity_labels.add(label)
+        await self._write(query, **params, props=values)
+
     async def clear(self) -> None:
         """Delete every node and edge of this namespace."""
         await self._write(cypher.CLEAR)
@@ -178,6 +225,30 @@ class SemanticGraph:
         """Every EXPRESSION_DEPENDS_ON edge reachable from the expression ``expression_id``."""
         rows = await self._read(cypher.EXPRESSION_EDGES, id=expression_id)
         return [ExpressionEdge.of(row) for row in rows]
+
+    async def neighbours(
+        self,
+        agent: str,
+        label: str,
+        id: str,
+        *,
+        rel: str | None = None,
+        direction: cypher.Direction = "out",
+        limit: int = 1000,
+    ) -> list[Neighbour]:
+        """The entities of agent ``agent`` linked from the entity ``(label, id)`` (``direction``
+        ``"in"``: linked to it), by relationship ``rel`` or any; sorted by relationship type,
+        label and id; at most ``limit``."""
+        if direction not in ("out", "in"):
+            raise GraphQueryError(f"direction {direction!r}: 'out' or 'in'")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= cypher.NEIGHBOURS_MAX:
+            raise GraphQueryError(f"limit {limit!r}: 1 to {cypher.NEIGHBOURS_MAX}")
+        query = cypher.neighbours_query(label, rel, direction)
+        rows = await self._read(query, agent=agent, id=id, limit=limit)
+        return [
+            Neighbour(row["label"], row["id"], row["rel"], direction, dict(row["props"] or {}))
+            for row in rows
+        ]
 
     async def counts(self) -> Counts:
         nodes = await self._read(cypher.NODE_COUNTS)
