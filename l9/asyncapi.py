@@ -2,7 +2,8 @@
 from the topology and the envelope registry (so it cannot drift from the code).
 
 Every module of ``agents``, ``bus`` and ``governance`` that declares a payload
-(``@payload(...)``) is imported, so the registry holds every type. Each type
+(``@payload(...)``) is imported, so the registry holds every type. The document of a
+generated ecosystem comes from the same function over :func:`generated_types`. Each type
 becomes a message (its payload's JSON schema, the envelope's routing headers)
 on the channel of the stream the topology routes it to; each channel gets a
 ``send`` and a ``receive`` operation.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
+import sys
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -56,6 +58,30 @@ def load_payload_modules(packages: Iterable[str] = PAYLOAD_PACKAGES) -> list[str
                 importlib.import_module(info.name)
                 loaded.append(info.name)
     return loaded
+
+
+def generated_types(code: Path) -> PayloadRegistry:
+    """The types of a generated ecosystem, each as the model it travels as (typed or open).
+
+    ``code`` is the ``code`` folder of an extraction folder: it is put first on ``sys.path`` and
+    every module under it (but ``__main__``) is imported, in the order of their names; each
+    generated ``MODELS`` mapping (type -> model) is registered.
+    ``build_document(generated_types(folder / "code"))`` is the ecosystem's AsyncAPI document:
+    a typed type's payload schema lists its declared fields, closed.
+    """
+    if str(code) not in sys.path:
+        sys.path.insert(0, str(code))
+    types = PayloadRegistry()
+    for path in sorted(code.rglob("*.py")):
+        parts = path.relative_to(code).with_suffix("").parts
+        if parts[-1] == "__main__":
+            continue
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        models = getattr(importlib.import_module(name), "MODELS", None)
+        for type_, model in (models or {}).items():
+            if type_ not in types:
+                types.register(type_, model)
+    return types
 
 
 def _message_name(type_: str) -> str:

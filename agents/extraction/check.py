@@ -9,7 +9,9 @@ would refuse or fail on is refused here with every reason, each at its file and 
    (:mod:`.loader`);
 2. what the generator could not write: an expression named like a Python keyword,
    a builtin or a name the kernels module uses (:data:`RESERVED_KERNEL_NAMES`), a
-   memory setting named ``storage`` (:func:`generation_errors`; the planner rejects
+   memory setting named ``storage``, a typed message's field named like a keyword,
+   ``hops`` or a pydantic model attribute, two agents declaring different fields for
+   one type (:func:`generation_errors`, :func:`message_errors`; the planner rejects
    these too);
 3. each expression through the safe parser the SymPy worker uses (``parse``, given
    by the caller: an extraction agent does not import the SymPy agent), so a typo
@@ -28,6 +30,8 @@ import builtins
 import keyword
 from collections.abc import Callable
 
+from pydantic import BaseModel
+
 from agents.contracts.extraction.collection import Collection, SchemaError, SchemaErrors
 from agents.contracts.extraction.plan import LockedPlan
 
@@ -36,6 +40,9 @@ from .planner import build_plan, cycle_errors, research
 
 #: Names a kernel may not take: the kernels module defines, imports or calls them.
 RESERVED_KERNEL_NAMES = frozenset({"numpy", "npt", "math", "functools", "evaluate_all", "annotations"})
+#: Field names a typed message may not declare: every generated stream payload has them.
+RESERVED_FIELD_NAMES = frozenset({"hops"})
+_MODEL_ATTRIBUTES = frozenset(name for name in dir(BaseModel) if not name.startswith("_"))
 _BUILTINS = frozenset(name for name in dir(builtins) if not name.startswith("_"))
 #: The kinds of the generated tests (``docs/SCHEMA.md``).
 TEST_KINDS = frozenset({"agent_tests", "kernel_tests"})
@@ -71,7 +78,46 @@ def generation_errors(collection: Collection) -> list[SchemaError]:
                 )
                 loc = ("memorytopology", layer, "settings", "storage")
                 errors.append(collection.error(agent.name, loc, "invalid", message))
+    return [*errors, *message_errors(collection)]
+
+
+def field_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a field of a generated payload model, or None."""
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        return "is a Python keyword"
+    if name in RESERVED_FIELD_NAMES:
+        return "is the relay counter every stream payload carries"
+    if name.startswith("model_") or name in _MODEL_ATTRIBUTES:
+        return "is a name pydantic models use (model_*, json, copy, ...)"
+    return None
+
+
+def message_errors(collection: Collection) -> list[SchemaError]:
+    """Typed messages the generator could not write: a reserved field name, two agents disagreeing."""
+    errors = []
+    first: dict[str, tuple[str, dict[str, str]]] = {}
+    for agent in collection:
+        for type_, fields in agent.streams.fields.items():
+            for name in fields:
+                problem = field_name_problem(name)
+                if problem is not None:
+                    message = f"cannot name a field: '{name}' {problem}"
+                    errors.append(
+                        collection.error(agent.name, ("streams", "fields", type_, name), "invalid", message)
+                    )
+            owner, known = first.setdefault(type_, (agent.name, fields))
+            if known != fields:
+                line = collection.line_of(owner, ("streams", "fields", type_))
+                message = (
+                    f"differs from the fields agent '{owner}' declares for it at line {line}"
+                    f" ({_fields_text(known)}; here {_fields_text(fields)}): two agents must agree on a type"
+                )
+                errors.append(collection.error(agent.name, ("streams", "fields", type_), "invalid", message))
     return errors
+
+
+def _fields_text(fields: dict[str, str]) -> str:
+    return ", ".join(f"{name}: {fields[name]}" for name in sorted(fields))
 
 
 def formula_errors(collection: Collection, check: FormulaCheck) -> list[SchemaError]:
@@ -124,12 +170,15 @@ def check_collection(
 
 
 __all__ = [
+    "RESERVED_FIELD_NAMES",
     "RESERVED_KERNEL_NAMES",
     "TEST_KINDS",
     "FormulaCheck",
     "check_collection",
+    "field_name_problem",
     "formula_errors",
     "generation_errors",
     "kernel_name_problem",
+    "message_errors",
     "plan_errors",
 ]

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from bus import Keys, check_stream_name, drop_finished_reply_streams, open_client, trim_acknowledged
 from bus.connection import RedisClient
-from l9.asyncapi import build_document, load_payload_modules
+from l9.asyncapi import build_document, generated_types, load_payload_modules
 from l9.cli.common import fail, load_settings, run
 from l9.dead import DeadLetter, NotDead, list_dead, replay
 from l9.deploy import (
@@ -136,11 +136,31 @@ def trim(
 @commands.command()
 def asyncapi(
     out: Annotated[Path | None, typer.Option(help="write the document here (default: stdout)")] = None,
+    folder: Annotated[
+        Path | None,
+        typer.Option(
+            "--extraction",
+            metavar="FOLDER",
+            help="the document of a generated ecosystem instead: the types of this extraction folder, "
+            "typed ones with their declared fields",
+        ),
+    ] = None,
 ) -> None:
     """Write the AsyncAPI 3.0 document of every stream and message type (JSON)."""
     settings = load_settings()
-    load_payload_modules()
-    text = json.dumps(build_document(keys=Keys(settings.namespace)), indent=2, sort_keys=True) + "\n"
+    if folder is None:
+        load_payload_modules()
+        document = build_document(keys=Keys(settings.namespace))
+    else:
+        code = folder / "code"
+        if not code.is_dir():
+            raise fail(f"{folder}: not an extraction folder (it has no code/ folder)", 2)
+        try:
+            types = generated_types(code)
+        except (ImportError, SyntaxError) as exc:
+            raise fail(f"{folder}: its generated code does not import: {exc}", 2) from None
+        document = build_document(types, keys=Keys(settings.namespace))
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     if out is None:
         sys.stdout.write(text)
     else:

@@ -113,8 +113,9 @@ async def test_two_generated_agents_exchange_envelopes_and_their_relay_ends(
     core = spawn("L9.core.tensoraios.agent:TensoraiosAgent", env=env)
     main = spawn("L9.agents.main.agent_controller:MainAgent", env=env)
     inputs = {"w1": 0.5, "w2": -0.25, "x": 1.5, "y": 2.0, "a1": 1.0, "a2": 0.0, "b1": 0.6, "b2": 0.8}
+    typed = {"request_id": "r-1", "tags": ["urgent"]}  # what l9.scores.computed.v1 declares beside them
     root = PacketEnvelope.new(
-        type="l9.tensoraios.score.v1", source="agent://test/0", data={**inputs, "task": "t-1"}
+        type="l9.tensoraios.score.v1", source="agent://test/0", data={**inputs, **typed, "task": "t-1"}
     )
     await Publisher(redis, keys, signer).publish(root)
 
@@ -140,7 +141,11 @@ async def test_two_generated_agents_exchange_envelopes_and_their_relay_ends(
     assert first.source.startswith("agent://main_agent/") and first.causation_id in computed
     assert computed[first.causation_id].causation_id == root.id
     assert computed[first.causation_id].source.startswith("agent://tensoraios/")
-    assert first.data["task"] == "t-1" and first.data["embedding_similarity"] == pytest.approx(0.6)
+    # l9.scores.computed.v1 is typed (the sample's streams.fields): it carries its declared fields only
+    assert first.data["request_id"] == "r-1" and first.data["tags"] == ["urgent"]
+    assert "task" not in first.data and "embedding_similarity" not in first.data
+    embedded = next(e for e in scores if e.type == "l9.scores.embedded.v1")
+    assert embedded.data["task"] == "t-1" and embedded.data["embedding_similarity"] == pytest.approx(0.6)
     assert first.data["tensor_score"] == pytest.approx(1 / (1 + 2.718281828459045 ** -(0.5 * 1.5 - 0.25 * 4)))
     for stream in ("scores", "tensoraios", "decisions"):
         assert await redis.xlen(keys.dead(stream)) == 0, f"nothing dead-lettered on {stream}"

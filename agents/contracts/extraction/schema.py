@@ -21,8 +21,10 @@ agent (see :mod:`.loader` for the accepted file formats). Every agent has:
 * ``cursorinstructions.{generatefiles, generatedocs, linkexisting}``: what to
   generate and which existing modules to import;
 * the L9 extensions ``streams.{consumes, produces}`` (envelope types
-  ``l9.<area>.<name>.v<N>``) and ``expressions`` (kernel name -> formula text,
-  each becoming a numeric kernel; checked here for syntax only, the SymPy
+  ``l9.<area>.<name>.v<N>``), ``streams.fields`` (typed messages: type ->
+  field -> ``str``, ``int``, ``float``, ``bool``, ``datetime``, ``list[...]`` of
+  one, ``... | None``; such a type's payload is closed) and ``expressions``
+  (kernel name -> formula text, each becoming a numeric kernel; checked here for syntax only, the SymPy
   worker parses it safely later).
 
 **How a generated file's content is determined.** A ``generatefiles`` or
@@ -49,7 +51,16 @@ import ast
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from .kinds import KINDS, Kind
 
@@ -63,6 +74,11 @@ _TYPE_RE = re.compile(r"^l9(\.[a-z0-9_]+){2,}\.v[0-9]+$")
 _PY_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FILE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 FORMULA_MAX = 2000
+#: The scalar types a typed message's field may have (``datetime``: ISO 8601 text on the wire).
+FIELD_SCALARS = ("str", "int", "float", "bool", "datetime")
+_FIELD_TYPE_RE = re.compile(
+    rf"(?P<list>list\[)?(?P<scalar>{'|'.join(FIELD_SCALARS)})(?(list)\])(?P<optional>\|None)?"
+)
 StorageType = Literal["redis", "redis_cluster", "postgres", "neo4j", "falkordb", "hypergraphdb"]
 Scalar = str | int | float | bool
 
@@ -131,7 +147,21 @@ def _unique(values: tuple[Any, ...], key: Any = lambda v: v) -> tuple[Any, ...]:
     return values
 
 
+def _field_type(value: str) -> str:
+    """A typed message's field type, spelled canonically (``list[str]|None`` -> ``list[str] | None``)."""
+    match = _FIELD_TYPE_RE.fullmatch("".join(value.split()))
+    if match is None:
+        allowed = ", ".join(FIELD_SCALARS)
+        raise ValueError(
+            f"{value!r} is not a field type: one of {allowed}, list[...] of one, optional with '| None'"
+        )
+    scalar = match["scalar"]
+    text = f"list[{scalar}]" if match["list"] else scalar
+    return f"{text} | None" if match["optional"] else text
+
+
 Identifier = Annotated[str, AfterValidator(_identifier)]
+FieldType = Annotated[str, AfterValidator(_field_type)]
 AnchorName = Annotated[str, AfterValidator(_anchor)]
 EnvelopeType = Annotated[str, AfterValidator(_envelope_type)]
 RelativePath = Annotated[str, AfterValidator(_relative_path)]
@@ -229,11 +259,32 @@ class Deployment(_Model):
 class Streams(_Model):
     consumes: tuple[EnvelopeType, ...] = ()
     produces: tuple[EnvelopeType, ...] = ()
+    #: Typed messages: the fields of some of the types above (the others keep an open payload).
+    fields: dict[EnvelopeType, dict[Identifier, FieldType]] = Field(default_factory=dict)
 
     @field_validator("consumes", "produces")
     @classmethod
     def _no_repeats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _unique(value)
+
+    @model_validator(mode="after")
+    def _typed_types_are_streamed(self) -> Streams:
+        for type_, declared in self.fields.items():
+            if type_ not in self.consumes and type_ not in self.produces:
+                raise LocatedError(("fields", type_), "is neither consumed nor produced by the agent")
+            if not declared:
+                raise LocatedError(
+                    ("fields", type_), "declares no field (leave the type out to keep it open)"
+                )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_empty_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """No ``fields`` key when no type is typed, so plans of untyped collections keep their hash."""
+        data: dict[str, Any] = handler(self)
+        if not self.fields:
+            data.pop("fields", None)
+        return data
 
 
 class AgentSchema(_Model):
@@ -281,11 +332,13 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
 
 __all__ = [
     "ANCHOR",
+    "FIELD_SCALARS",
     "IDENTIFIER",
     "AgentSchema",
     "CursorInstructions",
     "DependsOn",
     "Deployment",
+    "FieldType",
     "FileEntry",
     "Governance",
     "Integration",

@@ -28,6 +28,49 @@ class PlanContextError(ValueError):
     """The plan asks for something the generator cannot write without inventing it."""
 
 
+#: A valid value and a refused one of each scalar field type, as the generated tests use them.
+_SAMPLES: dict[str, tuple[object, object]] = {
+    "str": ("sample", 12345),
+    "int": (3, "three"),
+    "float": (0.5, "a half"),
+    "bool": (True, "yes"),
+    "datetime": ("2026-01-02T03:04:05Z", "not a time"),
+}
+
+
+@dataclass(frozen=True)
+class FieldView:
+    """One declared field of a typed message (``streams.fields``)."""
+
+    name: str
+    #: The canonical type as written in the schema (``list[str] | None``): also its Python annotation.
+    annotation: str
+
+    @property
+    def optional(self) -> bool:
+        return self.annotation.endswith(" | None")
+
+    @property
+    def scalar(self) -> str:
+        return self.annotation.removesuffix(" | None").removeprefix("list[").removesuffix("]")
+
+    @property
+    def is_list(self) -> bool:
+        return self.annotation.startswith("list[")
+
+    @property
+    def sample(self) -> object:
+        """A value the field accepts (JSON: a datetime as ISO text)."""
+        value = _SAMPLES[self.scalar][0]
+        return [value] if self.is_list else value
+
+    @property
+    def wrong(self) -> object:
+        """A value the field refuses."""
+        value = _SAMPLES[self.scalar][1]
+        return [value] if self.is_list else value
+
+
 @dataclass(frozen=True)
 class TypeView:
     """One envelope type: its stream, its model's class name, who produces and consumes it."""
@@ -37,6 +80,17 @@ class TypeView:
     class_name: str
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
+    #: Its declared fields, sorted by name; none: an open payload.
+    fields: tuple[FieldView, ...] = ()
+
+    @property
+    def typed(self) -> bool:
+        return bool(self.fields)
+
+    @property
+    def sample(self) -> dict[str, object]:
+        """A payload the type's model accepts."""
+        return {f.name: f.sample for f in self.fields}
 
 
 @dataclass(frozen=True)
@@ -132,6 +186,42 @@ class AgentView:
         """Every kernel argument, sorted."""
         return tuple(sorted({a for k in self.kernels for a in k.args}))
 
+    @property
+    def typed(self) -> tuple[TypeView, ...]:
+        """The known types with declared fields."""
+        return tuple(t for t in self.known if t.typed)
+
+    @property
+    def open_types(self) -> tuple[TypeView, ...]:
+        """The known types with an open payload."""
+        return tuple(t for t in self.known if not t.typed)
+
+    def sample_input(self, symbols: tuple[str, ...]) -> dict[str, object]:
+        """An input of an open type for the generated tests: a number for each kernel symbol, a
+        valid value for each field of the typed types it produces (the first type declaring a
+        name gives its value), and ``note``, a field nothing reads."""
+        sample: dict[str, object] = {s: round(0.15 + 0.1 * (i % 8), 2) for i, s in enumerate(symbols)}
+        for type_ in self.produces:
+            for f in type_.fields:
+                sample.setdefault(f.name, f.sample)
+        sample.setdefault("note", "kept as it came")
+        return sample
+
+    def sample_fits(self, symbols: tuple[str, ...]) -> bool:
+        """Whether :meth:`sample_input` gives every typed produced type a valid value of each field."""
+        sample = self.sample_input(symbols)
+        return all(
+            sample[f.name] == f.sample or (f.annotation in ("float", "float | None") and f.name in symbols)
+            for type_ in self.produces
+            for f in type_.fields
+        )
+
+    @property
+    def field_imports(self) -> tuple[str, ...]:
+        """Imports the typed payload models need beyond the open ones."""
+        uses_datetime = any(f.scalar == "datetime" for t in self.typed for f in t.fields)
+        return ("from datetime import datetime",) if uses_datetime else ()
+
     def has(self, kind: str) -> bool:
         return kind in self.paths
 
@@ -157,11 +247,23 @@ class PlanView:
 def plan_view(plan: LockedPlan, kernels: Mapping[str, Mapping[str, KernelCode]]) -> PlanView:
     """The views of every agent of ``plan``; ``kernels`` by agent, then kernel name."""
     produced, consumed = _who(plan)
+    fields = declared_fields(plan.agents)
     agents = {
-        schema.name: _agent_view(plan, schema, produced, consumed, kernels.get(schema.name, {}))
+        schema.name: _agent_view(plan, schema, produced, consumed, fields, kernels.get(schema.name, {}))
         for schema in plan.agents
     }
     return PlanView(plan=plan, agents=agents)
+
+
+def declared_fields(agents: tuple[AgentSchema, ...]) -> dict[str, tuple[FieldView, ...]]:
+    """The fields of every typed type of the collection, sorted by name (the first declaration wins:
+    :func:`..check.message_errors` refuses a collection whose agents disagree)."""
+    found: dict[str, tuple[FieldView, ...]] = {}
+    for schema in agents:
+        for type_, declared in schema.streams.fields.items():
+            views = tuple(FieldView(name, declared[name]) for name in sorted(declared))
+            found.setdefault(type_, views)
+    return found
 
 
 def _who(plan: LockedPlan) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -180,13 +282,14 @@ def _agent_view(
     schema: AgentSchema,
     produced: Mapping[str, list[str]],
     consumed: Mapping[str, list[str]],
+    fields: Mapping[str, tuple[FieldView, ...]],
     kernels: Mapping[str, KernelCode],
 ) -> AgentView:
     items = tuple(i for i in plan.items_of(schema.name) if i.category != "link")
     streams = {DEFAULT_TOPOLOGY.stream_for(t) for t in schema.streams.consumes}
     mates = {t for t in (*produced, *consumed) if DEFAULT_TOPOLOGY.stream_for(t) in streams}
     known_types = sorted({*schema.streams.consumes, *schema.streams.produces, *mates})
-    views = _type_views(known_types, produced, consumed)
+    views = _type_views(known_types, produced, consumed, fields)
     _check_kernel_names(schema, kernels)
     return AgentView(
         schema=schema,
@@ -213,7 +316,10 @@ def _single(item: PlanItem, schema: AgentSchema) -> bool:
 
 
 def _type_views(
-    types: list[str], produced: Mapping[str, list[str]], consumed: Mapping[str, list[str]]
+    types: list[str],
+    produced: Mapping[str, list[str]],
+    consumed: Mapping[str, list[str]],
+    fields: Mapping[str, tuple[FieldView, ...]],
 ) -> dict[str, TypeView]:
     taken: set[str] = set()
     views: dict[str, TypeView] = {}
@@ -230,6 +336,7 @@ def _type_views(
             class_name=name,
             producers=tuple(produced.get(type_, ())),
             consumers=tuple(consumed.get(type_, ())),
+            fields=fields.get(type_, ()),
         )
     return views
 
@@ -284,11 +391,13 @@ def _check_kernel_names(schema: AgentSchema, kernels: Mapping[str, KernelCode]) 
 __all__ = [
     "DEFAULT_MAX_HOPS",
     "AgentView",
+    "FieldView",
     "LayerView",
     "LinkView",
     "PlanContextError",
     "PlanView",
     "SettingView",
     "TypeView",
+    "declared_fields",
     "plan_view",
 ]
