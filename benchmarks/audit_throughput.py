@@ -1,7 +1,7 @@
 """Throughput of the auditor, from stream entries to the committed trail, against raw COPY.
 
     .venv/bin/python -m benchmarks.audit_throughput [--n 200000] [--batch 1000] [--streams 3]
-        [--partitions 1,2,4] [--partitions-n 100000] [--proof-n 1000000]
+        [--partitions 1,2,4] [--partitions-n 250000] [--proof-n 1000000]
 
 Prints one JSON object on stdout; progress goes to stderr.
 
@@ -497,7 +497,12 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="chain counts of partitioned runs, comma-separated, e.g. 1,2,4 (default: none)",
     )
-    parser.add_argument("--partitions-n", type=int, default=100_000, help="envelopes per partitioned run")
+    parser.add_argument(
+        "--partitions-n",
+        type=int,
+        default=250_000,
+        help="envelopes per partitioned run (enough for the auditors' start and hand-over to weigh little)",
+    )
     parser.add_argument(
         "--proof-n", type=int, default=1_000_000, help="entries of the proof run (0 skips it)"
     )
