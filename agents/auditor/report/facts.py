@@ -129,30 +129,15 @@ def schema_input(items: Sequence[Item], run: Sequence[Item]) -> tuple[FactTable,
 def locked_plan(items: Sequence[Item], run: Sequence[Item]) -> tuple[FactTable, ...]:
     locked = parsed(items, "l9.plan.locked.v*", PlanLocked)
     rejected = parsed(items, "l9.plan.rejected.v*", PlanRejected)
-    summary = [
-        (str(s), p.collection, p.hash, str(len(p.plan.items)), str(len(p.plan.waves)), p.folder_name)
-        for s, p in locked
-    ]
     planned = [
         (str(i.todo), i.agent, i.category, i.link_to or i.path, i.kind, str(i.wave))
         for _, p in locked
         for i in p.plan.items
     ]
-    errors = [
-        (str(s), f"{e.file}:{e.line}" if e.line else e.file, e.agent or "", e.field or "", e.message)
-        for s, r in rejected
-        for e in r.errors
-    ]
-    stages = names(dict.fromkeys(r.stage for _, r in rejected))
     return (
-        *table(
-            "Locked plan",
-            ("seq", "collection", "plan sha256", "items", "waves", "extraction folder"),
-            summary,
-            code=("plan sha256", "extraction folder"),
-        ),
+        *_locked_table(locked),
         *table("Planned items", ("#", "agent", "category", "path", "kind", "wave"), planned, code=("path",)),
-        *table(f"Rejected (stage {stages})", ("seq", "where", "agent", "field", "error"), errors),
+        *_rejected_table(rejected),
     )
 
 
@@ -161,28 +146,13 @@ def locked_plan_v3(items: Sequence[Item], run: Sequence[Item]) -> tuple[FactTabl
     every entry a plan locked with strict mode off left out."""
     locked = parsed(items, "l9.plan.locked.v*", PlanLocked)
     rejected = parsed(items, "l9.plan.rejected.v*", PlanRejected)
-    summary = [
-        (str(s), p.collection, p.hash, str(len(p.plan.items)), str(len(p.plan.waves)), p.folder_name)
-        for s, p in locked
-    ]
     planned = [
         (str(i.todo), i.agent, i.category, i.path, i.kind, str(i.wave), _link_target(i))
         for _, p in locked
         for i in p.plan.items
     ]
-    errors = [
-        (str(s), f"{e.file}:{e.line}" if e.line else e.file, e.agent or "", e.field or "", e.message)
-        for s, r in rejected
-        for e in r.errors
-    ]
-    stages = names(dict.fromkeys(r.stage for _, r in rejected))
     return (
-        *table(
-            "Locked plan",
-            ("seq", "collection", "plan sha256", "items", "waves", "extraction folder"),
-            summary,
-            code=("plan sha256", "extraction folder"),
-        ),
+        *_locked_table(locked),
         *table(
             "Planned items",
             ("#", "agent", "category", "path", "kind", "wave", "link to"),
@@ -190,8 +160,33 @@ def locked_plan_v3(items: Sequence[Item], run: Sequence[Item]) -> tuple[FactTabl
             code=("path",),
         ),
         *left_out(locked),
-        *table(f"Rejected (stage {stages})", ("seq", "where", "agent", "field", "error"), errors),
+        *_rejected_table(rejected),
     )
+
+
+def _locked_table(locked: Sequence[tuple[int, PlanLocked]]) -> tuple[FactTable, ...]:
+    """Each locked plan: its collection, hash, item and wave counts, extraction folder."""
+    summary = [
+        (str(s), p.collection, p.hash, str(len(p.plan.items)), str(len(p.plan.waves)), p.folder_name)
+        for s, p in locked
+    ]
+    return table(
+        "Locked plan",
+        ("seq", "collection", "plan sha256", "items", "waves", "extraction folder"),
+        summary,
+        code=("plan sha256", "extraction folder"),
+    )
+
+
+def _rejected_table(rejected: Sequence[tuple[int, PlanRejected]]) -> tuple[FactTable, ...]:
+    """Every error of every rejected plan, where it is."""
+    errors = [
+        (str(s), f"{e.file}:{e.line}" if e.line else e.file, e.agent or "", e.field or "", e.message)
+        for s, r in rejected
+        for e in r.errors
+    ]
+    stages = names(dict.fromkeys(r.stage for _, r in rejected))
+    return table(f"Rejected (stage {stages})", ("seq", "where", "agent", "field", "error"), errors)
 
 
 def _link_target(item: PlanItem) -> str:
